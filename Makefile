@@ -1,0 +1,50 @@
+# rankmix: `make help` lists the targets.
+.DEFAULT_GOAL := help
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+SCALE ?= tiny
+ARGS ?=
+OFFLINE := HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 HF_DATASETS_OFFLINE=1 WANDB_MODE=disabled
+
+.PHONY: help setup run test test-fast lint list-tables sync-wandb clean
+
+help: ## list the targets with one line each
+	@grep -hE '^[a-zA-Z0-9_%-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-22s %s\n", $$1, $$2}'
+
+setup: $(VENV)/.installed ## create .venv/ in the repo and install rankmix with its test tools
+
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(VENV)/bin/pip install --upgrade --quiet pip
+	$(VENV)/bin/pip install torch==2.14.1 torchvision==0.29.1
+	$(VENV)/bin/pip install -e '.[dev]'
+	touch $@
+
+run: ## train the embedded default (LoRA, tiny Llama, generated tasks, CPU); prints the results path
+	$(PY) -m rankmix.train $(ARGS)
+
+test: ## run the test suite (offline, wandb disabled)
+	$(OFFLINE) $(PY) -m pytest $(ARGS)
+
+test-fast: ## the tests without the end-to-end training runs
+	$(OFFLINE) $(PY) -m pytest -m "not slow" $(ARGS)
+
+lint: ## ruff on the package, scripts, kernels and tests
+	$(VENV)/bin/ruff check src scripts kernels tests
+
+list-tables: ## every reproducible table and its status (never run / tiny / paper)
+	@$(PY) -m rankmix.tables list
+
+reproduce-table-%: ## run table <paper>-<id>'s multirun (missing/stale runs only), then write results/<paper>-<id>/table.md; SCALE=paper for the paper's setting
+	$(PY) -m rankmix.tables reproduce $* scale=$(SCALE) $(ARGS)
+
+table-%: ## rebuild results/<id>/table.{md,csv} from the run JSONs already there
+	$(PY) -m rankmix.tables build $*
+
+sync-wandb: ## upload offline wandb runs (needs network and `wandb login`)
+	$(VENV)/bin/wandb sync runs/*/*/wandb/offline-run-*
+
+clean: ## remove run folders and caches (keeps results/)
+	rm -rf runs .cache .pytest_cache .ruff_cache

@@ -1,0 +1,25 @@
+"""Adapter methods: one module each, all built on ``AdapterLayer``, registered by name.
+
+Public API: ``build(name, base_layer, **cfg)`` wraps one linear layer; ``inject(model, method_cfg)``
+wraps every target layer of a model and freezes the rest.
+"""
+
+from rankmix.adapters import lora  # noqa: F401  (registers "lora")
+from rankmix.adapters.base import AdapterLayer
+from rankmix.adapters.inject import (
+    DEFAULT_TARGETS,
+    InjectionReport,
+    adapter_layers,
+    adapter_state_dict,
+    candidate_names,
+    inject,
+    merge_adapters,
+    unmerge_adapters,
+)
+from rankmix.adapters.registry import METHODS, build, get_method, method_options, register
+
+__all__ = [
+    "AdapterLayer", "DEFAULT_TARGETS", "InjectionReport", "METHODS", "adapter_layers", "adapter_state_dict",
+    "build", "candidate_names", "get_method", "inject", "merge_adapters", "method_options", "register",
+    "unmerge_adapters",
+]

@@ -1,0 +1,112 @@
+"""The one base every adapter method builds on.
+
+An adapter layer wraps a frozen base layer ``W0`` and adds a trainable low-rank path:
+
+    y = W0 x + Δ(x)
+
+Subclasses implement ``delta(x)``; linear methods (Δ(x) = ΔW x) also implement ``delta_weight()``
+and get ``merge()``/``unmerge()`` for free.
+"""
+
+from __future__ import annotations
+
+from typing import ClassVar
+
+import torch
+from torch import nn
+from transformers.pytorch_utils import Conv1D
+
+from rankmix.errors import ConfigError, NotMergeableError
+
+SUPPORTED_BASE_LAYERS = (nn.Linear, Conv1D)
+
+
+def layer_shape(layer: nn.Module) -> tuple[int, int]:
+    """(in_features, out_features) of a linear layer; GPT-2's ``Conv1D`` stores W as (in, out)."""
+    if isinstance(layer, nn.Linear):
+        return layer.in_features, layer.out_features
+    if isinstance(layer, Conv1D):
+        return layer.weight.shape[0], layer.weight.shape[1]
+    raise TypeError(
+        f"cannot wrap {type(layer).__name__}: adapters wrap nn.Linear or transformers Conv1D layers"
+    )
+
+
+def positive_int(key: str, value) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+        raise ConfigError(key, value, "must be a positive integer")
+    return value
+
+
+def probability(key: str, value) -> float:
+    if not isinstance(value, (int, float)) or not 0.0 <= value < 1.0:
+        raise ConfigError(key, value, "must be a number in [0, 1)")
+    return float(value)
+
+
+class AdapterLayer(nn.Module):
+    """Frozen ``base_layer`` plus a trainable path; ``merge()`` folds a linear path into W0."""
+
+    method: ClassVar[str] = ""
+
+    def __init__(self, base_layer: nn.Module):
+        super().__init__()
+        self.in_features, self.out_features = layer_shape(base_layer)
+        self.base_layer = base_layer
+        for p in base_layer.parameters():
+            p.requires_grad_(False)
+        self.merged = False
+
+    # -- the method ----------------------------------------------------------------------------
+    def delta(self, x: torch.Tensor) -> torch.Tensor:
+        """Δ(x), shape (..., out_features)."""
+        raise NotImplementedError
+
+    def delta_weight(self) -> torch.Tensor:
+        """ΔW (out_features × in_features) for methods with Δ(x) = ΔW x."""
+        raise NotMergeableError(
+            f"{self.method}: the update depends on the input (routing), so it has no fixed ΔW to merge"
+        )
+
+    def activated_parameters(self) -> int:
+        """Adapter parameters that take part in the computation for one token (SMoRA App. J)."""
+        return self.trainable_parameters()
+
+    # -- shared behaviour ------------------------------------------------------------------------
+    def forward(self, x: torch.Tensor, *args, **kwargs) -> torch.Tensor:
+        y = self.base_layer(x, *args, **kwargs)
+        if self.merged:
+            return y
+        return y + self.delta(x).to(y.dtype)
+
+    def _base_weight_as_out_in(self) -> torch.Tensor:
+        w = self.base_layer.weight
+        return w.T if isinstance(self.base_layer, Conv1D) else w
+
+    @torch.no_grad()
+    def merge(self) -> None:
+        """W0 ← W0 + ΔW; forward then skips the adapter path."""
+        if self.merged:
+            return
+        dw = self.delta_weight().to(self.base_layer.weight.dtype)
+        self._base_weight_as_out_in().add_(dw)
+        self.merged = True
+
+    @torch.no_grad()
+    def unmerge(self) -> None:
+        """W0 ← W0 − ΔW, undoing ``merge()``."""
+        if not self.merged:
+            return
+        dw = self.delta_weight().to(self.base_layer.weight.dtype)
+        self._base_weight_as_out_in().sub_(dw)
+        self.merged = False
+
+    def adapter_state_dict(self) -> dict[str, torch.Tensor]:
+        """Trainable weights and adapter buffers, without the frozen base layer."""
+        return {k: v for k, v in self.state_dict().items() if not k.startswith("base_layer.")}
+
+    def trainable_parameters(self) -> int:
+        return sum(p.numel() for n, p in self.named_parameters() if not n.startswith("base_layer."))
+
+    def extra_repr(self) -> str:
+        return f"method={self.method}, in_features={self.in_features}, out_features={self.out_features}"

@@ -1,0 +1,126 @@
+"""Inject adapter layers into a model by target-module names, freeze the rest, report what changed."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+
+import torch
+from torch import nn
+
+from rankmix.adapters.base import SUPPORTED_BASE_LAYERS, AdapterLayer
+from rankmix.adapters.registry import build
+from rankmix.errors import ConfigError
+
+# Used when a method config leaves target_modules empty, keyed by the HF config's model_type.
+DEFAULT_TARGETS: dict[str, list[str]] = {
+    "llama": ["q_proj", "v_proj"],
+    "mistral": ["q_proj", "v_proj"],
+    "roberta": ["query", "value"],
+    "bert": ["query", "value"],
+    "gpt2": ["c_attn"],
+    "bart": ["q_proj", "v_proj"],
+    "vit": ["query", "value"],
+}
+
+# Keys of a method config that steer injection rather than the layer itself.
+INJECTION_KEYS = ("name", "target_modules", "exclude_modules")
+
+
+@dataclass
+class InjectionReport:
+    method: str
+    wrapped: list[str] = field(default_factory=list)
+    trainable_parameters: int = 0
+    total_parameters: int = 0
+
+    def __str__(self) -> str:
+        pct = 100.0 * self.trainable_parameters / max(self.total_parameters, 1)
+        return (
+            f"{self.method}: wrapped {len(self.wrapped)} layers; trainable {self.trainable_parameters:,} of "
+            f"{self.total_parameters:,} parameters ({pct:.3f}%)"
+        )
+
+
+def _matches(name: str, pattern: str) -> bool:
+    if pattern.startswith("re:"):
+        return re.fullmatch(pattern[3:], name) is not None
+    return name == pattern or name.endswith("." + pattern)
+
+
+def _targets_for(model: nn.Module, target_modules: Iterable[str] | None) -> list[str]:
+    if target_modules:
+        return [str(t) for t in ([target_modules] if isinstance(target_modules, str) else target_modules)]
+    model_type = getattr(getattr(model, "config", None), "model_type", None)
+    if model_type not in DEFAULT_TARGETS:
+        raise ConfigError(
+            "method.target_modules", None,
+            f"no default targets for model_type {model_type!r}; list the layer names to wrap",
+        )
+    return DEFAULT_TARGETS[model_type]
+
+
+def candidate_names(model: nn.Module) -> list[str]:
+    """Distinct leaf names of the layers an adapter can wrap (e.g. q_proj, v_proj)."""
+    return sorted({n.rsplit(".", 1)[-1] for n, m in model.named_modules() if isinstance(m, SUPPORTED_BASE_LAYERS)})
+
+
+def inject(model: nn.Module, method_cfg: Mapping) -> InjectionReport:
+    """Wrap every matching layer of ``model`` with the configured method; freeze everything else.
+
+    ``method_cfg`` holds ``name``, ``target_modules`` (names, or ``re:<regex>`` on full names; empty =
+    per-architecture default), optional ``exclude_modules``, and the method's own options.
+    """
+    cfg = dict(method_cfg)
+    name = cfg.get("name")
+    targets = _targets_for(model, cfg.get("target_modules"))
+    excludes = [str(e) for e in (cfg.get("exclude_modules") or [])]
+    options = {k: v for k, v in cfg.items() if k not in INJECTION_KEYS}
+
+    for p in model.parameters():
+        p.requires_grad_(False)
+
+    chosen = [
+        n for n, m in model.named_modules()
+        if isinstance(m, SUPPORTED_BASE_LAYERS) and not isinstance(m, AdapterLayer)
+        and any(_matches(n, t) for t in targets) and not any(_matches(n, e) for e in excludes)
+    ]
+    if not chosen:
+        raise ConfigError(
+            "method.target_modules", targets,
+            f"matches no layer of {type(model).__name__}; layers it has: {', '.join(candidate_names(model))}",
+        )
+    report = InjectionReport(method=name)
+    for full_name in chosen:
+        parent_name, _, child = full_name.rpartition(".")
+        parent = model.get_submodule(parent_name) if parent_name else model
+        layer = build(name, getattr(parent, child), **options)
+        setattr(parent, child, layer)
+        report.wrapped.append(full_name)
+    report.trainable_parameters = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    report.total_parameters = sum(p.numel() for p in model.parameters())
+    return report
+
+
+def adapter_layers(model: nn.Module) -> dict[str, AdapterLayer]:
+    return {n: m for n, m in model.named_modules() if isinstance(m, AdapterLayer)}
+
+
+def adapter_state_dict(model: nn.Module, prefix: str = "") -> dict[str, torch.Tensor]:
+    """State entries of all adapter layers (weights and buffers), keyed by their full names in ``model``."""
+    out = {}
+    for name, layer in adapter_layers(model).items():
+        for k, v in layer.adapter_state_dict().items():
+            out[f"{prefix}{name}.{k}"] = v
+    return out
+
+
+def merge_adapters(model: nn.Module) -> None:
+    for layer in adapter_layers(model).values():
+        layer.merge()
+
+
+def unmerge_adapters(model: nn.Module) -> None:
+    for layer in adapter_layers(model).values():
+        layer.unmerge()

@@ -1,0 +1,48 @@
+"""Name → adapter class registry, and ``build(name, base_layer, **cfg)``."""
+
+from __future__ import annotations
+
+import inspect
+
+from torch import nn
+
+from rankmix.errors import ConfigError
+
+METHODS: dict[str, type] = {}
+
+
+def register(name: str):
+    """Class decorator: make an ``AdapterLayer`` subclass buildable by ``name``."""
+
+    def deco(cls):
+        if name in METHODS:
+            raise ValueError(f"adapter method {name!r} is registered twice")
+        METHODS[name] = cls
+        return cls
+
+    return deco
+
+
+def method_options(name: str) -> list[str]:
+    """The config keys a method accepts (its constructor's keyword arguments)."""
+    params = inspect.signature(get_method(name).__init__).parameters
+    return [p for p in params if p not in ("self", "base_layer")]
+
+
+def get_method(name: str) -> type:
+    if name not in METHODS:
+        raise ConfigError("method.name", name, f"unknown method; registered: {', '.join(sorted(METHODS))}")
+    return METHODS[name]
+
+
+def build(name: str, base_layer: nn.Module, **cfg) -> nn.Module:
+    """Wrap one ``nn.Linear`` (or GPT-2 ``Conv1D``) with adapter method ``name``."""
+    cls = get_method(name)
+    allowed = method_options(name)
+    unknown = sorted(set(cfg) - set(allowed))
+    if unknown:
+        raise ConfigError(f"method.{unknown[0]}", cfg[unknown[0]], f"not an option of {name}; options: {', '.join(allowed)}")
+    try:
+        return cls(base_layer, **cfg)
+    except ConfigError as e:
+        raise e.prefixed("method") from None

@@ -1,0 +1,95 @@
+"""Config handling shared by every entry point: scale selection, validation, run identity.
+
+Scale: a config node (backbone, task) may hold ``tiny:`` and ``paper:`` blocks beside shared keys;
+``apply_scale`` replaces the node by ``shared ∪ block[scale]`` so the rest of the code sees one flat node.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+
+from omegaconf import DictConfig, OmegaConf, open_dict
+
+from rankmix.errors import ConfigError
+
+SCALES = ("tiny", "paper")
+SCALED_GROUPS = ("backbone", "task")
+# Keys that change where or how a run is executed, not what it computes: left out of the run's hash.
+UNHASHED = ("paths", "logger", "callbacks", "hydra", "rerun")
+UNHASHED_TRAINER = ("accelerator", "devices", "num_nodes", "strategy", "enable_progress_bar", "log_every_n_steps")
+
+
+def apply_scale(cfg: DictConfig) -> None:
+    scale = cfg.get("scale")
+    if scale not in SCALES:
+        raise ConfigError("scale", scale, f"must be one of {', '.join(SCALES)}")
+    for group in SCALED_GROUPS:
+        node = cfg.get(group)
+        if node is None or not any(s in node for s in SCALES):
+            continue
+        if scale not in node:
+            raise ConfigError(group, node.get("name"), f"has no '{scale}' block; it supports: "
+                              f"{', '.join(s for s in SCALES if s in node)}")
+        shared = {k: v for k, v in node.items() if k not in SCALES}
+        merged = OmegaConf.merge(OmegaConf.create(shared), node[scale])
+        with open_dict(cfg):
+            cfg[group] = merged
+
+
+def config_hash(cfg: DictConfig) -> str:
+    """Hash of everything that determines a run's numbers (not paths, loggers or device layout)."""
+    data = OmegaConf.to_container(cfg, resolve=True)
+    for k in UNHASHED:
+        data.pop(k, None)
+    for k in UNHASHED_TRAINER:
+        data.get("trainer", {}).pop(k, None)
+    return hashlib.sha256(json.dumps(data, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def run_key(override_dirname: str) -> str:
+    """A file-name-safe run name from Hydra's ``override_dirname`` (``default`` when empty).
+
+    ``experiment=<paper>/<table>/<row>`` becomes ``<row>``: the table already names the folder.
+    """
+    parts = []
+    for item in filter(None, override_dirname.split(",")):
+        key, _, value = item.partition("=")
+        if key.lstrip("+~") == "experiment":
+            parts.append(value.rsplit("/", 1)[-1])
+        else:
+            parts.append(item)
+    key = ",".join(parts) or "default"
+    return re.sub(r"[^A-Za-z0-9_.,=+-]", "-", key)
+
+
+def register_resolvers() -> None:
+    if not OmegaConf.has_resolver("run_key"):
+        OmegaConf.register_new_resolver("run_key", run_key)
+
+
+def _check(cond: bool, key: str, value, problem: str) -> None:
+    if not cond:
+        raise ConfigError(key, value, problem)
+
+
+def validate(cfg: DictConfig) -> None:
+    """Checks that need no model: fail before any work with one line naming the key."""
+    from rankmix.adapters import METHODS, method_options
+
+    m = cfg.method
+    _check(m.get("name") in METHODS, "method.name", m.get("name"), f"unknown method; registered: {', '.join(sorted(METHODS))}")
+    allowed = set(method_options(m.name)) | {"name", "target_modules", "exclude_modules"}
+    for key in m:
+        _check(key in allowed, f"method.{key}", m[key], f"not an option of {m.name}; options: {', '.join(sorted(allowed))}")
+    for key in ("r", "k", "num_experts"):
+        if key in m:
+            v = m[key]
+            _check(isinstance(v, int) and not isinstance(v, bool) and v > 0, f"method.{key}", v, "must be a positive integer")
+    if "k" in m and "r" in m:
+        _check(m.k <= m.r, "method.k", m.k, f"must be at most method.r={m.r} (k ranks are active out of r)")
+    opt = cfg.optimizer
+    _check(isinstance(opt.lr, (int, float)) and opt.lr > 0, "optimizer.lr", opt.lr, "must be a positive number")
+    _check(cfg.trainer.max_epochs is not None and cfg.trainer.max_epochs >= 0, "trainer.max_epochs",
+           cfg.trainer.max_epochs, "must be a non-negative integer")

@@ -1,0 +1,173 @@
+"""LightningDataModule for instruction → response records (``inputs``/``targets`` JSON lines).
+
+Training examples are ``<s> prompt response </s>`` with the loss on the response (or on everything with
+``loss_on_prompt``). Evaluation batches carry left-padded prompts for generation plus the reference
+text. Data order depends only on (seed, epoch), so a resumed run sees the same batches as an
+uninterrupted one.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+
+import datasets
+import lightning.pytorch as pl
+import torch
+from torch.utils.data import DataLoader, DistributedSampler
+
+from rankmix.data.files import check_jsonl, write_jsonl_atomic
+from rankmix.data.synthetic import generate_records
+from rankmix.errors import ConfigError, DataError
+
+SPLITS = ("train", "validation", "test")
+REQUIRED_FIELDS = ("inputs", "targets", "task")
+IGNORE_INDEX = -100
+
+
+class InstructionDataModule(pl.LightningDataModule):
+    """Reads ``{data_dir}/{train,validation,test}.jsonl``; with ``data_dir: null`` generates them first."""
+
+    def __init__(
+        self,
+        data_dir: str | None,
+        cache_dir: str,
+        generator: dict | None = None,
+        prompt_template: str = "{inputs} =>",
+        loss_on_prompt: bool = False,
+        max_length: int = 64,
+        max_new_tokens: int = 16,
+        batch_size: int = 32,
+        eval_batch_size: int = 64,
+        max_eval_samples: dict | None = None,
+        num_workers: int = 0,
+        seed: int = 0,
+    ):
+        super().__init__()
+        self.data_dir = Path(data_dir) if data_dir else None
+        self.cache_dir = Path(cache_dir)
+        self.generator = dict(generator or {})
+        self.prompt_template = prompt_template
+        self.loss_on_prompt = loss_on_prompt
+        self.max_length = max_length
+        self.max_new_tokens = max_new_tokens
+        self.batch_size = batch_size
+        self.eval_batch_size = eval_batch_size
+        self.max_eval_samples = dict(max_eval_samples or {})
+        self.num_workers = num_workers
+        self.seed = seed
+        self.tokenizer = None
+        self.examples: dict[str, list[dict]] = {}
+
+    # -- files ---------------------------------------------------------------------------------
+    def files(self) -> dict[str, Path]:
+        root = self.data_dir if self.data_dir is not None else self._generated_dir()
+        return {s: root / f"{s}.jsonl" for s in SPLITS}
+
+    def _generated_dir(self) -> Path:
+        key = hashlib.sha256(json.dumps(self.generator, sort_keys=True).encode()).hexdigest()[:10]
+        return self.cache_dir / "generated" / f"{self.generator.get('name', 'data')}-{key}"
+
+    def check_paths(self) -> None:
+        """Fail before training when a user-given data directory or split file is missing."""
+        if self.data_dir is None:
+            return
+        if not self.data_dir.is_dir():
+            raise ConfigError("task.data_dir", str(self.data_dir), "directory not found; point it at a folder "
+                              f"holding {', '.join(s + '.jsonl' for s in SPLITS)} (or null to generate data)")
+        for split, path in self.files().items():
+            if not path.is_file():
+                raise ConfigError("task.data_dir", str(self.data_dir), f"has no {path.name} ({split} split)")
+
+    def prepare_data(self) -> None:
+        if self.data_dir is None:
+            g = self.generator
+            sizes = {"train": g["n_train"], "validation": g["n_validation"], "test": g["n_test"]}
+            for i, (split, path) in enumerate(self.files().items()):
+                if not path.is_file():
+                    recs = generate_records(g["tasks"], sizes[split], g["min_len"], g["max_len"], g["seed"] + 7919 * i)
+                    write_jsonl_atomic(path, recs)
+        for path in self.files().values():
+            check_jsonl(path, REQUIRED_FIELDS)
+
+    # -- examples ------------------------------------------------------------------------------
+    def set_tokenizer(self, tokenizer) -> None:
+        self.tokenizer = tokenizer
+
+    def setup(self, stage: str | None = None) -> None:
+        if self.tokenizer is None:
+            raise RuntimeError("set_tokenizer() must be called before setup()")
+        if self.examples:
+            return
+        files = self.files()
+        raw = datasets.load_dataset(
+            "json", data_files={s: str(p) for s, p in files.items()}, cache_dir=str(self.cache_dir / "hf_datasets")
+        )
+        for split in SPLITS:
+            limit = self.max_eval_samples.get(split)
+            rows = raw[split] if not limit else raw[split].select(range(min(limit, len(raw[split]))))
+            self.examples[split] = [self._encode(i, r, files[split]) for i, r in enumerate(rows)]
+
+    def _encode(self, idx: int, rec: dict, path: Path) -> dict:
+        tok = self.tokenizer
+        prompt = tok(self.prompt_template.format(**rec), add_special_tokens=False)["input_ids"]
+        response = tok(" " + rec["targets"], add_special_tokens=False)["input_ids"]
+        prompt = [tok.bos_token_id, *prompt]
+        full = prompt + response + [tok.eos_token_id]
+        if len(full) > self.max_length:
+            raise DataError(
+                f"{path}: record {idx + 1} is {len(full)} tokens, over task.max_length={self.max_length}; "
+                "raise task.max_length or shorten the record"
+            )
+        labels = list(full) if self.loss_on_prompt else [IGNORE_INDEX] * len(prompt) + full[len(prompt):]
+        return {"idx": idx, "input_ids": full, "labels": labels, "prompt_ids": prompt,
+                "targets": rec["targets"], "task": rec["task"]}
+
+    # -- batches -------------------------------------------------------------------------------
+    def _collate_train(self, batch: list[dict]) -> dict:
+        n = max(len(b["input_ids"]) for b in batch)
+        pad = self.tokenizer.pad_token_id
+        ids = torch.full((len(batch), n), pad, dtype=torch.long)
+        labels = torch.full((len(batch), n), IGNORE_INDEX, dtype=torch.long)
+        mask = torch.zeros((len(batch), n), dtype=torch.long)
+        for i, b in enumerate(batch):
+            k = len(b["input_ids"])
+            ids[i, :k] = torch.tensor(b["input_ids"])
+            labels[i, :k] = torch.tensor(b["labels"])
+            mask[i, :k] = 1
+        return {"input_ids": ids, "attention_mask": mask, "labels": labels}
+
+    def _collate_eval(self, batch: list[dict]) -> dict:
+        out = self._collate_train(batch)
+        n = max(len(b["prompt_ids"]) for b in batch)
+        prompt = torch.full((len(batch), n), self.tokenizer.pad_token_id, dtype=torch.long)
+        pmask = torch.zeros((len(batch), n), dtype=torch.long)
+        for i, b in enumerate(batch):  # left padding for generation
+            k = len(b["prompt_ids"])
+            prompt[i, n - k:] = torch.tensor(b["prompt_ids"])
+            pmask[i, n - k:] = 1
+        out.update(prompt_ids=prompt, prompt_mask=pmask, idx=torch.tensor([b["idx"] for b in batch]),
+                   targets=[b["targets"] for b in batch], task=[b["task"] for b in batch])
+        return out
+
+    def _loader(self, split: str, train: bool) -> DataLoader:
+        trainer = self.trainer
+        world, rank = (trainer.world_size, trainer.global_rank) if trainer is not None else (1, 0)
+        data = self.examples[split]
+        sampler = DistributedSampler(data, num_replicas=world, rank=rank, shuffle=train, seed=self.seed,
+                                     drop_last=False)
+        return DataLoader(
+            data, batch_size=self.batch_size if train else self.eval_batch_size, sampler=sampler,
+            collate_fn=self._collate_train if train else self._collate_eval, num_workers=self.num_workers,
+            generator=torch.Generator().manual_seed(self.seed),
+        )
+
+    def train_dataloader(self) -> DataLoader:
+        return self._loader("train", train=True)
+
+    def val_dataloader(self) -> DataLoader:
+        return self._loader("validation", train=False)
+
+    def test_dataloader(self) -> DataLoader:
+        return self._loader("test", train=False)

@@ -1,0 +1,99 @@
+"""LightningModule for instruction tuning a causal LM with an adapter method, scored by generation.
+
+Training minimises the token cross-entropy of the response. Validation and test generate greedily
+from the prompt and score with ``rankmix.metrics.text`` (per task, then the mean over tasks).
+Checkpoints hold only the adapter weights; the frozen backbone is rebuilt from its config.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import lightning.pytorch as pl
+import torch
+import torch.distributed as dist
+from transformers import get_linear_schedule_with_warmup
+
+from rankmix.adapters import adapter_state_dict
+from rankmix.metrics.text import score_generations
+
+
+class CausalLMModule(pl.LightningModule):
+    def __init__(self, model, tokenizer, lr: float, weight_decay: float = 0.0, warmup_ratio: float = 0.0,
+                 betas: tuple[float, float] = (0.9, 0.999), max_new_tokens: int = 16,
+                 predictions_path: str | None = None):
+        super().__init__()
+        self.model = model
+        self.tokenizer = tokenizer
+        self.lr, self.weight_decay, self.warmup_ratio, self.betas = lr, weight_decay, warmup_ratio, tuple(betas)
+        self.max_new_tokens = max_new_tokens
+        self.predictions_path = Path(predictions_path) if predictions_path else None
+        self.strict_loading = False  # checkpoints hold adapter weights only
+        self._generations: list[dict] = []
+
+    # -- training ------------------------------------------------------------------------------
+    def training_step(self, batch, batch_idx):
+        loss = self.model(**batch).loss
+        self.log("train/loss", loss, prog_bar=True, on_step=True, on_epoch=True, batch_size=batch["input_ids"].shape[0])
+        return loss
+
+    def configure_optimizers(self):
+        params = [p for p in self.trainer.model.parameters() if p.requires_grad]
+        opt = torch.optim.AdamW(params, lr=self.lr, weight_decay=self.weight_decay, betas=self.betas)
+        total = int(self.trainer.estimated_stepping_batches)
+        sched = get_linear_schedule_with_warmup(opt, int(self.warmup_ratio * total), total)
+        return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
+
+    # -- evaluation ----------------------------------------------------------------------------
+    def _eval_step(self, batch, stage: str):
+        n = batch["input_ids"].shape[0]
+        lm = {k: batch[k] for k in ("input_ids", "attention_mask", "labels")}
+        self.log(f"{stage}/loss", self.model(**lm).loss, on_epoch=True, batch_size=n, sync_dist=True)
+        generated = self.model.generate(
+            input_ids=batch["prompt_ids"], attention_mask=batch["prompt_mask"], max_new_tokens=self.max_new_tokens,
+            do_sample=False, pad_token_id=self.tokenizer.pad_token_id, eos_token_id=self.tokenizer.eos_token_id,
+        )
+        texts = self.tokenizer.batch_decode(generated[:, batch["prompt_ids"].shape[1]:], skip_special_tokens=True)
+        for i, text in enumerate(texts):
+            self._generations.append({"idx": int(batch["idx"][i]), "task": batch["task"][i],
+                                      "targets": batch["targets"][i], "prediction": text.strip()})
+
+    def _eval_epoch_end(self, stage: str):
+        records = self._generations
+        self._generations = []
+        if dist.is_available() and dist.is_initialized():
+            gathered: list[list[dict]] = [None] * dist.get_world_size()  # type: ignore[list-item]
+            dist.all_gather_object(gathered, records)
+            records = [r for part in gathered for r in part]
+        records = sorted({r["idx"]: r for r in records}.values(), key=lambda r: r["idx"])  # drop sampler padding
+        for name, value in score_generations(records).items():
+            self.log(f"{stage}/{name}", value, rank_zero_only=True)
+        if stage == "test" and self.predictions_path is not None and self.global_rank == 0:
+            self.predictions_path.parent.mkdir(parents=True, exist_ok=True)
+            with open(self.predictions_path, "w") as f:
+                for r in records:
+                    f.write(json.dumps(r) + "\n")
+
+    def validation_step(self, batch, batch_idx):
+        self._eval_step(batch, "val")
+
+    def on_validation_epoch_end(self):
+        self._eval_epoch_end("val")
+
+    def test_step(self, batch, batch_idx):
+        self._eval_step(batch, "test")
+
+    def on_test_epoch_end(self):
+        self._eval_epoch_end("test")
+
+    # -- adapter-only checkpoints --------------------------------------------------------------
+    def on_save_checkpoint(self, checkpoint):
+        checkpoint["state_dict"] = adapter_state_dict(self.model, prefix="model.")
+
+    def on_load_checkpoint(self, checkpoint):
+        expected = set(adapter_state_dict(self.model, prefix="model."))
+        missing = sorted(expected - set(checkpoint["state_dict"]))
+        if missing:
+            raise RuntimeError(f"checkpoint lacks {len(missing)} adapter tensors (first: {missing[0]}); "
+                               "was it written with another method or target_modules?")

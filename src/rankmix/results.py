@@ -1,0 +1,92 @@
+"""One result JSON per run, written atomically: ``results/<table>/runs/<run_key>.json``.
+
+Layout (PEFT ``method_comparison`` style): ``status``, ``run``, ``metrics``, ``params``, ``train``,
+``meta`` (package versions, git commit, machine) and the resolved ``config``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import resource
+import subprocess
+import tempfile
+from importlib import metadata
+from pathlib import Path
+
+import torch
+
+PACKAGES = ("rankmix", "torch", "transformers", "lightning", "hydra-core", "omegaconf", "datasets", "peft",
+            "triton", "timm", "wandb")
+
+
+def write_json_atomic(path: Path, data: dict) -> None:
+    """Write ``data`` to ``path`` via a temporary file and ``os.replace``: readers never see half a file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w") as f:
+            json.dump(data, f, indent=2, sort_keys=False, default=str)
+            f.write("\n")
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def read_json(path: Path) -> dict | None:
+    try:
+        with open(path) as f:
+            return json.load(f)
+    except (OSError, json.JSONDecodeError):
+        return None
+
+
+def result_path(results_dir: Path, table_id: str, key: str) -> Path:
+    return Path(results_dir) / table_id / "runs" / f"{key}.json"
+
+
+def is_up_to_date(path: Path, config_hash: str) -> bool:
+    """A finished run of the same configuration already has its result."""
+    r = read_json(path)
+    return bool(r) and r.get("status") == "ok" and r.get("run", {}).get("config_hash") == config_hash
+
+
+def package_versions() -> dict[str, str | None]:
+    out = {}
+    for p in PACKAGES:
+        try:
+            out[p] = metadata.version(p)
+        except metadata.PackageNotFoundError:
+            out[p] = None
+    return out
+
+
+def git_state(cwd: Path) -> dict:
+    def git(*args):
+        r = subprocess.run(["git", *args], cwd=cwd, capture_output=True, text=True, timeout=10)
+        return r.stdout.strip() if r.returncode == 0 else None
+
+    try:
+        commit = git("rev-parse", "HEAD")
+        dirty = git("status", "--porcelain", "--untracked-files=no")
+    except (OSError, subprocess.TimeoutExpired):
+        return {"commit": None, "dirty": None}
+    return {"commit": commit, "dirty": bool(dirty) if dirty is not None else None}
+
+
+def peak_memory_mb() -> dict[str, float]:
+    out = {"cpu_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0}
+    if torch.cuda.is_available():
+        out["gpu_allocated_mb"] = torch.cuda.max_memory_allocated() / 2**20
+    return out
+
+
+def machine() -> dict:
+    return {
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+        "cpus": os.cpu_count(),
+        "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
+    }

@@ -1,0 +1,158 @@
+"""Results tables: our numbers beside the paper's, one table per ``results/<table-id>/``.
+
+Each run's JSON carries its ``table`` config. A run with ``table.cells`` fills those cells: every cell names
+the paper CSV rows it reproduces (``match`` on the CSV's columns, files under ``results/paper/``) and the
+metric of ours that corresponds. Runs without cells list their metrics with no paper value.
+
+CLI: ``python -m rankmix.tables build <id>``, ``list``, ``reproduce <id> [overrides...]``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import io
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+from rankmix.errors import RankmixError
+from rankmix.results import read_json
+
+REPO = Path(__file__).resolve().parents[2]
+COLUMNS = ["run", "scale", "cell", "metric", "paper", "ours", "diff"]
+
+
+def _fmt(v) -> str:
+    if v is None or v == "":
+        return ""
+    return f"{v:.2f}" if isinstance(v, float) else str(v)
+
+
+def paper_value(paper_dir: Path, csv_name: str, match: dict) -> str:
+    path = paper_dir / csv_name
+    if not path.is_file():
+        raise RankmixError(f"{path}: paper table not found (copy it from the papers' clean tables)")
+    with open(path, newline="") as f:
+        rows = [r for r in csv.DictReader(f) if all(r.get(k) == str(v) for k, v in match.items())]
+    if len(rows) != 1:
+        raise RankmixError(f"{path}: {len(rows)} rows match {match}; a cell must match exactly one")
+    return rows[0].get("value", rows[0].get("mean", ""))
+
+
+def table_rows(run: dict, paper_dir: Path) -> list[dict]:
+    table = run["config"].get("table", {})
+    base = {"run": run["run"]["key"], "scale": run["run"]["scale"]}
+    metrics = run["metrics"]
+    if table.get("cells"):
+        rows = []
+        for cell in table["cells"]:
+            paper = paper_value(paper_dir, table["paper_csv"], cell["match"])
+            ours = metrics.get(cell["metric"])
+            diff = ours - float(paper) if ours is not None and paper not in ("", None) else None
+            label = cell.get("label") or ", ".join(f"{k}={v}" for k, v in cell["match"].items())
+            rows.append({**base, "cell": label, "metric": cell["metric"], "paper": paper, "ours": ours, "diff": diff})
+        return rows
+    return [{**base, "cell": "", "metric": k, "paper": "", "ours": v, "diff": None} for k, v in sorted(metrics.items())]
+
+
+def build_table(table_id: str, results_dir: Path, paper_dir: Path) -> Path:
+    """Write ``results/<id>/table.{md,csv}`` from the finished runs' JSONs; returns the markdown path."""
+    out_dir = Path(results_dir) / table_id
+    runs, failed = [], []
+    for p in sorted((out_dir / "runs").glob("*.json")):
+        r = read_json(p)
+        if r is None:
+            continue
+        (runs if r.get("status") == "ok" else failed).append(r)
+    rows = [row for r in runs for row in table_rows(r, Path(paper_dir))]
+    title = runs[0]["config"]["table"].get("title", table_id) if runs else table_id
+    scales = sorted({r["run"]["scale"] for r in runs})
+
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=COLUMNS)
+    writer.writeheader()
+    for row in rows:
+        writer.writerow({k: _fmt(row[k]) if k in ("ours", "diff") else row[k] for k in COLUMNS})
+    md = [f"# {title}", "", f"Table `{table_id}`; scale: {', '.join(scales) or 'none'}; "
+          f"{len(runs)} finished runs. `paper` = the paper's printed value; `ours` = this suite's run; "
+          "`diff` = ours − paper.", "",
+          "| " + " | ".join(COLUMNS) + " |", "|" + "---|" * len(COLUMNS)]
+    md += ["| " + " | ".join(_fmt(row[k]) for k in COLUMNS) + " |" for row in rows]
+    if failed:
+        md += ["", "## Failed runs (no table rows)", ""]
+        md += [f"- `{r['run']['key']}`: {r.get('error', '')}" for r in failed]
+    _write_text_atomic(out_dir / "table.csv", buf.getvalue())
+    _write_text_atomic(out_dir / "table.md", "\n".join(md) + "\n")
+    return out_dir / "table.md"
+
+
+def _write_text_atomic(path: Path, text: str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(text)
+    tmp.replace(path)
+
+
+# -- table registry: conf/experiment/<paper>/<table>/<row>.yaml ------------------------------------
+def experiment_tables(conf_dir: Path = REPO / "conf") -> dict[str, list[str]]:
+    """``{"<paper>-<table>": ["<paper>/<table>/<row>", ...]}`` from the experiment config tree."""
+    out = {}
+    for d in sorted((conf_dir / "experiment").glob("*/*/")):
+        rows = sorted(f"{d.parent.name}/{d.name}/{y.stem}" for y in d.glob("*.yaml"))
+        if rows:
+            out[f"{d.parent.name}-{d.name}"] = rows
+    return out
+
+
+def table_status(table_id: str, results_dir: Path) -> str:
+    runs = [read_json(p) for p in sorted((Path(results_dir) / table_id / "runs").glob("*.json"))]
+    ok = [r for r in runs if r and r.get("status") == "ok"]
+    failed = len(runs) - len(ok)
+    if not ok:
+        return "never run" + (f" ({failed} failed)" if failed else "")
+    scales = "+".join(sorted({r["run"]["scale"] for r in ok}))
+    return f"{scales} ({len(ok)} runs" + (f", {failed} failed)" if failed else ")")
+
+
+def reproduce(table_id: str, overrides: list[str], results_dir: Path) -> int:
+    tables = experiment_tables()
+    if table_id not in tables:
+        print(f"rankmix: error: unknown table {table_id!r}; known: {', '.join(tables) or 'none'}", file=sys.stderr)
+        return 2
+    cmd = [sys.executable, "-m", "rankmix.train", "-m", "experiment=" + ",".join(tables[table_id]), *overrides]
+    print("rankmix: " + " ".join(cmd))
+    rc = subprocess.call(cmd)
+    md = build_table(table_id, results_dir, results_dir / "paper")
+    print(f"rankmix: table: {md}")
+    return rc
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="rankmix-table", description=__doc__.split("\n")[0])
+    sub = ap.add_subparsers(dest="cmd", required=True)
+    b = sub.add_parser("build", help="rebuild results/<id>/table.{md,csv} from its run JSONs")
+    b.add_argument("table_id")
+    sub.add_parser("list", help="every reproducible table with its status")
+    r = sub.add_parser("reproduce", help="run a table's multirun (skipping up-to-date runs), then build it")
+    r.add_argument("table_id")
+    r.add_argument("overrides", nargs="*", help="extra Hydra overrides, e.g. scale=paper trainer=gpu")
+    ap.add_argument("--results-dir", type=Path, default=REPO / "results")
+    a = ap.parse_args(argv)
+    try:
+        if a.cmd == "build":
+            print(build_table(a.table_id, a.results_dir, a.results_dir / "paper"))
+        elif a.cmd == "list":
+            for tid in experiment_tables():
+                print(f"reproduce-table-{tid:<28} {table_status(tid, a.results_dir)}")
+        else:
+            return reproduce(a.table_id, a.overrides, a.results_dir)
+    except RankmixError as e:
+        print(f"rankmix: error: {e}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

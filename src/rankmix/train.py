@@ -1,0 +1,179 @@
+"""Training entry: ``python -m rankmix.train [group=option ...] [key=value ...]`` (Hydra; ``-m`` for sweeps).
+
+Composes the config, builds backbone → injects the adapter method → builds the task's data module and
+LightningModule → fits (resuming from the run's ``last.ckpt`` when one exists) → tests → writes one
+result JSON per run (atomically) and rebuilds the run's results table.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+import time
+import traceback
+from datetime import datetime, timezone
+from pathlib import Path
+
+import hydra
+import lightning.pytorch as pl
+from hydra.core.hydra_config import HydraConfig
+from hydra.types import RunMode
+from hydra.utils import instantiate
+from omegaconf import DictConfig, OmegaConf
+
+from rankmix.config import apply_scale, config_hash, register_resolvers, run_key, validate
+from rankmix.errors import RankmixError
+from rankmix.results import (
+    git_state,
+    is_up_to_date,
+    machine,
+    package_versions,
+    peak_memory_mb,
+    read_json,
+    result_path,
+    write_json_atomic,
+)
+
+log = logging.getLogger("rankmix.train")
+CONF_DIR = str(Path(__file__).resolve().parents[2] / "conf")
+register_resolvers()
+
+
+def _now() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+
+
+def build_trainer(cfg: DictConfig, run_dir: Path) -> pl.Trainer:
+    from rankmix.distributed import build_strategy
+
+    callbacks = [instantiate(c) for c in (cfg.get("callbacks") or {}).values() if c]
+    loggers = [instantiate(lg) for lg in (cfg.get("logger") or {}).values() if lg]
+    kwargs = OmegaConf.to_container(cfg.trainer, resolve=True)
+    kwargs.pop("_target_", None)
+    kwargs["strategy"] = build_strategy(kwargs.get("strategy", "auto"))
+    return pl.Trainer(**kwargs, callbacks=callbacks, logger=loggers or False, default_root_dir=str(run_dir))
+
+
+def fit_and_test(cfg: DictConfig, run_dir: Path) -> tuple[dict, dict, pl.Trainer]:
+    from rankmix.adapters import adapter_layers, inject
+    from rankmix.backbones import build_backbone, load_tokenizer
+    from rankmix.modules.causal_lm import CausalLMModule
+
+    pl.seed_everything(cfg.seed, workers=True, verbose=False)
+    dm = instantiate(cfg.task.datamodule)
+    dm.check_paths()
+    dm.prepare_data()
+    tokenizer = load_tokenizer(cfg.backbone.tokenizer, [dm.files()["train"]], run_dir / "tokenizer")
+    model = build_backbone(cfg.backbone, tokenizer)
+    report = inject(model, OmegaConf.to_container(cfg.method, resolve=True))
+    log.info(str(report))
+    dm.set_tokenizer(tokenizer)
+    module = CausalLMModule(model, tokenizer, max_new_tokens=cfg.task.datamodule.max_new_tokens,
+                            predictions_path=str(run_dir / "predictions.jsonl"), **cfg.optimizer)
+    trainer = build_trainer(cfg, run_dir)
+    last = run_dir / "checkpoints" / "last.ckpt"
+    resume = str(last) if last.is_file() else None
+    if resume:
+        log.info(f"resuming from {resume}")
+    trainer.fit(module, datamodule=dm, ckpt_path=resume)
+    final_loss = trainer.callback_metrics.get("train/loss_epoch")
+    tested = trainer.test(module, datamodule=dm, verbose=False)
+    metrics = {k: float(v) for k, v in (tested[0] if tested else {}).items()}
+    layers = adapter_layers(model).values()
+    info = {
+        "params": {
+            "trainable": report.trainable_parameters,
+            "total": report.total_parameters,
+            "activated_per_token": sum(layer.activated_parameters() for layer in layers),
+            "wrapped_layers": len(report.wrapped),
+        },
+        "train": {
+            "resumed_from": resume,
+            "global_step": trainer.global_step,
+            "epochs": trainer.current_epoch,
+            "final_train_loss": float(final_loss) if final_loss is not None else None,
+            "accelerator": type(trainer.accelerator).__name__,
+            "devices": trainer.num_devices,
+        },
+    }
+    return metrics, info, trainer
+
+
+def train(cfg: DictConfig) -> float | None:
+    """Run one configuration; returns ``cfg.optimized_metric`` for sweepers (None when it failed)."""
+    hc = HydraConfig.get()
+    multirun = hc.mode == RunMode.MULTIRUN
+    run_dir = Path(hc.runtime.output_dir)
+    key = run_key(hc.job.override_dirname)
+    started, t0 = _now(), time.time()
+    path, chash = None, None
+    try:
+        apply_scale(cfg)
+        validate(cfg)
+        chash = config_hash(cfg)
+        path = result_path(Path(cfg.paths.results_dir), cfg.table.id, key)
+        if not cfg.rerun and is_up_to_date(path, chash):
+            print(f"rankmix: up to date: {path} (rerun=true runs it again)")
+            return _finish(cfg, read_json(path)["metrics"])
+        metrics, info, trainer = fit_and_test(cfg, run_dir)
+        if trainer.global_rank != 0:
+            return None
+        info["train"].update(wall_time_s=round(time.time() - t0, 2), peak_memory=peak_memory_mb())
+        result = {
+            "status": "ok",
+            "run": {"key": key, "table": cfg.table.id, "scale": cfg.scale, "config_hash": chash,
+                    "run_dir": str(run_dir), "started_at": started, "finished_at": _now()},
+            "metrics": metrics,
+            **info,
+            "meta": {"versions": package_versions(), "git": git_state(Path(CONF_DIR).parent), "machine": machine()},
+            "config": OmegaConf.to_container(cfg, resolve=True),
+        }
+        write_json_atomic(path, result)
+        write_json_atomic(run_dir / "result.json", result)
+        return _finish(cfg, metrics, path)
+    except (RankmixError, pl.utilities.exceptions.MisconfigurationException) as e:
+        _record_failure(path, key, cfg, chash, started, str(e))
+        print(f"rankmix: error: {e}", file=sys.stderr)
+        log.error(str(e))
+        if multirun:
+            return None
+        sys.exit(1)
+    except Exception as e:
+        _record_failure(path, key, cfg, chash, started, f"{type(e).__name__}: {e}")
+        if not multirun:
+            raise
+        log.error(f"run {key} failed; the sweep goes on:\n{traceback.format_exc()}")
+        return None
+    finally:
+        if "wandb" in sys.modules:
+            sys.modules["wandb"].finish()
+
+
+def _record_failure(path, key, cfg, chash, started, message) -> None:
+    """A failed run leaves a ``status: failed`` JSON (never a table row) so sweeps can report it."""
+    if path is None:
+        return
+    write_json_atomic(path, {
+        "status": "failed", "error": message,
+        "run": {"key": key, "table": cfg.table.id, "scale": cfg.get("scale"), "config_hash": chash,
+                "started_at": started, "finished_at": _now()},
+    })
+
+
+def _finish(cfg: DictConfig, metrics: dict, path: Path | None = None) -> float | None:
+    from rankmix.tables import build_table
+
+    table_md = build_table(cfg.table.id, Path(cfg.paths.results_dir), Path(cfg.paths.paper_dir))
+    if path is not None:
+        print(f"rankmix: result: {path}")
+    print(f"rankmix: table: {table_md}")
+    return metrics.get(cfg.get("optimized_metric"))
+
+
+@hydra.main(version_base="1.3", config_path=CONF_DIR, config_name="train")
+def main(cfg: DictConfig) -> float | None:
+    return train(cfg)
+
+
+if __name__ == "__main__":
+    main()

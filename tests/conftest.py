@@ -1,0 +1,76 @@
+"""Shared test helpers: offline environment, Hydra composition, and subprocess training runs."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+OFFLINE_ENV = {
+    "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1",
+    "WANDB_MODE": "disabled", "PBAR_REFRESH": "0",
+}
+os.environ.update(OFFLINE_ENV)
+
+# A small, fast version of the default run for tests (the default itself is asserted in test_default_run).
+FAST = [
+    "trainer.max_epochs=2",
+    "task.tiny.datamodule.generator.n_train=24",
+    "task.tiny.datamodule.generator.n_test=4",
+    "task.tiny.datamodule.max_eval_samples.validation=12",
+    "callbacks.progress=null",
+]
+
+
+def compose(*overrides: str):
+    """The training config for ``overrides``, composed as ``python -m rankmix.train`` would."""
+    from hydra import compose as hydra_compose
+    from hydra import initialize_config_dir
+
+    from rankmix.config import register_resolvers
+
+    register_resolvers()
+    with initialize_config_dir(config_dir=str(REPO / "conf"), version_base="1.3"):
+        return hydra_compose("train", overrides=list(overrides), return_hydra_config=True)
+
+
+class Run:
+    def __init__(self, root: Path, proc: subprocess.CompletedProcess):
+        self.root, self.proc = root, proc
+        self.stdout, self.stderr, self.returncode = proc.stdout, proc.stderr, proc.returncode
+
+    def result(self, table: str = "default", key: str | None = None) -> dict:
+        runs = sorted((self.root / "results" / table / "runs").glob("*.json"))
+        path = next(p for p in runs if key is None or p.stem == key)
+        return json.loads(path.read_text())
+
+
+def path_overrides(root: Path) -> list[str]:
+    return [f"paths.runs_dir={root}/runs", f"paths.results_dir={root}/results", f"paths.cache_dir={root}/.cache"]
+
+
+def train_cmd(root: Path, *overrides: str, multirun: bool = False) -> list[str]:
+    return [sys.executable, "-m", "rankmix.train", *(["-m"] if multirun else []), *path_overrides(root), *overrides]
+
+
+def run_train(root: Path, *overrides: str, multirun: bool = False, timeout: int = 600) -> Run:
+    proc = subprocess.run(train_cmd(root, *overrides, multirun=multirun), cwd=REPO, capture_output=True,
+                          text=True, timeout=timeout, env={**os.environ, **OFFLINE_ENV})
+    return Run(root, proc)
+
+
+@pytest.fixture
+def tiny_llama():
+    """A 2-layer Llama with a 32-word vocabulary, random init."""
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(0)
+    cfg = LlamaConfig(vocab_size=32, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                      num_attention_heads=4, num_key_value_heads=4, max_position_embeddings=32)
+    return LlamaForCausalLM(cfg).eval()
