@@ -18,13 +18,21 @@ OFFLINE_ENV = {
 os.environ.update(OFFLINE_ENV)
 
 # A small, fast version of the default run for tests (the default itself is asserted in test_default_run).
-FAST = [
-    "trainer.max_epochs=2",
-    "task.tiny.datamodule.generator.n_train=24",
-    "task.tiny.datamodule.generator.n_test=4",
-    "task.tiny.datamodule.max_eval_samples.validation=12",
-    "callbacks.progress=null",
-]
+FAST_SETTINGS = {
+    "trainer.max_epochs": 2,
+    "task.tiny.datamodule.generator.n_train": 24,
+    "task.tiny.datamodule.generator.n_test": 4,
+    "task.tiny.datamodule.max_eval_samples.validation": 12,
+}
+
+
+def fast(**changes) -> list[str]:
+    """FAST_SETTINGS as overrides, with ``changes`` (dots written as ``__``) replacing or adding keys."""
+    settings = {**FAST_SETTINGS, **{k.replace("__", "."): v for k, v in changes.items()}}
+    return [f"{k}={v}" for k, v in settings.items()]
+
+
+FAST = fast()
 
 
 def compose(*overrides: str):
@@ -34,9 +42,17 @@ def compose(*overrides: str):
 
     from rankmix.config import register_resolvers
 
+    from hydra.core.hydra_config import HydraConfig
+    from omegaconf import open_dict
+
     register_resolvers()
     with initialize_config_dir(config_dir=str(REPO / "conf"), version_base="1.3"):
-        return hydra_compose("train", overrides=list(overrides), return_hydra_config=True)
+        cfg = hydra_compose("train", overrides=list(overrides), return_hydra_config=True)
+    with open_dict(cfg):
+        cfg.hydra.runtime.output_dir = "/tmp/rankmix-compose"
+        cfg.hydra.job.override_dirname = ""
+    HydraConfig.instance().set_config(cfg)
+    return cfg
 
 
 class Run:

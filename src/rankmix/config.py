@@ -18,6 +18,7 @@ SCALES = ("tiny", "paper")
 SCALED_GROUPS = ("backbone", "task")
 # Keys that change where or how a run is executed, not what it computes: left out of the run's hash.
 UNHASHED = ("paths", "logger", "callbacks", "hydra", "rerun")
+MAX_KEY_LEN = 120
 UNHASHED_TRAINER = ("accelerator", "devices", "num_nodes", "strategy", "enable_progress_bar", "log_every_n_steps")
 
 
@@ -40,6 +41,9 @@ def apply_scale(cfg: DictConfig) -> None:
 
 def config_hash(cfg: DictConfig) -> str:
     """Hash of everything that determines a run's numbers (not paths, loggers or device layout)."""
+    cfg = cfg.copy()
+    with open_dict(cfg):
+        cfg.pop("hydra", None)
     data = OmegaConf.to_container(cfg, resolve=True)
     for k in UNHASHED:
         data.pop(k, None)
@@ -60,8 +64,10 @@ def run_key(override_dirname: str) -> str:
             parts.append(value.rsplit("/", 1)[-1])
         else:
             parts.append(item)
-    key = ",".join(parts) or "default"
-    return re.sub(r"[^A-Za-z0-9_.,=+-]", "-", key)
+    key = re.sub(r"[^A-Za-z0-9_.,=+-]", "-", ",".join(parts) or "default")
+    if len(key) > MAX_KEY_LEN:  # file names are limited to 255 bytes: keep a readable head and a hash
+        key = f"{key[:MAX_KEY_LEN - 17]}--{hashlib.sha256(key.encode()).hexdigest()[:15]}"
+    return key
 
 
 def register_resolvers() -> None:

@@ -12,7 +12,6 @@ from __future__ import annotations
 import argparse
 import csv
 import io
-import json
 import subprocess
 import sys
 from pathlib import Path
@@ -75,11 +74,19 @@ def build_table(table_id: str, results_dir: Path, paper_dir: Path) -> Path:
     writer.writeheader()
     for row in rows:
         writer.writerow({k: _fmt(row[k]) if k in ("ours", "diff") else row[k] for k in COLUMNS})
-    md = [f"# {title}", "", f"Table `{table_id}`; scale: {', '.join(scales) or 'none'}; "
-          f"{len(runs)} finished runs. `paper` = the paper's printed value; `ours` = this suite's run; "
-          "`diff` = ours − paper.", "",
-          "| " + " | ".join(COLUMNS) + " |", "|" + "---|" * len(COLUMNS)]
-    md += ["| " + " | ".join(_fmt(row[k]) for k in COLUMNS) + " |" for row in rows]
+    md = [f"# {title}", "", f"Table `{table_id}`; scale: {', '.join(scales) or 'none'}; {len(runs)} finished runs."]
+    cells = [row for row in rows if row["cell"]]
+    if cells:
+        md += ["", "`paper` = the paper's printed value; `ours` = this suite's run; `diff` = ours − paper.", "",
+               "| " + " | ".join(COLUMNS) + " |", "|" + "---|" * len(COLUMNS)]
+        md += ["| " + " | ".join(_fmt(row[k]) for k in COLUMNS) + " |" for row in cells]
+    plain = [r for r in runs if not r["config"].get("table", {}).get("cells")]
+    if plain:
+        names = sorted({k for r in plain for k in r["metrics"] if k.count("/") == 1})
+        md += ["", "Runs without paper cells (per-task scores in table.csv):", "",
+               "| run | scale | " + " | ".join(names) + " |", "|" + "---|" * (len(names) + 2)]
+        md += ["| " + " | ".join([r["run"]["key"], r["run"]["scale"], *(_fmt(r["metrics"].get(n)) for n in names)])
+               + " |" for r in plain]
     if failed:
         md += ["", "## Failed runs (no table rows)", ""]
         md += [f"- `{r['run']['key']}`: {r.get('error', '')}" for r in failed]

@@ -16,6 +16,7 @@ from pathlib import Path
 
 import hydra
 import lightning.pytorch as pl
+import torch
 from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from hydra.utils import instantiate
@@ -60,7 +61,7 @@ def fit_and_test(cfg: DictConfig, run_dir: Path) -> tuple[dict, dict, pl.Trainer
     from rankmix.modules.causal_lm import CausalLMModule
 
     pl.seed_everything(cfg.seed, workers=True, verbose=False)
-    dm = instantiate(cfg.task.datamodule)
+    dm = instantiate(cfg.task.datamodule, cache_dir=cfg.paths.cache_dir)
     dm.check_paths()
     dm.prepare_data()
     tokenizer = load_tokenizer(cfg.backbone.tokenizer, [dm.files()["train"]], run_dir / "tokenizer")
@@ -71,10 +72,7 @@ def fit_and_test(cfg: DictConfig, run_dir: Path) -> tuple[dict, dict, pl.Trainer
     module = CausalLMModule(model, tokenizer, max_new_tokens=cfg.task.datamodule.max_new_tokens,
                             predictions_path=str(run_dir / "predictions.jsonl"), **cfg.optimizer)
     trainer = build_trainer(cfg, run_dir)
-    last = run_dir / "checkpoints" / "last.ckpt"
-    resume = str(last) if last.is_file() else None
-    if resume:
-        log.info(f"resuming from {resume}")
+    resume = _resumable_checkpoint(run_dir / "checkpoints" / "last.ckpt")
     trainer.fit(module, datamodule=dm, ckpt_path=resume)
     final_loss = trainer.callback_metrics.get("train/loss_epoch")
     tested = trainer.test(module, datamodule=dm, verbose=False)
@@ -99,6 +97,21 @@ def fit_and_test(cfg: DictConfig, run_dir: Path) -> tuple[dict, dict, pl.Trainer
     return metrics, info, trainer
 
 
+def _resumable_checkpoint(last: Path) -> str | None:
+    """``last.ckpt`` when it exists and loads; a file cut short by a kill is set aside, not trusted."""
+    if not last.is_file():
+        return None
+    try:
+        torch.load(last, map_location="cpu", weights_only=False)
+    except Exception as e:  # noqa: BLE001  (any unreadable file means: start over)
+        aside = last.with_suffix(".ckpt.unreadable")
+        last.replace(aside)
+        log.warning(f"{last} could not be read ({type(e).__name__}); moved to {aside.name}, starting from scratch")
+        return None
+    log.info(f"resuming from {last}")
+    return str(last)
+
+
 def train(cfg: DictConfig) -> float | None:
     """Run one configuration; returns ``cfg.optimized_metric`` for sweepers (None when it failed)."""
     hc = HydraConfig.get()
@@ -108,10 +121,10 @@ def train(cfg: DictConfig) -> float | None:
     started, t0 = _now(), time.time()
     path, chash = None, None
     try:
+        path = result_path(Path(cfg.paths.results_dir), cfg.table.id, key)
         apply_scale(cfg)
         validate(cfg)
         chash = config_hash(cfg)
-        path = result_path(Path(cfg.paths.results_dir), cfg.table.id, key)
         if not cfg.rerun and is_up_to_date(path, chash):
             print(f"rankmix: up to date: {path} (rerun=true runs it again)")
             return _finish(cfg, read_json(path)["metrics"])

@@ -1,0 +1,149 @@
+"""End-to-end runs of ``python -m rankmix.train`` as a user runs them (subprocesses, offline)."""
+
+import csv
+import json
+import os
+import signal
+import subprocess
+import time
+
+import pytest
+import torch
+
+from conftest import FAST, OFFLINE_ENV, REPO, fast, run_train, train_cmd
+
+pytestmark = pytest.mark.slow
+
+
+def _train_losses(run_dir):
+    with open(run_dir / "csv" / "metrics.csv") as f:
+        return [float(r["train/loss_step"]) for r in csv.DictReader(f) if r.get("train/loss_step")]
+
+
+def test_default_run_learns(tmp_path):
+    """The embedded default: the loss falls and the metric beats the untrained model."""
+    trained = run_train(tmp_path / "trained")
+    assert trained.returncode == 0, trained.stderr[-3000:]
+    untrained = run_train(tmp_path / "untrained", "trainer.max_epochs=0")
+    assert untrained.returncode == 0, untrained.stderr[-3000:]
+    t, u = trained.result(), untrained.result()
+    assert t["status"] == "ok" and t["run"]["scale"] == "tiny"
+    assert t["metrics"]["test/em"] >= u["metrics"]["test/em"] + 25.0
+    assert t["metrics"]["test/rougeL"] > u["metrics"]["test/rougeL"] + 25.0
+    assert t["metrics"]["test/loss"] < u["metrics"]["test/loss"] - 0.5
+    losses = _train_losses(tmp_path / "trained" / "runs" / "default" / "default")
+    assert len(losses) >= 20
+    assert sum(losses[-5:]) / 5 < sum(losses[:5]) / 5 - 0.5
+
+    md = tmp_path / "trained" / "results" / "default" / "table.md"
+    assert f"rankmix: table: {md}" in trained.stdout
+    assert "| default | tiny |" in md.read_text()
+    # the result JSON documents the run
+    assert t["params"]["trainable"] < t["params"]["total"] and t["params"]["wrapped_layers"] == 14
+    assert t["meta"]["versions"]["torch"] and "commit" in t["meta"]["git"]
+    assert t["train"]["wall_time_s"] > 0 and t["train"]["peak_memory"]["cpu_rss_mb"] > 0
+    assert t["config"]["method"]["name"] == "lora"
+
+
+def test_checkpoint_holds_adapter_weights_only(tmp_path):
+    r = run_train(tmp_path, *FAST)
+    assert r.returncode == 0, r.stderr[-3000:]
+    key = r.result()["run"]["key"]
+    ckpt = torch.load(tmp_path / "runs" / "default" / key / "checkpoints" / "last.ckpt", weights_only=False)
+    keys = list(ckpt["state_dict"])
+    assert keys and all(k.endswith(("lora_A.weight", "lora_B.weight")) for k in keys)
+    assert len(keys) == 2 * 14
+
+
+def test_rerun_skips_up_to_date_and_reruns_on_request(tmp_path):
+    first = run_train(tmp_path, *FAST)
+    assert first.returncode == 0
+    again = run_train(tmp_path, *FAST)
+    assert again.returncode == 0 and "up to date" in again.stdout
+    forced = run_train(tmp_path, *FAST, "rerun=true")
+    assert forced.returncode == 0 and "up to date" not in forced.stdout
+
+
+def test_multirun_over_ranks(tmp_path):
+    r = run_train(tmp_path, *FAST, "method.r=4,8", multirun=True)
+    assert r.returncode == 0, r.stderr[-3000:]
+    runs = sorted((tmp_path / "results" / "default" / "runs").glob("*.json"))
+    results = [json.loads(p.read_text()) for p in runs]
+    assert sorted(x["config"]["method"]["r"] for x in results) == [4, 8]
+    assert results[0]["params"]["trainable"] != results[1]["params"]["trainable"]
+    table = (tmp_path / "results" / "default" / "table.md").read_text()
+    assert "method.r=4" in table and "method.r=8" in table
+
+
+def test_failed_run_does_not_stop_the_sweep(tmp_path):
+    r = run_train(tmp_path, *FAST, "method.r=0,4", multirun=True)
+    results = {f"method.r={json.loads(p.read_text())['run']['key'].split('method.r=')[1].split(',')[0]}":
+               json.loads(p.read_text()) for p in (tmp_path / "results" / "default" / "runs").glob("*.json")}
+    assert results["method.r=0"]["status"] == "failed"
+    assert "method.r=0: must be a positive integer" in results["method.r=0"]["error"]
+    assert results["method.r=4"]["status"] == "ok"
+    table = (tmp_path / "results" / "default" / "table.md").read_text()
+    assert "Failed runs" in table and "method.r=4" in table.split("Failed runs")[0]
+    assert "method.r=0" not in table.split("Failed runs")[0]
+    assert "Traceback" not in r.stderr
+
+
+def test_kill_and_resume_reaches_the_same_metrics(tmp_path):
+    overrides = fast(trainer__max_epochs=4, task__tiny__datamodule__generator__n_train=200, method__dropout=0.1)
+    reference = run_train(tmp_path / "reference", *overrides)
+    assert reference.returncode == 0, reference.stderr[-3000:]
+
+    root = tmp_path / "killed"
+    proc = subprocess.Popen(train_cmd(root, *overrides), cwd=REPO, env={**os.environ, **OFFLINE_ENV},
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    key = reference.result()["run"]["key"]
+    last = root / "runs" / "default" / key / "checkpoints" / "last.ckpt"
+    deadline = time.time() + 300
+    while not last.exists() and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.05)
+    assert proc.poll() is None, "the run finished before it could be interrupted"
+    time.sleep(0.2)
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert torch.load(last, weights_only=False)["epoch"] < 3, "killed too late to test resuming"
+    assert not list(root.glob("results/default/runs/*.json"))  # a killed run leaves no result
+
+    resumed = run_train(root, *overrides)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    r, ref = resumed.result(), reference.result()
+    assert r["train"]["resumed_from"] and ref["train"]["resumed_from"] is None
+    assert r["train"]["global_step"] == ref["train"]["global_step"]
+    for name, value in ref["metrics"].items():
+        assert r["metrics"][name] == pytest.approx(value, abs=1e-6), name
+
+
+def test_non_finite_loss_stops_with_a_clear_message(tmp_path):
+    r = run_train(tmp_path, *FAST, "optimizer.lr=1e30")
+    assert r.returncode == 1
+    assert "rankmix: error: training loss became" in r.stderr and "Traceback" not in r.stderr
+    result = r.result()
+    assert result["status"] == "failed" and "loss became" in result["error"]
+    assert not (tmp_path / "results" / "default" / "table.md").exists() or "| default" not in (
+        tmp_path / "results" / "default" / "table.md").read_text()
+
+
+def test_ddp_sim_two_processes(tmp_path):
+    r = run_train(tmp_path, *FAST, "trainer=ddp_sim")
+    assert r.returncode == 0, r.stderr[-3000:]
+    result = r.result()
+    assert result["status"] == "ok" and result["train"]["devices"] == 2
+    assert 0.0 <= result["metrics"]["test/em"] <= 100.0
+
+
+def test_wandb_offline_writes_a_local_run(tmp_path):
+    env_mode = os.environ.get("WANDB_MODE")
+    os.environ["WANDB_MODE"] = "offline"
+    try:
+        proc = subprocess.run(train_cmd(tmp_path, *FAST, "logger=wandb"), cwd=REPO, capture_output=True, text=True,
+                              timeout=600, env={**os.environ, **OFFLINE_ENV, "WANDB_MODE": "offline"})
+    finally:
+        os.environ["WANDB_MODE"] = env_mode or "disabled"
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    run_dirs = list((tmp_path / "runs" / "default").glob("*/wandb/offline-run-*"))
+    assert run_dirs, "no offline wandb run was written"
+    assert not list((tmp_path / "runs").rglob("*.ckpt.wandb"))  # no model files logged
