@@ -39,11 +39,10 @@ def compose(*overrides: str):
     """The training config for ``overrides``, composed as ``python -m rankmix.train`` would."""
     from hydra import compose as hydra_compose
     from hydra import initialize_config_dir
-
-    from rankmix.config import register_resolvers
-
     from hydra.core.hydra_config import HydraConfig
     from omegaconf import open_dict
+
+    from rankmix.config import register_resolvers
 
     register_resolvers()
     with initialize_config_dir(config_dir=str(REPO / "conf"), version_base="1.3"):

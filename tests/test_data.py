@@ -1,0 +1,106 @@
+"""Generated data and record files: determinism, formats, and errors that name the file and line."""
+
+import json
+
+import pytest
+
+from rankmix.data.files import check_jsonl, write_jsonl_atomic
+from rankmix.data.instruction import InstructionDataModule
+from rankmix.data.synthetic import TASKS, generate_records
+from rankmix.errors import ConfigError, DataError
+
+GEN = {"name": "t", "tasks": ["copy", "reverse", "sort"], "n_train": 5, "n_validation": 2, "n_test": 3,
+       "min_len": 2, "max_len": 4, "seed": 7}
+
+
+def test_generation_is_deterministic_and_correct():
+    a = list(generate_records(["reverse", "sort", "shift", "first", "last"], 20, 2, 5, seed=3))
+    assert a == list(generate_records(["reverse", "sort", "shift", "first", "last"], 20, 2, 5, seed=3))
+    assert a != list(generate_records(["reverse", "sort", "shift", "first", "last"], 20, 2, 5, seed=4))
+    for r in a:
+        xs = r["inputs"].split(" : ")[1].split()
+        assert r["targets"].split() == TASKS[r["task"]](xs)
+        assert set(r) == {"inputs", "targets", "task", "domain", "metric"}
+    assert next(r for r in a if r["task"] == "shift" and "l" in r["inputs"].split(" : ")[1].split())
+
+
+def test_unknown_generated_task():
+    with pytest.raises(ValueError, match="unknown generated task 'nope'"):
+        list(generate_records(["nope"], 1, 1, 2, 0))
+
+
+def test_data_module_generates_once_and_encodes(tmp_path, tiny_tokenizer_for):
+    dm = InstructionDataModule(data_dir=None, cache_dir=str(tmp_path), generator=GEN, max_length=32)
+    dm.prepare_data()
+    files = dm.files()
+    assert [sum(1 for _ in open(files[s])) for s in ("train", "validation", "test")] == [15, 6, 9]
+    before = files["train"].read_text()
+    dm.prepare_data()
+    assert files["train"].read_text() == before
+    dm.set_tokenizer(tiny_tokenizer_for(files["train"]))
+    dm.setup()
+    ex = dm.examples["train"][0]
+    n_prompt = len(ex["prompt_ids"])
+    assert ex["labels"][:n_prompt] == [-100] * n_prompt and ex["labels"][n_prompt:] == ex["input_ids"][n_prompt:]
+    batch = next(iter(dm.test_dataloader()))
+    assert (batch["prompt_mask"][:, -1] == 1).all()  # prompts are left-padded for generation
+    assert batch["targets"] and len(batch["task"]) == batch["input_ids"].shape[0]
+
+
+def test_user_data_dir_must_hold_the_splits(tmp_path):
+    (tmp_path / "mine").mkdir()
+    write_jsonl_atomic(tmp_path / "mine" / "train.jsonl", [{"inputs": "a", "targets": "b", "task": "t"}])
+    dm = InstructionDataModule(data_dir=str(tmp_path / "mine"), cache_dir=str(tmp_path))
+    with pytest.raises(ConfigError, match="has no validation.jsonl"):
+        dm.check_paths()
+
+
+@pytest.mark.parametrize(("lines", "message"), [
+    (['{"inputs": "a", "targets": "b", "task": "t"}', '{"inputs": "a", "task": "t"}'],
+     r"bad.jsonl:2: missing field 'targets'"),
+    (['{"inputs": "a", "targets": "b", "task": "t"}', "not json"], r"bad.jsonl:2: not valid JSON"),
+    (['["a", "b"]'], r"bad.jsonl:1: expected a JSON object"),
+    (['{"inputs": "a", "targets": 3, "task": "t"}'], r"bad.jsonl:1: field 'targets' must be a string"),
+    ([], r"bad.jsonl: no records"),
+])
+def test_bad_records_name_file_and_line(tmp_path, lines, message):
+    path = tmp_path / "bad.jsonl"
+    path.write_text("\n".join(lines) + ("\n" if lines else ""))
+    with pytest.raises(DataError, match=message):
+        check_jsonl(path, ("inputs", "targets", "task"))
+
+
+def test_over_long_record_names_the_fix(tmp_path, tiny_tokenizer_for):
+    dm = InstructionDataModule(data_dir=None, cache_dir=str(tmp_path), generator=GEN, max_length=6)
+    dm.prepare_data()
+    dm.set_tokenizer(tiny_tokenizer_for(dm.files()["train"]))
+    with pytest.raises(DataError, match=r"train.jsonl: record 1 is \d+ tokens, over task.max_length=6"):
+        dm.setup()
+
+
+def test_atomic_write_leaves_no_partial_file(tmp_path):
+    path = tmp_path / "out.jsonl"
+
+    def records():
+        yield {"a": 1}
+        raise RuntimeError("interrupted")
+
+    with pytest.raises(RuntimeError):
+        write_jsonl_atomic(path, records())
+    assert not path.exists()
+
+
+@pytest.fixture
+def tiny_tokenizer_for(tmp_path):
+    from rankmix.backbones import build_word_level_tokenizer
+
+    return lambda train_file: build_word_level_tokenizer([train_file], tmp_path / "tok")
+
+
+def test_word_level_tokenizer_round_trips(tmp_path, tiny_tokenizer_for):
+    path = tmp_path / "d.jsonl"
+    write_jsonl_atomic(path, [{"inputs": "reverse : a b", "targets": "b a", "task": "reverse"}])
+    tok = tiny_tokenizer_for(path)
+    ids = tok("reverse : a b", add_special_tokens=False)["input_ids"]
+    assert tok.decode(ids) == "reverse : a b" and tok.unk_token_id not in ids
+    assert json.loads((tmp_path / "tok" / "tokenizer_config.json").read_text())

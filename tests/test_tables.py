@@ -1,0 +1,78 @@
+"""Results tables: paper cells, failed runs, status listing."""
+
+import csv
+import json
+
+import pytest
+
+from rankmix.errors import RankmixError
+from rankmix.results import write_json_atomic
+from rankmix.tables import REPO, build_table, experiment_tables, table_status
+
+
+def _run(key, metrics, table, status="ok", scale="tiny"):
+    return {"status": status, "run": {"key": key, "scale": scale}, "metrics": metrics, "config": {"table": table},
+            **({"error": "boom"} if status != "ok" else {})}
+
+
+@pytest.fixture
+def paper_dir(tmp_path):
+    d = tmp_path / "paper"
+    d.mkdir()
+    with open(d / "made_up_table.csv", "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["backbone", "method", "metric", "value"])
+        w.writerows([["B-7b", "LoRA-8", "EM", "40.1"], ["B-7b", "LoRA-64", "EM", "52.60"],
+                     ["B-13b", "LoRA-8", "EM", "45.0"]])
+    return d
+
+
+def test_cells_put_ours_beside_the_paper(tmp_path, paper_dir):
+    table = {"id": "x-1", "title": "Made-up", "paper_csv": "made_up_table.csv",
+             "cells": [{"match": {"backbone": "B-7b", "method": "LoRA-64"}, "metric": "test/em", "label": "LoRA-64 EM"}]}
+    runs = tmp_path / "results" / "x-1" / "runs"
+    write_json_atomic(runs / "lora64.json", _run("lora64", {"test/em": 50.0}, table))
+    write_json_atomic(runs / "broken.json", _run("broken", {}, table, status="failed"))
+    md = build_table("x-1", tmp_path / "results", paper_dir)
+    rows = list(csv.DictReader(open(md.parent / "table.csv")))
+    assert rows == [{"run": "lora64", "scale": "tiny", "cell": "LoRA-64 EM", "metric": "test/em",
+                     "paper": "52.60", "ours": "50.00", "diff": "-2.60"}]
+    text = md.read_text()
+    assert "| lora64 | tiny | LoRA-64 EM | test/em | 52.60 | 50.00 | -2.60 |" in text
+    assert "- `broken`: boom" in text
+
+
+def test_a_cell_must_match_one_paper_row(tmp_path, paper_dir):
+    table = {"id": "x-2", "paper_csv": "made_up_table.csv", "cells": [{"match": {"method": "LoRA-8"}, "metric": "m"}]}
+    write_json_atomic(tmp_path / "r" / "x-2" / "runs" / "a.json", _run("a", {"m": 1.0}, table))
+    with pytest.raises(RankmixError, match="2 rows match"):
+        build_table("x-2", tmp_path / "r", paper_dir)
+
+
+def test_status_reflects_scales(tmp_path):
+    runs = tmp_path / "x-3" / "runs"
+    assert table_status("x-3", tmp_path) == "never run"
+    write_json_atomic(runs / "a.json", _run("a", {"m": 1.0}, {}))
+    assert table_status("x-3", tmp_path) == "tiny (1 runs)"
+    write_json_atomic(runs / "b.json", _run("b", {"m": 1.0}, {}, scale="paper"))
+    write_json_atomic(runs / "c.json", _run("c", {}, {}, status="failed"))
+    assert table_status("x-3", tmp_path) == "paper+tiny (2 runs, 1 failed)"
+
+
+def test_experiment_tables_come_from_the_config_tree():
+    tables = experiment_tables()
+    assert tables["rankmix-ranks"] == [f"rankmix/ranks/r{r}" for r in (16, 2, 4, 8)]
+
+
+def test_paper_tables_are_shipped_in_their_format():
+    files = sorted((REPO / "results" / "paper").glob("*.csv"))
+    assert len(files) >= 30
+    with open(REPO / "results" / "paper" / "smora_table1.csv") as f:
+        header = next(csv.reader(f))
+    assert header[:2] == ["backbone", "task_cluster"] and "value" in header
+
+
+def test_committed_results_are_valid_json():
+    for p in (REPO / "results").glob("*/runs/*.json"):
+        r = json.loads(p.read_text())
+        assert r["status"] in ("ok", "failed") and "config_hash" in r["run"]
