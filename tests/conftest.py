@@ -69,13 +69,16 @@ def path_overrides(root: Path) -> list[str]:
     return [f"paths.runs_dir={root}/runs", f"paths.results_dir={root}/results", f"paths.cache_dir={root}/.cache"]
 
 
-def train_cmd(root: Path, *overrides: str, multirun: bool = False) -> list[str]:
-    return [sys.executable, "-m", "rankmix.train", *(["-m"] if multirun else []), *path_overrides(root), *overrides]
+def train_cmd(root: Path, *overrides: str, multirun: bool = False, by_env: bool = False) -> list[str]:
+    paths = [] if by_env else path_overrides(root)
+    return [sys.executable, "-m", "rankmix.train", *(["-m"] if multirun else []), *paths, *overrides]
 
 
-def run_train(root: Path, *overrides: str, multirun: bool = False, timeout: int = 600) -> Run:
-    proc = subprocess.run(train_cmd(root, *overrides, multirun=multirun), cwd=REPO, capture_output=True,
-                          text=True, timeout=timeout, env={**os.environ, **OFFLINE_ENV})
+def run_train(root: Path, *overrides: str, multirun: bool = False, by_env: bool = False, timeout: int = 600) -> Run:
+    """Run the entry in a subprocess writing under ``root`` (given as overrides, or as RANKMIX_ROOT with ``by_env``)."""
+    env = {**os.environ, **OFFLINE_ENV, **({"RANKMIX_ROOT": str(root)} if by_env else {})}
+    proc = subprocess.run(train_cmd(root, *overrides, multirun=multirun, by_env=by_env), cwd=REPO,
+                          capture_output=True, text=True, timeout=timeout, env=env)
     return Run(root, proc)
 
 

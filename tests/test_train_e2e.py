@@ -65,7 +65,7 @@ def test_rerun_skips_up_to_date_and_reruns_on_request(tmp_path):
 
 
 def test_multirun_over_ranks(tmp_path):
-    r = run_train(tmp_path, *FAST, "method.r=4,8", multirun=True)
+    r = run_train(tmp_path, *FAST, "method.r=4,8", multirun=True, by_env=True)
     assert r.returncode == 0, r.stderr[-3000:]
     runs = sorted((tmp_path / "results" / "default" / "runs").glob("*.json"))
     results = [json.loads(p.read_text()) for p in runs]

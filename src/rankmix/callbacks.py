@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import random
+from pathlib import Path
 
 import lightning.pytorch as pl
 import numpy as np
@@ -40,3 +41,46 @@ class EpochReseed(pl.Callback):
         random.seed(s)
         np.random.seed(s)
         torch.manual_seed(s)
+
+
+class AdapterRouting(pl.Callback):
+    """Drives the adapters' per-step hooks and collects their routing statistics.
+
+    Calls ``on_optimizer_step()`` of every adapter layer once per optimizer step (SMoRA's ``per_step``
+    bias update), logs the mean MaxVio of routed layers per training epoch (``routing/maxvio``), and
+    writes every layer's test-time statistics (loads, MaxVio) to ``<run dir>/routing_stats.json``.
+    """
+
+    @staticmethod
+    def _routed(pl_module):
+        from rankmix.adapters import adapter_layers
+
+        return {n: m for n, m in adapter_layers(pl_module).items() if hasattr(m, "routing_stats")}
+
+    def _reset(self, pl_module):
+        for layer in self._routed(pl_module).values():
+            layer.reset_routing_stats()
+
+    def on_before_optimizer_step(self, trainer, pl_module, optimizer):
+        from rankmix.adapters import adapter_layers
+
+        for layer in adapter_layers(pl_module).values():
+            layer.on_optimizer_step()
+
+    def on_train_epoch_start(self, trainer, pl_module):
+        self._reset(pl_module)
+
+    def on_train_epoch_end(self, trainer, pl_module):
+        vios = [s["maxvio"] for s in (m.routing_stats() for m in self._routed(pl_module).values()) if "maxvio" in s]
+        if vios:
+            pl_module.log("routing/maxvio", sum(vios) / len(vios))
+
+    def on_test_epoch_start(self, trainer, pl_module):
+        self._reset(pl_module)
+
+    def on_test_epoch_end(self, trainer, pl_module):
+        stats = {n: m.routing_stats() for n, m in self._routed(pl_module).items()}
+        if stats and trainer.is_global_zero:
+            from rankmix.results import write_json_atomic
+
+            write_json_atomic(Path(trainer.default_root_dir) / "routing_stats.json", stats)

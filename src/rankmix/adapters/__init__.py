@@ -4,8 +4,10 @@ Public API: ``build(name, base_layer, **cfg)`` wraps one linear layer; ``inject(
 wraps every target layer of a model and freezes the rest.
 """
 
-from rankmix.adapters import lora  # noqa: F401  (registers "lora")
+# importing a method module registers it
+from rankmix.adapters import hydralora, lora, lora_moe, moslora, smear, smora  # noqa: F401
 from rankmix.adapters.base import AdapterLayer
+from rankmix.adapters.context import adapter_context
 from rankmix.adapters.inject import (
     DEFAULT_TARGETS,
     InjectionReport,
@@ -19,7 +21,7 @@ from rankmix.adapters.inject import (
 from rankmix.adapters.registry import METHODS, build, get_method, method_options, register
 
 __all__ = [
-    "AdapterLayer", "DEFAULT_TARGETS", "InjectionReport", "METHODS", "adapter_layers", "adapter_state_dict",
+    "AdapterLayer", "DEFAULT_TARGETS", "adapter_context", "InjectionReport", "METHODS", "adapter_layers", "adapter_state_dict",
     "build", "candidate_names", "get_method", "inject", "merge_adapters", "method_options", "register",
     "unmerge_adapters",
 ]

@@ -56,6 +56,11 @@ class AdapterLayer(nn.Module):
         for p in base_layer.parameters():
             p.requires_grad_(False)
         self.merged = False
+        self.context: dict = {}  # per-call inputs, see rankmix.adapters.context
+
+    @classmethod
+    def check_target(cls, model: nn.Module, name: str, options: dict) -> None:
+        """Raise ``ConfigError`` if this method must not wrap layer ``name`` of ``model`` (default: any is fine)."""
 
     # -- the method ----------------------------------------------------------------------------
     def delta(self, x: torch.Tensor) -> torch.Tensor:
@@ -106,7 +111,10 @@ class AdapterLayer(nn.Module):
         return {k: v for k, v in self.state_dict().items() if not k.startswith("base_layer.")}
 
     def trainable_parameters(self) -> int:
-        return sum(p.numel() for n, p in self.named_parameters() if not n.startswith("base_layer."))
+        return sum(p.numel() for n, p in self.named_parameters() if p.requires_grad and not n.startswith("base_layer."))
+
+    def on_optimizer_step(self) -> None:
+        """Called after every optimizer step (e.g. SMoRA's per-step balancing-bias update); default: nothing."""
 
     def extra_repr(self) -> str:
         return f"method={self.method}, in_features={self.in_features}, out_features={self.out_features}"

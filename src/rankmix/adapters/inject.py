@@ -10,7 +10,7 @@ import torch
 from torch import nn
 
 from rankmix.adapters.base import SUPPORTED_BASE_LAYERS, AdapterLayer
-from rankmix.adapters.registry import build
+from rankmix.adapters.registry import build, get_method
 from rankmix.errors import ConfigError
 
 # Used when a method config leaves target_modules empty, keyed by the HF config's model_type.
@@ -91,6 +91,9 @@ def inject(model: nn.Module, method_cfg: Mapping) -> InjectionReport:
             "method.target_modules", targets,
             f"matches no layer of {type(model).__name__}; layers it has: {', '.join(candidate_names(model))}",
         )
+    cls = get_method(name)
+    for full_name in chosen:
+        cls.check_target(model, full_name, options)
     report = InjectionReport(method=name)
     for full_name in chosen:
         parent_name, _, child = full_name.rpartition(".")

@@ -15,7 +15,7 @@ import torch
 import torch.distributed as dist
 from transformers import get_linear_schedule_with_warmup
 
-from rankmix.adapters import adapter_state_dict
+from rankmix.adapters import adapter_context, adapter_state_dict
 from rankmix.metrics.text import score_generations
 
 
@@ -34,7 +34,8 @@ class CausalLMModule(pl.LightningModule):
 
     # -- training ------------------------------------------------------------------------------
     def training_step(self, batch, batch_idx):
-        loss = self.model(**batch).loss
+        with adapter_context(self.model, attention_mask=batch["attention_mask"]):
+            loss = self.model(**batch).loss
         self.log("train/loss", loss, prog_bar=True, on_step=True, on_epoch=True, batch_size=batch["input_ids"].shape[0])
         return loss
 
@@ -49,7 +50,9 @@ class CausalLMModule(pl.LightningModule):
     def _eval_step(self, batch, stage: str):
         n = batch["input_ids"].shape[0]
         lm = {k: batch[k] for k in ("input_ids", "attention_mask", "labels")}
-        self.log(f"{stage}/loss", self.model(**lm).loss, on_epoch=True, batch_size=n, sync_dist=True)
+        with adapter_context(self.model, attention_mask=batch["attention_mask"]):
+            loss = self.model(**lm).loss
+        self.log(f"{stage}/loss", loss, on_epoch=True, batch_size=n, sync_dist=True)
         generated = self.model.generate(
             input_ids=batch["prompt_ids"], attention_mask=batch["prompt_mask"], max_new_tokens=self.max_new_tokens,
             do_sample=False, pad_token_id=self.tokenizer.pad_token_id, eos_token_id=self.tokenizer.eos_token_id,

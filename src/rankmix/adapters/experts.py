@@ -1,0 +1,54 @@
+"""A bank of E LoRA experts of rank r, shared by the LoRA-MoE and SMEAR baselines (SMoRA App. E).
+
+``experts_A`` (E × r × d_in) is kaiming-uniform per expert (a = √5), ``experts_B`` (E × d_out × r) is zero, so
+a wrapped layer starts equal to its base layer.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+
+from rankmix.adapters.base import AdapterLayer, positive_int, probability
+
+
+class ExpertBankLayer(AdapterLayer):
+    """Base for methods that mix E LoRA experts with a router ``Linear(d_in, E, bias=False)``."""
+
+    def __init__(self, base_layer: nn.Module, num_experts: int, r: int, alpha: float, dropout: float):
+        super().__init__(base_layer)
+        self.num_experts, self.r = positive_int("num_experts", num_experts), positive_int("r", r)
+        self.alpha = float(alpha)
+        self.scaling = self.alpha / self.r
+        self.dropout = nn.Dropout(probability("dropout", dropout)) if dropout else nn.Identity()
+        self.experts_A = nn.Parameter(torch.empty(self.num_experts, self.r, self.in_features))
+        self.experts_B = nn.Parameter(torch.zeros(self.num_experts, self.out_features, self.r))
+        self.router = nn.Linear(self.in_features, self.num_experts, bias=False)  # PyTorch default init, as official
+        for a in self.experts_A:
+            nn.init.kaiming_uniform_(a, a=math.sqrt(5))
+
+    def expert_features(self, xd: torch.Tensor) -> torch.Tensor:
+        """A_e x for every expert: T × E × r."""
+        return torch.einsum("td,erd->ter", xd, self.experts_A)
+
+    def combine(self, h: torch.Tensor) -> torch.Tensor:
+        """Σ_e B_e h_e for weighted features h (T × E × r): T × d_out."""
+        return torch.einsum("ter,eor->to", h, self.experts_B)
+
+    def record_load(self, weights: torch.Tensor) -> None:
+        """Accumulate the per-expert gate mass (for routing plots); weights: T × E."""
+        with torch.no_grad():
+            mass = weights.detach().float().sum(0)
+            self.expert_load = mass if getattr(self, "expert_load", None) is None else self.expert_load + mass
+
+    def routing_stats(self) -> dict:
+        load = getattr(self, "expert_load", None)
+        return {"load": load.tolist() if load is not None else None}
+
+    def reset_routing_stats(self) -> None:
+        self.expert_load = None
+
+    def extra_repr(self) -> str:
+        return f"{super().extra_repr()}, num_experts={self.num_experts}, r={self.r}"

@@ -1,0 +1,166 @@
+"""SMoRA (Zhao et al., "Each Rank Could be an Expert"): every rank of one LoRA is an expert.
+
+    y = W0 x + s · B G(x) A dropout(x)                                                   (Eq. 4)
+
+G(x) = diag(g(x)) keeps the top-k of r ranks per token. Two gates:
+
+- ``gate: sigmoid`` (default; what the official code that produced the paper's numbers does):
+  s = sigmoid(W_g dropout(x)) + b, top-k of s, g = top-k values / their sum × k, scaling s = α/k.
+- ``gate: softmax`` (the paper's Eq. 5/6): g = Softmax(TopK(W_g x + b)), scaling s = α/r.
+
+Loss-free balancing (Eq. 7): the non-trainable bias b (buffer ``router_bias``, r) is updated as
+b_i ← b_i + u · sign(mean(c) − c_i) from per-rank token counts c, u = ``bias_update_rate`` = 1e-5;
+``bias_update: per_forward`` (official: every training forward, per layer) or ``per_step`` (counts summed
+over the forwards of one optimizer step). Padding is left out of the counts when an attention mask is in
+the adapter context, unless ``count_padding`` (the official behaviour).
+
+Block experts: ``rank_partition = p`` groups ranks into r/p experts of p ranks (router W_g: r/p × d); top-k
+then activates k/p whole blocks. By Property 1.1 this is LoRA-MoE with top-k routing.
+
+Backends for the sparse path: ``dense_masked`` (reference: all r ranks, masked gates), ``gather``
+(per-token gathered rows of A and columns of B, as the official backward does); ``auto`` picks
+``dense_masked`` here.
+MaxVio = max_i(c_i − mean c)/mean c over the counts since ``reset_routing_stats()`` (not in the official code).
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from rankmix.adapters.base import AdapterLayer, positive_int, probability
+from rankmix.adapters.registry import register
+from rankmix.errors import ConfigError
+
+GATES = ("sigmoid", "softmax")
+BIAS_UPDATES = ("per_forward", "per_step", "none")
+BACKENDS = ("auto", "dense_masked", "gather")
+
+
+def _choice(key: str, value, allowed: tuple[str, ...]) -> str:
+    if value not in allowed:
+        raise ConfigError(key, value, f"must be one of {', '.join(allowed)}")
+    return value
+
+
+def maxvio(counts: torch.Tensor) -> float:
+    """Maximal violation of balanced load: max_i(c_i − mean c) / mean c (0 = perfectly balanced)."""
+    mean = counts.float().mean()
+    return float((counts.float().max() - mean) / mean) if mean > 0 else 0.0
+
+
+@register("smora")
+class SMoRALayer(AdapterLayer):
+    method = "smora"
+
+    def __init__(self, base_layer: nn.Module, r: int = 64, k: int = 8, alpha: float = 16.0, dropout: float = 0.0,
+                 gate: str = "sigmoid", rank_partition: int = 1, bias_update: str = "per_forward",
+                 bias_update_rate: float = 1e-5, count_padding: bool = False, backend: str = "auto"):
+        super().__init__(base_layer)
+        self.r, self.k = positive_int("r", r), positive_int("k", k)
+        self.rank_partition = positive_int("rank_partition", rank_partition)
+        if self.k > self.r:
+            raise ConfigError("k", k, f"must be at most r={r} (k of the r ranks are active)")
+        if self.r % self.rank_partition:
+            raise ConfigError("rank_partition", rank_partition, f"must divide r={r}")
+        if self.k % self.rank_partition:
+            raise ConfigError("k", k, f"must be a multiple of rank_partition={rank_partition} (whole blocks are active)")
+        self.gate = _choice("gate", gate, GATES)
+        self.bias_update = _choice("bias_update", bias_update, BIAS_UPDATES)
+        self.backend = _choice("backend", backend, BACKENDS)
+        self.bias_update_rate = float(bias_update_rate)
+        self.count_padding = bool(count_padding)
+        self.alpha = float(alpha)
+        self.n_experts, self.k_experts = self.r // self.rank_partition, self.k // self.rank_partition
+        self.scaling = self.alpha / (self.k if self.gate == "sigmoid" else self.r)
+        self.dropout = nn.Dropout(probability("dropout", dropout)) if dropout else nn.Identity()
+        self.lora_A = nn.Linear(self.in_features, self.r, bias=False)
+        self.lora_B = nn.Linear(self.r, self.out_features, bias=False)
+        self.router = nn.Linear(self.in_features, self.n_experts, bias=False)  # PyTorch default init, as official
+        self.register_buffer("router_bias", torch.zeros(self.r))
+        self.register_buffer("load_counts", torch.zeros(self.r), persistent=False)
+        self.register_buffer("pending_counts", torch.zeros(self.r), persistent=False)
+        nn.init.kaiming_uniform_(self.lora_A.weight, a=math.sqrt(5))
+        nn.init.zeros_(self.lora_B.weight)
+
+    # -- routing ---------------------------------------------------------------------------------
+    def route(self, xd: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Top-k experts of each token (T × k/p indices) and their gates (T × k/p)."""
+        logits = self.router(xd)
+        bias = self.router_bias.view(self.n_experts, self.rank_partition).mean(-1).to(logits.dtype)
+        if self.gate == "sigmoid":
+            top, idx = (torch.sigmoid(logits) + bias).topk(self.k_experts, dim=-1)
+            gates = top / top.sum(-1, keepdim=True) * self.k_experts
+        else:
+            top, idx = (logits + bias).topk(self.k_experts, dim=-1)
+            gates = F.softmax(top, dim=-1)
+        return idx, gates
+
+    def rank_gates(self, idx: torch.Tensor, gates: torch.Tensor) -> torch.Tensor:
+        """The dense gate matrix over ranks, T × r (zero for inactive ranks): the diagonal of G(x)."""
+        g = torch.zeros(idx.shape[0], self.n_experts, dtype=gates.dtype, device=gates.device).scatter(1, idx, gates)
+        return g.repeat_interleave(self.rank_partition, dim=1)
+
+    def rank_indices(self, idx: torch.Tensor) -> torch.Tensor:
+        """Active rank indices, T × k, from active expert indices."""
+        p = self.rank_partition
+        return (idx.unsqueeze(-1) * p + torch.arange(p, device=idx.device)).flatten(-2)
+
+    # -- forward ---------------------------------------------------------------------------------
+    def delta(self, x: torch.Tensor) -> torch.Tensor:
+        shape = x.shape
+        xd = self.dropout(x.to(self.lora_A.weight.dtype)).reshape(-1, self.in_features)
+        idx, gates = self.route(xd)
+        if self.backend == "gather":
+            ranks = self.rank_indices(idx)
+            g = gates.repeat_interleave(self.rank_partition, dim=-1)
+            h = torch.einsum("tkd,td->tk", self.lora_A.weight[ranks], xd)
+            out = torch.einsum("tk,tko->to", h * g, self.lora_B.weight.T[ranks])
+        else:
+            out = self.lora_B(self.lora_A(xd) * self.rank_gates(idx, gates))
+        self._count(idx, shape[:-1])
+        return (out * self.scaling).reshape(*shape[:-1], self.out_features)
+
+    @torch.no_grad()
+    def _count(self, idx: torch.Tensor, token_shape: torch.Size) -> None:
+        keep = None
+        mask = self.context.get("attention_mask")
+        if not self.count_padding and mask is not None and tuple(mask.shape) == tuple(token_shape):
+            keep = mask.reshape(-1).bool()
+        chosen = self.rank_indices(idx if keep is None else idx[keep])
+        counts = torch.bincount(chosen.reshape(-1), minlength=self.r).to(self.load_counts.dtype)
+        self.load_counts += counts
+        if not self.training or self.bias_update == "none":
+            return
+        if self.bias_update == "per_forward":
+            self._update_bias(counts)
+        else:
+            self.pending_counts += counts
+
+    @torch.no_grad()
+    def _update_bias(self, counts: torch.Tensor) -> None:
+        self.router_bias += self.bias_update_rate * torch.sign(counts.mean() - counts)
+
+    @torch.no_grad()
+    def on_optimizer_step(self) -> None:
+        if self.bias_update == "per_step" and self.pending_counts.sum() > 0:
+            self._update_bias(self.pending_counts)
+            self.pending_counts.zero_()
+
+    # -- statistics and accounting --------------------------------------------------------------
+    def routing_stats(self) -> dict:
+        return {"load": self.load_counts.tolist(), "maxvio": maxvio(self.load_counts)}
+
+    def reset_routing_stats(self) -> None:
+        self.load_counts.zero_()
+
+    def activated_parameters(self) -> int:
+        """k rows of A and k columns of B, plus the router (always evaluated) — SMoRA App. J."""
+        return self.k * (self.in_features + self.out_features) + self.router.weight.numel()
+
+    def extra_repr(self) -> str:
+        return (f"{super().extra_repr()}, r={self.r}, k={self.k}, gate={self.gate}, "
+                f"rank_partition={self.rank_partition}, backend={self.backend}")
