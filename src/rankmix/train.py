@@ -77,12 +77,13 @@ def fit_and_test(cfg: DictConfig, run_dir: Path) -> tuple[dict, dict, pl.Trainer
     final_loss = trainer.callback_metrics.get("train/loss_epoch")
     tested = trainer.test(module, datamodule=dm, verbose=False)
     metrics = {k: float(v) for k, v in (tested[0] if tested else {}).items()}
-    layers = adapter_layers(model).values()
+    layers = list(adapter_layers(model).values())
     info = {
         "params": {
             "trainable": report.trainable_parameters,
             "total": report.total_parameters,
-            "activated_per_token": sum(layer.activated_parameters() for layer in layers),
+            "activated_per_token": sum(layer.activated_parameters() for layer in layers) if layers
+            else report.trainable_parameters,  # peft-backed methods: every adapter weight is used
             "wrapped_layers": len(report.wrapped),
         },
         "train": {

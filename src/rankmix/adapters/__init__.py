@@ -5,7 +5,7 @@ wraps every target layer of a model and freezes the rest.
 """
 
 # importing a method module registers it
-from rankmix.adapters import hydralora, lora, lora_moe, moslora, smear, smora  # noqa: F401
+from rankmix.adapters import hydralora, lora, lora_moe, moslora, smear, smola, smora  # noqa: F401
 from rankmix.adapters.base import AdapterLayer
 from rankmix.adapters.context import adapter_context
 from rankmix.adapters.inject import (
@@ -18,10 +18,11 @@ from rankmix.adapters.inject import (
     merge_adapters,
     unmerge_adapters,
 )
-from rankmix.adapters.registry import METHODS, build, get_method, method_options, register
+from rankmix.adapters.io import export_peft, load_adapter, save_adapter
+from rankmix.adapters.registry import METHODS, build, get_method, method_names, method_options, register
 
 __all__ = [
     "AdapterLayer", "DEFAULT_TARGETS", "adapter_context", "InjectionReport", "METHODS", "adapter_layers", "adapter_state_dict",
-    "build", "candidate_names", "get_method", "inject", "merge_adapters", "method_options", "register",
-    "unmerge_adapters",
+    "build", "candidate_names", "export_peft", "get_method", "inject", "load_adapter", "merge_adapters",
+    "method_names", "method_options", "register", "save_adapter", "unmerge_adapters",
 ]

@@ -10,6 +10,7 @@ import torch
 from torch import nn
 
 from rankmix.adapters.base import SUPPORTED_BASE_LAYERS, AdapterLayer
+from rankmix.adapters.peft_methods import PEFT_METHODS, inject_peft, is_peft_adapter_param
 from rankmix.adapters.registry import build, get_method
 from rankmix.errors import ConfigError
 
@@ -21,7 +22,7 @@ DEFAULT_TARGETS: dict[str, list[str]] = {
     "bert": ["query", "value"],
     "gpt2": ["c_attn"],
     "bart": ["q_proj", "v_proj"],
-    "vit": ["query", "value"],
+    "vit": ["query", "value", "q_proj", "v_proj"],  # layer names differ across transformers releases
 }
 
 # Keys of a method config that steer injection rather than the layer itself.
@@ -91,16 +92,17 @@ def inject(model: nn.Module, method_cfg: Mapping) -> InjectionReport:
             "method.target_modules", targets,
             f"matches no layer of {type(model).__name__}; layers it has: {', '.join(candidate_names(model))}",
         )
-    cls = get_method(name)
-    for full_name in chosen:
-        cls.check_target(model, full_name, options)
-    report = InjectionReport(method=name)
-    for full_name in chosen:
-        parent_name, _, child = full_name.rpartition(".")
-        parent = model.get_submodule(parent_name) if parent_name else model
-        layer = build(name, getattr(parent, child), **options)
-        setattr(parent, child, layer)
-        report.wrapped.append(full_name)
+    report = InjectionReport(method=name, wrapped=list(chosen))
+    if name in PEFT_METHODS:
+        inject_peft(model, name, chosen, options)
+    else:
+        cls = get_method(name)
+        for full_name in chosen:
+            cls.check_target(model, full_name, options)
+        for full_name in chosen:
+            parent_name, _, child = full_name.rpartition(".")
+            parent = model.get_submodule(parent_name) if parent_name else model
+            setattr(parent, child, build(name, getattr(parent, child), **options))
     report.trainable_parameters = sum(p.numel() for p in model.parameters() if p.requires_grad)
     report.total_parameters = sum(p.numel() for p in model.parameters())
     return report
@@ -111,11 +113,17 @@ def adapter_layers(model: nn.Module) -> dict[str, AdapterLayer]:
 
 
 def adapter_state_dict(model: nn.Module, prefix: str = "") -> dict[str, torch.Tensor]:
-    """State entries of all adapter layers (weights and buffers), keyed by their full names in ``model``."""
+    """State entries of all adapter layers (weights and buffers), keyed by their full names in ``model``.
+
+    Layers injected through peft (dora, loha, lokr) contribute their adapter weights.
+    """
     out = {}
     for name, layer in adapter_layers(model).items():
         for k, v in layer.adapter_state_dict().items():
             out[f"{prefix}{name}.{k}"] = v
+    for k, v in model.state_dict(keep_vars=True).items():
+        if is_peft_adapter_param(k):
+            out[f"{prefix}{k}"] = v.detach()
     return out
 
 

@@ -23,15 +23,26 @@ def register(name: str):
     return deco
 
 
+def method_names() -> list[str]:
+    """Every method ``inject`` accepts: registered adapter layers and the peft-backed baselines."""
+    from rankmix.adapters.peft_methods import PEFT_METHODS
+
+    return sorted({*METHODS, *PEFT_METHODS})
+
+
 def method_options(name: str) -> list[str]:
     """The config keys a method accepts (its constructor's keyword arguments)."""
+    from rankmix.adapters.peft_methods import OPTIONS
+
+    if name in OPTIONS:
+        return list(OPTIONS[name])
     params = inspect.signature(get_method(name).__init__).parameters
     return [p for p in params if p not in ("self", "base_layer")]
 
 
 def get_method(name: str) -> type:
     if name not in METHODS:
-        raise ConfigError("method.name", name, f"unknown method; registered: {', '.join(sorted(METHODS))}")
+        raise ConfigError("method.name", name, f"unknown method; registered: {', '.join(method_names())}")
     return METHODS[name]
 
 

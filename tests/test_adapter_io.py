@@ -1,0 +1,89 @@
+"""Adapter weights: save/load, the peft export round trip, and the peft-backed baselines."""
+
+import pytest
+import torch
+from peft import PeftModel
+from transformers import LlamaConfig, LlamaForCausalLM
+
+from rankmix.adapters import adapter_layers, adapter_state_dict, export_peft, inject, load_adapter, save_adapter
+from rankmix.errors import RankmixError
+
+
+def tiny_llama(seed=0):
+    torch.manual_seed(seed)
+    cfg = LlamaConfig(vocab_size=32, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                      num_attention_heads=4, num_key_value_heads=4, max_position_embeddings=32)
+    return LlamaForCausalLM(cfg).eval()
+
+
+def _randomise(model):
+    torch.manual_seed(1)
+    with torch.no_grad():
+        for layer in adapter_layers(model).values():
+            for name, p in layer.named_parameters():
+                if not name.startswith("base_layer.") and p.requires_grad:
+                    p.normal_(std=0.2)
+
+
+IDS = torch.randint(0, 32, (2, 9), generator=torch.Generator().manual_seed(0))
+
+
+@pytest.mark.parametrize(("cfg"), [
+    {"name": "lora", "r": 4, "alpha": 8},
+    {"name": "smora", "r": 8, "k": 2},
+    {"name": "moslora", "r": 4, "mixer_init": "orthogonal"},
+])
+def test_save_and_load_round_trip(tmp_path, cfg):
+    cfg = {**cfg, "target_modules": ["q_proj", "v_proj", "down_proj"]}
+    model = tiny_llama()
+    inject(model, cfg)
+    _randomise(model)
+    expected = model(IDS).logits
+    save_adapter(model, tmp_path, cfg)
+    fresh = tiny_llama()
+    inject(fresh, cfg)
+    load_adapter(fresh, tmp_path)
+    torch.testing.assert_close(fresh(IDS).logits, expected)
+
+
+def test_load_into_a_different_adapter_is_refused(tmp_path):
+    model = tiny_llama()
+    inject(model, {"name": "lora", "r": 4, "target_modules": ["q_proj"]})
+    save_adapter(model, tmp_path, {"name": "lora"})
+    other = tiny_llama()
+    inject(other, {"name": "lora", "r": 4, "target_modules": ["v_proj"]})
+    with pytest.raises(RankmixError, match="does not fit this model"):
+        load_adapter(other, tmp_path)
+
+
+@pytest.mark.parametrize("name", ["lora", "moslora", "ts_mixing"])
+def test_peft_loads_the_export(tmp_path, name):
+    model = tiny_llama()
+    inject(model, {"name": name, "r": 4, "alpha": 8, "target_modules": ["q_proj", "v_proj", "up_proj"]})
+    _randomise(model)
+    expected = model(IDS).logits
+    export_peft(model, tmp_path)
+    loaded = PeftModel.from_pretrained(tiny_llama(), tmp_path).eval()
+    torch.testing.assert_close(loaded(IDS).logits, expected, atol=1e-5, rtol=1e-5)
+
+
+def test_export_refuses_routed_methods(tmp_path):
+    model = tiny_llama()
+    inject(model, {"name": "smora", "r": 4, "k": 2, "target_modules": ["q_proj"]})
+    with pytest.raises(RankmixError, match="peft export supports lora, moslora, ts_mixing"):
+        export_peft(model, tmp_path)
+
+
+@pytest.mark.parametrize("name", ["dora", "loha", "lokr"])
+def test_peft_backed_baselines(name):
+    model = tiny_llama()
+    before = model(IDS).logits
+    report = inject(model, {"name": name, "r": 4, "alpha": 8, "target_modules": ["q_proj", "v_proj"]})
+    assert len(report.wrapped) == 4
+    torch.testing.assert_close(model(IDS).logits, before, atol=1e-5, rtol=1e-5)  # starts as the base model
+    trainable = [n for n, p in model.named_parameters() if p.requires_grad]
+    assert trainable and report.trainable_parameters == sum(p.numel() for p in model.parameters() if p.requires_grad)
+    state = adapter_state_dict(model)
+    assert set(state) == set(trainable)
+    model(IDS).logits.pow(2).mean().backward()
+    assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in model.parameters() if p.requires_grad)
