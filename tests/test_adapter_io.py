@@ -5,7 +5,14 @@ import torch
 from peft import PeftModel
 from transformers import LlamaConfig, LlamaForCausalLM
 
-from rankmix.adapters import adapter_layers, adapter_state_dict, export_peft, inject, load_adapter, save_adapter
+from rankmix.adapters import (
+    adapter_layers,
+    adapter_state_dict,
+    export_peft,
+    inject,
+    load_adapter,
+    save_adapter,
+)
 from rankmix.errors import RankmixError
 
 
