@@ -77,7 +77,7 @@ def test_peft_loads_the_export(tmp_path, name):
 def test_export_refuses_routed_methods(tmp_path):
     model = tiny_llama()
     inject(model, {"name": "smora", "r": 4, "k": 2, "target_modules": ["q_proj"]})
-    with pytest.raises(RankmixError, match="peft export supports lora, moslora, ts_mixing"):
+    with pytest.raises(RankmixError, match="peft export supports lora, moslora, ts_mixing, flora"):
         export_peft(model, tmp_path)
 
 

@@ -104,3 +104,17 @@ def test_merge_round_trip_and_absorbed_a(name):
     torch.testing.assert_close(layer(x), before, atol=1e-6, rtol=1e-6)
     layer.unmerge()
     torch.testing.assert_close(base.weight, w0, atol=1e-6, rtol=0)
+
+
+def test_flora_starts_at_base_and_trains_its_core_first():
+    torch.manual_seed(4)
+    base = nn.Linear(16, 12)
+    layer = build("flora", base, r=4, alpha=4)
+    x = torch.randn(5, 16)
+    torch.testing.assert_close(layer(x), base(x))
+    A, B = layer.lora_A.weight, layer.lora_B.weight
+    torch.testing.assert_close(A @ A.T, torch.eye(4), atol=1e-5, rtol=0)
+    torch.testing.assert_close(B.T @ B, torch.eye(4), atol=1e-5, rtol=0)
+    layer(x).pow(2).sum().backward()
+    assert layer.lora_mixer.weight.grad.abs().sum() > 0
+    assert layer.lora_A.weight.grad.abs().sum() == 0  # G = 0 blocks A's gradient at step 0

@@ -5,7 +5,7 @@ wraps every target layer of a model and freezes the rest.
 """
 
 # importing a method module registers it
-from rankmix.adapters import hydralora, lora, lora_moe, moslora, smear, smola, smora  # noqa: F401
+from rankmix.adapters import flora, hydralora, lora, lora_moe, moslora, smear, smola, smora  # noqa: F401
 from rankmix.adapters.base import AdapterLayer
 from rankmix.adapters.context import adapter_context
 from rankmix.adapters.inject import (

@@ -19,7 +19,7 @@ from torch import nn
 from rankmix.adapters.inject import adapter_layers, adapter_state_dict
 from rankmix.errors import RankmixError
 
-PEFT_EXPORTABLE = ("lora", "moslora", "ts_mixing")
+PEFT_EXPORTABLE = ("lora", "moslora", "ts_mixing", "flora")
 
 
 def save_adapter(model: nn.Module, directory: str | Path, method_cfg: Mapping) -> Path:
