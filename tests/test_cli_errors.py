@@ -2,7 +2,7 @@
 
 import pytest
 
-from conftest import FAST, run_train
+from conftest import FAST, OFFLINE_ENV, run_train
 
 CASES = [
     (["method=nope"], "Could not find 'method/nope'", "Available options in 'method'"),
@@ -27,3 +27,17 @@ def test_bad_config_gives_one_clear_line(tmp_path, overrides, message, detail):
         assert detail in r.stderr
     assert "Traceback" not in r.stderr
     assert not list(tmp_path.glob("runs/**/checkpoints/*.ckpt"))  # failed before training
+
+
+def test_multirun_with_relaunching_ddp_is_refused(tmp_path):
+    r = run_train(tmp_path, *FAST, "trainer=ddp", "trainer.accelerator=cpu", "method.r=4,8", multirun=True)
+    assert "rankmix: error: trainer.strategy='ddp': re-launches the command line" in r.stderr
+    assert "hydra/launcher=slurm" in r.stderr and "Traceback" not in r.stderr
+
+
+def test_online_wandb_without_credentials_is_refused(tmp_path, monkeypatch):
+    monkeypatch.setenv("HOME", str(tmp_path))
+    monkeypatch.delenv("WANDB_API_KEY", raising=False)
+    monkeypatch.setitem(OFFLINE_ENV, "WANDB_MODE", "online")
+    r = run_train(tmp_path, *FAST, "logger=wandb")
+    assert r.returncode == 1 and "WANDB_MODE=online needs WANDB_API_KEY" in r.stderr

@@ -76,3 +76,19 @@ def test_committed_results_are_valid_json():
     for p in (REPO / "results").glob("*/runs/*.json"):
         r = json.loads(p.read_text())
         assert r["status"] in ("ok", "failed") and "config_hash" in r["run"]
+
+
+def test_list_command_shows_every_table(capsys, tmp_path):
+    from rankmix.tables import main
+
+    assert main(["--results-dir", str(tmp_path), "list"]) == 0
+    line = next(ln for ln in capsys.readouterr().out.splitlines() if "reproduce-table-rankmix-ranks" in ln)
+    assert line.endswith("never run")
+
+
+def test_makefile_help_lists_every_target():
+    import subprocess
+
+    out = subprocess.run(["make", "-s", "help"], cwd=REPO, capture_output=True, text=True, check=True).stdout
+    for target in ("setup", "run", "test", "list-tables", "reproduce-table-%", "sync-wandb"):
+        assert f"  {target} " in out

@@ -8,6 +8,7 @@ result JSON per run (atomically) and rebuilds the run's results table.
 from __future__ import annotations
 
 import logging
+import os
 import sys
 import time
 import traceback
@@ -23,7 +24,7 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
 from rankmix.config import apply_scale, config_hash, register_resolvers, run_key, validate
-from rankmix.errors import RankmixError
+from rankmix.errors import ConfigError, RankmixError
 from rankmix.results import (
     git_state,
     is_up_to_date,
@@ -98,6 +99,22 @@ def fit_and_test(cfg: DictConfig, run_dir: Path) -> tuple[dict, dict, pl.Trainer
     return metrics, info, trainer
 
 
+def check_launch(cfg: DictConfig, multirun: bool) -> None:
+    """Refuse set-ups that are known to go wrong before any work starts."""
+    strategy = cfg.trainer.get("strategy")
+    name = strategy if isinstance(strategy, str) else str((strategy or {}).get("_target_", ""))
+    relaunches = cfg.trainer.devices not in (1, "1") and not name.endswith("ddp_spawn") and any(
+        s in name.lower() for s in ("ddp", "fsdp", "deepspeed"))
+    launcher = str(HydraConfig.get().launcher.get("_target_", ""))
+    if multirun and relaunches and "BasicLauncher" in launcher:
+        raise ConfigError("trainer.strategy", name, "re-launches the command line for each rank, which would "
+                          "restart this sweep; use hydra/launcher=slurm for multi-GPU sweeps (see trainer/ddp.yaml)")
+    if "wandb" in (cfg.get("logger") or {}) and os.environ.get("WANDB_MODE", "offline") == "online" and not (
+            os.environ.get("WANDB_API_KEY") or (Path.home() / ".netrc").is_file()):
+        raise ConfigError("logger", "wandb", "WANDB_MODE=online needs WANDB_API_KEY (or `wandb login`); "
+                          "or run offline and `make sync-wandb` later")
+
+
 def _resumable_checkpoint(last: Path) -> str | None:
     """``last.ckpt`` when it exists and loads; a file cut short by a kill is set aside, not trusted."""
     if not last.is_file():
@@ -125,6 +142,7 @@ def train(cfg: DictConfig) -> float | None:
         path = result_path(Path(cfg.paths.results_dir), cfg.table.id, key)
         apply_scale(cfg)
         validate(cfg)
+        check_launch(cfg, multirun)
         chash = config_hash(cfg)
         if not cfg.rerun and is_up_to_date(path, chash):
             print(f"rankmix: up to date: {path} (rerun=true runs it again)")
