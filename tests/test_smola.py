@@ -184,3 +184,17 @@ def test_bad_options_name_the_key(cfg, key):
     assert e.value.key == key
     if key == "method.variant":
         assert "mm, o" in str(e.value)
+
+
+def test_routing_stats_are_plain_lists():
+    import torch
+    from torch import nn
+
+    from rankmix.adapters import build
+
+    layer = build("smola", nn.Linear(8, 6), num_experts=3, r=2)
+    layer(torch.randn(2, 5, 8))
+    stats = layer.routing_stats()["mm"]
+    assert len(stats["phi_gram"]) == 3 and abs(sum(stats["combine_mass"]) - 1.0) < 1e-5
+    layer.reset_routing_stats()
+    assert "combine_mass" not in layer.routing_stats()["mm"]

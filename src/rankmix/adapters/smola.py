@@ -164,6 +164,14 @@ class SMoLALayer(AdapterLayer):
         phi = _normalize(self.blocks[block].routing_mat.float(), dim=0)
         return phi.T @ phi
 
+    def routing_stats(self) -> dict:
+        """The last forward's per-block expert statistics and each block's ΦΦᵀ, as plain lists."""
+        return {block: {**{k: v.tolist() for k, v in self.last_routing.get(block, {}).items()},
+                        "phi_gram": self.phi_gram(block).tolist()} for block in self.blocks}
+
+    def reset_routing_stats(self) -> None:
+        self.last_routing = {}
+
     def activated_parameters(self) -> int:
         """Soft routing: a token uses every expert of its blocks (all of ``mm``; for ``o``, its modality's and mm)."""
         return self.trainable_parameters() // len(self.blocks) * min(len(self.blocks), 2)
