@@ -5,7 +5,19 @@ wraps every target layer of a model and freezes the rest.
 """
 
 # importing a method module registers it
-from rankmix.adapters import flora, hydralora, lora, lora_moe, moslora, smear, smola, smora  # noqa: F401
+from rankmix.adapters import (  # noqa: F401
+    adapter,
+    flora,
+    hydralora,
+    lora,
+    lora_moe,
+    moslora,
+    multi_adapter,
+    routing,
+    smear,
+    smola,
+    smora,
+)
 from rankmix.adapters.base import AdapterLayer
 from rankmix.adapters.context import adapter_context
 from rankmix.adapters.inject import (
@@ -20,9 +32,10 @@ from rankmix.adapters.inject import (
 )
 from rankmix.adapters.io import export_peft, load_adapter, save_adapter
 from rankmix.adapters.registry import METHODS, build, get_method, method_names, method_options, register
+from rankmix.adapters.routing import routing_context
 
 __all__ = [
     "AdapterLayer", "DEFAULT_TARGETS", "adapter_context", "InjectionReport", "METHODS", "adapter_layers", "adapter_state_dict",
     "build", "candidate_names", "export_peft", "get_method", "inject", "load_adapter", "merge_adapters",
-    "method_names", "method_options", "register", "save_adapter", "unmerge_adapters",
+    "method_names", "method_options", "register", "routing_context", "save_adapter", "unmerge_adapters",
 ]

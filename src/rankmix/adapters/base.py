@@ -44,6 +44,18 @@ def probability(key: str, value) -> float:
     return float(value)
 
 
+def choice(key: str, value, allowed) -> str:
+    if not isinstance(value, str) or value not in allowed:
+        raise ConfigError(key, value, f"must be one of {', '.join(allowed)}")
+    return value
+
+
+def real(key: str, value) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise ConfigError(key, value, "must be a number")
+    return float(value)
+
+
 class AdapterLayer(nn.Module):
     """Frozen ``base_layer`` plus a trainable path; ``merge()`` folds a linear path into W0."""
 

@@ -31,19 +31,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from rankmix.adapters.base import AdapterLayer, positive_int, probability
+from rankmix.adapters.base import AdapterLayer, choice, positive_int, probability
 from rankmix.adapters.registry import register
 from rankmix.errors import ConfigError
 
 GATES = ("sigmoid", "softmax")
 BIAS_UPDATES = ("per_forward", "per_step", "none")
 BACKENDS = ("auto", "dense_masked", "gather")
-
-
-def _choice(key: str, value, allowed: tuple[str, ...]) -> str:
-    if value not in allowed:
-        raise ConfigError(key, value, f"must be one of {', '.join(allowed)}")
-    return value
 
 
 def maxvio(counts: torch.Tensor) -> float:
@@ -68,9 +62,9 @@ class SMoRALayer(AdapterLayer):
             raise ConfigError("rank_partition", rank_partition, f"must divide r={r}")
         if self.k % self.rank_partition:
             raise ConfigError("k", k, f"must be a multiple of rank_partition={rank_partition} (whole blocks are active)")
-        self.gate = _choice("gate", gate, GATES)
-        self.bias_update = _choice("bias_update", bias_update, BIAS_UPDATES)
-        self.backend = _choice("backend", backend, BACKENDS)
+        self.gate = choice("gate", gate, GATES)
+        self.bias_update = choice("bias_update", bias_update, BIAS_UPDATES)
+        self.backend = choice("backend", backend, BACKENDS)
         self.bias_update_rate = float(bias_update_rate)
         self.count_padding = bool(count_padding)
         self.alpha = float(alpha)
