@@ -57,7 +57,7 @@ def build_trainer(cfg: DictConfig, run_dir: Path) -> pl.Trainer:
 
 
 def fit_and_test(cfg: DictConfig, run_dir: Path) -> tuple[dict, dict, pl.Trainer]:
-    from rankmix.adapters import adapter_layers, inject
+    from rankmix.adapters import adapter_layers, check_context, inject
     from rankmix.backbones import build_backbone, load_tokenizer
     from rankmix.modules.causal_lm import CausalLMModule
 
@@ -69,6 +69,7 @@ def fit_and_test(cfg: DictConfig, run_dir: Path) -> tuple[dict, dict, pl.Trainer
     model = build_backbone(cfg.backbone, tokenizer)
     report = inject(model, OmegaConf.to_container(cfg.method, resolve=True))
     log.info(str(report))
+    check_context(model, cfg.task.get("context", []))
     dm.set_tokenizer(tokenizer)
     module = CausalLMModule(model, tokenizer, max_new_tokens=cfg.task.datamodule.max_new_tokens,
                             predictions_path=str(run_dir / "predictions.jsonl"), **cfg.optimizer)

@@ -26,6 +26,7 @@ from rankmix.adapters.inject import (
     adapter_layers,
     adapter_state_dict,
     candidate_names,
+    check_context,
     inject,
     merge_adapters,
     unmerge_adapters,
@@ -36,6 +37,6 @@ from rankmix.adapters.routing import routing_context
 
 __all__ = [
     "AdapterLayer", "DEFAULT_TARGETS", "adapter_context", "InjectionReport", "METHODS", "adapter_layers", "adapter_state_dict",
-    "build", "candidate_names", "export_peft", "get_method", "inject", "load_adapter", "merge_adapters",
+    "build", "candidate_names", "check_context", "export_peft", "get_method", "inject", "load_adapter", "merge_adapters",
     "method_names", "method_options", "register", "routing_context", "save_adapter", "unmerge_adapters",
 ]

@@ -85,6 +85,10 @@ class AdapterLayer(nn.Module):
             f"{self.method}: the update depends on the input (routing), so it has no fixed ΔW to merge"
         )
 
+    def required_context(self) -> set[str]:
+        """Keys this layer reads from ``adapter_context`` (beyond the optional attention mask)."""
+        return set()
+
     def activated_parameters(self) -> int:
         """Adapter parameters that take part in the computation for one token (SMoRA App. J)."""
         return self.trainable_parameters()

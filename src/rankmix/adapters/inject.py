@@ -108,6 +108,17 @@ def inject(model: nn.Module, method_cfg: Mapping) -> InjectionReport:
     return report
 
 
+def check_context(model: nn.Module, provided) -> None:
+    """Refuse a method that reads per-call inputs (x_R, task ids, modality masks) the task never supplies."""
+    needed = set().union(*(layer.required_context() for layer in adapter_layers(model).values()))
+    missing = sorted(needed - set(provided))
+    if missing:
+        method = next(iter(adapter_layers(model).values())).method
+        raise ConfigError("method.name", method, f"reads {', '.join(missing)} from each batch, which this task "
+                          f"does not provide (it provides: {', '.join(sorted(provided)) or 'nothing'}); "
+                          "pick a task that does (e.g. a vision-language task for x_r)")
+
+
 def adapter_layers(model: nn.Module) -> dict[str, AdapterLayer]:
     return {n: m for n, m in model.named_modules() if isinstance(m, AdapterLayer)}
 

@@ -59,6 +59,9 @@ class MultiAdapterLayer(BottleneckLayer):
         self.dropout = dropout_module(dropout)
         self.adapters = nn.ModuleDict({t: TaskAdapter(self.out_features, r, init) for t in tasks})
 
+    def required_context(self) -> set[str]:
+        return {"task_ids"} | ({"x_r"} if any(fn != "none" for fn in self.fns.values()) else set())
+
     def task_ids(self, h: torch.Tensor) -> torch.Tensor:
         ids = self.context.get("task_ids")
         if ids is None:

@@ -175,6 +175,9 @@ class RoutingLayer(BottleneckLayer):
             z = self.route_up(z)
         return self.up(self.act(z)) * self.scaling
 
+    def required_context(self) -> set[str]:
+        return set() if self.fn == "none" else {"x_r"}
+
     def delta_weight(self) -> torch.Tensor:
         if self.fn != "none" or self.base != "lora":
             return super().delta_weight()

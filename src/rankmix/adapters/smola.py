@@ -158,6 +158,9 @@ class SMoLALayer(AdapterLayer):
         out = sum(block_out for block_out, _ in results.values())
         return out.reshape(*x.shape[:-1], self.out_features)
 
+    def required_context(self) -> set[str]:
+        return {"modality_masks"} if self.variant == "o" else set()
+
     @torch.no_grad()
     def phi_gram(self, block: str = "mm") -> torch.Tensor:
         """ΦΦᵀ (E×E) of a block's normalised routing matrix (Omni-SMoLA App. B, Fig. 4); identity = distinct experts."""
