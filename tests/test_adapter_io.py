@@ -81,16 +81,37 @@ def test_export_refuses_routed_methods(tmp_path):
         export_peft(model, tmp_path)
 
 
-@pytest.mark.parametrize("name", ["dora", "loha", "lokr"])
+@pytest.mark.parametrize("name", ["dora", "loha", "lokr", "adalora"])
 def test_peft_backed_baselines(name):
     model = tiny_llama()
     before = model(IDS).logits
-    report = inject(model, {"name": name, "r": 4, "alpha": 8, "target_modules": ["q_proj", "v_proj"]})
+    extra = {"total_step": 10} if name == "adalora" else {}
+    report = inject(model, {"name": name, "r": 4, "alpha": 8, "target_modules": ["q_proj", "v_proj"], **extra})
     assert len(report.wrapped) == 4
     torch.testing.assert_close(model(IDS).logits, before, atol=1e-5, rtol=1e-5)  # starts as the base model
     trainable = [n for n, p in model.named_parameters() if p.requires_grad]
     assert trainable and report.trainable_parameters == sum(p.numel() for p in model.parameters() if p.requires_grad)
     state = adapter_state_dict(model)
-    assert set(state) == set(trainable)
+    assert set(trainable) <= set(state) and all(".base_layer." not in k for k in state)
     model(IDS).logits.pow(2).mean().backward()
     assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in model.parameters() if p.requires_grad)
+
+
+def test_adalora_prunes_to_its_budget():
+    from rankmix.adapters.peft_methods import peft_tuner
+
+    model = tiny_llama().train()
+    inject(model, {"name": "adalora", "r": 2, "init_r": 6, "total_step": 30, "tinit": 2, "tfinal": 5, "deltaT": 1,
+                   "target_modules": ["q_proj", "v_proj"]})
+    tuner = peft_tuner(model)
+    params = [p for p in model.parameters() if p.requires_grad]
+    opt = torch.optim.AdamW(params, lr=1e-2)
+    labels = IDS.clone()
+    for step in range(30):
+        loss = tuner(input_ids=IDS, labels=labels).loss  # includes the orthogonal regulariser
+        loss.backward()
+        opt.step()
+        tuner.update_and_allocate(step)
+        opt.zero_grad()
+    active = sum(int(torch.count_nonzero(p)) for n, p in model.named_parameters() if "lora_E" in n)
+    assert active <= 4 * 2  # 4 layers, an average of r = 2 ranks each (started at 6)

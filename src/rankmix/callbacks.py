@@ -47,7 +47,7 @@ class AdapterRouting(pl.Callback):
     """Drives the adapters' per-step hooks and collects their routing statistics.
 
     Calls ``on_optimizer_step()`` of every adapter layer once per optimizer step (SMoRA's ``per_step``
-    bias update), logs the mean MaxVio of routed layers per training epoch (``routing/maxvio``), and
+    bias update) and peft's AdaLoRA budget update after it, logs the mean MaxVio of routed layers per training epoch (``routing/maxvio``), and
     writes every layer's test-time statistics (loads, MaxVio) to ``<run dir>/routing_stats.json``.
     """
 
@@ -66,6 +66,13 @@ class AdapterRouting(pl.Callback):
 
         for layer in adapter_layers(pl_module).values():
             layer.on_optimizer_step()
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+        from rankmix.adapters.peft_methods import peft_tuner
+
+        tuner = peft_tuner(pl_module)
+        if tuner is not None and hasattr(tuner, "update_and_allocate"):  # AdaLoRA's rank budget
+            tuner.update_and_allocate(trainer.global_step)
 
     def on_train_epoch_start(self, trainer, pl_module):
         self._reset(pl_module)

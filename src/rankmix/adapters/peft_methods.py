@@ -1,9 +1,11 @@
 """Baselines that Hugging Face ``peft`` already implements, behind the same ``inject`` call (not re-written).
 
-``dora`` (LoRA with ``use_dora``), ``loha`` and ``lokr`` (MoSLoRA Tab. 4 baselines) are injected with
-``peft.inject_adapter_in_model``; their layers are peft's own. ``adalora`` is not offered: its rank budget
-is re-allocated by ``AdaLoraModel.update_and_allocate`` every step, which needs peft's model wrapper and
-its training loop hooks rather than layer injection.
+``dora`` (LoRA with ``use_dora``), ``loha``, ``lokr`` and ``adalora`` (MoSLoRA Tab. 4 baselines) use peft's
+own layers. AdaLoRA also needs peft's model wrapper: its forward adds the orthogonal regulariser to the
+loss, and ``update_and_allocate(step)`` re-allocates the rank budget after each optimizer step. The
+wrapper is kept with the model (``peft_tuner(model)``); rankmix's training module calls the model through
+it and the ``AdapterRouting`` callback calls ``update_and_allocate``. AdaLoRA's importance estimates are not
+part of a checkpoint, so a resumed AdaLoRA run re-estimates them.
 """
 
 from __future__ import annotations
@@ -14,16 +16,19 @@ from torch import nn
 
 from rankmix.errors import ConfigError
 
-PEFT_METHODS = ("dora", "loha", "lokr")
+PEFT_METHODS = ("dora", "loha", "lokr", "adalora")
 OPTIONS = {
     "dora": ("r", "alpha", "dropout"),
     "loha": ("r", "alpha", "dropout"),
     "lokr": ("r", "alpha", "dropout"),
+    "adalora": ("r", "init_r", "alpha", "dropout", "total_step", "tinit", "tfinal", "deltaT", "orth_reg_weight"),
 }
+ADAPTER_TENSORS = (".lora_", ".hada_", ".lokr_", ".ranknum.")
+TUNER_KEY = "rankmix_peft_tuner"  # kept in the model's __dict__: not a submodule (it wraps the model itself)
 
 
 def peft_config(name: str, targets: list[str], options: Mapping):
-    from peft import LoHaConfig, LoKrConfig, LoraConfig
+    from peft import AdaLoraConfig, LoHaConfig, LoKrConfig, LoraConfig
 
     unknown = sorted(set(options) - set(OPTIONS[name]))
     if unknown:
@@ -36,17 +41,36 @@ def peft_config(name: str, targets: list[str], options: Mapping):
         return LoraConfig(r=r, lora_alpha=alpha, lora_dropout=dropout, use_dora=True, target_modules=targets)
     if name == "loha":
         return LoHaConfig(r=r, alpha=alpha, rank_dropout=dropout, target_modules=targets)
-    return LoKrConfig(r=r, alpha=alpha, rank_dropout=dropout, target_modules=targets)
+    if name == "lokr":
+        return LoKrConfig(r=r, alpha=alpha, rank_dropout=dropout, target_modules=targets)
+    if not options.get("total_step"):
+        raise ConfigError("method.total_step", options.get("total_step"),
+                          "AdaLoRA schedules its rank budget over the run: give the number of optimizer steps")
+    schedule = {k: int(options[k]) for k in ("tinit", "tfinal", "deltaT") if options.get(k) is not None}
+    return AdaLoraConfig(target_r=r, init_r=int(options.get("init_r", int(1.5 * r))), lora_alpha=alpha,
+                         lora_dropout=dropout, total_step=int(options["total_step"]), target_modules=targets,
+                         orth_reg_weight=float(options.get("orth_reg_weight", 0.5)), **schedule)
 
 
 def inject_peft(model: nn.Module, name: str, full_names: list[str], options: Mapping) -> None:
-    """Inject peft's ``name`` adapter into exactly the layers ``full_names``; only its weights train."""
+    """Inject peft's ``name`` adapter into exactly the layers ``full_names``; peft marks only its weights trainable."""
     from peft import inject_adapter_in_model
+    from peft.tuners.adalora import AdaLoraModel
 
-    inject_adapter_in_model(peft_config(name, full_names, options), model)
-    for n, p in model.named_parameters():
-        p.requires_grad_(is_peft_adapter_param(n))
+    config = peft_config(name, full_names, options)
+    if name == "adalora":
+        model.__dict__[TUNER_KEY] = AdaLoraModel(model, config, "default")
+    else:
+        inject_adapter_in_model(config, model)
+
+
+def peft_tuner(model: nn.Module):
+    """The peft model wrapper kept by ``inject`` (AdaLoRA), searched in ``model`` and its submodules."""
+    for m in model.modules():
+        if TUNER_KEY in m.__dict__:
+            return m.__dict__[TUNER_KEY]
+    return None
 
 
 def is_peft_adapter_param(name: str) -> bool:
-    return any(t in name for t in (".lora_", ".hada_", ".lokr_")) and ".base_layer." not in name
+    return any(t in name for t in ADAPTER_TENSORS) and ".base_layer." not in name

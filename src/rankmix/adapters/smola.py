@@ -71,7 +71,8 @@ def soft_mixture(block: nn.Module, x: torch.Tensor, mask: torch.Tensor) -> tuple
     Returns Δ (B, L, d_out) and detached routing statistics per expert.
     """
     phi = _normalize(block.routing_mat, dim=0) * block.routing_scale
-    logits = torch.einsum("BLd,dE->BLE", _normalize(x, dim=-1), phi).float()
+    logits = torch.einsum("BLd,dE->BLE", _normalize(x, dim=-1), phi)
+    logits = logits.to(torch.promote_types(logits.dtype, torch.float32))  # softmaxes in at least fp32
     keep = mask.unsqueeze(-1)
     # Masked softmaxes: excluded tokens get the lowest logit, then weight 0 (a fully masked row gives 0, not NaN).
     logits = logits.masked_fill(~keep, torch.finfo(logits.dtype).min)

@@ -16,6 +16,7 @@ import torch.distributed as dist
 from transformers import get_linear_schedule_with_warmup
 
 from rankmix.adapters import adapter_context, adapter_state_dict
+from rankmix.adapters.peft_methods import peft_tuner
 from rankmix.metrics.text import score_generations
 
 
@@ -33,9 +34,14 @@ class CausalLMModule(pl.LightningModule):
         self._generations: list[dict] = []
 
     # -- training ------------------------------------------------------------------------------
-    def training_step(self, batch, batch_idx):
+    def _lm(self, batch):
+        """The model's forward, through peft's wrapper where a peft method needs it (AdaLoRA's regulariser)."""
+        forward = peft_tuner(self.model) or self.model
         with adapter_context(self.model, attention_mask=batch["attention_mask"]):
-            loss = self.model(**batch).loss
+            return forward(**{k: batch[k] for k in ("input_ids", "attention_mask", "labels")})
+
+    def training_step(self, batch, batch_idx):
+        loss = self._lm(batch).loss
         self.log("train/loss", loss, prog_bar=True, on_step=True, on_epoch=True, batch_size=batch["input_ids"].shape[0])
         return loss
 
@@ -49,9 +55,7 @@ class CausalLMModule(pl.LightningModule):
     # -- evaluation ----------------------------------------------------------------------------
     def _eval_step(self, batch, stage: str):
         n = batch["input_ids"].shape[0]
-        lm = {k: batch[k] for k in ("input_ids", "attention_mask", "labels")}
-        with adapter_context(self.model, attention_mask=batch["attention_mask"]):
-            loss = self.model(**lm).loss
+        loss = self._lm(batch).loss
         self.log(f"{stage}/loss", loss, on_epoch=True, batch_size=n, sync_dist=True)
         generated = self.model.generate(
             input_ids=batch["prompt_ids"], attention_mask=batch["prompt_mask"], max_new_tokens=self.max_new_tokens,
