@@ -143,3 +143,11 @@ def test_not_mergeable_and_parameter_accounting():
     assert layer.activated_parameters() == 8 * (16 + 12) + 64 * 16
     assert layer.trainable_parameters() == 64 * 16 + 12 * 64 + 64 * 16
     assert "router_bias" in layer.adapter_state_dict() and not layer.router_bias.requires_grad
+
+
+def test_gate_entropy_is_tracked():
+    layer = _smora(r=8, k=4, gate="softmax", bias_update="none")
+    assert layer.routing_stats()["gate_entropy"] is None
+    layer(torch.randn(6, 16))
+    h = layer.routing_stats()["gate_entropy"]
+    assert 0.0 < h <= torch.log(torch.tensor(4.0)).item() + 1e-6

@@ -147,3 +147,19 @@ def test_wandb_offline_writes_a_local_run(tmp_path):
     run_dirs = list((tmp_path / "runs" / "default").glob("*/wandb/offline-run-*"))
     assert run_dirs, "no offline wandb run was written"
     assert not list((tmp_path / "runs").rglob("*.ckpt.wandb"))  # no model files logged
+
+
+def test_smora_run_records_routing_statistics(tmp_path):
+    r = run_train(tmp_path, *FAST, "method=smora", "method.r=8", "method.k=2")
+    assert r.returncode == 0, r.stderr[-3000:]
+    result = r.result()
+    assert result["params"]["activated_per_token"] < result["params"]["trainable"]
+    run_dir = tmp_path / "runs" / "default" / result["run"]["key"]
+    epochs = [json.loads(line) for line in (run_dir / "routing_stats_train.jsonl").read_text().splitlines()]
+    assert [e["epoch"] for e in epochs] == [0, 1]
+    layer = next(iter(epochs[-1]["layers"].values()))
+    assert len(layer["load"]) == 8 and layer["maxvio"] >= 0 and layer["gate_entropy"] > 0
+    test_stats = json.loads((run_dir / "routing_stats.json").read_text())
+    assert len(test_stats) == 14
+    with open(run_dir / "csv" / "metrics.csv") as f:
+        assert "routing/maxvio" in next(csv.reader(f))

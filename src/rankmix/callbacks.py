@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 import random
 from pathlib import Path
@@ -47,8 +48,10 @@ class AdapterRouting(pl.Callback):
     """Drives the adapters' per-step hooks and collects their routing statistics.
 
     Calls ``on_optimizer_step()`` of every adapter layer once per optimizer step (SMoRA's ``per_step``
-    bias update) and peft's AdaLoRA budget update after it, logs the mean MaxVio of routed layers per training epoch (``routing/maxvio``), and
-    writes every layer's test-time statistics (loads, MaxVio) to ``<run dir>/routing_stats.json``.
+    bias update) and peft's AdaLoRA budget update after it; logs the mean MaxVio of routed layers per
+    training epoch (``routing/maxvio``); appends every routed layer's statistics (loads, MaxVio, gate
+    entropy) to ``<run dir>/routing_stats_train.jsonl`` once per epoch; and writes the test-time statistics
+    to ``<run dir>/routing_stats.json``.
     """
 
     @staticmethod
@@ -78,9 +81,13 @@ class AdapterRouting(pl.Callback):
         self._reset(pl_module)
 
     def on_train_epoch_end(self, trainer, pl_module):
-        vios = [s["maxvio"] for s in (m.routing_stats() for m in self._routed(pl_module).values()) if "maxvio" in s]
+        stats = {n: m.routing_stats() for n, m in self._routed(pl_module).items()}
+        vios = [s["maxvio"] for s in stats.values() if "maxvio" in s]
         if vios:
             pl_module.log("routing/maxvio", sum(vios) / len(vios))
+        if stats and trainer.is_global_zero:  # one line per epoch, for the load-balancing figures
+            with open(Path(trainer.default_root_dir) / "routing_stats_train.jsonl", "a") as f:
+                f.write(json.dumps({"epoch": trainer.current_epoch, "step": trainer.global_step, "layers": stats}) + "\n")
 
     def on_test_epoch_start(self, trainer, pl_module):
         self._reset(pl_module)

@@ -26,6 +26,9 @@ class ExpertBankLayer(AdapterLayer):
         self.experts_A = nn.Parameter(torch.empty(self.num_experts, self.r, self.in_features))
         self.experts_B = nn.Parameter(torch.zeros(self.num_experts, self.out_features, self.r))
         self.router = nn.Linear(self.in_features, self.num_experts, bias=False)  # PyTorch default init, as official
+        self.register_buffer("expert_load", torch.zeros(self.num_experts), persistent=False)
+        self.register_buffer("entropy_sum", torch.zeros(()), persistent=False)
+        self.register_buffer("token_count", torch.zeros(()), persistent=False)
         for a in self.experts_A:
             nn.init.kaiming_uniform_(a, a=math.sqrt(5))
 
@@ -40,15 +43,19 @@ class ExpertBankLayer(AdapterLayer):
     def record_load(self, weights: torch.Tensor) -> None:
         """Accumulate the per-expert gate mass (for routing plots); weights: T × E."""
         with torch.no_grad():
-            mass = weights.detach().float().sum(0)
-            self.expert_load = mass if getattr(self, "expert_load", None) is None else self.expert_load + mass
+            w = weights.detach().float()
+            self.expert_load += w.sum(0)
+            self.entropy_sum += -torch.special.xlogy(w, w).sum()
+            self.token_count += w.shape[0]
 
     def routing_stats(self) -> dict:
-        load = getattr(self, "expert_load", None)
-        return {"load": load.tolist() if load is not None else None}
+        """Per-expert gate mass and the mean per-token gate entropy since the last reset."""
+        entropy = float(self.entropy_sum / self.token_count) if self.token_count > 0 else None
+        return {"load": self.expert_load.tolist(), "gate_entropy": entropy}
 
     def reset_routing_stats(self) -> None:
-        self.expert_load = None
+        for buf in (self.expert_load, self.entropy_sum, self.token_count):
+            buf.zero_()
 
     def extra_repr(self) -> str:
         return f"{super().extra_repr()}, num_experts={self.num_experts}, r={self.r}"

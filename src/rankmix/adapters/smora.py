@@ -77,6 +77,8 @@ class SMoRALayer(AdapterLayer):
         self.register_buffer("router_bias", torch.zeros(self.r))
         self.register_buffer("load_counts", torch.zeros(self.r), persistent=False)
         self.register_buffer("pending_counts", torch.zeros(self.r), persistent=False)
+        self.register_buffer("entropy_sum", torch.zeros(()), persistent=False)
+        self.register_buffer("token_count", torch.zeros(()), persistent=False)
         nn.init.kaiming_uniform_(self.lora_A.weight, a=math.sqrt(5))
         nn.init.zeros_(self.lora_B.weight)
 
@@ -115,16 +117,20 @@ class SMoRALayer(AdapterLayer):
             out = torch.einsum("tk,tko->to", h * g, self.lora_B.weight.T[ranks])
         else:
             out = self.lora_B(self.lora_A(xd) * self.rank_gates(idx, gates))
-        self._count(idx, shape[:-1])
+        self._count(idx, gates, shape[:-1])
         return (out * self.scaling).reshape(*shape[:-1], self.out_features)
 
     @torch.no_grad()
-    def _count(self, idx: torch.Tensor, token_shape: torch.Size) -> None:
+    def _count(self, idx: torch.Tensor, gates: torch.Tensor, token_shape: torch.Size) -> None:
         keep = None
         mask = self.context.get("attention_mask")
         if not self.count_padding and mask is not None and tuple(mask.shape) == tuple(token_shape):
             keep = mask.reshape(-1).bool()
-        chosen = self.rank_indices(idx if keep is None else idx[keep])
+            idx, gates = idx[keep], gates[keep]
+        p = gates.float() / gates.float().sum(-1, keepdim=True)
+        self.entropy_sum += -torch.special.xlogy(p, p).sum()
+        self.token_count += gates.shape[0]
+        chosen = self.rank_indices(idx)
         counts = torch.bincount(chosen.reshape(-1), minlength=self.r).to(self.load_counts.dtype)
         self.load_counts += counts
         if not self.training or self.bias_update == "none":
@@ -146,10 +152,13 @@ class SMoRALayer(AdapterLayer):
 
     # -- statistics and accounting --------------------------------------------------------------
     def routing_stats(self) -> dict:
-        return {"load": self.load_counts.tolist(), "maxvio": maxvio(self.load_counts)}
+        """Per-rank token counts, MaxVio and the mean entropy of the active gates since the last reset."""
+        entropy = float(self.entropy_sum / self.token_count) if self.token_count > 0 else None
+        return {"load": self.load_counts.tolist(), "maxvio": maxvio(self.load_counts), "gate_entropy": entropy}
 
     def reset_routing_stats(self) -> None:
-        self.load_counts.zero_()
+        for buf in (self.load_counts, self.entropy_sum, self.token_count):
+            buf.zero_()
 
     def activated_parameters(self) -> int:
         """k rows of A and k columns of B, plus the router (always evaluated) — SMoRA App. J."""
