@@ -141,6 +141,7 @@ def test_not_mergeable_and_parameter_accounting():
     with pytest.raises(NotMergeableError):
         layer.merge()
     assert layer.activated_parameters() == 8 * (16 + 12) + 64 * 16
+    assert layer.router_parameters() == 64 * 16
     assert layer.trainable_parameters() == 64 * 16 + 12 * 64 + 64 * 16
     assert "router_bias" in layer.adapter_state_dict() and not layer.router_bias.requires_grad
 

@@ -86,6 +86,7 @@ def fit_and_test(cfg: DictConfig, run_dir: Path) -> tuple[dict, dict, pl.Trainer
             "total": report.total_parameters,
             "activated_per_token": sum(layer.activated_parameters() for layer in layers) if layers
             else report.trainable_parameters,  # peft-backed methods: every adapter weight is used
+            "router": sum(layer.router_parameters() for layer in layers),
             "wrapped_layers": len(report.wrapped),
         },
         "train": {

@@ -126,6 +126,10 @@ class AdapterLayer(nn.Module):
         """Trainable weights and adapter buffers, without the frozen base layer."""
         return {k: v for k, v in self.state_dict().items() if not k.startswith("base_layer.")}
 
+    def router_parameters(self) -> int:
+        """Trainable parameters of the router (``router.*``), counted apart from the low-rank path (SMoRA Fig. 9)."""
+        return sum(p.numel() for n, p in self.named_parameters() if p.requires_grad and n.startswith("router."))
+
     def trainable_parameters(self) -> int:
         return sum(p.numel() for n, p in self.named_parameters() if p.requires_grad and not n.startswith("base_layer."))
 
