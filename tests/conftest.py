@@ -16,6 +16,9 @@ OFFLINE_ENV = {
     "WANDB_MODE": "disabled", "PBAR_REFRESH": "0",
 }
 os.environ.update(OFFLINE_ENV)
+# Without a GPU, Triton kernels run in Triton's CPU interpreter; it must be chosen before they are imported.
+if not os.environ.get("CUDA_VISIBLE_DEVICES", "x") or not Path("/dev/nvidia0").exists():
+    os.environ.setdefault("TRITON_INTERPRET", "1")
 
 # A small, fast version of the default run for tests (the default itself is asserted in test_default_run).
 FAST_SETTINGS = {

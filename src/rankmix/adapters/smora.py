@@ -17,27 +17,36 @@ the adapter context, unless ``count_padding`` (the official behaviour).
 Block experts: ``rank_partition = p`` groups ranks into r/p experts of p ranks (router W_g: r/p × d); top-k
 then activates k/p whole blocks. By Property 1.1 this is LoRA-MoE with top-k routing.
 
-Backends for the sparse path: ``dense_masked`` (reference: all r ranks, masked gates), ``gather``
-(per-token gathered rows of A and columns of B, as the official backward does); ``auto`` picks
-``dense_masked`` here.
+Backends for the sparse path (``rankmix.kernels``): ``dense_masked`` (the reference: all r ranks, masked
+gates), ``gather`` (per-token gathered rows of A and columns of B, as the official backward does) and
+``triton`` (fused kernels, forward and backward); ``auto`` picks ``triton`` on CUDA when Triton is installed
+and ``dense_masked`` otherwise; an unavailable ``triton`` falls back with a one-line notice. Top-k ties go to
+the lower index in every backend.
 MaxVio = max_i(c_i − mean c)/mean c over the counts since ``reset_routing_stats()`` (not in the official code).
 """
 
 from __future__ import annotations
 
 import math
+import warnings
+from functools import lru_cache
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from rankmix.adapters.base import AdapterLayer, choice, positive_int, probability
 from rankmix.adapters.registry import register
 from rankmix.errors import ConfigError
+from rankmix.kernels import reference
 
 GATES = ("sigmoid", "softmax")
 BIAS_UPDATES = ("per_forward", "per_step", "none")
-BACKENDS = ("auto", "dense_masked", "gather")
+BACKENDS = ("auto", "dense_masked", "gather", "triton")
+
+
+@lru_cache(maxsize=None)
+def _notice_once(message: str) -> None:
+    warnings.warn(message, stacklevel=3)
 
 
 def maxvio(counts: torch.Tensor) -> float:
@@ -82,43 +91,46 @@ class SMoRALayer(AdapterLayer):
         nn.init.kaiming_uniform_(self.lora_A.weight, a=math.sqrt(5))
         nn.init.zeros_(self.lora_B.weight)
 
-    # -- routing ---------------------------------------------------------------------------------
-    def route(self, xd: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Top-k experts of each token (T × k/p indices) and their gates (T × k/p)."""
-        logits = self.router(xd)
-        bias = self.router_bias.view(self.n_experts, self.rank_partition).mean(-1).to(logits.dtype)
-        if self.gate == "sigmoid":
-            top, idx = (torch.sigmoid(logits) + bias).topk(self.k_experts, dim=-1)
-            gates = top / top.sum(-1, keepdim=True) * self.k_experts
-        else:
-            top, idx = (logits + bias).topk(self.k_experts, dim=-1)
-            gates = F.softmax(top, dim=-1)
-        return idx, gates
+    # -- routing and forward ---------------------------------------------------------------------
+    def expert_bias(self) -> torch.Tensor:
+        """The balancing bias per expert (E): the mean of ``router_bias`` over each block of ranks."""
+        return self.router_bias.view(self.n_experts, self.rank_partition).mean(-1)
 
-    def rank_gates(self, idx: torch.Tensor, gates: torch.Tensor) -> torch.Tensor:
-        """The dense gate matrix over ranks, T × r (zero for inactive ranks): the diagonal of G(x)."""
-        g = torch.zeros(idx.shape[0], self.n_experts, dtype=gates.dtype, device=gates.device).scatter(1, idx, gates)
-        return g.repeat_interleave(self.rank_partition, dim=1)
+    def resolve_backend(self, x: torch.Tensor) -> str:
+        """``auto`` → ``triton`` on CUDA when Triton is installed, else ``dense_masked``."""
+        from rankmix.kernels import smora_triton
+
+        if self.backend == "auto" and x.is_cuda and smora_triton.triton is not None:
+            return "triton"
+        if self.backend == "triton" and smora_triton.available(x.device):  # CUDA, or the CPU interpreter
+            return "triton"
+        if self.backend == "triton":
+            _notice_once(f"smora: backend=triton needs Triton and a CUDA device ({x.device.type} here); "
+                         "using dense_masked")
+        return "gather" if self.backend == "gather" else "dense_masked"
+
+    def delta(self, x: torch.Tensor) -> torch.Tensor:
+        shape = x.shape
+        xd = self.dropout(x.to(self.lora_A.weight.dtype)).reshape(-1, self.in_features)
+        args = (self.lora_A.weight, self.lora_B.weight, self.router.weight, self.expert_bias().to(xd.dtype))
+        backend = self.resolve_backend(xd)
+        if backend == "triton":
+            from rankmix.kernels.smora_triton import SMoRATriton
+
+            out, idx, g = SMoRATriton.apply(xd, *args, self.k_experts, self.rank_partition, self.gate == "sigmoid",
+                                            self.scaling)
+            idx = idx.long()
+            gates = g.gather(1, idx)
+        else:
+            fn = reference.smora_gather if backend == "gather" else reference.smora_dense
+            out, idx, gates = fn(xd, *args, self.k_experts, self.rank_partition, self.gate, self.scaling)
+        self._count(idx, gates.detach(), shape[:-1])
+        return out.reshape(*shape[:-1], self.out_features)
 
     def rank_indices(self, idx: torch.Tensor) -> torch.Tensor:
         """Active rank indices, T × k, from active expert indices."""
         p = self.rank_partition
         return (idx.unsqueeze(-1) * p + torch.arange(p, device=idx.device)).flatten(-2)
-
-    # -- forward ---------------------------------------------------------------------------------
-    def delta(self, x: torch.Tensor) -> torch.Tensor:
-        shape = x.shape
-        xd = self.dropout(x.to(self.lora_A.weight.dtype)).reshape(-1, self.in_features)
-        idx, gates = self.route(xd)
-        if self.backend == "gather":
-            ranks = self.rank_indices(idx)
-            g = gates.repeat_interleave(self.rank_partition, dim=-1)
-            h = torch.einsum("tkd,td->tk", self.lora_A.weight[ranks], xd)
-            out = torch.einsum("tk,tko->to", h * g, self.lora_B.weight.T[ranks])
-        else:
-            out = self.lora_B(self.lora_A(xd) * self.rank_gates(idx, gates))
-        self._count(idx, gates, shape[:-1])
-        return (out * self.scaling).reshape(*shape[:-1], self.out_features)
 
     @torch.no_grad()
     def _count(self, idx: torch.Tensor, gates: torch.Tensor, token_shape: torch.Size) -> None:
