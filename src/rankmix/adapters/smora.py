@@ -29,7 +29,7 @@ from __future__ import annotations
 
 import math
 import warnings
-from functools import lru_cache
+from functools import cache
 
 import torch
 from torch import nn
@@ -44,7 +44,7 @@ BIAS_UPDATES = ("per_forward", "per_step", "none")
 BACKENDS = ("auto", "dense_masked", "gather", "triton")
 
 
-@lru_cache(maxsize=None)
+@cache
 def _notice_once(message: str) -> None:
     warnings.warn(message, stacklevel=3)
 
