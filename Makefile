@@ -8,7 +8,7 @@ SCALE ?= tiny
 ARGS ?=
 OFFLINE := HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 HF_DATASETS_OFFLINE=1 WANDB_MODE=disabled
 
-.PHONY: help setup run test test-fast lint list-tables sync-wandb clean
+.PHONY: help setup run test test-fast test-kernels bench-kernels lint list-tables sync-wandb clean
 
 help: ## list the targets with one line each
 	@grep -hE '^[a-zA-Z0-9_%-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-22s %s\n", $$1, $$2}'
@@ -42,6 +42,12 @@ reproduce-table-%: ## run table <paper>-<id>'s multirun (missing/stale runs only
 
 table-%: ## rebuild results/<id>/table.{md,csv} from the run JSONs already there
 	$(PY) -m rankmix.tables build $*
+
+bench-kernels: ## time SMoRA's sparse path (Triton vs PyTorch variants) → results/bench/kernels-<device>.{csv,md}
+	$(PY) -m rankmix.kernels.bench $(ARGS)
+
+test-kernels: ## the Triton kernel tests only (interpreter on CPU, compiled on a GPU)
+	$(OFFLINE) $(PY) -m pytest -m triton_interpreter $(ARGS)
 
 sync-wandb: ## upload offline wandb runs (needs network and `wandb login`)
 	$(VENV)/bin/wandb sync runs/*/*/wandb/offline-run-*
