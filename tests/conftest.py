@@ -23,8 +23,8 @@ if not os.environ.get("CUDA_VISIBLE_DEVICES", "x") or not Path("/dev/nvidia0").e
 # A small, fast version of the default run for tests (the default itself is asserted in test_default_run).
 FAST_SETTINGS = {
     "trainer.max_epochs": 2,
-    "task.tiny.datamodule.generator.n_train": 24,
-    "task.tiny.datamodule.generator.n_test": 4,
+    "task.tiny.datamodule.source.n_train": 24,
+    "task.tiny.datamodule.source.n_test": 4,
     "task.tiny.datamodule.max_eval_samples.validation": 12,
 }
 

@@ -34,7 +34,7 @@ def test_scale_selects_the_block():
     assert paper.backbone.source == "pretrained" and paper.backbone.name_or_path == "meta-llama/Llama-2-7b-hf"
     assert paper.backbone.tokenizer.name_or_path == "meta-llama/Llama-2-7b-hf"
     assert tiny.trainer.max_epochs == tiny.task.max_epochs
-    assert paper.task.datamodule.generator.n_train > tiny.task.datamodule.generator.n_train
+    assert paper.task.datamodule.source.n_train > tiny.task.datamodule.source.n_train
     assert "tiny" not in tiny.backbone and "paper" not in tiny.task
 
 

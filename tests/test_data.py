@@ -9,7 +9,7 @@ from rankmix.data.instruction import InstructionDataModule
 from rankmix.data.synthetic import TASKS, generate_records
 from rankmix.errors import ConfigError, DataError
 
-GEN = {"name": "t", "tasks": ["copy", "reverse", "sort"], "n_train": 5, "n_validation": 2, "n_test": 3,
+GEN = {"kind": "symbolic", "tasks": ["copy", "reverse", "sort"], "n_train": 5, "n_validation": 2, "n_test": 3,
        "min_len": 2, "max_len": 4, "seed": 7}
 
 
@@ -30,7 +30,7 @@ def test_unknown_generated_task():
 
 
 def test_data_module_generates_once_and_encodes(tmp_path, tiny_tokenizer_for):
-    dm = InstructionDataModule(data_dir=None, cache_dir=str(tmp_path), generator=GEN, max_length=32)
+    dm = InstructionDataModule(data_dir=None, cache_dir=str(tmp_path), source=GEN, max_length=32)
     dm.prepare_data()
     files = dm.files()
     assert [sum(1 for _ in open(files[s])) for s in ("train", "validation", "test")] == [15, 6, 9]
@@ -71,7 +71,7 @@ def test_bad_records_name_file_and_line(tmp_path, lines, message):
 
 
 def test_over_long_record_names_the_fix(tmp_path, tiny_tokenizer_for):
-    dm = InstructionDataModule(data_dir=None, cache_dir=str(tmp_path), generator=GEN, max_length=6)
+    dm = InstructionDataModule(data_dir=None, cache_dir=str(tmp_path), source=GEN, max_length=6)
     dm.prepare_data()
     dm.set_tokenizer(tiny_tokenizer_for(dm.files()["train"]))
     with pytest.raises(DataError, match=r"train.jsonl: record 1 is \d+ tokens, over task.max_length=6"):

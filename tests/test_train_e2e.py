@@ -89,7 +89,7 @@ def test_failed_run_does_not_stop_the_sweep(tmp_path):
 
 
 def test_kill_and_resume_reaches_the_same_metrics(tmp_path):
-    overrides = fast(trainer__max_epochs=4, task__tiny__datamodule__generator__n_train=200, method__dropout=0.1)
+    overrides = fast(trainer__max_epochs=4, task__tiny__datamodule__source__n_train=200, method__dropout=0.1)
     reference = run_train(tmp_path / "reference", *overrides)
     assert reference.returncode == 0, reference.stderr[-3000:]
 

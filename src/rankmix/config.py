@@ -1,6 +1,6 @@
 """Config handling shared by every entry point: scale selection, validation, run identity.
 
-Scale: a config node (backbone, task) may hold ``tiny:`` and ``paper:`` blocks beside shared keys;
+Scale: a config node (backbone, task, optimizer, trainer) may hold ``tiny:`` and ``paper:`` blocks beside shared keys;
 ``apply_scale`` replaces the node by ``shared ∪ block[scale]`` so the rest of the code sees one flat node.
 """
 
@@ -15,7 +15,8 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 from rankmix.errors import ConfigError
 
 SCALES = ("tiny", "paper")
-SCALED_GROUPS = ("backbone", "task")
+SCALED_GROUPS = ("backbone", "task", "optimizer", "trainer")
+REQUIRE_BOTH_SCALES = ("backbone", "task")  # the others may set only the keys one scale changes
 # Keys that change where or how a run is executed, not what it computes: left out of the run's hash.
 UNHASHED = ("paths", "logger", "callbacks", "hydra", "rerun")
 MAX_KEY_LEN = 120
@@ -30,11 +31,11 @@ def apply_scale(cfg: DictConfig) -> None:
         node = cfg.get(group)
         if node is None or not any(s in node for s in SCALES):
             continue
-        if scale not in node:
+        if scale not in node and group in REQUIRE_BOTH_SCALES:
             raise ConfigError(group, node.get("name"), f"has no '{scale}' block; it supports: "
                               f"{', '.join(s for s in SCALES if s in node)}")
         shared = {k: v for k, v in node.items() if k not in SCALES}
-        merged = OmegaConf.merge(OmegaConf.create(shared), node[scale])
+        merged = OmegaConf.merge(OmegaConf.create(shared), node.get(scale) or {})
         with open_dict(cfg):
             cfg[group] = merged
 

@@ -47,7 +47,7 @@ def table_rows(run: dict, paper_dir: Path) -> list[dict]:
     if table.get("cells"):
         rows = []
         for cell in table["cells"]:
-            paper = paper_value(paper_dir, table["paper_csv"], cell["match"])
+            paper = paper_value(paper_dir, table["paper_csv"], {**table.get("match", {}), **cell["match"]})
             ours = metrics.get(cell["metric"])
             diff = ours - float(paper) if ours is not None and paper not in ("", None) else None
             label = cell.get("label") or ", ".join(f"{k}={v}" for k, v in cell["match"].items())

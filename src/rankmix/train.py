@@ -72,6 +72,7 @@ def fit_and_test(cfg: DictConfig, run_dir: Path) -> tuple[dict, dict, pl.Trainer
     check_context(model, cfg.task.get("context", []))
     dm.set_tokenizer(tokenizer)
     module = CausalLMModule(model, tokenizer, max_new_tokens=cfg.task.datamodule.max_new_tokens,
+                            scorer=cfg.task.get("scorer", "generic"),
                             predictions_path=str(run_dir / "predictions.jsonl"), **cfg.optimizer)
     trainer = build_trainer(cfg, run_dir)
     resume = _resumable_checkpoint(run_dir / "checkpoints" / "last.ckpt")

@@ -18,7 +18,7 @@ import torch
 from torch.utils.data import DataLoader, DistributedSampler
 
 from rankmix.data.files import check_jsonl, write_jsonl_atomic
-from rankmix.data.synthetic import generate_records
+from rankmix.data.sources import build_splits
 from rankmix.errors import ConfigError, DataError
 
 SPLITS = ("train", "validation", "test")
@@ -27,13 +27,14 @@ IGNORE_INDEX = -100
 
 
 class InstructionDataModule(pl.LightningDataModule):
-    """Reads ``{data_dir}/{train,validation,test}.jsonl``; with ``data_dir: null`` generates them first."""
+    """Reads ``{data_dir}/{train,validation,test}.jsonl``; with ``data_dir: null`` prepares them first from
+    ``source`` (generated, or sampled from the FLAN files; see ``rankmix.data.sources``) under ``cache_dir``."""
 
     def __init__(
         self,
         data_dir: str | None,
         cache_dir: str,
-        generator: dict | None = None,
+        source: dict | None = None,
         prompt_template: str = "{inputs} =>",
         loss_on_prompt: bool = False,
         max_length: int = 64,
@@ -47,7 +48,7 @@ class InstructionDataModule(pl.LightningDataModule):
         super().__init__()
         self.data_dir = Path(data_dir) if data_dir else None
         self.cache_dir = Path(cache_dir)
-        self.generator = dict(generator or {})
+        self.source = dict(source or {})
         self.prompt_template = prompt_template
         self.loss_on_prompt = loss_on_prompt
         self.max_length = max_length
@@ -66,8 +67,8 @@ class InstructionDataModule(pl.LightningDataModule):
         return {s: root / f"{s}.jsonl" for s in SPLITS}
 
     def _generated_dir(self) -> Path:
-        key = hashlib.sha256(json.dumps(self.generator, sort_keys=True).encode()).hexdigest()[:10]
-        return self.cache_dir / "generated" / f"{self.generator.get('name', 'data')}-{key}"
+        key = hashlib.sha256(json.dumps(self.source, sort_keys=True).encode()).hexdigest()[:10]
+        return self.cache_dir / "prepared" / f"{self.source.get('kind', 'symbolic')}-{key}"
 
     def check_paths(self) -> None:
         """Fail before training when a user-given data directory or split file is missing."""
@@ -81,14 +82,11 @@ class InstructionDataModule(pl.LightningDataModule):
                 raise ConfigError("task.data_dir", str(self.data_dir), f"has no {path.name} ({split} split)")
 
     def prepare_data(self) -> None:
-        if self.data_dir is None:
-            g = self.generator
-            sizes = {"train": g["n_train"], "validation": g["n_validation"], "test": g["n_test"]}
-            for i, (split, path) in enumerate(self.files().items()):
-                if not path.is_file():
-                    recs = generate_records(g["tasks"], sizes[split], g["min_len"], g["max_len"], g["seed"] + 7919 * i)
-                    write_jsonl_atomic(path, recs)
-        for path in self.files().values():
+        files = self.files()
+        if self.data_dir is None and not all(p.is_file() for p in files.values()):
+            for split, records in build_splits(self.source).items():
+                write_jsonl_atomic(files[split], records)
+        for path in files.values():
             check_jsonl(path, REQUIRED_FIELDS)
 
     # -- examples ------------------------------------------------------------------------------
@@ -121,8 +119,8 @@ class InstructionDataModule(pl.LightningDataModule):
                 "raise task.max_length or shorten the record"
             )
         labels = list(full) if self.loss_on_prompt else [IGNORE_INDEX] * len(prompt) + full[len(prompt):]
-        return {"idx": idx, "input_ids": full, "labels": labels, "prompt_ids": prompt,
-                "targets": rec["targets"], "task": rec["task"]}
+        return {"idx": idx, "input_ids": full, "labels": labels, "prompt_ids": prompt, "targets": rec["targets"],
+                "task": rec["task"], "domain": rec.get("domain") or "", "metric": rec.get("metric") or "em"}
 
     # -- batches -------------------------------------------------------------------------------
     def _collate_train(self, batch: list[dict]) -> dict:
@@ -148,7 +146,7 @@ class InstructionDataModule(pl.LightningDataModule):
             prompt[i, n - k:] = torch.tensor(b["prompt_ids"])
             pmask[i, n - k:] = 1
         out.update(prompt_ids=prompt, prompt_mask=pmask, idx=torch.tensor([b["idx"] for b in batch]),
-                   targets=[b["targets"] for b in batch], task=[b["task"] for b in batch])
+                   **{k: [b[k] for b in batch] for k in ("targets", "task", "domain", "metric")})
         return out
 
     def _loader(self, split: str, train: bool) -> DataLoader:

@@ -1,7 +1,8 @@
 """LightningModule for instruction tuning a causal LM with an adapter method, scored by generation.
 
 Training minimises the token cross-entropy of the response. Validation and test generate greedily
-from the prompt and score with ``rankmix.metrics.text`` (per task, then the mean over tasks).
+from the prompt and score with the task's scorer: ``generic`` (``rankmix.metrics.text``: per task, then the
+mean over tasks) or ``flan`` (``rankmix.metrics.flan``: SMoRA's FLAN protocol, clusters and average).
 Checkpoints hold only the adapter weights; the frozen backbone is rebuilt from its config.
 """
 
@@ -13,21 +14,28 @@ from pathlib import Path
 import lightning.pytorch as pl
 import torch
 import torch.distributed as dist
-from transformers import get_linear_schedule_with_warmup
+from transformers import get_cosine_schedule_with_warmup, get_linear_schedule_with_warmup
 
 from rankmix.adapters import adapter_context, adapter_state_dict
+from rankmix.adapters.base import choice
 from rankmix.adapters.peft_methods import peft_tuner
+from rankmix.metrics.flan import score_flan
 from rankmix.metrics.text import score_generations
+
+SCORERS = {"generic": score_generations, "flan": score_flan}
+SCHEDULES = {"linear": get_linear_schedule_with_warmup, "cosine": get_cosine_schedule_with_warmup}
 
 
 class CausalLMModule(pl.LightningModule):
     def __init__(self, model, tokenizer, lr: float, weight_decay: float = 0.0, warmup_ratio: float = 0.0,
-                 betas: tuple[float, float] = (0.9, 0.999), max_new_tokens: int = 16,
-                 predictions_path: str | None = None):
+                 betas: tuple[float, float] = (0.9, 0.999), schedule: str = "linear", max_new_tokens: int = 16,
+                 scorer: str = "generic", predictions_path: str | None = None):
         super().__init__()
         self.model = model
         self.tokenizer = tokenizer
         self.lr, self.weight_decay, self.warmup_ratio, self.betas = lr, weight_decay, warmup_ratio, tuple(betas)
+        self.schedule = choice("optimizer.schedule", schedule, tuple(SCHEDULES))
+        self.scorer = choice("task.scorer", scorer, tuple(SCORERS))
         self.max_new_tokens = max_new_tokens
         self.predictions_path = Path(predictions_path) if predictions_path else None
         self.strict_loading = False  # checkpoints hold adapter weights only
@@ -49,7 +57,7 @@ class CausalLMModule(pl.LightningModule):
         params = [p for p in self.trainer.model.parameters() if p.requires_grad]
         opt = torch.optim.AdamW(params, lr=self.lr, weight_decay=self.weight_decay, betas=self.betas)
         total = int(self.trainer.estimated_stepping_batches)
-        sched = get_linear_schedule_with_warmup(opt, int(self.warmup_ratio * total), total)
+        sched = SCHEDULES[self.schedule](opt, int(self.warmup_ratio * total), total)
         return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
 
     # -- evaluation ----------------------------------------------------------------------------
@@ -63,8 +71,8 @@ class CausalLMModule(pl.LightningModule):
         )
         texts = self.tokenizer.batch_decode(generated[:, batch["prompt_ids"].shape[1]:], skip_special_tokens=True)
         for i, text in enumerate(texts):
-            self._generations.append({"idx": int(batch["idx"][i]), "task": batch["task"][i],
-                                      "targets": batch["targets"][i], "prediction": text.strip()})
+            self._generations.append({"idx": int(batch["idx"][i]), "prediction": text.strip(),
+                                      **{k: batch[k][i] for k in ("task", "domain", "metric", "targets")}})
 
     def _eval_epoch_end(self, stage: str):
         records = self._generations
@@ -74,7 +82,7 @@ class CausalLMModule(pl.LightningModule):
             dist.all_gather_object(gathered, records)
             records = [r for part in gathered for r in part]
         records = sorted({r["idx"]: r for r in records}.values(), key=lambda r: r["idx"])  # drop sampler padding
-        for name, value in score_generations(records).items():
+        for name, value in SCORERS[self.scorer](records).items():
             self.log(f"{stage}/{name}", value, rank_zero_only=True)
         if stage == "test" and self.predictions_path is not None and self.global_rank == 0:
             self.predictions_path.parent.mkdir(parents=True, exist_ok=True)
