@@ -1,0 +1,47 @@
+"""Every table's experiment rows compose at both scales, validate, and name existing paper cells."""
+
+import pytest
+from omegaconf import OmegaConf, open_dict
+
+from conftest import REPO, compose
+from rankmix.config import apply_scale, validate
+from rankmix.tables import experiment_tables, paper_value
+
+ROWS = [(table, row) for table, rows in experiment_tables().items() for row in rows]
+
+
+def _resolved(row, scale):
+    cfg = compose(f"experiment={row}", f"scale={scale}")
+    apply_scale(cfg)
+    validate(cfg)
+    with open_dict(cfg):
+        cfg.pop("hydra")
+    return OmegaConf.to_container(cfg, resolve=True)
+
+
+@pytest.mark.parametrize(("table", "row"), ROWS, ids=[r for _, r in ROWS])
+def test_rows_compose_and_their_cells_exist(table, row):
+    for scale in ("tiny", "paper"):
+        c = _resolved(row, scale)
+        assert c["table"]["id"] == table
+        spec = c["table"]
+        for cell in spec["cells"]:
+            value = paper_value(REPO / "results" / "paper", spec["paper_csv"], {**spec["match"], **cell["match"]})
+            float(value)  # every cell has a printed paper number
+
+
+def test_smora_1_paper_settings():
+    c = _resolved("smora/1/smora_64_8", "paper")
+    assert c["backbone"]["name_or_path"] == "meta-llama/Llama-2-7b-hf" and c["backbone"]["dtype"] == "bfloat16"
+    assert (c["method"]["r"], c["method"]["k"], c["method"]["alpha"], c["method"]["dropout"]) == (64, 8, 16, 0.0)
+    assert set(c["method"]["target_modules"]) == {"q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"}
+    assert (c["optimizer"]["lr"], c["optimizer"]["schedule"], c["optimizer"]["warmup_ratio"]) == (1e-4, "cosine", 0.1)
+    t = c["trainer"]
+    assert (t["max_epochs"], t["accumulate_grad_batches"], t["precision"]) == (3, 16, "bf16-mixed")
+    dm = c["task"]["datamodule"]
+    assert (dm["batch_size"], dm["max_length"], dm["max_new_tokens"], dm["loss_on_prompt"]) == (8, 2048, 150, True)
+    assert dm["prompt_template"] == "[INST] {inputs} [/INST]" and dm["source"]["n_train"] == 1000
+    moe = _resolved("smora/1/moe_top1", "paper")["method"]
+    assert (moe["num_experts"], moe["r"], moe["alpha"], moe["routing"]) == (8, 8, 16, "top1")
+    assert _resolved("smora/1/moslora", "paper")["method"]["alpha"] == 128
+    assert _resolved("smora/1/hydralora", "paper")["method"]["num_experts"] == 4
