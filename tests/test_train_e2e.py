@@ -154,6 +154,7 @@ def test_smora_run_records_routing_statistics(tmp_path):
     assert r.returncode == 0, r.stderr[-3000:]
     result = r.result()
     assert result["params"]["activated_per_token"] < result["params"]["trainable"]
+    assert result["metrics"]["test/routing/maxvio"] >= 0
     run_dir = tmp_path / "runs" / "default" / result["run"]["key"]
     epochs = [json.loads(line) for line in (run_dir / "routing_stats_train.jsonl").read_text().splitlines()]
     assert [e["epoch"] for e in epochs] == [0, 1]

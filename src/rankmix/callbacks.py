@@ -94,6 +94,9 @@ class AdapterRouting(pl.Callback):
 
     def on_test_epoch_end(self, trainer, pl_module):
         stats = {n: m.routing_stats() for n, m in self._routed(pl_module).items()}
+        vios = [s["maxvio"] for s in stats.values() if "maxvio" in s]
+        if vios:
+            pl_module.log("test/routing/maxvio", sum(vios) / len(vios))
         if stats and trainer.is_global_zero:
             from rankmix.results import write_json_atomic
 

@@ -1,6 +1,6 @@
 """Config handling shared by every entry point: scale selection, validation, run identity.
 
-Scale: a config node (backbone, task, optimizer, trainer) may hold ``tiny:`` and ``paper:`` blocks beside shared keys;
+Scale: a config node (backbone, task, optimizer, trainer, method) may hold ``tiny:`` and ``paper:`` blocks beside shared keys;
 ``apply_scale`` replaces the node by ``shared ∪ block[scale]`` so the rest of the code sees one flat node.
 """
 
@@ -15,7 +15,7 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 from rankmix.errors import ConfigError
 
 SCALES = ("tiny", "paper")
-SCALED_GROUPS = ("backbone", "task", "optimizer", "trainer")
+SCALED_GROUPS = ("backbone", "task", "optimizer", "trainer", "method")
 REQUIRE_BOTH_SCALES = ("backbone", "task")  # the others may set only the keys one scale changes
 # Keys that change where or how a run is executed, not what it computes: left out of the run's hash.
 UNHASHED = ("paths", "logger", "callbacks", "hydra", "rerun")
