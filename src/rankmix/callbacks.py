@@ -80,11 +80,16 @@ class AdapterRouting(pl.Callback):
     def on_train_epoch_start(self, trainer, pl_module):
         self._reset(pl_module)
 
-    def on_train_epoch_end(self, trainer, pl_module):
+    def _collect(self, pl_module, maxvio_key: str) -> dict:
+        """Every routed layer's statistics; logs their mean MaxVio under ``maxvio_key`` when there is one."""
         stats = {n: m.routing_stats() for n, m in self._routed(pl_module).items()}
         vios = [s["maxvio"] for s in stats.values() if "maxvio" in s]
         if vios:
-            pl_module.log("routing/maxvio", sum(vios) / len(vios))
+            pl_module.log(maxvio_key, sum(vios) / len(vios))
+        return stats
+
+    def on_train_epoch_end(self, trainer, pl_module):
+        stats = self._collect(pl_module, "routing/maxvio")
         if stats and trainer.is_global_zero:  # one line per epoch, for the load-balancing figures
             with open(Path(trainer.default_root_dir) / "routing_stats_train.jsonl", "a") as f:
                 f.write(json.dumps({"epoch": trainer.current_epoch, "step": trainer.global_step, "layers": stats}) + "\n")
@@ -93,10 +98,7 @@ class AdapterRouting(pl.Callback):
         self._reset(pl_module)
 
     def on_test_epoch_end(self, trainer, pl_module):
-        stats = {n: m.routing_stats() for n, m in self._routed(pl_module).items()}
-        vios = [s["maxvio"] for s in stats.values() if "maxvio" in s]
-        if vios:
-            pl_module.log("test/routing/maxvio", sum(vios) / len(vios))
+        stats = self._collect(pl_module, "test/routing/maxvio")
         if stats and trainer.is_global_zero:
             from rankmix.results import write_json_atomic
 
