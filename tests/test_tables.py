@@ -39,6 +39,7 @@ def test_cells_put_ours_beside_the_paper(tmp_path, paper_dir):
                      "paper": "52.60", "ours": "50.00", "diff": "-2.60"}]
     text = md.read_text()
     assert "| lora64 | tiny | LoRA-64 EM | test/em | 52.60 | 50.00 | -2.60 |" in text
+    assert "| LoRA-64 EM | 50.00 / 52.60 |" in text  # the pivot: cells by runs
     assert "- `broken`: boom" in text
 
 

@@ -77,6 +77,7 @@ def build_table(table_id: str, results_dir: Path, paper_dir: Path) -> Path:
     md = [f"# {title}", "", f"Table `{table_id}`; scale: {', '.join(scales) or 'none'}; {len(runs)} finished runs."]
     cells = [row for row in rows if row["cell"]]
     if cells:
+        md += ["", "Each entry is ours / the paper's printed value.", ""] + _pivot(cells)
         md += ["", "`paper` = the paper's printed value; `ours` = this suite's run; `diff` = ours − paper.", "",
                "| " + " | ".join(COLUMNS) + " |", "|" + "---|" * len(COLUMNS)]
         md += ["| " + " | ".join(_fmt(row[k]) for k in COLUMNS) + " |" for row in cells]
@@ -93,6 +94,15 @@ def build_table(table_id: str, results_dir: Path, paper_dir: Path) -> Path:
     _write_text_atomic(out_dir / "table.csv", buf.getvalue())
     _write_text_atomic(out_dir / "table.md", "\n".join(md) + "\n")
     return out_dir / "table.md"
+
+
+def _pivot(cells: list[dict]) -> list[str]:
+    """Markdown: one row per cell label (in table order), one column per run, entries "ours / paper"."""
+    runs = list(dict.fromkeys(r["run"] for r in cells))
+    labels = list(dict.fromkeys(r["cell"] for r in cells))
+    value = {(r["cell"], r["run"]): f"{_fmt(r['ours'])} / {r['paper']}" for r in cells}
+    lines = ["| cell | " + " | ".join(runs) + " |", "|" + "---|" * (len(runs) + 1)]
+    return lines + ["| " + " | ".join([label, *(value.get((label, run), "") for run in runs)]) + " |" for label in labels]
 
 
 def _write_text_atomic(path: Path, text: str) -> None:
