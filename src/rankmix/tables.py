@@ -81,10 +81,10 @@ def build_table(table_id: str, results_dir: Path, paper_dir: Path) -> Path:
         md += ["", "`paper` = the paper's printed value; `ours` = this suite's run; `diff` = ours − paper.", "",
                "| " + " | ".join(COLUMNS) + " |", "|" + "---|" * len(COLUMNS)]
         md += ["| " + " | ".join(_fmt(row[k]) for k in COLUMNS) + " |" for row in cells]
-    plain = [r for r in runs if not r["config"].get("table", {}).get("cells")]
+    plain = runs
     if plain:
         names = sorted({k for r in plain for k in r["metrics"] if k.count("/") == 1})
-        md += ["", "Runs without paper cells (per-task scores in table.csv):", "",
+        md += ["", "Run summary:", "",
                "| run | scale | " + " | ".join(names) + " |", "|" + "---|" * (len(names) + 2)]
         md += ["| " + " | ".join([r["run"]["key"], r["run"]["scale"], *(_fmt(r["metrics"].get(n)) for n in names)])
                + " |" for r in plain]
