@@ -164,3 +164,15 @@ def test_smora_run_records_routing_statistics(tmp_path):
     assert len(test_stats) == 14
     with open(run_dir / "csv" / "metrics.csv") as f:
         assert "routing/maxvio" in next(csv.reader(f))
+
+
+def test_checkpoints_of_another_configuration_are_not_resumed(tmp_path):
+    first = run_train(tmp_path, *FAST)
+    assert first.returncode == 0, first.stderr[-3000:]
+    run_dir = tmp_path / "runs" / "default" / first.result()["run"]["key"]
+    (run_dir / "config_hash.txt").write_text("an-older-configuration\n")  # as if the experiment file was edited
+    again = run_train(tmp_path, *FAST, "rerun=true")
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert again.result()["train"]["resumed_from"] is None
+    assert (run_dir / "checkpoints.stale-an-older-configuration" / "last.ckpt").exists()
+    assert (run_dir / "config_hash.txt").read_text().strip() == first.result()["run"]["config_hash"]

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import os
+import shutil
 import sys
 import time
 import traceback
@@ -56,7 +57,7 @@ def build_trainer(cfg: DictConfig, run_dir: Path) -> pl.Trainer:
     return pl.Trainer(**kwargs, callbacks=callbacks, logger=loggers or False, default_root_dir=str(run_dir))
 
 
-def fit_and_test(cfg: DictConfig, run_dir: Path) -> tuple[dict, dict, pl.Trainer]:
+def fit_and_test(cfg: DictConfig, run_dir: Path, chash: str) -> tuple[dict, dict, pl.Trainer]:
     from rankmix.adapters import adapter_layers, check_context, inject
     from rankmix.backbones import build_backbone, load_tokenizer
     from rankmix.modules.causal_lm import CausalLMModule
@@ -75,7 +76,7 @@ def fit_and_test(cfg: DictConfig, run_dir: Path) -> tuple[dict, dict, pl.Trainer
                             scorer=cfg.task.get("scorer", "generic"),
                             predictions_path=str(run_dir / "predictions.jsonl"), **cfg.optimizer)
     trainer = build_trainer(cfg, run_dir)
-    resume = _resumable_checkpoint(run_dir / "checkpoints" / "last.ckpt")
+    resume = _resumable_checkpoint(run_dir, chash)
     trainer.fit(module, datamodule=dm, ckpt_path=resume)
     final_loss = trainer.callback_metrics.get("train/loss_epoch")
     tested = trainer.test(module, datamodule=dm, verbose=False)
@@ -118,8 +119,22 @@ def check_launch(cfg: DictConfig, multirun: bool) -> None:
                           "or run offline and `make sync-wandb` later")
 
 
-def _resumable_checkpoint(last: Path) -> str | None:
-    """``last.ckpt`` when it exists and loads; a file cut short by a kill is set aside, not trusted."""
+def _resumable_checkpoint(run_dir: Path, chash: str) -> str | None:
+    """``last.ckpt`` when it exists, loads, and was written by this very configuration.
+
+    Checkpoints of another configuration (an edited experiment file keeps the run's folder) and files cut
+    short by a kill are set aside, never resumed.
+    """
+    ckpt_dir, stamp = run_dir / "checkpoints", run_dir / "config_hash.txt"
+    previous = stamp.read_text().strip() if stamp.is_file() else None
+    if ckpt_dir.is_dir() and previous != chash:
+        aside = run_dir / f"checkpoints.stale-{previous or 'unknown'}"
+        shutil.rmtree(aside, ignore_errors=True)
+        ckpt_dir.replace(aside)
+        log.warning(f"the configuration changed since {ckpt_dir} was written; moved it to {aside.name}, starting fresh")
+    run_dir.mkdir(parents=True, exist_ok=True)
+    stamp.write_text(chash + "\n")
+    last = ckpt_dir / "last.ckpt"
     if not last.is_file():
         return None
     try:
@@ -150,7 +165,7 @@ def train(cfg: DictConfig) -> float | None:
         if not cfg.rerun and is_up_to_date(path, chash):
             print(f"rankmix: up to date: {path} (rerun=true runs it again)")
             return _finish(cfg, read_json(path)["metrics"])
-        metrics, info, trainer = fit_and_test(cfg, run_dir)
+        metrics, info, trainer = fit_and_test(cfg, run_dir, chash)
         if trainer.global_rank != 0:
             return None
         info["train"].update(wall_time_s=round(time.time() - t0, 2), peak_memory=peak_memory_mb())
