@@ -47,14 +47,18 @@ def _pad(n: int) -> int:
 if triton is not None:
 
     @triton.jit
-    def _expand(g, P: tl.constexpr, E_PAD: tl.constexpr, R_PAD: tl.constexpr):
-        """Expert gates (BM × E_PAD) → rank gates (BM × R_PAD): rank j belongs to expert j // P."""
-        if P == 1:
-            return g
+    def _spread(P: tl.constexpr, E_PAD: tl.constexpr, R_PAD: tl.constexpr):
+        """E_PAD × R_PAD 0/1 matrix: entry (e, j) is 1 when rank j belongs to expert e (j // P == e)."""
         ee = tl.arange(0, E_PAD)
         rr = tl.arange(0, R_PAD)
-        spread = ((rr[None, :] // P) == ee[:, None]).to(tl.float32)
-        return tl.dot(g, spread)
+        return ((rr[None, :] // P) == ee[:, None]).to(tl.float32)
+
+    @triton.jit
+    def _expand(g, P: tl.constexpr, E_PAD: tl.constexpr, R_PAD: tl.constexpr):
+        """Expert gates (BM × E_PAD) → rank gates (BM × R_PAD)."""
+        if P == 1:
+            return g
+        return tl.dot(g, _spread(P, E_PAD, R_PAD))
 
     @triton.jit
     def _fwd_kernel(x_ptr, a_ptr, b_ptr, w_ptr, bias_ptr, out_ptr, c_ptr, s_ptr, g_ptr, act_ptr, idx_ptr,
@@ -156,9 +160,8 @@ if triton is not None:
         dgr = dc * s * scale
         if P == 1:
             dg = dgr
-        else:
-            spread = ((rr[None, :] // P) == ee[:, None]).to(tl.float32)
-            dg = tl.dot(dgr, tl.trans(spread))
+        else:  # rank gradients summed per expert
+            dg = tl.dot(dgr, tl.trans(_spread(P, E_PAD, R_PAD)))
         if SIGMOID:  # g_e = k s_e / Σ s  →  ds_f = (k/Σ)(dg_f − Σ_e dg_e g_e / k);  s = σ(l) + b
             bias = tl.load(bias_ptr + ee, mask=e_ok, other=0.0).to(tl.float32)
             score = act + bias[None, :]

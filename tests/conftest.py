@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 REPO = Path(__file__).resolve().parents[1]
 OFFLINE_ENV = {
@@ -17,7 +18,7 @@ OFFLINE_ENV = {
 }
 os.environ.update(OFFLINE_ENV)
 # Without a GPU, Triton kernels run in Triton's CPU interpreter; it must be chosen before they are imported.
-if not os.environ.get("CUDA_VISIBLE_DEVICES", "x") or not Path("/dev/nvidia0").exists():
+if not torch.cuda.is_available():
     os.environ.setdefault("TRITON_INTERPRET", "1")
 
 # A small, fast version of the default run for tests (the default itself is asserted in test_default_run).
@@ -83,6 +84,17 @@ def run_train(root: Path, *overrides: str, multirun: bool = False, by_env: bool 
     proc = subprocess.run(train_cmd(root, *overrides, multirun=multirun, by_env=by_env), cwd=REPO,
                           capture_output=True, text=True, timeout=timeout, env=env)
     return Run(root, proc)
+
+
+def randomize(layer):
+    """Non-zero values for every adapter weight of ``layer``, as after some training."""
+    import torch
+
+    with torch.no_grad():
+        for name, p in layer.named_parameters():
+            if not name.startswith("base_layer."):
+                p.normal_(0, 0.3)
+    return layer
 
 
 @pytest.fixture

@@ -12,19 +12,11 @@ from transformers.pytorch_utils import Conv1D
 import rankmix.adapters.adapter  # noqa: F401  (registers "adapter", "parallel_adapter")
 import rankmix.adapters.multi_adapter  # noqa: F401  (registers "multi_adapter")
 import rankmix.adapters.routing  # noqa: F401  (registers "routing")
-from conftest import REPO
+from conftest import REPO, randomize
 from rankmix.adapters import adapter_context, build, inject, method_options
 from rankmix.errors import ConfigError, NotMergeableError
 
 TASKS = ["vqa", "gqa", "nlvr", "caption"]
-
-
-def randomize(layer):
-    with torch.no_grad():
-        for name, p in layer.named_parameters():
-            if not name.startswith("base_layer."):
-                p.normal_(0, 0.3)
-    return layer
 
 
 def adapter_out(h, down, up, act=F.gelu):

@@ -10,6 +10,7 @@ from torch import nn
 from transformers import GPT2Config, GPT2LMHeadModel, RobertaConfig, RobertaModel
 
 import rankmix.adapters.routing  # noqa: F401  (registers "routing")
+from conftest import randomize
 from rankmix.adapters import adapter_context, build, inject
 from rankmix.adapters.routing import routing_context
 from rankmix.errors import ConfigError, NotMergeableError
@@ -31,15 +32,6 @@ def paper_route(fn, xt, xv):
     if fn == "proj_relu":
         return xt.relu() @ xv.relu().transpose(1, 2) @ xv
     raise AssertionError(fn)
-
-
-def randomize(layer):
-    """Non-zero values for every adapter weight, as after some training."""
-    with torch.no_grad():
-        for name, p in layer.named_parameters():
-            if not name.startswith("base_layer."):
-                p.normal_(0, 0.3)
-    return layer
 
 
 def run(layer, x, x_r):

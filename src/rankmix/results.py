@@ -11,28 +11,22 @@ import os
 import platform
 import resource
 import subprocess
-import tempfile
 from importlib import metadata
 from pathlib import Path
 
 import torch
+
+from rankmix.data.files import atomic_open
 
 PACKAGES = ("rankmix", "torch", "transformers", "lightning", "hydra-core", "omegaconf", "datasets", "peft",
             "triton", "timm", "wandb")
 
 
 def write_json_atomic(path: Path, data: dict) -> None:
-    """Write ``data`` to ``path`` via a temporary file and ``os.replace``: readers never see half a file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as f:
-            json.dump(data, f, indent=2, sort_keys=False, default=str)
-            f.write("\n")
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    """Write ``data`` to ``path`` atomically: readers never see half a file."""
+    with atomic_open(path) as f:
+        json.dump(data, f, indent=2, sort_keys=False, default=str)
+        f.write("\n")
 
 
 def read_json(path: Path) -> dict | None:

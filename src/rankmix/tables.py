@@ -16,6 +16,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+from rankmix.data.files import atomic_open
 from rankmix.errors import RankmixError
 from rankmix.results import read_json
 
@@ -81,18 +82,18 @@ def build_table(table_id: str, results_dir: Path, paper_dir: Path) -> Path:
         md += ["", "`paper` = the paper's printed value; `ours` = this suite's run; `diff` = ours − paper.", "",
                "| " + " | ".join(COLUMNS) + " |", "|" + "---|" * len(COLUMNS)]
         md += ["| " + " | ".join(_fmt(row[k]) for k in COLUMNS) + " |" for row in cells]
-    plain = runs
-    if plain:
-        names = sorted({k for r in plain for k in r["metrics"] if k.count("/") == 1})
+    if runs:
+        names = sorted({k for r in runs for k in r["metrics"] if k.count("/") == 1})
         md += ["", "Run summary:", "",
                "| run | scale | " + " | ".join(names) + " |", "|" + "---|" * (len(names) + 2)]
         md += ["| " + " | ".join([r["run"]["key"], r["run"]["scale"], *(_fmt(r["metrics"].get(n)) for n in names)])
-               + " |" for r in plain]
+               + " |" for r in runs]
     if failed:
         md += ["", "## Failed runs (no table rows)", ""]
         md += [f"- `{r['run']['key']}`: {r.get('error', '')}" for r in failed]
-    _write_text_atomic(out_dir / "table.csv", buf.getvalue())
-    _write_text_atomic(out_dir / "table.md", "\n".join(md) + "\n")
+    for name, text in (("table.csv", buf.getvalue()), ("table.md", "\n".join(md) + "\n")):
+        with atomic_open(out_dir / name) as f:
+            f.write(text)
     return out_dir / "table.md"
 
 
@@ -103,13 +104,6 @@ def _pivot(cells: list[dict]) -> list[str]:
     value = {(r["cell"], r["run"]): f"{_fmt(r['ours'])} / {r['paper']}" for r in cells}
     lines = ["| cell | " + " | ".join(runs) + " |", "|" + "---|" * (len(runs) + 1)]
     return lines + ["| " + " | ".join([label, *(value.get((label, run), "") for run in runs)]) + " |" for label in labels]
-
-
-def _write_text_atomic(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text)
-    tmp.replace(path)
 
 
 # -- table registry: conf/experiment/<paper>/<table>/<row>.yaml ------------------------------------

@@ -15,7 +15,7 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-from rankmix.data.flan import read_records
+from rankmix.data.files import read_records
 from rankmix.errors import DataError
 
 # name → (test-set size, answer pattern)

@@ -11,10 +11,10 @@
 
 from __future__ import annotations
 
-import json
 import random
 from pathlib import Path
 
+from rankmix.data.files import read_records
 from rankmix.errors import DataError
 
 TEST_FIELDS = ("inputs", "targets", "task", "domain", "metric")
@@ -27,27 +27,6 @@ WHERE_TO_GET = ("download datasets/combined_test.json from github.com/StyxXuan/s
 def base_task(name: str) -> str:
     """Task name without the ``_10templates`` suffix (SMoRA and LoraRetriever differ there)."""
     return name[: -len(SUFFIX)] if name.endswith(SUFFIX) else name
-
-
-def read_records(path: Path) -> list[dict]:
-    """A JSON array or JSON-lines file of objects; errors name the file and the record or line."""
-    path = Path(path)
-    if not path.is_file():
-        raise DataError(f"{path}: file not found")
-    text = path.read_text(encoding="utf-8")
-    if text.lstrip().startswith("["):
-        try:
-            return json.loads(text)
-        except json.JSONDecodeError as e:
-            raise DataError(f"{path}: not valid JSON at line {e.lineno} ({e.msg})") from None
-    out = []
-    for lineno, line in enumerate(text.splitlines(), 1):
-        if line.strip():
-            try:
-                out.append(json.loads(line))
-            except json.JSONDecodeError as e:
-                raise DataError(f"{path}:{lineno}: not valid JSON ({e.msg})") from None
-    return out
 
 
 def load_test(path: Path) -> list[dict]:
