@@ -115,3 +115,22 @@ def test_adalora_prunes_to_its_budget():
         opt.zero_grad()
     active = sum(int(torch.count_nonzero(p)) for n, p in model.named_parameters() if "lora_E" in n)
     assert active <= 4 * 2  # 4 layers, an average of r = 2 ranks each (started at 6)
+
+
+def test_adalora_auto_total_step_takes_the_runs_steps():
+    from rankmix.adapters.peft_methods import peft_tuner, resolve_total_step
+    from rankmix.errors import ConfigError
+
+    def tuner():
+        model = tiny_llama()
+        inject(model, {"name": "adalora", "r": 2, "init_r": 4, "total_step": "auto", "tinit": 5, "tfinal": 10,
+                       "target_modules": ["q_proj"]})
+        return peft_tuner(model)
+
+    t = tuner()
+    resolve_total_step(t, 120)
+    assert t.peft_config["default"].total_step == 120
+    with pytest.raises(ConfigError, match="has 12 optimizer steps, too few"):
+        resolve_total_step(tuner(), 12)
+    with pytest.raises(ConfigError, match="method.total_step"):
+        inject(tiny_llama(), {"name": "adalora", "r": 2, "total_step": 0, "target_modules": ["q_proj"]})

@@ -6,13 +6,16 @@ import pytest
 
 from rankmix.data.commonsense import (
     DATASETS,
+    TRAIN_TASK,
     eval_prompt,
     extract_answer,
     load_test,
+    load_train,
     prediction,
     score_commonsense,
     train_prompt,
 )
+from rankmix.data.files import read_records
 from rankmix.errors import DataError
 
 FIXTURES = Path(__file__).parent / "fixtures" / "commonsense"
@@ -79,3 +82,139 @@ def test_malformed_and_missing_files(tmp_path):
         load_test(tmp_path, "boolq")
     with pytest.raises(DataError, match="LLM-Adapters"):
         load_test(tmp_path, "piqa")
+
+
+# -- training data, splits and the generated suite ----------------------------------------------------
+def test_training_file_loads_and_splits_like_finetune_py(tmp_path):
+    from rankmix.data.sources import build_splits
+
+    source = {"kind": "commonsense", "train_file": str(FIXTURES / "commonsense_170k.json"), "test_dir": str(FIXTURES),
+              "n_validation": 2, "seed": 42}
+    splits = build_splits(source)
+    assert (len(splits["train"]), len(splits["validation"]), len(splits["test"])) == (4, 2, len(DATASETS))
+    # the held-out records are the ones datasets' train_test_split(test_size=2, seed=42) picks, as finetune.py
+    import datasets
+
+    expected = datasets.Dataset.from_list(read_records(FIXTURES / "commonsense_170k.json")).train_test_split(
+        test_size=2, shuffle=True, seed=42)["test"]
+    assert [r["inputs"] for r in splits["validation"]] == expected["instruction"]
+    assert {r["task"] for r in splits["test"]} == set(DATASETS)
+    assert all(r["targets"].startswith("the correct answer is ") and r["answer"] for r in splits["test"])
+    assert {r["task"] for r in splits["train"]} == {TRAIN_TASK}
+    # held-out training records mix every label set: the union pattern extracts any of them
+    assert extract_answer(TRAIN_TASK, "the correct answer is ending3") == "ending3"
+
+
+def test_missing_training_data_names_the_fix(tmp_path):
+    from rankmix.data.sources import build_splits
+    from rankmix.errors import ConfigError
+
+    with pytest.raises(DataError, match="commonsense_170k.json of github.com/AGI-Edgerunners/LLM-Adapters"):
+        load_train("no-such-user/no-such-dataset")  # offline: neither a file nor reachable on the hub
+    with pytest.raises(ConfigError, match="test_dir"):
+        build_splits({"kind": "commonsense", "train_file": str(FIXTURES / "commonsense_170k.json"), "seed": 42})
+    bad = tmp_path / "train.json"
+    bad.write_text('[{"instruction": "q", "input": "some input", "output": "o", "answer": "a"}]')
+    with pytest.raises(DataError, match=r"train.json: record 1 has a non-empty 'input'"):
+        load_train(str(bad))
+
+
+def test_generated_suite_is_deterministic_and_answers_follow_the_content():
+    from rankmix.data.commonsense_like import WEIGHT, generate_commonsense_like
+
+    a = list(generate_commonsense_like(list(DATASETS), 30, seed=3))
+    assert a == list(generate_commonsense_like(list(DATASETS), 30, seed=3))
+    assert a != list(generate_commonsense_like(list(DATASETS), 30, seed=4))
+    assert {name for name, _ in a} == set(DATASETS) and len(a) == 30 * len(DATASETS)
+    for name, rec in a:
+        assert set(rec) == {"instruction", "input", "output", "answer"} and rec["input"] == ""
+        assert extract_answer(name, rec["output"]) == rec["answer"]  # every label is in its set's pattern
+        assert "\n\nAnswer format: " in rec["instruction"] or "Answer format: option1/option2" in rec["instruction"]
+    for _, rec in (r for r in a if r[0] == "boolq"):
+        words = rec["instruction"].split()
+        first, second = words[words.index("is") + 2], words[words.index("than") + 2]
+        assert rec["answer"] == ("true" if WEIGHT[first] > WEIGHT[second] else "false")
+    labels = {rec["answer"] for name, rec in a if name == "hellaswag"}
+    assert len(labels) > 2  # the right ending's position varies
+
+
+def test_train_fraction_keeps_nested_subsets():
+    from rankmix.data.sources import build_splits
+
+    source = {"kind": "commonsense_like", "datasets": ["boolq", "piqa"], "n_train": 40, "n_validation": 2,
+              "n_test": 2, "seed": 5}
+    full = build_splits(source)["train"]
+    quarter = build_splits({**source, "train_fraction": 0.25})["train"]
+    half = build_splits({**source, "train_fraction": 0.5})["train"]
+    assert (len(quarter), len(half), len(full)) == (20, 40, 80)
+    assert all(r in half for r in quarter) and all(r in full for r in half)
+
+
+def test_data_module_encodes_the_llm_adapters_wrappers(tmp_path):
+    from rankmix.backbones import build_word_level_tokenizer
+    from rankmix.data.instruction import InstructionDataModule
+
+    source = {"kind": "commonsense_like", "datasets": ["piqa", "winogrande"], "n_train": 3, "n_validation": 1,
+              "n_test": 1, "seed": 0}
+    dm = InstructionDataModule(None, str(tmp_path), source=source, prompt_format="llm_adapters",
+                               loss_on_prompt=False, max_length=96)
+    dm.prepare_data()
+    tok = build_word_level_tokenizer([dm.files()["train"]], tmp_path / "tok", dm.template_text())
+    dm.set_tokenizer(tok)
+    dm.setup()
+    ex = dm.examples["train"][0]  # every word of a training record is in the vocabulary
+    rec = read_records(dm.files()["train"])[0]
+    assert tok.unk_token_id not in tok(dm.template_text())["input_ids"]  # the wrapper's words are in the vocabulary
+    assert tok.decode(ex["input_ids"], skip_special_tokens=True).split() == train_prompt(rec["inputs"], rec["targets"]).split()
+    assert tok.decode(ex["prompt_ids"], skip_special_tokens=True).split() == eval_prompt(rec["inputs"]).split()
+    scored = [tok.convert_ids_to_tokens(i) for i, lab in zip(ex["input_ids"], ex["labels"], strict=True) if lab != -100]
+    assert scored == [*rec["targets"].split(), "</s>"]  # loss_on_prompt=False: the response and EOS only
+    batch = dm._collate_eval(dm.examples["test"])
+    assert batch["answer"] == [r["answer"] for r in read_records(dm.files()["test"])]
+
+
+def test_overlong_records_are_cut_like_finetune_py(tmp_path):
+    from rankmix.backbones import build_word_level_tokenizer
+    from rankmix.data.instruction import InstructionDataModule
+
+    source = {"kind": "commonsense_like", "datasets": ["boolq"], "n_train": 2, "n_validation": 1, "n_test": 1,
+              "seed": 0}
+    dm = InstructionDataModule(None, str(tmp_path), source=source, prompt_format="llm_adapters",
+                               loss_on_prompt=False, max_length=20, overlong="truncate")
+    dm.prepare_data()
+    dm.set_tokenizer(build_word_level_tokenizer([dm.files()["train"]], tmp_path / "tok", dm.template_text()))
+    dm.setup()
+    ex = dm.examples["train"][0]
+    assert len(ex["input_ids"]) == len(ex["labels"]) == 20 and set(ex["labels"]) == {-100}
+    strict = InstructionDataModule(None, str(tmp_path), source=source, prompt_format="llm_adapters", max_length=20)
+    strict.set_tokenizer(dm.tokenizer)
+    with pytest.raises(DataError, match="overlong=truncate"):
+        strict.setup()
+
+
+def test_batched_beam_search_with_left_padding_matches_one_by_one(tmp_path):
+    """LLM-Adapters issue 61: batched evaluation is only right with the attention mask and left padding."""
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from rankmix.backbones import build_word_level_tokenizer
+    from rankmix.data.instruction import InstructionDataModule
+
+    source = {"kind": "commonsense_like", "datasets": ["boolq", "piqa", "hellaswag"], "n_train": 2,
+              "n_validation": 1, "n_test": 1, "seed": 0}
+    dm = InstructionDataModule(None, str(tmp_path), source=source, prompt_format="llm_adapters", max_length=96)
+    dm.prepare_data()
+    tok = build_word_level_tokenizer([dm.files()["train"]], tmp_path / "tok", dm.template_text())
+    dm.set_tokenizer(tok)
+    dm.setup()
+    torch.manual_seed(0)
+    model = LlamaForCausalLM(LlamaConfig(vocab_size=len(tok), hidden_size=32, intermediate_size=64,
+                                         num_hidden_layers=2, num_attention_heads=4, initializer_range=0.2)).eval()
+    batch = dm._collate_eval(dm.examples["test"])
+    assert len({int(m.sum()) for m in batch["prompt_mask"]}) > 1  # prompts of different lengths: padding matters
+    kw = dict(max_new_tokens=6, num_beams=4, do_sample=False, pad_token_id=tok.pad_token_id, eos_token_id=-1)
+    n = batch["prompt_ids"].shape[1]
+    together = model.generate(input_ids=batch["prompt_ids"], attention_mask=batch["prompt_mask"], **kw)[:, n:]
+    for i, ex in enumerate(dm.examples["test"]):
+        alone = model.generate(input_ids=torch.tensor([ex["prompt_ids"]]), **kw)[0, len(ex["prompt_ids"]):]
+        assert together[i].tolist() == alone.tolist()

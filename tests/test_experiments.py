@@ -5,7 +5,7 @@ from omegaconf import OmegaConf, open_dict
 
 from conftest import REPO, compose
 from rankmix.config import apply_scale, validate
-from rankmix.tables import experiment_tables, paper_value
+from rankmix.tables import _number, experiment_tables, paper_value
 
 ROWS = [(table, row) for table, rows in experiment_tables().items() for row in rows]
 
@@ -26,8 +26,10 @@ def test_rows_compose_and_their_cells_exist(table, row):
         assert c["table"]["id"] == table
         spec = c["table"]
         for cell in spec["cells"]:
-            value = paper_value(REPO / "results" / "paper", spec["paper_csv"], {**spec["match"], **cell["match"]})
-            float(value)  # every cell has a printed paper number
+            value = paper_value(REPO / "results" / "paper", spec["paper_csv"], {**spec["match"], **cell["match"]},
+                                cell.get("column"))
+            # every cell has a printed paper number (in the cell's unit), or the text the paper prints instead
+            assert _number(value, cell.get("unit")) is not None or (value and not any(ch.isdigit() for ch in value))
 
 
 def test_smora_1_paper_settings():
@@ -45,3 +47,25 @@ def test_smora_1_paper_settings():
     assert (moe["num_experts"], moe["r"], moe["alpha"], moe["routing"]) == (8, 8, 16, "top1")
     assert _resolved("smora/1/moslora", "paper")["method"]["alpha"] == 128
     assert _resolved("smora/1/hydralora", "paper")["method"]["num_experts"] == 4
+
+
+def test_moslora_paper_settings():
+    c = _resolved("moslora/4/moslora", "paper")
+    assert c["backbone"]["name_or_path"] == "meta-llama/Meta-Llama-3-8B-Instruct"
+    m = c["method"]
+    assert (m["r"], m["alpha"], m["dropout"], m["mixer_init"]) == (16, 32, 0.05, "kaiming")
+    assert m["target_modules"] == ["q_proj", "k_proj", "v_proj", "up_proj", "down_proj"]
+    assert (c["optimizer"]["lr"], c["optimizer"]["warmup_steps"], c["optimizer"]["schedule"]) == (3e-4, 100, "linear")
+    t = c["trainer"]
+    assert (t["max_epochs"], t["accumulate_grad_batches"]) == (3, 4)
+    task = c["task"]
+    dm = task["datamodule"]
+    assert (dm["batch_size"] * t["accumulate_grad_batches"], dm["max_length"], dm["overlong"]) == (16, 256, "truncate")
+    assert (task["num_beams"], dm["max_new_tokens"], dm["loss_on_prompt"], dm["prompt_format"]) == (4, 32, True, "llm_adapters")
+    assert (dm["source"]["train_file"], dm["source"]["n_validation"], dm["source"]["seed"]) == ("zwhe99/commonsense_170k", 120, 42)
+    assert _resolved("moslora/4/dora", "paper")["optimizer"]["lr"] == 1e-4
+    assert (_resolved("moslora/4/dora_32", "paper")["method"]["r"], _resolved("moslora/1/lora_32", "paper")["method"]["alpha"]) == (32, 64)
+    assert _resolved("moslora/3/orthogonal", "paper")["method"]["mixer_init"] == "orthogonal"
+    fig4 = [_resolved(f"moslora/fig4/lora_{p}", s)["task"]["datamodule"]["source"]["train_fraction"]
+            for p in ("12_5", "50") for s in ("tiny", "paper")]
+    assert fig4 == [0.125, 0.125, 0.5, 0.5]

@@ -93,3 +93,26 @@ def test_makefile_help_lists_every_target():
     out = subprocess.run(["make", "-s", "help"], cwd=REPO, capture_output=True, text=True, check=True).stdout
     for target in ("setup", "run", "test", "list-tables", "reproduce-table-%", "sync-wandb"):
         assert f"  {target} " in out
+
+
+def test_cells_in_paper_units_and_other_columns(tmp_path):
+    paper = tmp_path / "paper"
+    paper.mkdir()
+    (paper / "cost.csv").write_text("method,param,time,mem,benchmark,value,value_as_printed\n"
+                                    "LoRA,28.3M,8.0h,29G,Avg.,82.8,82.8\nZero,,,,Avg.,,not converge\n")
+    cells = [{"label": "Param", "metric": "params.trainable", "unit": "M", "column": "param", "match": {}},
+             {"label": "Time", "metric": "train.wall_time_s", "unit": "h", "column": "time", "match": {}},
+             {"label": "Mem", "metric": "train.peak_memory.peak_mb", "unit": "G", "column": "mem", "match": {}},
+             {"label": "Avg.", "metric": "test/average", "match": {}}]
+    runs = tmp_path / "results" / "c-1" / "runs"
+    for key, method in (("lora", "LoRA"), ("zero", "Zero")):
+        run = _run(key, {"test/average": 80.0}, {"id": "c-1", "paper_csv": "cost.csv", "match": {"method": method},
+                                                 "cells": cells})
+        run.update(params={"trainable": 14_150_000}, train={"wall_time_s": 7200.0, "peak_memory": {"peak_mb": 14848.0}})
+        write_json_atomic(runs / f"{key}.json", run)
+    md = build_table("c-1", tmp_path / "results", paper)
+    rows = {(r["run"], r["cell"]): r for r in csv.DictReader(open(md.parent / "table.csv"))}
+    assert (rows["lora", "Param"]["ours"], rows["lora", "Param"]["diff"]) == ("14.15", "-14.15")
+    assert (rows["lora", "Time"]["ours"], rows["lora", "Time"]["diff"]) == ("2.00", "-6.00")
+    assert (rows["lora", "Mem"]["ours"], rows["lora", "Mem"]["paper"], rows["lora", "Mem"]["diff"]) == ("14.50", "29G", "-14.50")
+    assert (rows["zero", "Avg."]["paper"], rows["zero", "Avg."]["diff"]) == ("not converge", "")

@@ -35,11 +35,13 @@ def _not_loadable(key: str, name: str, err: Exception) -> ConfigError:
     )
 
 
-def build_word_level_tokenizer(corpus_files: Iterable[Path], out_dir: Path) -> PreTrainedTokenizerFast:
-    """Word-level tokenizer over every whitespace-separated word of the records' text fields."""
+def build_word_level_tokenizer(corpus_files: Iterable[Path], out_dir: Path,
+                               extra_text: str = "") -> PreTrainedTokenizerFast:
+    """Word-level tokenizer over every whitespace-separated word of the records' text fields (and of
+    ``extra_text``: the words a prompt wrapper adds around them)."""
     from tokenizers import Tokenizer, models, pre_tokenizers
 
-    words: set[str] = set()
+    words: set[str] = set(extra_text.split())
     for path in corpus_files:
         with open(path, encoding="utf-8") as f:
             for line in f:
@@ -57,10 +59,10 @@ def build_word_level_tokenizer(corpus_files: Iterable[Path], out_dir: Path) -> P
     return AutoTokenizer.from_pretrained(out_dir)
 
 
-def load_tokenizer(spec: Mapping, corpus_files: Iterable[Path], cache_dir: Path):
+def load_tokenizer(spec: Mapping, corpus_files: Iterable[Path], cache_dir: Path, extra_text: str = ""):
     kind = spec.get("source")
     if kind == "word_level":
-        tok = build_word_level_tokenizer(corpus_files, cache_dir)
+        tok = build_word_level_tokenizer(corpus_files, cache_dir, extra_text)
     elif kind == "pretrained":
         name = spec["name_or_path"]
         try:

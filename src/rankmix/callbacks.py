@@ -17,6 +17,13 @@ from rankmix.errors import NonFiniteLossError
 class FiniteLossGuard(pl.Callback):
     """Stop training with a clear message as soon as the training loss is NaN or infinite."""
 
+    def on_train_start(self, trainer, pl_module):
+        from rankmix.adapters.peft_methods import peft_tuner, resolve_total_step
+
+        tuner = peft_tuner(pl_module)
+        if tuner is not None and hasattr(tuner, "update_and_allocate"):
+            resolve_total_step(tuner, int(trainer.estimated_stepping_batches))
+
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
         loss = outputs["loss"] if isinstance(outputs, dict) else outputs
         value = float(loss.detach()) if loss is not None else 0.0
@@ -69,6 +76,13 @@ class AdapterRouting(pl.Callback):
 
         for layer in adapter_layers(pl_module).values():
             layer.on_optimizer_step()
+
+    def on_train_start(self, trainer, pl_module):
+        from rankmix.adapters.peft_methods import peft_tuner, resolve_total_step
+
+        tuner = peft_tuner(pl_module)
+        if tuner is not None and hasattr(tuner, "update_and_allocate"):
+            resolve_total_step(tuner, int(trainer.estimated_stepping_batches))
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
         from rankmix.adapters.peft_methods import peft_tuner

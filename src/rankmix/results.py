@@ -74,6 +74,7 @@ def peak_memory_mb() -> dict[str, float]:
     out = {"cpu_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0}
     if torch.cuda.is_available():
         out["gpu_allocated_mb"] = torch.cuda.max_memory_allocated() / 2**20
+    out["peak_mb"] = out.get("gpu_allocated_mb") or out["cpu_rss_mb"]  # the accelerator's: GPU if one was used
     return out
 
 

@@ -2,7 +2,11 @@
 
 Each run's JSON carries its ``table`` config. A run with ``table.cells`` fills those cells: every cell names
 the paper CSV rows it reproduces (``match`` on the CSV's columns, files under ``results/paper/``) and the
-metric of ours that corresponds. Runs without cells list their metrics with no paper value.
+metric of ours that corresponds: a test metric (``test/average``) or a dotted path into the run JSON
+(``params.trainable``, ``train.wall_time_s``, ``train.peak_memory.peak_mb``). A cell with ``unit`` (M, h or G)
+converts ours to the unit the paper prints (parameters in millions, seconds to hours, MiB to GiB) and reads
+the paper's "28.3M" / "8.0h" / "29G" as numbers; ``column`` reads another column of the paper's row than
+``value``. Runs without cells list their metrics with no paper value.
 
 CLI: ``python -m rankmix.tables build <id>``, ``list``, ``reproduce <id> [overrides...]``.
 """
@@ -22,15 +26,40 @@ from rankmix.results import read_json
 
 REPO = Path(__file__).resolve().parents[2]
 COLUMNS = ["run", "scale", "cell", "metric", "paper", "ours", "diff"]
+UNITS = {"M": 1e-6, "h": 1 / 3600, "G": 1 / 1024}  # parameters → millions, seconds → hours, MiB → GiB
+
+
+def run_value(run: dict, name: str) -> float | None:
+    """A metric of the run, else a dotted path into its JSON (``params.trainable``); None when absent."""
+    if name in run["metrics"]:
+        return run["metrics"][name]
+    node = run
+    for part in name.split("."):
+        if not isinstance(node, dict) or part not in node:
+            return None
+        node = node[part]
+    return node if isinstance(node, (int, float)) and not isinstance(node, bool) else None
+
+
+def _number(text: str, unit: str | None) -> float | None:
+    text = text.strip()
+    if unit and text.endswith(unit):
+        text = text[: -len(unit)]
+    try:
+        return float(text)
+    except ValueError:
+        return None
 
 
 def _fmt(v) -> str:
     if v is None or v == "":
         return ""
-    return f"{v:.2f}" if isinstance(v, float) else str(v)
+    if isinstance(v, float):
+        return f"{v:.2f}" if v == 0 or abs(v) >= 1 else f"{v:.3g}"
+    return str(v)
 
 
-def paper_value(paper_dir: Path, csv_name: str, match: dict) -> str:
+def paper_value(paper_dir: Path, csv_name: str, match: dict, column: str | None = None) -> str:
     path = paper_dir / csv_name
     if not path.is_file():
         raise RankmixError(f"{path}: paper table not found (copy it from the papers' clean tables)")
@@ -38,23 +67,33 @@ def paper_value(paper_dir: Path, csv_name: str, match: dict) -> str:
         rows = [r for r in csv.DictReader(f) if all(r.get(k) == str(v) for k, v in match.items())]
     if len(rows) != 1:
         raise RankmixError(f"{path}: {len(rows)} rows match {match}; a cell must match exactly one")
-    return rows[0].get("value", rows[0].get("mean", ""))
+    if column:
+        return rows[0][column]
+    row = rows[0]  # no number printed (e.g. "not converge"): the printed text
+    return row.get("value") or row.get("mean") or row.get("value_as_printed", "")
 
 
 def table_rows(run: dict, paper_dir: Path) -> list[dict]:
     table = run["config"].get("table", {})
     base = {"run": run["run"]["key"], "scale": run["run"]["scale"]}
-    metrics = run["metrics"]
     if table.get("cells"):
         rows = []
         for cell in table["cells"]:
-            paper = paper_value(paper_dir, table["paper_csv"], {**table.get("match", {}), **cell["match"]})
-            ours = metrics.get(cell["metric"])
-            diff = ours - float(paper) if ours is not None and paper not in ("", None) else None
+            paper = paper_value(paper_dir, table["paper_csv"], {**table.get("match", {}), **cell["match"]},
+                                cell.get("column"))
+            ours = run_value(run, cell["metric"])
+            unit = cell.get("unit")
+            if unit is not None:
+                if unit not in UNITS:
+                    raise RankmixError(f"table {table.get('id')}: cell unit {unit!r}; use one of {', '.join(UNITS)}")
+                ours = None if ours is None else ours * UNITS[unit]
+            paper_num = _number(paper or "", unit)
+            diff = ours - paper_num if ours is not None and paper_num is not None else None
             label = cell.get("label") or ", ".join(f"{k}={v}" for k, v in cell["match"].items())
             rows.append({**base, "cell": label, "metric": cell["metric"], "paper": paper, "ours": ours, "diff": diff})
         return rows
-    return [{**base, "cell": "", "metric": k, "paper": "", "ours": v, "diff": None} for k, v in sorted(metrics.items())]
+    return [{**base, "cell": "", "metric": k, "paper": "", "ours": v, "diff": None}
+            for k, v in sorted(run["metrics"].items())]
 
 
 def build_table(table_id: str, results_dir: Path, paper_dir: Path) -> Path:

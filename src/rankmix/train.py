@@ -66,13 +66,14 @@ def fit_and_test(cfg: DictConfig, run_dir: Path, chash: str) -> tuple[dict, dict
     dm = instantiate(cfg.task.datamodule, cache_dir=cfg.paths.cache_dir)
     dm.check_paths()
     dm.prepare_data()
-    tokenizer = load_tokenizer(cfg.backbone.tokenizer, [dm.files()["train"]], run_dir / "tokenizer")
+    tokenizer = load_tokenizer(cfg.backbone.tokenizer, [dm.files()["train"]], run_dir / "tokenizer", dm.template_text())
     model = build_backbone(cfg.backbone, tokenizer)
     report = inject(model, OmegaConf.to_container(cfg.method, resolve=True))
     log.info(str(report))
     check_context(model, cfg.task.get("context", []))
     dm.set_tokenizer(tokenizer)
     module = CausalLMModule(model, tokenizer, max_new_tokens=cfg.task.datamodule.max_new_tokens,
+                            num_beams=cfg.task.get("num_beams", 1),
                             scorer=cfg.task.get("scorer", "generic"),
                             predictions_path=str(run_dir / "predictions.jsonl"), **cfg.optimizer)
     trainer = build_trainer(cfg, run_dir)

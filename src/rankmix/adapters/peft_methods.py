@@ -2,7 +2,8 @@
 
 ``dora`` (LoRA with ``use_dora``), ``loha``, ``lokr`` and ``adalora`` (MoSLoRA Tab. 4 baselines) use peft's
 own layers. AdaLoRA also needs peft's model wrapper: its forward adds the orthogonal regulariser to the
-loss, and ``update_and_allocate(step)`` re-allocates the rank budget after each optimizer step. The
+loss, and ``update_and_allocate(step)`` re-allocates the rank budget after each optimizer step over a
+schedule of ``total_step`` steps (``auto``: the run's optimizer steps, set when training starts). The
 wrapper is kept with the model (``peft_tuner(model)``); rankmix's training module calls the model through
 it and the ``AdapterRouting`` callback calls ``update_and_allocate``. AdaLoRA's importance estimates are not
 part of a checkpoint, so a resumed AdaLoRA run re-estimates them.
@@ -24,6 +25,7 @@ OPTIONS = {
     "adalora": ("r", "init_r", "alpha", "dropout", "total_step", "tinit", "tfinal", "deltaT", "orth_reg_weight"),
 }
 ADAPTER_TENSORS = (".lora_", ".hada_", ".lokr_", ".ranknum.")
+AUTO_TOTAL_STEP = 10**9  # placeholder until training starts (resolve_total_step)
 TUNER_KEY = "rankmix_peft_tuner"  # kept in the model's __dict__: not a submodule (it wraps the model itself)
 
 
@@ -43,12 +45,14 @@ def peft_config(name: str, targets: list[str], options: Mapping):
         return LoHaConfig(r=r, alpha=alpha, rank_dropout=dropout, target_modules=targets)
     if name == "lokr":
         return LoKrConfig(r=r, alpha=alpha, rank_dropout=dropout, target_modules=targets)
-    if not options.get("total_step"):
-        raise ConfigError("method.total_step", options.get("total_step"),
-                          "AdaLoRA schedules its rank budget over the run: give the number of optimizer steps")
+    total = options.get("total_step")
+    if total != "auto" and not (isinstance(total, int) and total > 0):
+        raise ConfigError("method.total_step", total, "AdaLoRA schedules its rank budget over the run: give the "
+                          "number of optimizer steps, or auto")
     schedule = {k: int(options[k]) for k in ("tinit", "tfinal", "deltaT") if options.get(k) is not None}
     return AdaLoraConfig(target_r=r, init_r=int(options.get("init_r", int(1.5 * r))), lora_alpha=alpha,
-                         lora_dropout=dropout, total_step=int(options["total_step"]), target_modules=targets,
+                         lora_dropout=dropout, total_step=AUTO_TOTAL_STEP if total == "auto" else total,
+                         target_modules=targets,
                          orth_reg_weight=float(options.get("orth_reg_weight", 0.5)), **schedule)
 
 
@@ -62,6 +66,17 @@ def inject_peft(model: nn.Module, name: str, full_names: list[str], options: Map
         model.__dict__[TUNER_KEY] = AdaLoraModel(model, config, "default")
     else:
         inject_adapter_in_model(config, model)
+
+
+def resolve_total_step(tuner, steps: int) -> None:
+    """Give an AdaLoRA schedule built with ``total_step: auto`` the run's number of optimizer steps."""
+    config = tuner.peft_config["default"]
+    if config.total_step != AUTO_TOTAL_STEP:
+        return
+    if config.tinit >= steps - config.tfinal:
+        raise ConfigError("method.total_step", "auto", f"the run has {steps} optimizer steps, too few for "
+                          f"tinit={config.tinit} + tfinal={config.tfinal}; lower method.tinit / method.tfinal")
+    config.total_step = steps
 
 
 def peft_tuner(model: nn.Module):

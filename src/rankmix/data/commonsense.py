@@ -8,6 +8,11 @@ f-strings put 16 spaces at the start of continuation lines; the training wrapper
 while the evaluation wrapper ends the first line with one space and leaves the blank lines empty.
 The prediction is the text after ``### Response:``; the answer is the first match of the test set's
 case-sensitive pattern (or ""), and accuracy is exact equality with ``answer``.
+
+Training data: LLM-Adapters' ``ft-training_set/commonsense_170k.json`` (or its hub mirror
+``zwhe99/commonsense_170k``); 120 records split off for validation with ``train_test_split(test_size=120,
+seed=42)``, as ``finetune.py`` does. Records become the instruction module's ``{inputs, targets, answer, task,
+metric}`` with ``inputs`` = the instruction and ``targets`` = the output.
 """
 
 from __future__ import annotations
@@ -17,6 +22,9 @@ from pathlib import Path
 
 from rankmix.data.files import read_records
 from rankmix.errors import DataError
+
+TRAIN_WHERE = ("download ft-training_set/commonsense_170k.json of github.com/AGI-Edgerunners/LLM-Adapters (or the "
+               "hub dataset zwhe99/commonsense_170k) and set task.datamodule.source.train_file to its path")
 
 # name → (test-set size, answer pattern)
 DATASETS: dict[str, tuple[int, str]] = {
@@ -29,6 +37,8 @@ DATASETS: dict[str, tuple[int, str]] = {
     "ARC-Challenge": (1172, r"answer1|answer2|answer3|answer4|answer5"),
     "openbookqa": (500, r"answer1|answer2|answer3|answer4|answer5"),
 }
+TRAIN_TASK = "commonsense_170k"  # the task name of training (and validation) records: every label set mixed
+MIXED_PATTERN = "|".join(dict.fromkeys(p for _, pat in DATASETS.values() for p in pat.split("|")))
 FIELDS = ("instruction", "input", "output", "answer")
 PAD = " " * 16
 HEAD = "Below is an instruction that describes a task. Write a response that appropriately completes the request."
@@ -52,11 +62,49 @@ def prediction(decoded: str) -> str:
 
 
 def extract_answer(dataset: str, text: str) -> str:
-    """First match of the data set's pattern in the stripped text, else ""."""
-    if dataset not in DATASETS:
-        raise ValueError(f"unknown commonsense data set {dataset!r}; known: {', '.join(DATASETS)}")
-    found = re.findall(DATASETS[dataset][1], text.strip())
+    """First match of the data set's pattern in the stripped text, else "" (for held-out training records,
+    task ``commonsense_170k``: the union of all label sets)."""
+    if dataset == TRAIN_TASK:
+        pattern = MIXED_PATTERN
+    elif dataset in DATASETS:
+        pattern = DATASETS[dataset][1]
+    else:
+        raise ValueError(f"unknown commonsense data set {dataset!r}; known: {', '.join(DATASETS)}, {TRAIN_TASK}")
+    found = re.findall(pattern, text.strip())
     return found[0] if found else ""
+
+
+def check_records(path, records: list[dict]) -> list[dict]:
+    """Every record has the four fields and an empty ``input`` (the only branch the protocol uses)."""
+    for i, rec in enumerate(records, 1):
+        missing = [k for k in FIELDS if k not in rec]
+        if missing:
+            raise DataError(f"{path}: record {i} lacks field {missing[0]!r}; records need {', '.join(FIELDS)}")
+        if rec["input"]:
+            raise DataError(f"{path}: record {i} has a non-empty 'input'; the commonsense protocol's records "
+                            "carry everything in 'instruction'")
+    return records
+
+
+def to_instruction(rec: dict, task: str) -> dict:
+    """A commonsense record as the instruction module reads it."""
+    return {"inputs": rec["instruction"], "targets": rec["output"], "answer": rec["answer"], "task": task,
+            "domain": task, "metric": "acc"}
+
+
+def load_train(source: str) -> list[dict]:
+    """commonsense_170k from a local JSON / JSON-lines file, or from the hub by dataset id."""
+    path = Path(source)
+    if path.is_file():
+        return check_records(path, read_records(path))
+    import datasets
+
+    try:
+        rows = list(datasets.load_dataset(source, split="train"))
+    except Exception as e:  # noqa: BLE001 -- offline, unknown id, bad format: one message
+        reason = (str(e).strip().splitlines() or [type(e).__name__])[0][:160]
+        raise DataError(f"{source}: not a local file and not loadable from the hub ({reason}); {TRAIN_WHERE}") from None
+    return check_records(source, rows)
 
 
 def load_test(root: Path, dataset: str) -> list[dict]:
@@ -65,12 +113,7 @@ def load_test(root: Path, dataset: str) -> list[dict]:
     if not path.is_file():
         raise DataError(f"{path}: not found; use LLM-Adapters' dataset/{dataset}/test.json "
                         "(github.com/AGI-Edgerunners/LLM-Adapters) and point task.test_dir at its dataset/ folder")
-    records = read_records(path)
-    for i, rec in enumerate(records, 1):
-        missing = [k for k in FIELDS if k not in rec]
-        if missing:
-            raise DataError(f"{path}: record {i} lacks field {missing[0]!r}; records need {', '.join(FIELDS)}")
-    return records
+    return check_records(path, read_records(path))
 
 
 def score_commonsense(records: list[dict]) -> dict[str, float]:

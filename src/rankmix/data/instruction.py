@@ -2,7 +2,12 @@
 
 Training examples are ``<s> prompt response </s>`` with the loss on the response (or on everything with
 ``loss_on_prompt``). Evaluation batches carry left-padded prompts for generation plus the reference
-text. Data order depends only on (seed, epoch), so a resumed run sees the same batches as an
+text. ``prompt_format`` says how a record becomes text:
+
+- ``template``: prompt = ``prompt_template.format(**record)``, response = " " + ``targets``, tokenized apart
+  (as LLaMA-Factory encodes prompt and response); the same prompt for generation.
+- ``llm_adapters``: LLM-Adapters' Alpaca wrappers (``rankmix.data.commonsense``): the training text is
+  tokenized whole, as ``finetune.py`` does, and generation starts from the (different) evaluation wrapper. Data order depends only on (seed, epoch), so a resumed run sees the same batches as an
 uninterrupted one.
 """
 
@@ -17,6 +22,8 @@ import lightning.pytorch as pl
 import torch
 from torch.utils.data import DataLoader, DistributedSampler
 
+from rankmix.adapters.base import choice
+from rankmix.data import commonsense
 from rankmix.data.files import check_jsonl, write_jsonl_atomic
 from rankmix.data.sources import build_splits
 from rankmix.errors import ConfigError, DataError
@@ -24,6 +31,8 @@ from rankmix.errors import ConfigError, DataError
 SPLITS = ("train", "validation", "test")
 REQUIRED_FIELDS = ("inputs", "targets", "task")
 IGNORE_INDEX = -100
+PROMPT_FORMATS = ("template", "llm_adapters")
+RECORD_KEYS = ("targets", "task", "domain", "metric", "answer")  # passed through evaluation batches to the scorer
 
 
 class InstructionDataModule(pl.LightningDataModule):
@@ -36,8 +45,10 @@ class InstructionDataModule(pl.LightningDataModule):
         cache_dir: str,
         source: dict | None = None,
         prompt_template: str = "{inputs} =>",
+        prompt_format: str = "template",
         loss_on_prompt: bool = False,
         max_length: int = 64,
+        overlong: str = "error",
         max_new_tokens: int = 16,
         batch_size: int = 32,
         eval_batch_size: int = 64,
@@ -50,8 +61,10 @@ class InstructionDataModule(pl.LightningDataModule):
         self.cache_dir = Path(cache_dir)
         self.source = dict(source or {})
         self.prompt_template = prompt_template
+        self.prompt_format = choice("task.datamodule.prompt_format", prompt_format, PROMPT_FORMATS)
         self.loss_on_prompt = loss_on_prompt
         self.max_length = max_length
+        self.overlong = choice("task.datamodule.overlong", overlong, ("error", "truncate"))
         self.max_new_tokens = max_new_tokens
         self.batch_size = batch_size
         self.eval_batch_size = eval_batch_size
@@ -107,20 +120,36 @@ class InstructionDataModule(pl.LightningDataModule):
             rows = raw[split] if not limit else raw[split].select(range(min(limit, len(raw[split]))))
             self.examples[split] = [self._encode(i, r, files[split]) for i, r in enumerate(rows)]
 
+    def template_text(self) -> str:
+        """The words the prompt format adds around the records' fields (for a word-level vocabulary)."""
+        if self.prompt_format == "llm_adapters":
+            return commonsense.train_prompt("", "") + commonsense.eval_prompt("")
+        return ""
+
+    def _ids(self, text: str) -> list[int]:
+        return [self.tokenizer.bos_token_id, *self.tokenizer(text, add_special_tokens=False)["input_ids"]]
+
     def _encode(self, idx: int, rec: dict, path: Path) -> dict:
         tok = self.tokenizer
-        prompt = tok(self.prompt_template.format(**rec), add_special_tokens=False)["input_ids"]
-        response = tok(" " + rec["targets"], add_special_tokens=False)["input_ids"]
-        prompt = [tok.bos_token_id, *prompt]
-        full = prompt + response + [tok.eos_token_id]
-        if len(full) > self.max_length:
+        if self.prompt_format == "llm_adapters":
+            full = self._ids(commonsense.train_prompt(rec["inputs"], rec["targets"])) + [tok.eos_token_id]
+            prompt = self._ids(commonsense.train_prompt(rec["inputs"], ""))
+            generate_from = self._ids(commonsense.eval_prompt(rec["inputs"]))
+        else:
+            prompt = generate_from = self._ids(self.prompt_template.format(**rec))
+            full = prompt + tok(" " + rec["targets"], add_special_tokens=False)["input_ids"] + [tok.eos_token_id]
+        if len(full) > self.max_length and self.overlong == "truncate":  # finetune.py: cut at cutoff_len, no EOS
+            full = full[: self.max_length]
+        elif len(full) > self.max_length:
             raise DataError(
                 f"{path}: record {idx + 1} is {len(full)} tokens, over task.max_length={self.max_length}; "
-                "raise task.max_length or shorten the record"
+                "raise task.datamodule.max_length, shorten the record, or set task.datamodule.overlong=truncate"
             )
-        labels = list(full) if self.loss_on_prompt else [IGNORE_INDEX] * len(prompt) + full[len(prompt):]
-        return {"idx": idx, "input_ids": full, "labels": labels, "prompt_ids": prompt, "targets": rec["targets"],
-                "task": rec["task"], "domain": rec.get("domain") or "", "metric": rec.get("metric") or "em"}
+        n_prompt = min(len(prompt), len(full))
+        labels = list(full) if self.loss_on_prompt else [IGNORE_INDEX] * n_prompt + full[n_prompt:]
+        return {"idx": idx, "input_ids": full, "labels": labels, "prompt_ids": generate_from, "targets": rec["targets"],
+                "task": rec["task"], "domain": rec.get("domain") or "", "metric": rec.get("metric") or "em",
+                "answer": rec.get("answer") or ""}
 
     # -- batches -------------------------------------------------------------------------------
     def _collate_train(self, batch: list[dict]) -> dict:
@@ -146,7 +175,7 @@ class InstructionDataModule(pl.LightningDataModule):
             prompt[i, n - k:] = torch.tensor(b["prompt_ids"])
             pmask[i, n - k:] = 1
         out.update(prompt_ids=prompt, prompt_mask=pmask, idx=torch.tensor([b["idx"] for b in batch]),
-                   **{k: [b[k] for b in batch] for k in ("targets", "task", "domain", "metric")})
+                   **{k: [b[k] for b in batch] for k in RECORD_KEYS})
         return out
 
     def _loader(self, split: str, train: bool) -> DataLoader:

@@ -4,23 +4,45 @@
 - ``flan_like``: the generated FLAN-like suite of ``rankmix.data.flan_like`` (tiny scale of the FLAN tables).
 - ``flan``: SMoRA's FLAN-v2 subset from files (``rankmix.data.flan``): the test file the user gives, and
   ``n_train`` + ``n_validation`` records per test task sampled from a ``Muennighoff/flan`` training folder.
+- ``commonsense_like``: the generated commonsense-style suite of ``rankmix.data.commonsense_like`` (tiny
+  scale of the MoSLoRA tables), in the LLM-Adapters record format.
+- ``commonsense``: MoSLoRA's commonsense data from files (``rankmix.data.commonsense``): commonsense_170k
+  (a file or hub id), ``n_validation`` records split off it as LLM-Adapters does, and the 8 test sets.
+
+``train_fraction`` (default 1) keeps that fraction of the training split, drawn with ``seed``; smaller
+fractions are subsets of larger ones (MoSLoRA Fig. 4).
 """
 
 from __future__ import annotations
 
+import random
 from collections import defaultdict
 from collections.abc import Mapping
 
-from rankmix.data import flan
+from rankmix.data import commonsense, flan
+from rankmix.data.commonsense_like import generate_commonsense_like
 from rankmix.data.flan_like import generate_flan_like
 from rankmix.data.synthetic import generate_records
 from rankmix.errors import ConfigError
 
-KINDS = ("symbolic", "flan_like", "flan")
+KINDS = ("symbolic", "flan_like", "flan", "commonsense_like", "commonsense")
 
 
 def build_splits(source: Mapping) -> dict[str, list[dict]]:
     """``{"train": [...], "validation": [...], "test": [...]}`` records for ``source``."""
+    splits = _splits(source)
+    fraction = float(source.get("train_fraction", 1.0))
+    if not 0.0 < fraction <= 1.0:
+        raise ConfigError("task.datamodule.source.train_fraction", fraction, "must be in (0, 1]")
+    if fraction < 1.0:
+        order = list(range(len(splits["train"])))
+        random.Random(source.get("seed", 0)).shuffle(order)
+        keep = sorted(order[: max(1, round(fraction * len(order)))])
+        splits["train"] = [splits["train"][i] for i in keep]
+    return splits
+
+
+def _splits(source: Mapping) -> dict[str, list[dict]]:
     kind = source.get("kind", "symbolic")
     sizes = {"train": source.get("n_train"), "validation": source.get("n_validation"), "test": source.get("n_test")}
     if kind == "symbolic":
@@ -47,4 +69,28 @@ def build_splits(source: Mapping) -> dict[str, list[dict]]:
             seen[r["task"]] += 1
             splits["validation" if seen[r["task"]] <= n_val else "train"].append({**r, "domain": domain, "metric": metric})
         return splits
+    if kind == "commonsense_like":
+        return {split: [commonsense.to_instruction(rec, name)
+                        for name, rec in generate_commonsense_like(source["datasets"], n, source["seed"] + 7919 * i)]
+                for i, (split, n) in enumerate(sizes.items())}
+    if kind == "commonsense":
+        return _commonsense_files(source)
     raise ConfigError("task.source.kind", kind, f"must be one of {', '.join(KINDS)}")
+
+
+def _commonsense_files(source: Mapping) -> dict[str, list[dict]]:
+    import datasets
+
+    for key, why in (("train_file", commonsense.TRAIN_WHERE),
+                     ("test_dir", "a folder holding LLM-Adapters' dataset/<name>/test.json for the 8 test sets")):
+        if not source.get(key):
+            raise ConfigError(f"task.datamodule.source.{key}", source.get(key), f"is required; {why}")
+    train = [commonsense.to_instruction(r, commonsense.TRAIN_TASK) for r in commonsense.load_train(source["train_file"])]
+    n_val = int(source.get("n_validation") or 0)
+    validation: list[dict] = []
+    if n_val:  # finetune.py: train_test_split(test_size=val_set_size, shuffle=True, seed=42)
+        parts = datasets.Dataset.from_list(train).train_test_split(test_size=n_val, shuffle=True, seed=source["seed"])
+        train, validation = list(parts["train"]), list(parts["test"])
+    test = [commonsense.to_instruction(r, name) for name in source.get("datasets") or commonsense.DATASETS
+            for r in commonsense.load_test(source["test_dir"], name)]
+    return {"train": train, "validation": validation, "test": test}

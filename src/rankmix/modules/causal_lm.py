@@ -1,8 +1,10 @@
 """LightningModule for instruction tuning a causal LM with an adapter method, scored by generation.
 
-Training minimises the token cross-entropy of the response. Validation and test generate greedily
-from the prompt and score with the task's scorer: ``generic`` (``rankmix.metrics.text``: per task, then the
-mean over tasks) or ``flan`` (``rankmix.metrics.flan``: SMoRA's FLAN protocol, clusters and average).
+Training minimises the token cross-entropy of the response. Validation and test generate from the prompt
+(greedy, or beam search with ``num_beams`` > 1; left padding with the attention mask) and score with the
+task's scorer: ``generic`` (``rankmix.metrics.text``: per task, then the mean over tasks), ``flan``
+(``rankmix.metrics.flan``: SMoRA's FLAN protocol, clusters and average) or ``commonsense``
+(``rankmix.data.commonsense``: LLM-Adapters' answer extraction, accuracy per test set and average).
 Checkpoints hold only the adapter weights; the frozen backbone is rebuilt from its config.
 """
 
@@ -19,24 +21,29 @@ from transformers import get_cosine_schedule_with_warmup, get_linear_schedule_wi
 from rankmix.adapters import adapter_context, adapter_state_dict
 from rankmix.adapters.base import choice
 from rankmix.adapters.peft_methods import peft_tuner
+from rankmix.data.commonsense import score_commonsense
+from rankmix.data.instruction import RECORD_KEYS
 from rankmix.metrics.flan import score_flan
 from rankmix.metrics.text import score_generations
 
-SCORERS = {"generic": score_generations, "flan": score_flan}
+SCORERS = {"generic": score_generations, "flan": score_flan, "commonsense": score_commonsense}
 SCHEDULES = {"linear": get_linear_schedule_with_warmup, "cosine": get_cosine_schedule_with_warmup}
 
 
 class CausalLMModule(pl.LightningModule):
     def __init__(self, model, tokenizer, lr: float, weight_decay: float = 0.0, warmup_ratio: float = 0.0,
+                 warmup_steps: int | None = None,
                  betas: tuple[float, float] = (0.9, 0.999), schedule: str = "linear", max_new_tokens: int = 16,
-                 scorer: str = "generic", predictions_path: str | None = None):
+                 num_beams: int = 1, scorer: str = "generic", predictions_path: str | None = None):
         super().__init__()
         self.model = model
         self.tokenizer = tokenizer
         self.lr, self.weight_decay, self.warmup_ratio, self.betas = lr, weight_decay, warmup_ratio, tuple(betas)
+        self.warmup_steps = warmup_steps  # when set, overrides warmup_ratio (LLM-Adapters: warmup_steps=100)
         self.schedule = choice("optimizer.schedule", schedule, tuple(SCHEDULES))
         self.scorer = choice("task.scorer", scorer, tuple(SCORERS))
         self.max_new_tokens = max_new_tokens
+        self.num_beams = num_beams
         self.predictions_path = Path(predictions_path) if predictions_path else None
         self.strict_loading = False  # checkpoints hold adapter weights only
         self._generations: list[dict] = []
@@ -57,7 +64,8 @@ class CausalLMModule(pl.LightningModule):
         params = [p for p in self.trainer.model.parameters() if p.requires_grad]
         opt = torch.optim.AdamW(params, lr=self.lr, weight_decay=self.weight_decay, betas=self.betas)
         total = int(self.trainer.estimated_stepping_batches)
-        sched = SCHEDULES[self.schedule](opt, int(self.warmup_ratio * total), total)
+        warmup = self.warmup_steps if self.warmup_steps is not None else int(self.warmup_ratio * total)
+        sched = SCHEDULES[self.schedule](opt, min(warmup, total), total)
         return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
 
     # -- evaluation ----------------------------------------------------------------------------
@@ -67,12 +75,12 @@ class CausalLMModule(pl.LightningModule):
         self.log(f"{stage}/loss", loss, on_epoch=True, batch_size=n, sync_dist=True)
         generated = self.model.generate(
             input_ids=batch["prompt_ids"], attention_mask=batch["prompt_mask"], max_new_tokens=self.max_new_tokens,
-            do_sample=False, pad_token_id=self.tokenizer.pad_token_id, eos_token_id=self.tokenizer.eos_token_id,
+            num_beams=self.num_beams, do_sample=False, pad_token_id=self.tokenizer.pad_token_id, eos_token_id=self.tokenizer.eos_token_id,
         )
         texts = self.tokenizer.batch_decode(generated[:, batch["prompt_ids"].shape[1]:], skip_special_tokens=True)
         for i, text in enumerate(texts):
             self._generations.append({"idx": int(batch["idx"][i]), "prediction": text.strip(),
-                                      **{k: batch[k][i] for k in ("task", "domain", "metric", "targets")}})
+                                      **{k: batch[k][i] for k in RECORD_KEYS}})
 
     def _eval_epoch_end(self, stage: str):
         records = self._generations
