@@ -125,3 +125,16 @@ def test_slurm_launcher_follows_the_trainer():
     launcher = cfg.hydra.launcher
     assert launcher._target_.endswith("SlurmLauncher")
     assert launcher.tasks_per_node == 8 and launcher.gpus_per_node == 8 and launcher.nodes == 1
+
+
+def test_computation_hash_ignores_labels_not_hyperparameters():
+    from rankmix.config import computation_hash
+
+    base = {"method": {"name": "lora", "r": 8}, "backbone": {"name": "llama2_7b", "paper_label": "Llama2-7b",
+                                                            "config": {"hidden_size": 128}},
+            "table": {"id": "a"}, "paths": {"root_dir": "/x"}, "trainer": {"devices": 1, "max_epochs": 3}}
+    relabelled = {**base, "table": {"id": "b"}, "paths": {"root_dir": "/y"}, "trainer": {"devices": 2, "max_epochs": 3},
+                  "backbone": {**base["backbone"], "name": "llama2_13b", "paper_label": "Llama2-13b"}}
+    assert computation_hash(base) == computation_hash(relabelled)
+    assert computation_hash(base) != computation_hash({**base, "method": {"name": "lora", "r": 16}})
+    assert computation_hash(base) != computation_hash({**base, "backbone": {**base["backbone"], "config": {"hidden_size": 64}}})

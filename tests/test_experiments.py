@@ -69,3 +69,19 @@ def test_moslora_paper_settings():
     fig4 = [_resolved(f"moslora/fig4/lora_{p}", s)["task"]["datamodule"]["source"]["train_fraction"]
             for p in ("12_5", "50") for s in ("tiny", "paper")]
     assert fig4 == [0.125, 0.125, 0.5, 0.5]
+
+
+def test_smora_full_tables_read_the_scorers_task_keys():
+    """Tab. 5/6 cells at paper scale name the metric keys the FLAN scorer writes for the test file's tasks."""
+    from rankmix.data.flan import base_task, load_test
+    from rankmix.metrics.flan import score_flan
+
+    test = [{**r, "task": base_task(r["task"])} for r in load_test(REPO / "tests" / "fixtures" / "flan" / "combined_test.json")]
+    written = {f"test/{k}" for k in score_flan([{**r, "prediction": r["targets"]} for r in test])}
+    for row in ("smora/5/lora_16", "smora/6/smora_64_8"):
+        cells = _resolved(row, "paper")["table"]["cells"]
+        assert len(cells) == 56
+        keys = {c["metric"] for c in cells}
+        fixture_tasks = {r["task"] for r in test}
+        assert {k for k in keys if k.split("/")[2] in fixture_tasks} <= written
+        assert len({k.split("/")[2] for k in keys} & fixture_tasks) == len(fixture_tasks)  # every fixture task has a cell

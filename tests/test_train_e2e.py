@@ -64,6 +64,18 @@ def test_rerun_skips_up_to_date_and_reruns_on_request(tmp_path):
     assert forced.returncode == 0 and "up to date" not in forced.stdout
 
 
+def test_a_run_listed_in_two_tables_is_trained_once(tmp_path):
+    first = run_train(tmp_path, *FAST)
+    assert first.returncode == 0
+    listed = run_train(tmp_path, *FAST, "table.id=other", "table.title=Other")  # same computation, another table
+    assert listed.returncode == 0 and "same computation as" in listed.stdout
+    a, b = first.result(), listed.result("other")
+    assert b["metrics"] == a["metrics"] and b["run"]["table"] == "other" and b["run"]["reused_from"].endswith(".json")
+    changed = run_train(tmp_path, *FAST, "table.id=third", "method.r=4")  # another computation: trained
+    assert changed.returncode == 0 and "same computation" not in changed.stdout
+    assert "reused_from" not in changed.result("third")["run"]
+
+
 def test_multirun_over_ranks(tmp_path):
     r = run_train(tmp_path, *FAST, "method.r=4,8", multirun=True, by_env=True)
     assert r.returncode == 0, r.stderr[-3000:]

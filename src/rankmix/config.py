@@ -1,6 +1,7 @@
 """Config handling shared by every entry point: scale selection, validation, run identity.
 
-Scale: a config node (backbone, task, optimizer, trainer, method) may hold ``tiny:`` and ``paper:`` blocks beside shared keys;
+Scale: a config node (backbone, task, optimizer, trainer, method, table) may hold ``tiny:`` and ``paper:`` blocks beside
+shared keys;
 ``apply_scale`` replaces the node by ``shared ∪ block[scale]`` so the rest of the code sees one flat node.
 """
 
@@ -15,7 +16,7 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 from rankmix.errors import ConfigError
 
 SCALES = ("tiny", "paper")
-SCALED_GROUPS = ("backbone", "task", "optimizer", "trainer", "method")
+SCALED_GROUPS = ("backbone", "task", "optimizer", "trainer", "method", "table")
 REQUIRE_BOTH_SCALES = ("backbone", "task")  # the others may set only the keys one scale changes
 # Keys that change where or how a run is executed, not what it computes: left out of the run's hash.
 UNHASHED = ("paths", "logger", "callbacks", "hydra", "rerun")
@@ -38,6 +39,24 @@ def apply_scale(cfg: DictConfig) -> None:
         merged = OmegaConf.merge(OmegaConf.create(shared), node.get(scale) or {})
         with open_dict(cfg):
             cfg[group] = merged
+
+
+# Keys that name or file a run without changing what it computes: left out of the computation hash, so a run
+# listed in two tables (SMoRA Tab. 1 and its full Tab. 5) is trained once.
+LABELS = ("table", "optimized_metric")
+LABELS_BACKBONE = ("name", "paper_label")
+
+
+def computation_hash(config: dict) -> str:
+    """Hash of a resolved config (a run JSON's ``config``) without paths, device layout, table or labels."""
+    data = json.loads(json.dumps(config, default=str))
+    for k in (*UNHASHED, *LABELS):
+        data.pop(k, None)
+    for k in UNHASHED_TRAINER:
+        data.get("trainer", {}).pop(k, None)
+    for k in LABELS_BACKBONE:
+        data.get("backbone", {}).pop(k, None)
+    return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:16]
 
 
 def config_hash(cfg: DictConfig) -> str:

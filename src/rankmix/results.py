@@ -47,6 +47,18 @@ def is_up_to_date(path: Path, config_hash: str) -> bool:
     return bool(r) and r.get("status") == "ok" and r.get("run", {}).get("config_hash") == config_hash
 
 
+def same_computation(results_dir: Path, config: dict, exclude: Path) -> Path | None:
+    """A finished run, in any table, whose configuration computes the same thing (``computation_hash``)."""
+    from rankmix.config import computation_hash
+
+    want = computation_hash(config)
+    for path in sorted(Path(results_dir).glob("*/runs/*.json")):
+        r = read_json(path)
+        if path != exclude and r and r.get("status") == "ok" and "config" in r and computation_hash(r["config"]) == want:
+            return path
+    return None
+
+
 def package_versions() -> dict[str, str | None]:
     out = {}
     for p in PACKAGES:

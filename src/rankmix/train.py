@@ -34,6 +34,7 @@ from rankmix.results import (
     peak_memory_mb,
     read_json,
     result_path,
+    same_computation,
     write_json_atomic,
 )
 
@@ -166,6 +167,15 @@ def train(cfg: DictConfig) -> float | None:
         if not cfg.rerun and is_up_to_date(path, chash):
             print(f"rankmix: up to date: {path} (rerun=true runs it again)")
             return _finish(cfg, read_json(path)["metrics"])
+        config = OmegaConf.to_container(cfg, resolve=True)
+        same = None if cfg.rerun else same_computation(Path(cfg.paths.results_dir), config, exclude=path)
+        if same is not None:
+            print(f"rankmix: {key}: same computation as {same}; its numbers are reused (rerun=true trains again)")
+            done = read_json(same)
+            result = {**done, "run": {**done["run"], "key": key, "table": cfg.table.id, "config_hash": chash,
+                                      "reused_from": str(same)}, "config": config}
+            write_json_atomic(path, result)
+            return _finish(cfg, result["metrics"], path)
         metrics, info, trainer = fit_and_test(cfg, run_dir, chash)
         if trainer.global_rank != 0:
             return None
@@ -177,7 +187,7 @@ def train(cfg: DictConfig) -> float | None:
             "metrics": metrics,
             **info,
             "meta": {"versions": package_versions(), "git": git_state(Path(CONF_DIR).parent), "machine": machine()},
-            "config": OmegaConf.to_container(cfg, resolve=True),
+            "config": config,
         }
         write_json_atomic(path, result)
         write_json_atomic(run_dir / "result.json", result)

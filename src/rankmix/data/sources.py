@@ -2,8 +2,9 @@
 
 - ``symbolic``: the generated symbol tasks of ``rankmix.data.synthetic`` (the default run).
 - ``flan_like``: the generated FLAN-like suite of ``rankmix.data.flan_like`` (tiny scale of the FLAN tables).
-- ``flan``: SMoRA's FLAN-v2 subset from files (``rankmix.data.flan``): the test file the user gives, and
-  ``n_train`` + ``n_validation`` records per test task sampled from a ``Muennighoff/flan`` training folder.
+- ``flan``: SMoRA's FLAN-v2 subset from files (``rankmix.data.flan``): the test file the user gives (task names
+  without the ``_10templates`` suffix, whichever copy it is), and ``n_train`` + ``n_validation`` records per test
+  task sampled from a ``Muennighoff/flan`` training folder.
 - ``commonsense_like``: the generated commonsense-style suite of ``rankmix.data.commonsense_like`` (tiny
   scale of the MoSLoRA tables), in the LLM-Adapters record format.
 - ``commonsense``: MoSLoRA's commonsense data from files (``rankmix.data.commonsense``): commonsense_170k
@@ -57,11 +58,11 @@ def _splits(source: Mapping) -> dict[str, list[dict]]:
             if not source.get(key):
                 raise ConfigError(f"task.paper.datamodule.source.{key}", source.get(key), f"is required for the FLAN files; {flan.WHERE_TO_GET}"
                                   if key == "test_file" else "a folder with Muennighoff/flan's train/*_train.jsonl")
-        test = flan.load_test(source["test_file"])
-        tasks = sorted({flan.base_task(r["task"]) for r in test})
+        test = [{**r, "task": flan.base_task(r["task"])} for r in flan.load_test(source["test_file"])]
+        tasks = sorted({r["task"] for r in test})
         n_val = int(source.get("n_validation") or 0)
         pool = flan.sample_train(source["train_dir"], tasks, int(source["n_train"]) + n_val, source["seed"])
-        meta = {flan.base_task(r["task"]): (r["domain"], r["metric"]) for r in test}
+        meta = {r["task"]: (r["domain"], r["metric"]) for r in test}
         seen: dict[str, int] = defaultdict(int)
         splits: dict[str, list[dict]] = {"train": [], "validation": [], "test": test}
         for r in pool:
