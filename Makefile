@@ -8,7 +8,7 @@ SCALE ?= tiny
 ARGS ?=
 OFFLINE := HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 HF_DATASETS_OFFLINE=1 WANDB_MODE=disabled
 
-.PHONY: help setup run test test-fast test-kernels bench-kernels lint list-tables sync-wandb clean
+.PHONY: help setup run test test-fast test-kernels bench-kernels lint list-tables figures sync-wandb clean
 
 help: ## list the targets with one line each
 	@grep -hE '^[a-zA-Z0-9_%-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-22s %s\n", $$1, $$2}'
@@ -42,6 +42,12 @@ reproduce-table-%: ## run table <paper>-<id>'s multirun (missing/stale runs only
 
 table-%: ## rebuild results/<id>/table.{md,csv} from the run JSONs already there
 	$(PY) -m rankmix.tables build $*
+
+reproduce-figure-%: ## draw figure <paper>-fig<id> from its table's saved runs → results/<id>/figure.{png,csv}, caption.md
+	$(PY) -m rankmix.figures build $*
+
+figures: ## every figure from the runs already made (then results/README.md, the index)
+	$(PY) -m rankmix.figures build all
 
 bench-kernels: ## time SMoRA's sparse path (Triton vs PyTorch variants) → results/bench/kernels-<device>.{csv,md}
 	$(PY) -m rankmix.kernels.bench $(ARGS)

@@ -91,7 +91,7 @@ def test_makefile_help_lists_every_target():
     import subprocess
 
     out = subprocess.run(["make", "-s", "help"], cwd=REPO, capture_output=True, text=True, check=True).stdout
-    for target in ("setup", "run", "test", "list-tables", "reproduce-table-%", "sync-wandb"):
+    for target in ("setup", "run", "test", "list-tables", "reproduce-table-%", "reproduce-figure-%", "figures", "sync-wandb"):
         assert f"  {target} " in out
 
 

@@ -1,0 +1,328 @@
+"""The papers' analysis figures, drawn from saved run artefacts (never by training): ``results/<id>/`` gets
+``figure.png``, ``figure.csv`` (the numbers behind it, long format ``panel, series, x, y``) and ``caption.md``
+(scale, runs used, the paper's claim and what our runs show).
+
+Artefacts read: the run JSONs of a table (``results/<table>/runs/*.json``), and from a run's folder
+(``runs/<table>/<run>/``) its routing statistics (``routing_stats.json``, ``routing_stats_train.jsonl``) or its
+adapter checkpoint (``checkpoints/last.ckpt``). A missing run names the table and the make target that makes it.
+
+CLI: ``python -m rankmix.figures build <id>... | all``, ``list``, ``index`` (writes ``results/README.md``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import io
+import json
+import sys
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from rankmix.data.files import atomic_open
+from rankmix.errors import RankmixError
+from rankmix.results import read_json
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+class FigureError(RankmixError):
+    pass
+
+
+@dataclass
+class Drawn:
+    figure: object          # a matplotlib Figure
+    rows: list[dict]        # {panel, series, x, y}
+    runs: list[str]         # "<table>/<run>" used
+    finding: str            # one sentence: what our runs show, with numbers
+
+
+@dataclass
+class Figure:
+    id: str
+    title: str
+    claim: str              # the paper's claim, one sentence
+    draw: Callable[[Sources], Drawn]
+
+
+class Sources:
+    """Finished runs of the tables, and their run folders."""
+
+    def __init__(self, results_dir: Path, runs_dir: Path):
+        self.results_dir, self.runs_dir = Path(results_dir), Path(runs_dir)
+
+    def runs(self, table: str, need: tuple[str, ...] = ()) -> dict[str, dict]:
+        found = {}
+        for p in sorted((self.results_dir / table / "runs").glob("*.json")):
+            r = read_json(p)
+            if r and r.get("status") == "ok":
+                found[p.stem] = r
+        missing = [k for k in need if k not in found]
+        if missing or not found:
+            what = f"run {missing[0]!r}" if missing else "runs"
+            raise FigureError(f"table {table}: no finished {what} under {self.results_dir / table / 'runs'}; "
+                              f"run `make reproduce-table-{table}` first")
+        return found
+
+    def run_file(self, table: str, key: str, name: str) -> Path:
+        path = self.runs_dir / table / key / name
+        if not path.is_file():
+            raise FigureError(f"run {table}/{key}: {path} not found; it is written by the run itself "
+                              f"(`make reproduce-table-{table} ARGS=rerun=true` to make it here)")
+        return path
+
+
+def _plt():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _scale(runs: dict[str, dict]) -> str:
+    return "+".join(sorted({r["run"]["scale"] for r in runs.values()}))
+
+
+# -- SMoRA -------------------------------------------------------------------------------------------
+def _sorted_relative_load(stats: dict) -> list[float]:
+    """Each routed layer's per-rank load divided by its mean and sorted, heaviest first; averaged over layers."""
+    import numpy as np
+
+    loads = [np.asarray(s["load"], dtype=float) for s in stats.values()]
+    return [float(v) for v in np.mean([np.sort(v / v.mean())[::-1] for v in loads if v.mean() > 0], axis=0)]
+
+
+def smora_fig5(src: Sources) -> Drawn:
+    table, arms = "smora-fig5", ("balanced", "unbalanced")
+    runs = src.runs(table, arms)
+    plt = _plt()
+    fig, (ax_load, ax_vio) = plt.subplots(1, 2, figsize=(12, 4.2), layout="constrained")
+    rows, final = [], {}
+    for arm, colour in zip(arms, ("tab:blue", "tab:red"), strict=True):
+        load = _sorted_relative_load(json.loads(src.run_file(table, arm, "routing_stats.json").read_text()))
+        ax_load.bar([i + (0.4 if arm == "unbalanced" else 0) for i in range(len(load))], load, width=0.4,
+                    color=colour, label=arm)
+        rows += [{"panel": "load", "series": arm, "x": i, "y": v} for i, v in enumerate(load)]
+        epochs, vio = [], []
+        for line in src.run_file(table, arm, "routing_stats_train.jsonl").read_text().splitlines():
+            rec = json.loads(line)
+            epochs.append(rec["epoch"])
+            vio.append(sum(s["maxvio"] for s in rec["layers"].values()) / len(rec["layers"]))
+        ax_vio.plot(epochs, vio, marker="o", color=colour, label=arm)
+        rows += [{"panel": "maxvio", "series": arm, "x": e, "y": v} for e, v in zip(epochs, vio, strict=True)]
+        final[arm] = (runs[arm]["metrics"].get("test/routing/maxvio"), runs[arm]["metrics"].get("test/average"))
+    ax_load.axhline(1.0, color="grey", lw=0.8, ls="--")
+    ax_load.set(title="(a) test-token load per rank, relative to the mean", xlabel="rank, heaviest first (per layer)",
+                ylabel="load / mean load")
+    ax_vio.set(title="(b) MaxVio during training (mean over routed layers)", xlabel="epoch", ylabel="MaxVio")
+    for ax in (ax_load, ax_vio):
+        ax.legend()
+    (vb, sb), (vu, su) = final["balanced"], final["unbalanced"]
+    finding = (f"test MaxVio {vb:.2f} with balancing vs {vu:.2f} without; average score {sb:.1f} vs {su:.1f} "
+               f"({'lower' if vb < vu else 'not lower'} imbalance with balancing on).")
+    return Drawn(fig, rows, [f"{table}/{a}" for a in arms], finding)
+
+
+def smora_fig7(src: Sources) -> Drawn:
+    table = "smora-fig7"
+    runs = src.runs(table)
+    series: dict[str, list[tuple[int, float]]] = {}
+    for r in runs.values():
+        m = r["config"]["method"]
+        name, k = ("SMoRA-64-k", m["k"]) if m["name"] == "smora" else ("LoRA (r = k)", m["r"])
+        series.setdefault(name, []).append((int(k), r["metrics"]["test/average"]))
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(6.5, 4.2), layout="constrained")
+    rows = []
+    for name, pts in sorted(series.items()):
+        pts.sort()
+        ax.plot([k for k, _ in pts], [v for _, v in pts], marker="o", label=name)
+        rows += [{"panel": "", "series": name, "x": k, "y": v} for k, v in pts]
+    ax.set_xscale("log", base=2)
+    ks = sorted({k for pts in series.values() for k, _ in pts})
+    ax.set_xticks(ks, [str(k) for k in ks])
+    ax.set(xlabel="activated ranks k", ylabel="average score (test)")
+    ax.legend()
+    best = {name: max(pts, key=lambda p: p[1]) for name, pts in series.items()}
+    finding = "; ".join(f"{name}: best at k = {k} ({v:.1f})" for name, (k, v) in sorted(best.items())) + "."
+    return Drawn(fig, rows, [f"{table}/{k}" for k in runs], finding)
+
+
+def smora_fig9(src: Sources) -> Drawn:
+    table = "smora-1"
+    runs = {k: r for k, r in src.runs(table).items() if r["config"]["table"].get("match", {}).get("method")}
+    names = sorted(runs, key=lambda k: runs[k]["params"]["trainable"])
+    labels = [runs[k]["config"]["table"]["match"]["method"] for k in names]
+    kinds = {"trainable": "trainable (total adapter)", "activated_per_token": "activated per token",
+             "router": "router"}
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(10, 4.5), layout="constrained")
+    rows, width = [], 0.27
+    for j, (key, label) in enumerate(kinds.items()):
+        values = [runs[k]["params"][key] for k in names]
+        ax.bar([i + (j - 1) * width for i in range(len(names))], values, width=width, label=label)
+        rows += [{"panel": "", "series": key, "x": lab, "y": v} for lab, v in zip(labels, values, strict=True)]
+    ax.set_xticks(range(len(names)), labels, rotation=30, ha="right")
+    ax.set_yscale("log")
+    ax.set(ylabel="parameters (log scale)")
+    ax.legend()
+    p = {lab: runs[k]["params"] for lab, k in zip(labels, names, strict=True)}
+    s = next((v for lab, v in p.items() if lab.startswith("SMoRA")), None)
+    finding = (f"SMoRA-64-8 activates {s['activated_per_token'] / s['trainable']:.3f} of its {s['trainable']:,} adapter "
+               f"parameters per token, router {s['router']:,}" if s else "no SMoRA row") + "."
+    return Drawn(fig, rows, [f"{table}/{k}" for k in names], finding)
+
+
+def smora_fig2b(src: Sources) -> Drawn:
+    import torch
+
+    table, layer = "smora-fig2a", "model.model.layers.0.self_attn.q_proj"
+    runs = src.runs(table)
+    order = sorted(runs, key=lambda k: -runs[k]["config"]["method"]["rank_partition"])
+    plt = _plt()
+    fig, axes = plt.subplots(1, len(order), figsize=(3.3 * len(order), 3.6), layout="constrained")
+    rows, contrast = [], {}
+    for ax, key in zip(axes if len(order) > 1 else [axes], order, strict=True):
+        state = torch.load(src.run_file(table, key, "checkpoints/last.ckpt"), map_location="cpu",
+                           weights_only=False)["state_dict"]
+        a, b = state[f"{layer}.lora_A.weight"].float(), state[f"{layer}.lora_B.weight"].float()
+        m = torch.nn.functional.normalize(torch.cat([a, b.T], dim=1), dim=1)
+        sim = (m @ m.T).numpy()
+        size = runs[key]["config"]["method"]["rank_partition"]
+        r = sim.shape[0]
+        im = ax.imshow(sim, cmap="viridis", vmin=-1, vmax=1)
+        ax.set(title=f"{r // size} experts x rank {size}", xlabel="rank", ylabel="rank")
+        same = [[i // size == j // size and i != j for j in range(r)] for i in range(r)]
+        within = [abs(sim[i][j]) for i in range(r) for j in range(r) if same[i][j]]
+        across = [abs(sim[i][j]) for i in range(r) for j in range(r) if i // size != j // size]
+        contrast[size] = (sum(within) / len(within) if within else float("nan"), sum(across) / len(across))
+        rows += [{"panel": key, "series": f"row {i}", "x": j, "y": float(sim[i][j])} for i in range(r) for j in range(r)]
+    fig.colorbar(im, ax=list(axes) if len(order) > 1 else axes, shrink=0.8, label="cosine similarity")
+    finding = "; ".join(f"rank-{s} experts: mean |sim| within an expert {w:.2f}, across experts {x:.2f}"
+                        for s, (w, x) in sorted(contrast.items(), reverse=True) if s > 1)
+    return Drawn(fig, rows, [f"{table}/{k}" for k in order], (finding or "only rank-1 experts") + f" (layer {layer}).")
+
+
+# -- MoSLoRA ------------------------------------------------------------------------------------------
+def moslora_fig4(src: Sources) -> Drawn:
+    table = "moslora-fig4"
+    runs = src.runs(table)
+    series: dict[str, list[tuple[float, float]]] = {}
+    for r in runs.values():
+        frac = r["config"]["task"]["datamodule"]["source"].get("train_fraction", 1.0)
+        series.setdefault(r["config"]["method"]["name"], []).append((100 * frac, r["metrics"]["test/average"]))
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(6.5, 4.2), layout="constrained")
+    rows = []
+    for name, pts in sorted(series.items()):
+        pts.sort()
+        ax.plot([x for x, _ in pts], [y for _, y in pts], marker="o", label={"lora": "LoRA", "moslora": "MoSLoRA"}.get(name, name))
+        rows += [{"panel": "", "series": name, "x": x, "y": y} for x, y in pts]
+    ax.set(xlabel="training samples used (%)", ylabel="average accuracy (test)")
+    ax.legend()
+    both = sorted(set(dict(series.get("lora", [])).keys()) & set(dict(series.get("moslora", [])).keys()))
+    lo, mo = dict(series.get("lora", [])), dict(series.get("moslora", []))
+    ahead = sum(mo[x] > lo[x] for x in both)
+    half = f"; MoSLoRA on 50% {mo[50.0]:.1f} vs LoRA on 100% {lo[100.0]:.1f}" if 50.0 in mo and 100.0 in lo else ""
+    return Drawn(fig, rows, [f"{table}/{k}" for k in runs], f"MoSLoRA ahead of LoRA at {ahead} of {len(both)} fractions{half}.")
+
+
+FIGURES = {f.id: f for f in (
+    Figure("smora-fig2b", "SMoRA Fig. 2b: rank-wise similarity of [A, B^T] by expert granularity",
+           "Coarse experts give a block-diagonal similarity, rank-1 experts a sharp main diagonal (§1.3).", smora_fig2b),
+    Figure("smora-fig5", "SMoRA Fig. 5: per-rank load and MaxVio, balancing on and off",
+           "With the balancing bias MaxVio falls to 1.23 from 5.71 without it, and the score rises by 0.34% (§3).", smora_fig5),
+    Figure("smora-fig7", "SMoRA Fig. 7: score vs activated ranks, SMoRA-64-k vs LoRA-k",
+           "For SMoRA the best performance is reached with 8 activated ranks (App. A).", smora_fig7),
+    Figure("smora-fig9", "SMoRA Fig. 9: parameters per method (total, activated, router)",
+           "SMoRA has LoRA-64's ranks and activates 8 of them per token, with an additional router (§3).", smora_fig9),
+    Figure("moslora-fig4", "MoSLoRA Fig. 4: score vs fraction of training samples",
+           "MoSLoRA trained on 50% of the samples scores 83.6, 1.8 above LoRA on 100% (§4.1).", moslora_fig4),
+)}
+
+
+def build_figure(fid: str, results_dir: Path, runs_dir: Path) -> Path:
+    if fid not in FIGURES:
+        raise FigureError(f"unknown figure {fid!r}; available: {', '.join(FIGURES)}")
+    spec = FIGURES[fid]
+    src = Sources(results_dir, runs_dir)
+    drawn = spec.draw(src)
+    out = Path(results_dir) / fid
+    out.mkdir(parents=True, exist_ok=True)
+    drawn.figure.suptitle(spec.title, fontsize=11)
+    drawn.figure.savefig(out / ".figure.png.tmp", format="png", dpi=110)
+    (out / ".figure.png.tmp").replace(out / "figure.png")
+    _plt().close(drawn.figure)
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=["panel", "series", "x", "y"])
+    writer.writeheader()
+    writer.writerows(drawn.rows)
+    with atomic_open(out / "figure.csv") as f:
+        f.write(buf.getvalue())
+    tables = sorted({r.split("/")[0] for r in drawn.runs})
+    scales = "+".join(sorted({_scale(src.runs(t)) for t in tables}))
+    caption = [f"# {spec.title}", "", f"Scale: {scales}. Runs: {', '.join(f'`{r}`' for r in drawn.runs)}.", "",
+               f"Paper's claim: {spec.claim}", "", f"Our runs: {drawn.finding}", ""]
+    with atomic_open(out / "caption.md") as f:
+        f.write("\n".join(caption))
+    return out / "figure.png"
+
+
+def write_index(results_dir: Path) -> Path:
+    """``results/README.md``: every table and figure with its status."""
+    from rankmix.tables import experiment_tables, table_status
+
+    results_dir = Path(results_dir)
+    lines = ["# Results", "", "Generated by `python -m rankmix.figures index`. Tables: `make reproduce-table-<id>`; "
+             "figures: `make reproduce-figure-<id>`.", "", "## Tables", "", "| table | status |", "|---|---|"]
+    for tid in sorted(experiment_tables()):
+        name = f"[{tid}]({tid}/table.md)" if (results_dir / tid / "table.md").is_file() else tid
+        lines.append(f"| {name} | {table_status(tid, results_dir)} |")
+    lines += ["", "## Figures", "", "| figure | status |", "|---|---|"]
+    for fid, spec in FIGURES.items():
+        cap = results_dir / fid / "caption.md"
+        if cap.is_file():
+            scale = cap.read_text().split("Scale: ", 1)[1].split(".", 1)[0]
+            lines.append(f"| [{fid}]({fid}/figure.png) — {spec.title} | built ({scale}); [caption]({fid}/caption.md) |")
+        else:
+            lines.append(f"| {fid} — {spec.title} | not built |")
+    with atomic_open(results_dir / "README.md") as f:
+        f.write("\n".join(lines) + "\n")
+    return results_dir / "README.md"
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m rankmix.figures", description=__doc__.split("\n\n")[0])
+    p.add_argument("--results-dir", default=str(REPO / "results"))
+    p.add_argument("--runs-dir", default=str(REPO / "runs"))
+    sub = p.add_subparsers(dest="cmd", required=True)
+    b = sub.add_parser("build", help="draw figures: ids, or all")
+    b.add_argument("ids", nargs="+")
+    sub.add_parser("list", help="the figures and the tables they read")
+    sub.add_parser("index", help="write results/README.md")
+    args = p.parse_args(argv)
+    if args.cmd == "list":
+        for fid, spec in FIGURES.items():
+            print(f"{fid:14s} {spec.title}")
+        return 0
+    if args.cmd == "index":
+        print(f"rankmix: index: {write_index(Path(args.results_dir))}")
+        return 0
+    ids = list(FIGURES) if args.ids == ["all"] else args.ids
+    failed = 0
+    for fid in ids:
+        try:
+            print(f"rankmix: figure: {build_figure(fid, Path(args.results_dir), Path(args.runs_dir))}")
+        except FigureError as e:
+            print(f"rankmix: error: {e}", file=sys.stderr)
+            failed += 1
+    write_index(Path(args.results_dir))
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,103 @@
+"""Figures from saved run artefacts: made-up run JSONs, routing statistics and checkpoints in a temporary tree."""
+
+import csv
+import json
+import re
+
+import pytest
+import torch
+
+from rankmix.figures import FIGURES, FigureError, build_figure, main, write_index
+from rankmix.results import write_json_atomic
+
+LAYER = "model.model.layers.0.self_attn.q_proj"
+
+
+def _run(tmp_path, table, key, metrics, method, params=None, task=None, match=None):
+    config = {"method": method, "table": {"id": table, "match": match or {}},
+              "task": task or {"datamodule": {"source": {}}}}
+    write_json_atomic(tmp_path / "results" / table / "runs" / f"{key}.json",
+                      {"status": "ok", "run": {"key": key, "table": table, "scale": "tiny"}, "metrics": metrics,
+                       "params": params or {}, "config": config})
+    d = tmp_path / "runs" / table / key
+    d.mkdir(parents=True, exist_ok=True)
+    return d
+
+
+def _build(tmp_path, fid):
+    return build_figure(fid, tmp_path / "results", tmp_path / "runs")
+
+
+def _rows(png):
+    return list(csv.DictReader(open(png.parent / "figure.csv")))
+
+
+def test_load_balancing_figure_shows_flatter_load_with_balancing(tmp_path):
+    for arm, load in (("balanced", [10, 11, 9, 10]), ("unbalanced", [30, 5, 3, 2])):
+        d = _run(tmp_path, "smora-fig5", arm, {"test/routing/maxvio": 0.1 if arm == "balanced" else 2.0,
+                                                  "test/average": 50.0}, {"name": "smora"})
+        (d / "routing_stats.json").write_text(json.dumps({LAYER: {"load": load}}))
+        lines = [{"epoch": e, "layers": {LAYER: {"maxvio": (2.0 if arm == "unbalanced" else 1.0 / (e + 1))}}}
+                 for e in range(3)]
+        (d / "routing_stats_train.jsonl").write_text("\n".join(json.dumps(x) for x in lines))
+    png = _build(tmp_path, "smora-fig5")
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    peak = {r["series"]: float(r["y"]) for r in _rows(png) if r["panel"] == "load" and r["x"] == "0"}
+    assert peak["balanced"] < peak["unbalanced"]  # the heaviest rank carries less with balancing
+    caption = (png.parent / "caption.md").read_text()
+    assert "Scale: tiny" in caption and "`smora-fig5/balanced`" in caption and "1.23" in caption
+    assert "MaxVio 0.10 with balancing vs 2.00 without" in caption
+
+
+def test_score_curves_read_the_sweep(tmp_path):
+    for k, (s, lo) in {2: (60.0, 40.0), 8: (70.0, 55.0)}.items():
+        _run(tmp_path, "smora-fig7", f"smora_64_{k}", {"test/average": s}, {"name": "smora", "k": k, "r": 64})
+        _run(tmp_path, "smora-fig7", f"lora_{k}", {"test/average": lo}, {"name": "lora", "r": k})
+    png = _build(tmp_path, "smora-fig7")
+    assert {(r["series"], r["x"], r["y"]) for r in _rows(png)} >= {("SMoRA-64-k", "8", "70.0"), ("LoRA (r = k)", "2", "40.0")}
+    assert "SMoRA-64-k: best at k = 8 (70.0)" in (png.parent / "caption.md").read_text()
+
+    for frac, (lo, mo) in {0.5: (50.0, 60.0), 1.0: (55.0, 58.0)}.items():
+        for name, v in (("lora", lo), ("moslora", mo)):
+            _run(tmp_path, "moslora-fig4", f"{name}_{frac}", {"test/average": v}, {"name": name},
+                 task={"datamodule": {"source": {"train_fraction": frac}}})
+    cap = (_build(tmp_path, "moslora-fig4").parent / "caption.md").read_text()
+    assert "ahead of LoRA at 2 of 2 fractions; MoSLoRA on 50% 60.0 vs LoRA on 100% 55.0" in cap
+
+
+def test_parameter_figure_and_similarity_heatmaps(tmp_path):
+    for key, label, p in (("lora_64", "LoRA-64", (100, 100, 0)), ("smora_64_8", "SMoRA-64-8", (140, 52, 40))):
+        _run(tmp_path, "smora-1", key, {"test/average": 1.0}, {"name": key},
+             params=dict(zip(("trainable", "activated_per_token", "router"), p, strict=True)), match={"method": label})
+    png = _build(tmp_path, "smora-fig9")
+    assert {(r["series"], r["x"], r["y"]) for r in _rows(png)} >= {("router", "SMoRA-64-8", "40")}
+    assert "activates 0.371 of its 140 adapter parameters per token, router 40" in (png.parent / "caption.md").read_text()
+
+    torch.manual_seed(0)
+    for size in (4, 1):
+        d = _run(tmp_path, "smora-fig2a", f"rank{size}", {"test/average": 1.0}, {"name": "smora", "rank_partition": size})
+        basis = torch.randn(8 // size, 12)  # ranks of one expert share a direction: block-diagonal similarity
+        a = torch.stack([basis[i // size] + 0.05 * torch.randn(12) for i in range(8)])
+        (d / "checkpoints").mkdir()
+        torch.save({"state_dict": {f"{LAYER}.lora_A.weight": a, f"{LAYER}.lora_B.weight": a[:, :6].T.clone()}},
+                   d / "checkpoints" / "last.ckpt")
+    png = _build(tmp_path, "smora-fig2b")
+    found = re.search(r"rank-4 experts: mean \|sim\| within an expert ([\d.]+), across experts ([\d.]+)",
+                      (png.parent / "caption.md").read_text())
+    assert float(found[1]) > 0.9 and float(found[2]) < 0.5
+
+
+def test_missing_runs_are_named_and_the_index_lists_status(tmp_path, capsys):
+    with pytest.raises(FigureError, match=r"table smora-fig5: no finished run .balanced. .*make reproduce-table-smora-fig5"):
+        _build(tmp_path, "smora-fig5")
+    d = _run(tmp_path, "smora-fig5", "balanced", {}, {"name": "smora"})
+    _run(tmp_path, "smora-fig5", "unbalanced", {}, {"name": "smora"})
+    with pytest.raises(FigureError, match=r"run smora-fig5/balanced: .*routing_stats.json not found"):
+        _build(tmp_path, "smora-fig5")
+    assert d.is_dir()
+    assert main(["--results-dir", str(tmp_path / "results"), "--runs-dir", str(tmp_path / "runs"),
+                 "build", "smora-fig7"]) == 1
+    assert "rankmix: error: table smora-fig7" in capsys.readouterr().err
+    index = write_index(tmp_path / "results").read_text()
+    assert "| smora-fig5 | tiny (2 runs) |" in index
+    assert all(f"| {fid} — " in index for fid in FIGURES) and "not built" in index
