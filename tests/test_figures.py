@@ -101,3 +101,37 @@ def test_missing_runs_are_named_and_the_index_lists_status(tmp_path, capsys):
     index = write_index(tmp_path / "results").read_text()
     assert "| smora-fig5 | tiny (2 runs) |" in index
     assert all(f"| {fid} — " in index for fid in FIGURES) and "not built" in index
+
+
+def test_routing_figure_from_a_real_run(tmp_path):
+    """Fig. 4 rebuilds a trained SMoRA run from its config, tokenizer and checkpoint and routes each task's test set."""
+    from conftest import run_train
+
+    r = run_train(tmp_path, "experiment=smora/1/smora_64_8", "trainer.max_epochs=1",
+                  "task.tiny.datamodule.source.n_train=6", "task.tiny.datamodule.source.n_validation=1",
+                  "task.tiny.datamodule.source.n_test=3")
+    assert r.returncode == 0, r.stderr[-2000:]
+    png = _build(tmp_path, "smora-fig4")
+    rows = _rows(png)
+    tasks = {row["series"] for row in rows if row["panel"] == "routing"}
+    assert len(tasks) == 11
+    for task in tasks:  # each task's routing distribution is a distribution over the 64 ranks
+        shares = [float(row["y"]) for row in rows if row["panel"] == "routing" and row["series"] == task]
+        assert len(shares) == 64 and abs(sum(shares) - 1) < 1e-6
+    assert "within a cluster vs" in (png.parent / "caption.md").read_text()
+
+
+def test_kernel_figure_reads_the_benchmark_csv(tmp_path):
+    with pytest.raises(FigureError, match="make bench-kernels"):
+        _build(tmp_path, "smora-fig6")
+    bench = tmp_path / "results" / "bench"
+    bench.mkdir(parents=True)
+    head = "device,dtype,T,d_in,d_out,r,k,gate,variant,fwd_us,bwd_us,peak_transient_mb,fwd_GBps,bwd_GBps\n"
+    body = "".join(f"cpu,float32,64,128,128,16,4,sigmoid,{v},{f},{b},{m},1,1\n"
+                   for v, f, b, m in (("eager_dense", 10, 20, 1.5), ("for_loop", 100, 200, ""), ("lora_r", 5, 10, 0.5)))
+    (bench / "kernels-cpu.csv").write_text(head + body)
+    png = _build(tmp_path, "smora-fig6")
+    rows = {(r["panel"], r["series"]): float(r["y"]) for r in _rows(png)}
+    assert rows["fwd+bwd_us", "for_loop"] == 300 and rows["peak_transient_mb", "for_loop"] == 0
+    assert "fastest variant is lora_r (15 µs fwd+bwd); eager_dense 2.0x, for_loop 20.0x" in \
+        (png.parent / "caption.md").read_text()

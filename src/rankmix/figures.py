@@ -177,6 +177,121 @@ def smora_fig9(src: Sources) -> Drawn:
     return Drawn(fig, rows, [f"{table}/{k}" for k in names], finding)
 
 
+def _restore(src: Sources, table: str, key: str, run: dict):
+    """The trained model of a run, rebuilt from its config, tokenizer and adapter checkpoint, and its data."""
+    import torch
+    from hydra.utils import instantiate
+    from omegaconf import OmegaConf
+    from transformers import AutoTokenizer
+
+    from rankmix.adapters import inject
+    from rankmix.backbones import build_backbone
+
+    cfg = OmegaConf.create(run["config"])
+    tokenizer = AutoTokenizer.from_pretrained(src.run_file(table, key, "tokenizer/tokenizer_config.json").parent)
+    model = build_backbone(cfg.backbone, tokenizer)
+    inject(model, OmegaConf.to_container(cfg.method, resolve=True))
+    state = torch.load(src.run_file(table, key, "checkpoints/last.ckpt"), map_location="cpu", weights_only=False)
+    model.load_state_dict({k.removeprefix("model."): v for k, v in state["state_dict"].items()}, strict=False)
+    dm = instantiate(cfg.task.datamodule, cache_dir=str(src.runs_dir / ".figure-cache"))
+    dm.prepare_data()
+    dm.set_tokenizer(tokenizer)
+    dm.setup()
+    return model.eval(), dm
+
+
+def smora_fig4(src: Sources) -> Drawn:
+    import numpy as np
+    import torch
+
+    from rankmix.adapters import adapter_context, adapter_layers
+
+    table, key, layer = "smora-1", "smora_64_8", "model.layers.1.mlp.down_proj"
+    run = src.runs(table, (key,))[key]
+    model, dm = _restore(src, table, key, run)
+    routed = adapter_layers(model)[layer]
+    by_task: dict[tuple[str, str], list[dict]] = {}
+    for ex in dm.examples["test"]:
+        by_task.setdefault((ex["domain"], ex["task"]), []).append(ex)
+    tasks = sorted(by_task)
+    dist = []
+    with torch.no_grad():
+        for t in tasks:
+            routed.reset_routing_stats()
+            batch = dm._collate_train(by_task[t])
+            with adapter_context(model, attention_mask=batch["attention_mask"]):
+                model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"])
+            load = np.asarray(routed.routing_stats()["load"], dtype=float)
+            dist.append(load / load.sum())
+    dist = np.stack(dist)
+    unit = dist / np.linalg.norm(dist, axis=1, keepdims=True)
+    sim = unit @ unit.T
+    plt = _plt()
+    fig, (ax_a, ax_b) = plt.subplots(1, 2, figsize=(14, 5.2), layout="constrained", width_ratios=(1.6, 1))
+    labels = [f"{task} ({domain})" for domain, task in tasks]
+    im = ax_a.imshow(dist, aspect="auto", cmap="magma")
+    ax_a.set_yticks(range(len(tasks)), labels, fontsize=8)
+    ax_a.set(xlabel="rank", title=f"(a) share of test tokens routed to each rank, {layer}")
+    fig.colorbar(im, ax=ax_a, label="share of activations")
+    im = ax_b.imshow(sim, cmap="viridis", vmin=float(sim.min()), vmax=1)
+    ax_b.set_xticks(range(len(tasks)), [t for _, t in tasks], rotation=90, fontsize=8)
+    ax_b.set_yticks(range(len(tasks)), [t for _, t in tasks], fontsize=8)
+    ax_b.set(title="(b) cosine similarity of the tasks' routing")
+    fig.colorbar(im, ax=ax_b, label="cosine similarity")
+    for i in range(1, len(tasks)):  # cluster boundaries
+        if tasks[i][0] != tasks[i - 1][0]:
+            for ax in (ax_a,):
+                ax.axhline(i - 0.5, color="white", lw=0.8)
+            ax_b.axhline(i - 0.5, color="white", lw=0.8)
+            ax_b.axvline(i - 0.5, color="white", lw=0.8)
+    rows = [{"panel": "routing", "series": t, "x": r, "y": float(v)} for (_, t), d in zip(tasks, dist, strict=True)
+            for r, v in enumerate(d)]
+    rows += [{"panel": "similarity", "series": tasks[i][1], "x": tasks[j][1], "y": float(sim[i, j])}
+             for i in range(len(tasks)) for j in range(len(tasks))]
+    same = [sim[i, j] for i in range(len(tasks)) for j in range(len(tasks)) if i != j and tasks[i][0] == tasks[j][0]]
+    other = [sim[i, j] for i in range(len(tasks)) for j in range(len(tasks)) if tasks[i][0] != tasks[j][0]]
+    finding = (f"mean routing similarity {np.mean(same):.3f} within a cluster vs {np.mean(other):.3f} across clusters"
+               if same else f"mean routing similarity across tasks {np.mean(other):.3f}")
+    return Drawn(fig, rows, [f"{table}/{key}"], finding + f" ({layer}, {len(tasks)} tasks).")
+
+
+def smora_fig6(src: Sources) -> Drawn:
+    """Kernel benchmark (``make bench-kernels``): time and transient memory of each variant of the sparse path."""
+    files = sorted((src.results_dir / "bench").glob("kernels-*.csv"))
+    if not files:
+        raise FigureError(f"no kernel benchmark under {src.results_dir / 'bench'}; run `make bench-kernels` first")
+    path = next((f for f in files if not f.stem.endswith("-cpu")), files[0])  # a GPU's when there is one
+    bench = list(csv.DictReader(open(path)))
+    shapes = list(dict.fromkeys((r["T"], r["d_in"], r["d_out"]) for r in bench))
+    variants = list(dict.fromkeys(r["variant"] for r in bench))
+    plt = _plt()
+    fig, (ax_t, ax_m) = plt.subplots(1, 2, figsize=(13, 4.5), layout="constrained")
+    width = 0.8 / len(variants)
+    rows = []
+    for j, v in enumerate(variants):
+        got = {(r["T"], r["d_in"], r["d_out"]): r for r in bench if r["variant"] == v}
+        times = [float(got[s]["fwd_us"]) + float(got[s]["bwd_us"]) if s in got else 0.0 for s in shapes]
+        mems = [float(got[s]["peak_transient_mb"] or 0) if s in got else 0.0 for s in shapes]
+        xs = [i + (j - (len(variants) - 1) / 2) * width for i in range(len(shapes))]
+        ax_t.bar(xs, times, width=width, label=v)
+        ax_m.bar(xs, mems, width=width, label=v)
+        rows += [{"panel": "fwd+bwd_us", "series": v, "x": "x".join(s), "y": t} for s, t in zip(shapes, times, strict=True)]
+        rows += [{"panel": "peak_transient_mb", "series": v, "x": "x".join(s), "y": m} for s, m in zip(shapes, mems, strict=True)]
+    names = [f"T={t}\n{a}->{b}" for t, a, b in shapes]
+    for ax, label in ((ax_t, "forward + backward time (µs, log)"), (ax_m, "transient peak memory (MB)")):
+        ax.set_xticks(range(len(shapes)), names)
+        ax.set(ylabel=label)
+    ax_t.set_yscale("log")
+    ax_t.legend(fontsize=8, ncol=2)
+    ax_t.set_title(f"{bench[0]['device']}, {bench[0]['dtype']}, r={bench[0]['r']}, k={bench[0]['k']}")
+    last = shapes[-1]
+    t = {r["variant"]: float(r["fwd_us"]) + float(r["bwd_us"]) for r in bench if (r["T"], r["d_in"], r["d_out"]) == last}
+    best = min(t, key=t.get)
+    finding = (f"on {bench[0]['device']} at T={last[0]}, {last[1]}->{last[2]} the fastest variant is "
+               f"{best} ({t[best]:.0f} µs fwd+bwd); " + ", ".join(f"{v} {t[v] / t[best]:.1f}x" for v in t if v != best))
+    return Drawn(fig, rows, [f"bench/{path.name}"], finding + ".")
+
+
 def smora_fig2b(src: Sources) -> Drawn:
     import torch
 
@@ -234,8 +349,15 @@ def moslora_fig4(src: Sources) -> Drawn:
 FIGURES = {f.id: f for f in (
     Figure("smora-fig2b", "SMoRA Fig. 2b: rank-wise similarity of [A, B^T] by expert granularity",
            "Coarse experts give a block-diagonal similarity, rank-1 experts a sharp main diagonal (§1.3).", smora_fig2b),
+    Figure("smora-fig4", "SMoRA Fig. 4: routing distribution per task and task-task similarity",
+           "Tasks of one cluster route to similar ranks, tasks of different clusters to different ones (§3, Fig. 4).",
+           smora_fig4),
     Figure("smora-fig5", "SMoRA Fig. 5: per-rank load and MaxVio, balancing on and off",
            "With the balancing bias MaxVio falls to 1.23 from 5.71 without it, and the score rises by 0.34% (§3).", smora_fig5),
+    Figure("smora-fig6", "SMoRA Fig. 6: time and memory of the sparse rank path per implementation",
+           "indexed_matmul balances time and memory better than a for-loop over experts (slow) and an einsum "
+           "over per-token matrices (memory-hungry) (§3, Fig. 6).",
+           smora_fig6),
     Figure("smora-fig7", "SMoRA Fig. 7: score vs activated ranks, SMoRA-64-k vs LoRA-k",
            "For SMoRA the best performance is reached with 8 activated ranks (App. A).", smora_fig7),
     Figure("smora-fig9", "SMoRA Fig. 9: parameters per method (total, activated, router)",
@@ -263,8 +385,8 @@ def build_figure(fid: str, results_dir: Path, runs_dir: Path) -> Path:
     writer.writerows(drawn.rows)
     with atomic_open(out / "figure.csv") as f:
         f.write(buf.getvalue())
-    tables = sorted({r.split("/")[0] for r in drawn.runs})
-    scales = "+".join(sorted({_scale(src.runs(t)) for t in tables}))
+    tables = sorted({r.split("/")[0] for r in drawn.runs} - {"bench"})
+    scales = "+".join(sorted({_scale(src.runs(t)) for t in tables})) or "benchmark shapes (see the caption's runs)"
     caption = [f"# {spec.title}", "", f"Scale: {scales}. Runs: {', '.join(f'`{r}`' for r in drawn.runs)}.", "",
                f"Paper's claim: {spec.claim}", "", f"Our runs: {drawn.finding}", ""]
     with atomic_open(out / "caption.md") as f:
