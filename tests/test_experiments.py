@@ -85,3 +85,14 @@ def test_smora_full_tables_read_the_scorers_task_keys():
         fixture_tasks = {r["task"] for r in test}
         assert {k for k in keys if k.split("/")[2] in fixture_tasks} <= written
         assert len({k.split("/")[2] for k in keys} & fixture_tasks) == len(fixture_tasks)  # every fixture task has a cell
+
+
+def test_routing_vqa_paper_settings():
+    c = _resolved("routing/1/adapter_128_mul", "paper")
+    assert c["backbone"]["vision"]["name_or_path"] == "google/vit-base-patch16-224-in21k"
+    assert c["backbone"]["text"]["name_or_path"] == "FacebookAI/roberta-base"
+    assert (c["method"]["base"], c["method"]["fn"], c["method"]["r"], c["method"]["alpha"]) == ("adapter", "mul", 128, None)
+    assert (c["optimizer"]["lr"], c["optimizer"]["warmup_ratio"], c["trainer"]["max_epochs"]) == (3e-4, 0.05, 20)
+    dm = c["task"]["datamodule"]
+    assert (dm["batch_size"], dm["image_size"], c["task"]["x_r"]) == (512, 224, "image")
+    assert _resolved("routing/1/lora_64_none", "paper")["method"]["target_modules"] == []  # query, value by default

