@@ -27,6 +27,15 @@ def tokenizer():
     return AutoTokenizer.from_pretrained(resolve_name("x", MINILM))
 
 
+def test_packaged_model_names_and_a_missing_package():
+    from rankmix.backbones import resolve_name
+
+    assert (Path(resolve_name("x", MINILM)) / "config.json").is_file()
+    assert resolve_name("x", "org/model") == "org/model"
+    with pytest.raises(ConfigError, match="pip install no-such-package"):
+        resolve_name("backbone.text.name_or_path", "pkg:no_such_package")
+
+
 def test_generated_set_is_deterministic_and_answers_follow_the_image(tmp_path):
     a = generate_shapes(tmp_path / "a", {"train": 6, "val": 1, "test": 2}, size=32, seed=3)
     b = generate_shapes(tmp_path / "b", {"train": 6, "val": 1, "test": 2}, size=32, seed=3)
