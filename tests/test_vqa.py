@@ -50,6 +50,8 @@ def test_generated_set_is_deterministic_and_answers_follow_the_image(tmp_path):
         answer = max(rec["label"], key=rec["label"].get)
         if rec["question_type"] == "how many":  # the caption lists every shape
             assert answer == str(caption.count(" at the "))
+        if rec["question_type"] == "where is the":
+            assert f"{rec['sent'].split()[-1].rstrip('?')} at the {answer}" in caption
         if rec["question_type"] == "what color is the":
             shape = rec["sent"].split()[-1].rstrip("?")
             assert f"a {answer} {shape}" in caption

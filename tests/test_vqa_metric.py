@@ -46,3 +46,7 @@ def test_breakdowns_by_answer_and_question_type():
     s = score_vqa(records)
     assert s["accuracy"] == pytest.approx(200 / 3)
     assert s["accuracy/yes/no"] == 50.0 and s["accuracy/number"] == 100.0 and s["question_type/how many"] == 100.0
+    grouped = score_vqa([{"prediction": "red", "answers": ["red"] * 10, "question_type": "what color are the"},
+                         {"prediction": "cat", "answers": ["red"] * 10, "question_type": "what is the color of the"},
+                         {"prediction": "left", "answers": ["left"] * 10, "question_type": "where is the"}])
+    assert (grouped["group/color"], grouped["group/where"]) == (50.0, 100.0) and "group/time" not in grouped

@@ -7,7 +7,8 @@ Each image is a ``size`` × ``size`` RGB canvas cut into a 2 × 2 grid; one to t
 - ``what color is the <shape>?`` (answer type "other"; asked when that shape is unique),
 - ``how many shapes are there?`` (number),
 - ``is there a <colour> <shape>?`` and ``is the <shape> on the left?`` (yes/no),
-- ``what shape is at the <top|bottom> <left|right>?`` (other; the cell may be empty: "nothing").
+- ``what shape is at the <top|bottom> <left|right>?`` (other; the cell may be empty: "nothing"),
+- ``where is the <shape>?`` (other: "top left" ...; asked when that shape is unique).
 
 Each question has 10 annotator answers, as VQA v2: all the true answer, except that with probability
 ``noise`` one annotator gives another answer, so the leave-one-out accuracy and soft labels are exercised.
@@ -63,6 +64,7 @@ def _questions(rng: random.Random, objects: list[dict]) -> list[tuple[str, str, 
         qs.append((f"what color is the {o['shape']}?", o["colour"], "other", "what color is the"))
         left = o["cell"][1] == 0
         qs.append((f"is the {o['shape']} on the left?", "yes" if left else "no", "yes/no", "is the"))
+        qs.append((f"where is the {o['shape']}?", CELLS[o["cell"]], "other", "where is the"))
     shape, colour = rng.choice(SHAPES), rng.choice(list(COLOURS))
     present = any(o["shape"] == shape and o["colour"] == colour for o in objects)
     qs.append((f"is there a {colour} {shape}?", "yes" if present else "no", "yes/no", "is there a"))
@@ -75,7 +77,8 @@ def _questions(rng: random.Random, objects: list[dict]) -> list[tuple[str, str, 
 def _annotators(rng: random.Random, answer: str, answer_type: str, noise: float) -> list[str]:
     answers = [answer] * 10
     if rng.random() < noise:
-        pool = {"yes/no": ["yes", "no"], "number": ["1", "2", "3"]}.get(answer_type, list(COLOURS) + list(SHAPES))
+        pool = {"yes/no": ["yes", "no"], "number": ["1", "2", "3"]}.get(answer_type,
+                                                                       [*COLOURS, *SHAPES, *CELLS.values()])
         answers[rng.randrange(10)] = rng.choice([a for a in pool if a != answer])
     return answers
 

@@ -3,8 +3,9 @@
 Per question with 10 human answers: the prediction is normalised (newlines/tabs to spaces, punctuation,
 lower case, number words to digits, articles dropped, contractions restored); the human answers are only
 stripped, and get the punctuation step when they disagree. Accuracy = the mean over the 10 leave-one-out subsets of
-min(1, matches among the other 9 / 3), × 100. Overall = the mean over questions; breakdowns by answer type
-and question type are means over their questions.
+min(1, matches among the other 9 / 3), × 100. Overall = the mean over questions; breakdowns by answer type,
+by question type, and by the question-type groups of the routing-functions paper (App. A: where, color, time,
+person) are means over their questions.
 """
 
 from __future__ import annotations
@@ -44,6 +45,13 @@ CONTRACTIONS = {  # answers written without the apostrophe, restored (the offici
 NUMBERS = {"none": "0", "zero": "0", "one": "1", "two": "2", "three": "3", "four": "4", "five": "5", "six": "6",
            "seven": "7", "eight": "8", "nine": "9", "ten": "10"}
 ARTICLES = {"a", "an", "the"}
+QUESTION_GROUPS = {  # routing functions App. A: the VQA question types of Tab. 3's columns
+    "where": ("where is the", "where are the", "what is on the", "what is in the"),
+    "color": ("what color is the", "what color is", "what color are the", "what color", "what is the color of the"),
+    "time": ("what time",),
+    "person": ("what is the man", "what is the woman", "is the man", "is the woman", "what is the person",
+               "is the person", "is this person"),
+}
 PUNCT = [";", "/", "[", "]", '"', "{", "}", "(", ")", "=", "+", "\\", "_", "-", ">", "<", "@", "`", ",", "?", "!"]
 PERIOD_STRIP = re.compile(r"(?!<=\d)(\.)(?!\d)")  # a period not followed by a digit (the official pattern)
 COMMA_STRIP = re.compile(r"(\d)(,)(\d)")
@@ -93,6 +101,7 @@ def score_vqa(records: list[dict]) -> dict[str, float]:
     """``{prediction, answers, answer_type?, question_type?}`` records → ``accuracy`` and its breakdowns."""
     per_answer: dict[str, list[float]] = defaultdict(list)
     per_question: dict[str, list[float]] = defaultdict(list)
+    per_group: dict[str, list[float]] = defaultdict(list)
     total = []
     for r in records:
         acc = vqa_accuracy(r["prediction"], r["answers"])
@@ -101,7 +110,11 @@ def score_vqa(records: list[dict]) -> dict[str, float]:
             per_answer[r["answer_type"]].append(acc)
         if r.get("question_type"):
             per_question[r["question_type"]].append(acc)
+            for group, types in QUESTION_GROUPS.items():
+                if r["question_type"] in types:
+                    per_group[group].append(acc)
     out = {"accuracy": sum(total) / len(total)} if total else {}
     out.update({f"accuracy/{k}": sum(v) / len(v) for k, v in sorted(per_answer.items())})
     out.update({f"question_type/{k}": sum(v) / len(v) for k, v in sorted(per_question.items())})
+    out.update({f"group/{k}": sum(v) / len(v) for k, v in sorted(per_group.items())})
     return out
