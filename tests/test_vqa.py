@@ -115,8 +115,10 @@ def test_the_image_reaches_the_answer_through_prefix_and_routing():
     a, b = model(img, ids, mask), model(img + 1.0, ids, mask)
     assert a.shape == (1, 5) and not torch.allclose(a, b)
     assert model.vision.embeddings.patch_embeddings.projection.weight.requires_grad is False
-    ones = _model(x_r="ones")
-    assert torch.allclose(ones(img, ids, mask), ones(img + 1.0, ids, mask))  # B10: x_R = ones ignores the image
+    cls, routed = _model(x_r="ones").visual_features(img)  # B10: the routing layers see ones, the prefix the image
+    assert torch.equal(routed, torch.ones_like(cls)) and not torch.equal(cls, routed)
+    ones, image = _model(x_r="ones"), _model()
+    assert not torch.allclose(ones(img, ids, mask), image(img, ids, mask))
     with pytest.raises(ConfigError, match="same width"):
         VisionPrefixClassifier(ViTModel(ViTConfig(hidden_size=16, num_hidden_layers=1, num_attention_heads=2,
                                                   intermediate_size=32)),

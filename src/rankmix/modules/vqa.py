@@ -5,8 +5,9 @@ embeddings (no projection: both widths must agree) and handed to the adapter lay
 it through ``adapter_context(x_r=...)``). A 2-layer MLP over the text's first token ([CLS] / <s>) scores the
 answer vocabulary; the loss is binary cross-entropy against the soft scores, times the vocabulary size
 (LXMERT / VL-T5's classifier loss). Evaluation takes the arg-max answer and scores it with the official VQA
-accuracy. ``x_r`` (``task.x_r``) replaces x_R for the B10 ablation: ``image`` (the [CLS]), ``noise``
-(standard normal) or ``ones``.
+accuracy. ``x_r`` (``task.x_r``) replaces what the routing layers see for the B10 ablation: ``image`` (the
+[CLS]), ``noise`` (standard normal, drawn per call) or ``ones``; the prefix token stays the image's [CLS] (with
+noise the paper's accuracy falls to the no-routing level, not below it).
 """
 
 from __future__ import annotations
@@ -41,18 +42,19 @@ class VisionPrefixClassifier(nn.Module):
         self.classifier = nn.Sequential(nn.Linear(d_t, 2 * d_t), nn.GELU(), nn.LayerNorm(2 * d_t),
                                         nn.Linear(2 * d_t, num_answers))
 
-    def visual_features(self, pixel_values: torch.Tensor) -> torch.Tensor:
+    def visual_features(self, pixel_values: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(the ViT's pooled [CLS], what the routing layers receive as x_R)."""
         self.vision.eval()
         with torch.no_grad():
             cls = self.vision(pixel_values=pixel_values).pooler_output
         if self.x_r == "noise":
-            return torch.randn_like(cls)
-        return torch.ones_like(cls) if self.x_r == "ones" else cls
+            return cls, torch.randn_like(cls)
+        return cls, (torch.ones_like(cls) if self.x_r == "ones" else cls)
 
     def forward(self, pixel_values, input_ids, attention_mask) -> torch.Tensor:
-        x_r = self.visual_features(pixel_values)
+        cls, x_r = self.visual_features(pixel_values)
         words = self.text.get_input_embeddings()(input_ids)
-        embeds = torch.cat([x_r[:, None].to(words.dtype), words], dim=1)
+        embeds = torch.cat([cls[:, None].to(words.dtype), words], dim=1)
         mask = torch.cat([attention_mask.new_ones(attention_mask.shape[0], 1), attention_mask], dim=1)
         with adapter_context(self.text, x_r=x_r, attention_mask=mask):
             hidden = self.text(inputs_embeds=embeds, attention_mask=mask).last_hidden_state
