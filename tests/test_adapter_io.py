@@ -132,5 +132,7 @@ def test_adalora_auto_total_step_takes_the_runs_steps():
     assert t.peft_config["default"].total_step == 120
     with pytest.raises(ConfigError, match="has 12 optimizer steps, too few"):
         resolve_total_step(tuner(), 12)
+    with pytest.raises(ConfigError, match="method.init_r"):
+        inject(tiny_llama(), {"name": "adalora", "r": 16, "init_r": 12, "total_step": 10, "target_modules": ["q_proj"]})
     with pytest.raises(ConfigError, match="method.total_step"):
         inject(tiny_llama(), {"name": "adalora", "r": 2, "total_step": 0, "target_modules": ["q_proj"]})

@@ -50,7 +50,11 @@ def peft_config(name: str, targets: list[str], options: Mapping):
         raise ConfigError("method.total_step", total, "AdaLoRA schedules its rank budget over the run: give the "
                           "number of optimizer steps, or auto")
     schedule = {k: int(options[k]) for k in ("tinit", "tfinal", "deltaT") if options.get(k) is not None}
-    return AdaLoraConfig(target_r=r, init_r=int(options.get("init_r", int(1.5 * r))), lora_alpha=alpha,
+    init_r = int(options.get("init_r") or round(1.5 * r))
+    if init_r < r:
+        raise ConfigError("method.init_r", init_r, f"must be at least method.r={r}: AdaLoRA prunes from init_r "
+                          "ranks down to an average of r")
+    return AdaLoraConfig(target_r=r, init_r=init_r, lora_alpha=alpha,
                          lora_dropout=dropout, total_step=AUTO_TOTAL_STEP if total == "auto" else total,
                          target_modules=targets,
                          orth_reg_weight=float(options.get("orth_reg_weight", 0.5)), **schedule)
