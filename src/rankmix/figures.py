@@ -207,8 +207,12 @@ def smora_fig4(src: Sources) -> Drawn:
 
     from rankmix.adapters import adapter_context, adapter_layers
 
-    table, key, layer = "smora-1", "smora_64_8", "model.layers.1.mlp.down_proj"
-    run = src.runs(table, (key,))[key]
+    table, layer = "smora-1", "model.layers.1.mlp.down_proj"
+    smora = {k: r for k, r in src.runs(table).items() if r["config"]["method"]["name"] == "smora"}
+    if not smora:
+        raise FigureError(f"table {table}: no finished SMoRA run; run `make reproduce-table-{table}` first")
+    key = "smora_64_8" if "smora_64_8" in smora else sorted(smora)[0]
+    run = smora[key]
     model, dm = _restore(src, table, key, run)
     routed = adapter_layers(model)[layer]
     by_task: dict[tuple[str, str], list[dict]] = {}
