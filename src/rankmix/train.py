@@ -68,8 +68,6 @@ def fit_and_test(cfg: DictConfig, run_dir: Path, chash: str) -> tuple[dict, dict
         from rankmix.modules.vqa import build_vqa
 
         module, dm, report, model = build_vqa(cfg, run_dir)
-        log.info(str(report))
-        check_context(model, cfg.task.get("context", []))
     else:
         dm = instantiate(cfg.task.datamodule, cache_dir=cfg.paths.cache_dir)
         dm.check_paths()
@@ -78,13 +76,13 @@ def fit_and_test(cfg: DictConfig, run_dir: Path, chash: str) -> tuple[dict, dict
                                    dm.template_text())
         model = build_backbone(cfg.backbone, tokenizer)
         report = inject(model, OmegaConf.to_container(cfg.method, resolve=True))
-        log.info(str(report))
-        check_context(model, cfg.task.get("context", []))
         dm.set_tokenizer(tokenizer)
         module = CausalLMModule(model, tokenizer, max_new_tokens=cfg.task.datamodule.max_new_tokens,
                                 num_beams=cfg.task.get("num_beams", 1),
                                 scorer=cfg.task.get("scorer", "generic"),
                                 predictions_path=str(run_dir / "predictions.jsonl"), **cfg.optimizer)
+    log.info(str(report))
+    check_context(model, cfg.task.get("context", []))
     trainer = build_trainer(cfg, run_dir)
     resume = _resumable_checkpoint(run_dir, chash)
     trainer.fit(module, datamodule=dm, ckpt_path=resume)

@@ -20,11 +20,12 @@ from pathlib import Path
 import datasets
 import lightning.pytorch as pl
 import torch
-from torch.utils.data import DataLoader, DistributedSampler
+from torch.utils.data import DataLoader
 
 from rankmix.adapters.base import choice
 from rankmix.data import commonsense
 from rankmix.data.files import check_jsonl, write_jsonl_atomic
+from rankmix.data.loading import seeded_loader
 from rankmix.data.sources import build_splits
 from rankmix.errors import ConfigError, DataError
 
@@ -179,16 +180,7 @@ class InstructionDataModule(pl.LightningDataModule):
         return out
 
     def _loader(self, split: str, train: bool) -> DataLoader:
-        trainer = self.trainer
-        world, rank = (trainer.world_size, trainer.global_rank) if trainer is not None else (1, 0)
-        data = self.examples[split]
-        sampler = DistributedSampler(data, num_replicas=world, rank=rank, shuffle=train, seed=self.seed,
-                                     drop_last=False)
-        return DataLoader(
-            data, batch_size=self.batch_size if train else self.eval_batch_size, sampler=sampler,
-            collate_fn=self._collate_train if train else self._collate_eval, num_workers=self.num_workers,
-            generator=torch.Generator().manual_seed(self.seed),
-        )
+        return seeded_loader(self, self.examples[split], train, self._collate_train if train else self._collate_eval)
 
     def train_dataloader(self) -> DataLoader:
         return self._loader("train", train=True)

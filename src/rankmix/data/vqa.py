@@ -19,9 +19,10 @@ from pathlib import Path
 import lightning.pytorch as pl
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, DistributedSampler
+from torch.utils.data import DataLoader
 
 from rankmix.data.files import read_records
+from rankmix.data.loading import seeded_loader
 from rankmix.data.shapes import SPLITS, generate_shapes
 from rankmix.errors import ConfigError, DataError
 
@@ -152,12 +153,7 @@ class VQADataModule(pl.LightningDataModule):
                 **{k: [b[k] for b in batch] for k in ("question_id", "answers", "answer_type", "question_type")}}
 
     def _loader(self, split: str, train: bool) -> DataLoader:
-        trainer = self.trainer
-        world, rank = (trainer.world_size, trainer.global_rank) if trainer is not None else (1, 0)
-        data = self.examples[split]
-        sampler = DistributedSampler(data, num_replicas=world, rank=rank, shuffle=train, seed=self.seed, drop_last=False)
-        return DataLoader(data, batch_size=self.batch_size if train else self.eval_batch_size, sampler=sampler,
-                          collate_fn=self._collate, num_workers=self.num_workers)
+        return seeded_loader(self, self.examples[split], train, self._collate)
 
     def train_dataloader(self) -> DataLoader:
         return self._loader("train", True)

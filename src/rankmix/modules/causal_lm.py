@@ -10,12 +10,8 @@ Checkpoints hold only the adapter weights; the frozen backbone is rebuilt from i
 
 from __future__ import annotations
 
-import json
-from pathlib import Path
-
 import lightning.pytorch as pl
 import torch
-import torch.distributed as dist
 from transformers import get_cosine_schedule_with_warmup, get_linear_schedule_with_warmup
 
 from rankmix.adapters import adapter_context, adapter_state_dict
@@ -25,12 +21,13 @@ from rankmix.data.commonsense import score_commonsense
 from rankmix.data.instruction import RECORD_KEYS
 from rankmix.metrics.flan import score_flan
 from rankmix.metrics.text import score_generations
+from rankmix.modules.evaluation import ScoredEvaluation
 
 SCORERS = {"generic": score_generations, "flan": score_flan, "commonsense": score_commonsense}
 SCHEDULES = {"linear": get_linear_schedule_with_warmup, "cosine": get_cosine_schedule_with_warmup}
 
 
-class CausalLMModule(pl.LightningModule):
+class CausalLMModule(ScoredEvaluation, pl.LightningModule):
     def __init__(self, model, tokenizer, lr: float, weight_decay: float = 0.0, warmup_ratio: float = 0.0,
                  warmup_steps: int | None = None,
                  betas: tuple[float, float] = (0.9, 0.999), schedule: str = "linear", max_new_tokens: int = 16,
@@ -44,9 +41,8 @@ class CausalLMModule(pl.LightningModule):
         self.scorer = choice("task.scorer", scorer, tuple(SCORERS))
         self.max_new_tokens = max_new_tokens
         self.num_beams = num_beams
-        self.predictions_path = Path(predictions_path) if predictions_path else None
+        self._init_evaluation(predictions_path)
         self.strict_loading = False  # checkpoints hold adapter weights only
-        self._generations: list[dict] = []
 
     # -- training ------------------------------------------------------------------------------
     def _lm(self, batch):
@@ -69,6 +65,9 @@ class CausalLMModule(pl.LightningModule):
         return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
 
     # -- evaluation ----------------------------------------------------------------------------
+    def score(self, records: list[dict]) -> dict[str, float]:
+        return SCORERS[self.scorer](records)
+
     def _eval_step(self, batch, stage: str):
         n = batch["input_ids"].shape[0]
         loss = self._lm(batch).loss
@@ -79,36 +78,8 @@ class CausalLMModule(pl.LightningModule):
         )
         texts = self.tokenizer.batch_decode(generated[:, batch["prompt_ids"].shape[1]:], skip_special_tokens=True)
         for i, text in enumerate(texts):
-            self._generations.append({"idx": int(batch["idx"][i]), "prediction": text.strip(),
+            self._records.append({"idx": int(batch["idx"][i]), "prediction": text.strip(),
                                       **{k: batch[k][i] for k in RECORD_KEYS}})
-
-    def _eval_epoch_end(self, stage: str):
-        records = self._generations
-        self._generations = []
-        if dist.is_available() and dist.is_initialized():
-            gathered: list[list[dict]] = [None] * dist.get_world_size()  # type: ignore[list-item]
-            dist.all_gather_object(gathered, records)
-            records = [r for part in gathered for r in part]
-        records = sorted({r["idx"]: r for r in records}.values(), key=lambda r: r["idx"])  # drop sampler padding
-        for name, value in SCORERS[self.scorer](records).items():
-            self.log(f"{stage}/{name}", value, rank_zero_only=True)
-        if stage == "test" and self.predictions_path is not None and self.global_rank == 0:
-            self.predictions_path.parent.mkdir(parents=True, exist_ok=True)
-            with open(self.predictions_path, "w") as f:
-                for r in records:
-                    f.write(json.dumps(r) + "\n")
-
-    def validation_step(self, batch, batch_idx):
-        self._eval_step(batch, "val")
-
-    def on_validation_epoch_end(self):
-        self._eval_epoch_end("val")
-
-    def test_step(self, batch, batch_idx):
-        self._eval_step(batch, "test")
-
-    def on_test_epoch_end(self):
-        self._eval_epoch_end("test")
 
     # -- adapter-only checkpoints --------------------------------------------------------------
     def on_save_checkpoint(self, checkpoint):

@@ -17,7 +17,6 @@ from pathlib import Path
 
 import lightning.pytorch as pl
 import torch
-import torch.distributed as dist
 from torch import nn
 from transformers import get_linear_schedule_with_warmup
 
@@ -25,6 +24,7 @@ from rankmix.adapters import adapter_context
 from rankmix.adapters.base import choice
 from rankmix.errors import ConfigError
 from rankmix.metrics.vqa import score_vqa
+from rankmix.modules.evaluation import ScoredEvaluation
 
 X_R = ("image", "noise", "ones")
 
@@ -61,15 +61,14 @@ class VisionPrefixClassifier(nn.Module):
         return self.classifier(hidden[:, 1])
 
 
-class VQAModule(pl.LightningModule):
+class VQAModule(ScoredEvaluation, pl.LightningModule):
     def __init__(self, model: VisionPrefixClassifier, label2ans: list[str], lr: float, weight_decay: float = 0.0,
                  warmup_ratio: float = 0.0, betas=(0.9, 0.999), predictions_path: str | None = None, **_schedule):
         super().__init__()
         self.model, self.label2ans = model, label2ans
         self.lr, self.weight_decay, self.warmup_ratio, self.betas = lr, weight_decay, warmup_ratio, tuple(betas)
-        self.predictions_path = Path(predictions_path) if predictions_path else None
+        self._init_evaluation(predictions_path)
         self.strict_loading = False
-        self._records: list[dict] = []
 
     def _loss(self, batch):
         logits = self.model(batch["pixel_values"], batch["input_ids"], batch["attention_mask"])
@@ -89,6 +88,9 @@ class VQAModule(pl.LightningModule):
         sched = get_linear_schedule_with_warmup(opt, int(self.warmup_ratio * total), total)
         return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
 
+    def score(self, records: list[dict]) -> dict[str, float]:
+        return score_vqa(records)
+
     def _eval_step(self, batch, stage):
         logits, loss = self._loss(batch)
         self.log(f"{stage}/loss", loss, on_epoch=True, batch_size=logits.shape[0], sync_dist=True)
@@ -96,33 +98,6 @@ class VQAModule(pl.LightningModule):
             self._records.append({"idx": int(batch["idx"][i]), "question_id": batch["question_id"][i],
                                   "prediction": self.label2ans[label], "answers": batch["answers"][i],
                                   "answer_type": batch["answer_type"][i], "question_type": batch["question_type"][i]})
-
-    def _eval_end(self, stage):
-        records, self._records = self._records, []
-        if dist.is_available() and dist.is_initialized():
-            parts: list[list[dict]] = [None] * dist.get_world_size()  # type: ignore[list-item]
-            dist.all_gather_object(parts, records)
-            records = [r for p in parts for r in p]
-        records = sorted({r["idx"]: r for r in records}.values(), key=lambda r: r["idx"])
-        for name, value in score_vqa(records).items():
-            self.log(f"{stage}/{name}", value, rank_zero_only=True)
-        if stage == "test" and self.predictions_path is not None and self.global_rank == 0:
-            self.predictions_path.parent.mkdir(parents=True, exist_ok=True)
-            with open(self.predictions_path, "w") as f:
-                for r in records:
-                    f.write(json.dumps(r) + "\n")
-
-    def validation_step(self, batch, batch_idx):
-        self._eval_step(batch, "val")
-
-    def on_validation_epoch_end(self):
-        self._eval_end("val")
-
-    def test_step(self, batch, batch_idx):
-        self._eval_step(batch, "test")
-
-    def on_test_epoch_end(self):
-        self._eval_end("test")
 
     def on_save_checkpoint(self, checkpoint):  # trainable weights only: adapters and the classifier
         keep = {n for n, p in self.named_parameters() if p.requires_grad}
