@@ -96,3 +96,20 @@ def test_routing_vqa_paper_settings():
     dm = c["task"]["datamodule"]
     assert (dm["batch_size"], dm["image_size"], c["task"]["x_r"]) == (512, 224, "image")
     assert _resolved("routing/1/lora_64_none", "paper")["method"]["target_modules"] == []  # query, value by default
+
+
+def test_routing_captioning_paper_settings():
+    c = _resolved("routing/4/lora_128_mul", "paper")
+    assert c["backbone"]["vision"]["name_or_path"] == "google/vit-base-patch16-224-in21k"
+    assert c["backbone"]["language"]["name_or_path"] == "openai-community/gpt2"
+    m = c["method"]
+    assert (m["base"], m["fn"], m["r"], m["alpha"], m["target_modules"], m["fused_parts"]) == (
+        "lora", "mul", 128, None, ["c_attn"], [True, False, True])
+    assert (c["optimizer"]["lr"], c["optimizer"]["warmup_steps"], c["trainer"]["max_epochs"]) == (3e-5, 5000, 20)
+    assert (c["task"]["datamodule"]["batch_size"], c["task"]["datamodule"]["max_length"]) == (40, 50)
+    adapter = _resolved("routing/4/adapter_64_proj", "paper")["method"]
+    assert (adapter["base"], adapter["target_modules"], adapter["activation"]) == ("adapter", ["c_proj"], "gelu_new")
+    large = _resolved("routing/b13/adapter_64_proj_large", "paper")["backbone"]
+    assert (large["vision"]["name_or_path"], large["language"]["name_or_path"]) == (
+        "google/vit-large-patch16-224-in21k", "openai-community/gpt2-medium")
+    assert _resolved("routing/b12/adapter_64_add_large", "paper")["backbone"]["text"]["name_or_path"] == "FacebookAI/roberta-large"

@@ -14,6 +14,7 @@ from rankmix.data.shapes import COLOURS, draw, generate_shapes
 from rankmix.data.vqa import VQADataModule
 from rankmix.errors import ConfigError, DataError
 from rankmix.metrics.vqa import vqa_accuracy
+from rankmix.modules.vision_prefix import visual_features
 from rankmix.modules.vqa import VisionPrefixClassifier
 
 FIXTURES = Path(__file__).parent / "fixtures" / "vqa"
@@ -115,7 +116,7 @@ def test_the_image_reaches_the_answer_through_prefix_and_routing():
     a, b = model(img, ids, mask), model(img + 1.0, ids, mask)
     assert a.shape == (1, 5) and not torch.allclose(a, b)
     assert model.vision.embeddings.patch_embeddings.projection.weight.requires_grad is False
-    cls, routed = _model(x_r="ones").visual_features(img)  # B10: the routing layers see ones, the prefix the image
+    cls, routed = visual_features(model.vision, img, "ones")  # B10: the routing layers see ones, the prefix the image
     assert torch.equal(routed, torch.ones_like(cls)) and not torch.equal(cls, routed)
     ones, image = _model(x_r="ones"), _model()
     assert not torch.allclose(ones(img, ids, mask), image(img, ids, mask))

@@ -70,28 +70,34 @@ def _not_loadable(key: str, name: str, err: Exception) -> ConfigError:
     )
 
 
-def build_word_level_tokenizer(corpus_files: Iterable[Path], out_dir: Path,
-                               extra_text: str = "") -> PreTrainedTokenizerFast:
-    """Word-level tokenizer over every whitespace-separated word of the records' text fields (and of
-    ``extra_text``: the words a prompt wrapper adds around them)."""
+def word_level_tokenizer(texts: Iterable[str], out_dir: Path, split_punctuation: bool = False) -> PreTrainedTokenizerFast:
+    """Word-level tokenizer over every word of ``texts``: whitespace-separated, or with punctuation split off
+    (``split_punctuation``: "left," → "left", ","); saved in ``out_dir`` and loaded back with ``AutoTokenizer``."""
     from tokenizers import Tokenizer, models, pre_tokenizers
 
-    words: set[str] = set(extra_text.split())
-    for path in corpus_files:
-        with open(path, encoding="utf-8") as f:
-            for line in f:
-                rec = json.loads(line)
-                words.update(rec["inputs"].split())
-                words.update(rec["targets"].split())
+    pre = pre_tokenizers.Whitespace() if split_punctuation else pre_tokenizers.WhitespaceSplit()
+    words = {w for text in texts for w, _ in pre.pre_tokenize_str(text)}
     vocab = {tok: i for i, tok in enumerate(SPECIAL_TOKENS.values())}
     for w in sorted(words):
         vocab.setdefault(w, len(vocab))
     tok = Tokenizer(models.WordLevel(vocab=vocab, unk_token=SPECIAL_TOKENS["unk_token"]))
-    tok.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    tok.pre_tokenizer = pre
     fast = PreTrainedTokenizerFast(tokenizer_object=tok, **SPECIAL_TOKENS)
     out_dir.mkdir(parents=True, exist_ok=True)
     fast.save_pretrained(out_dir)
     return AutoTokenizer.from_pretrained(out_dir)
+
+
+def build_word_level_tokenizer(corpus_files: Iterable[Path], out_dir: Path,
+                               extra_text: str = "") -> PreTrainedTokenizerFast:
+    """Word-level tokenizer over the records' text fields (and ``extra_text``: the words a prompt wrapper adds)."""
+    texts = [extra_text]
+    for path in corpus_files:
+        with open(path, encoding="utf-8") as f:
+            for line in f:
+                rec = json.loads(line)
+                texts += [rec["inputs"], rec["targets"]]
+    return word_level_tokenizer(texts, out_dir)
 
 
 def load_tokenizer(spec: Mapping, corpus_files: Iterable[Path], cache_dir: Path, extra_text: str = ""):
@@ -139,3 +145,58 @@ def build_backbone(spec: Mapping, tokenizer) -> torch.nn.Module:
         raise ConfigError("backbone.source", source, "must be config or pretrained")
     model.generation_config.pad_token_id = tokenizer.pad_token_id
     return model
+
+
+def warm_start(model: torch.nn.Module, tokenizer, texts: list[str], spec: Mapping, cache_dir: Path) -> torch.nn.Module:
+    """Pre-train a random-init causal LM on ``texts`` (full training, no adapters) so the tiny scale, like the
+    paper's pretrained GPT-2, starts from a model that knows the language but not the task's inputs.
+
+    ``spec``: ``epochs``, ``lr``, ``batch_size``, ``seed``. Each text is trained as ``bos text eos``. The weights
+    are cached under ``cache_dir`` by a hash of the model config, the texts and ``spec``; the global random state
+    is left untouched (forked), so a run draws the same adapter init whether the cache existed or not.
+    """
+    path = warm_start_path(model, texts, spec, cache_dir)
+    if path.is_file():
+        model.load_state_dict(torch.load(path, map_location="cpu"))
+        return model
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(int(spec.get("seed", 0)))
+        _train_lm(model, tokenizer, texts, spec)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    torch.save(model.state_dict(), tmp)
+    tmp.replace(path)
+    return model
+
+
+def warm_start_path(model: torch.nn.Module, texts: list[str], spec: Mapping, cache_dir: Path) -> Path:
+    """Where ``warm_start`` caches the weights for this model config, these texts and these settings."""
+    import hashlib
+
+    key = hashlib.sha256(json.dumps([model.config.to_dict(), sorted(texts), dict(spec)], sort_keys=True,
+                                    default=str).encode()).hexdigest()[:16]
+    return Path(cache_dir) / "warm_start" / f"{model.config.model_type}-{key}.pt"
+
+
+def _train_lm(model: torch.nn.Module, tokenizer, texts: list[str], spec: Mapping) -> None:
+    from tqdm import tqdm
+
+    gen = torch.Generator().manual_seed(int(spec.get("seed", 0)))
+    seqs = [[tokenizer.bos_token_id, *tokenizer(t, add_special_tokens=False)["input_ids"], tokenizer.eos_token_id]
+            for t in texts]
+    opt = torch.optim.AdamW(model.parameters(), lr=float(spec.get("lr", 1e-3)))
+    bs, epochs = int(spec.get("batch_size", 32)), int(spec.get("epochs", 3))
+    model.train()
+    for _ in tqdm(range(epochs), desc="warm start", disable=None):
+        for idx in torch.randperm(len(seqs), generator=gen).split(bs):
+            batch = [seqs[i] for i in idx.tolist()]
+            n = max(map(len, batch))
+            ids = torch.full((len(batch), n), tokenizer.pad_token_id, dtype=torch.long)
+            mask = torch.zeros_like(ids)
+            for i, s in enumerate(batch):
+                ids[i, :len(s)], mask[i, :len(s)] = torch.tensor(s), 1
+            loss = model(input_ids=ids, attention_mask=mask, labels=ids.masked_fill(mask == 0, -100)).loss
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+    model.eval()

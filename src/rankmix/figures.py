@@ -355,11 +355,125 @@ def moslora_fig4(src: Sources) -> Drawn:
     return Drawn(fig, rows, [f"{table}/{k}" for k in runs], f"MoSLoRA ahead of LoRA at {ahead} of {len(both)} fractions{half}.")
 
 
+# -- Routing functions ---------------------------------------------------------------------------------
+ROUTING_PAIR = ("lora_64_none", "lora_64_proj")  # Tab. 4's COCO runs: LoRA r 64 without / with x_t(x_v)^T x_v
+PAIR_LABEL = {"lora_64_none": "LoRA (no routing)", "lora_64_proj": "LoRA + x_t(x_v)^T x_v"}
+
+
+def _trained_adapters(src: Sources, table: str, key: str) -> dict:
+    """The adapter tensors of a run's last checkpoint, keyed by their names in the adapted language model."""
+    import torch
+
+    state = torch.load(src.run_file(table, key, "checkpoints/last.ckpt"), map_location="cpu", weights_only=False)
+    return {k.split(".", 2)[2]: v for k, v in state["state_dict"].items() if k.startswith("model.lm.")}
+
+
+def routing_figb8(src: Sources) -> Drawn:
+    import torch
+
+    table = "routing-4"
+    src.runs(table, need=ROUTING_PAIR)
+    plt = _plt()
+    fig, axes = plt.subplots(1, 2, figsize=(10, 3.8), layout="constrained", sharey=True)
+    rows, means = [], {}
+    for key in ROUTING_PAIR:
+        init = torch.load(src.run_file(table, key, "adapter_init.pt"), map_location="cpu")
+        final = _trained_adapters(src, table, key)
+        layers = sorted({k.rsplit(".lora_", 1)[0] for k in final if ".lora_A." in k},
+                        key=lambda n: int(n.split(".h.")[1].split(".")[0]))
+        for part, ax in zip(("Q", "V"), axes, strict=True):
+            ratios = []
+            for layer in layers:
+                da = (final[f"{layer}.lora_A.weight"] - init[f"{layer}.lora_A.weight"]).float().chunk(2)
+                db = (final[f"{layer}.lora_B.weight"] - init[f"{layer}.lora_B.weight"]).float().chunk(2)
+                i = 0 if part == "Q" else 1
+                ratios.append(float(da[i].norm() / db[i].norm().clamp_min(1e-12)))
+            ax.plot(range(len(ratios)), ratios, marker="o", label=PAIR_LABEL[key])
+            ax.set(title=f"LoRA on the {'query' if part == 'Q' else 'value'} mapping", xlabel="GPT-2 layer",
+                   xticks=range(len(ratios)))
+            rows += [{"panel": part, "series": key, "x": i, "y": y} for i, y in enumerate(ratios)]
+            means[(key, part)] = sum(ratios) / len(ratios)
+    axes[0].set_ylabel("||ΔW_down||_F / ||ΔW_up||_F")
+    axes[1].legend()
+    finding = "; ".join(f"{part}: mean ratio {means[(ROUTING_PAIR[1], part)]:.2f} with routing vs "
+                        f"{means[(ROUTING_PAIR[0], part)]:.2f} without" for part in ("Q", "V"))
+    return Drawn(fig, rows, [f"{table}/{k}" for k in ROUTING_PAIR], finding + ".")
+
+
+def _restore_captioner(src: Sources, table: str, key: str, run: dict):
+    """A captioning run's trained model (frozen ViT, warm-started LM from the cache, its adapters) and its data."""
+    from hydra.utils import instantiate
+    from omegaconf import OmegaConf
+    from transformers import AutoTokenizer
+
+    from rankmix.adapters import inject
+    from rankmix.backbones import build_backbone, build_encoder, load_tokenizer, warm_start, warm_start_path
+    from rankmix.modules.captioning import VisionPrefixCaptioner
+
+    cfg = OmegaConf.create(run["config"])
+    cache = Path(cfg.paths.cache_dir)
+    dm = instantiate(cfg.task.datamodule, cache_dir=str(cache))
+    dm.prepare_data()
+    spec = cfg.backbone.language
+    if spec.tokenizer.source == "word_level":
+        tokenizer = AutoTokenizer.from_pretrained(src.run_file(table, key, "tokenizer/tokenizer_config.json").parent)
+    else:
+        tokenizer = load_tokenizer(spec.tokenizer, [], cache)
+    lm = build_backbone(spec, tokenizer)
+    if spec.get("warm_start"):
+        texts = dm.caption_texts()
+        if not warm_start_path(lm, texts, spec.warm_start, cache).is_file():
+            raise FigureError(f"run {table}/{key}: its warm-started language model is not in the cache {cache}; "
+                              f"`make reproduce-table-{table} ARGS=rerun=true` makes it")
+        lm = warm_start(lm, tokenizer, texts, spec.warm_start, cache)
+    inject(lm, OmegaConf.to_container(cfg.method, resolve=True))
+    lm.load_state_dict(_trained_adapters(src, table, key), strict=False)
+    model = VisionPrefixCaptioner(build_encoder("backbone.vision", cfg.backbone.vision), lm, cfg.task.get("x_r", "image"))
+    dm.set_tokenizer(tokenizer)
+    dm.setup()
+    return model.eval(), tokenizer, dm
+
+
+def routing_fig4(src: Sources) -> Drawn:
+    import torch
+
+    from rankmix.adapters import adapter_context
+    from rankmix.modules.vision_prefix import visual_features
+
+    table = "routing-4"
+    runs = src.runs(table, need=ROUTING_PAIR)
+    plt = _plt()
+    fig, axes = plt.subplots(2, 1, figsize=(10, 5.2), layout="constrained", sharex=True)
+    rows, words, focus = [], None, {}
+    for ax, key in zip(axes, ROUTING_PAIR, strict=True):
+        model, tokenizer, dm = _restore_captioner(src, table, key, runs[key])
+        example = dm.examples["test"][0]
+        caption = example["references"][0]
+        ids = torch.tensor([dm.encode(caption)])
+        pixels = dm.pixels[example["image"]][None]
+        model.lm.set_attn_implementation("eager")
+        with torch.no_grad():
+            cls, x_r = visual_features(model.vision, pixels, model.x_r)
+            embeds = torch.cat([cls[:, None], model.lm.get_input_embeddings()(ids)], dim=1)
+            with adapter_context(model.lm, x_r=x_r):
+                att = model.lm(inputs_embeds=embeds, output_attentions=True).attentions[-1][0]  # (heads, L, L)
+        n = att.shape[-1]
+        # attention each token receives, averaged over heads and over the later positions that can see it
+        received = [float(att[:, j:, j].mean()) for j in range(n)]
+        words = ["IMAGE", *tokenizer.convert_ids_to_tokens(ids[0].tolist())]
+        ax.bar(range(n), received, color="tab:orange" if key.endswith("proj") else "tab:blue")
+        ax.set(title=PAIR_LABEL[key], ylabel="mean attention")
+        rows += [{"panel": key, "series": w, "x": j, "y": y} for j, (w, y) in enumerate(zip(words, received, strict=True))]
+        focus[key] = received[0]
+    axes[-1].set_xticks(range(len(words)), words, rotation=60, ha="right")
+    finding = (f"last-layer attention on the image prefix: {focus[ROUTING_PAIR[1]]:.3f} with routing vs "
+               f"{focus[ROUTING_PAIR[0]]:.3f} without, on the first test image's first reference caption")
+    return Drawn(fig, rows, [f"{table}/{k}" for k in ROUTING_PAIR], finding + ".")
+
+
 PENDING = {  # figures of the papers not drawn yet, and what they wait for
     "smola-fig3": "SMoLA App. A.2 (effective rank of W_out·W_in): needs the CLIP-BART / SMoLA runs",
     "smola-fig4": "SMoLA App. B (ΦΦᵀ per modality): needs the SMoLA_O runs on the vision-language benchmarks",
-    "routing-figb8": "Routing Fig. B8 (‖ΔW_down‖/‖ΔW_up‖ per layer): needs initial adapter weights saved with the runs",
-    "routing-fig4": "Routing Fig. 4 (attention over caption tokens): needs the GPT-2 captioning runs",
 }
 
 FIGURES = {f.id: f for f in (
@@ -380,6 +494,12 @@ FIGURES = {f.id: f for f in (
            "SMoRA has LoRA-64's ranks and activates 8 of them per token, with an additional router (§3).", smora_fig9),
     Figure("moslora-fig4", "MoSLoRA Fig. 4: score vs fraction of training samples",
            "MoSLoRA trained on 50% of the samples scores 83.6, 1.8 above LoRA on 100% (§4.1).", moslora_fig4),
+    Figure("routing-figb8", "Routing Fig. B8: ||ΔW_down|| / ||ΔW_up|| per GPT-2 layer, with and without routing",
+           "With the routing function the down-projection changes more than the up-projection during training "
+           "(App. B, COCO, LoRA r 64).", routing_figb8),
+    Figure("routing-fig4", "Routing Fig. 4: last-layer attention over a caption, with and without routing",
+           "With x_t(x_v)^T x_v the model attends more to the content words and less to uninformative ones (§4.4).",
+           routing_fig4),
 )}
 
 

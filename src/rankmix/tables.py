@@ -6,7 +6,9 @@ metric of ours that corresponds: a test metric (``test/average``) or a dotted pa
 (``params.trainable``, ``train.wall_time_s``, ``train.peak_memory.peak_mb``). A cell with ``unit`` (M, h or G)
 converts ours to the unit the paper prints (parameters in millions, seconds to hours, MiB to GiB) and reads
 the paper's "28.3M" / "8.0h" / "29G" as numbers; ``column`` reads another column of the paper's row than
-``value``. Runs without cells list their metrics with no paper value.
+``value``. A metric the run's evaluation left out (``evaluation.missing`` of its JSON, e.g. SPICE without its
+Java models) shows as "missing: <reason>", never as a number. Runs without cells list their metrics with no
+paper value.
 
 CLI: ``python -m rankmix.tables build <id>``, ``list``, ``reproduce <id> [overrides...]``.
 """
@@ -64,7 +66,8 @@ def paper_value(paper_dir: Path, csv_name: str, match: dict, column: str | None 
     if not path.is_file():
         raise RankmixError(f"{path}: paper table not found (copy it from the papers' clean tables)")
     with open(path, newline="") as f:
-        rows = [r for r in csv.DictReader(f) if all(r.get(k) == str(v) for k, v in match.items())]
+        # a key set to null is not a column of this table (a row config reused from another table)
+        rows = [r for r in csv.DictReader(f) if all(r.get(k) == str(v) for k, v in match.items() if v is not None)]
     if len(rows) != 1:
         raise RankmixError(f"{path}: {len(rows)} rows match {match}; a cell must match exactly one")
     if column:
@@ -82,13 +85,16 @@ def table_rows(run: dict, paper_dir: Path) -> list[dict]:
             paper = paper_value(paper_dir, table["paper_csv"], {**table.get("match", {}), **cell["match"]},
                                 cell.get("column"))
             ours = run_value(run, cell["metric"])
+            missing = run.get("evaluation", {}).get("missing", {}).get(cell["metric"].split("/", 1)[-1])
+            if ours is None and missing:
+                ours = f"missing: {missing}"
             unit = cell.get("unit")
             if unit is not None:
                 if unit not in UNITS:
                     raise RankmixError(f"table {table.get('id')}: cell unit {unit!r}; use one of {', '.join(UNITS)}")
-                ours = None if ours is None else ours * UNITS[unit]
+                ours = ours * UNITS[unit] if isinstance(ours, (int, float)) else ours
             paper_num = _number(paper or "", unit)
-            diff = ours - paper_num if ours is not None and paper_num is not None else None
+            diff = ours - paper_num if isinstance(ours, (int, float)) and paper_num is not None else None
             label = cell.get("label") or ", ".join(f"{k}={v}" for k, v in cell["match"].items())
             rows.append({**base, "cell": label, "metric": cell["metric"], "paper": paper, "ours": ours, "diff": diff})
         return rows
@@ -120,7 +126,12 @@ def build_table(table_id: str, results_dir: Path, paper_dir: Path) -> Path:
         md += ["", "Each entry is ours / the paper's printed value.", ""] + _pivot(cells)
         md += ["", "`paper` = the paper's printed value; `ours` = this suite's run; `diff` = ours − paper.", "",
                "| " + " | ".join(COLUMNS) + " |", "|" + "---|" * len(COLUMNS)]
-        md += ["| " + " | ".join(_fmt(row[k]) for k in COLUMNS) + " |" for row in cells]
+        md += ["| " + " | ".join(_short(row[k]) for k in COLUMNS) + " |" for row in cells]
+        reasons = dict.fromkeys((row["cell"], row["ours"][len("missing: "):]) for row in cells
+                                if isinstance(row["ours"], str) and row["ours"].startswith("missing: "))
+        if reasons:
+            md += ["", "Missing (left out by the evaluation, not substituted):", ""]
+            md += [f"- {cell}: {reason}" for cell, reason in reasons]
     if runs:
         names = sorted({k for r in runs for k in r["metrics"] if k.count("/") == 1})
         md += ["", "Run summary:", "",
@@ -136,11 +147,16 @@ def build_table(table_id: str, results_dir: Path, paper_dir: Path) -> Path:
     return out_dir / "table.md"
 
 
+def _short(v) -> str:
+    """``_fmt`` with "missing: <reason>" cut to "missing" (the reasons are listed once under the table)."""
+    return "missing" if isinstance(v, str) and v.startswith("missing") else _fmt(v)
+
+
 def _pivot(cells: list[dict]) -> list[str]:
     """Markdown: one row per cell label (in table order), one column per run, entries "ours / paper"."""
     runs = list(dict.fromkeys(r["run"] for r in cells))
     labels = list(dict.fromkeys(r["cell"] for r in cells))
-    value = {(r["cell"], r["run"]): f"{_fmt(r['ours'])} / {r['paper']}" for r in cells}
+    value = {(r["cell"], r["run"]): f"{_short(r['ours'])} / {r['paper']}" for r in cells}
     lines = ["| cell | " + " | ".join(runs) + " |", "|" + "---|" * (len(runs) + 1)]
     return lines + ["| " + " | ".join([label, *(value.get((label, run), "") for run in runs)]) + " |" for label in labels]
 

@@ -59,15 +59,17 @@ def build_trainer(cfg: DictConfig, run_dir: Path) -> pl.Trainer:
 
 
 def fit_and_test(cfg: DictConfig, run_dir: Path, chash: str) -> tuple[dict, dict, pl.Trainer]:
-    from rankmix.adapters import adapter_layers, check_context, inject
+    from rankmix.adapters import adapter_layers, adapter_state_dict, check_context, inject
     from rankmix.backbones import build_backbone, load_tokenizer
     from rankmix.modules.causal_lm import CausalLMModule
 
     pl.seed_everything(cfg.seed, workers=True, verbose=False)
-    if cfg.task.get("kind", "causal_lm") == "vqa":
+    kind = cfg.task.get("kind", "causal_lm")
+    if kind in ("vqa", "caption"):
+        from rankmix.modules.captioning import build_captioning
         from rankmix.modules.vqa import build_vqa
 
-        module, dm, report, model = build_vqa(cfg, run_dir)
+        module, dm, report, model = (build_vqa if kind == "vqa" else build_captioning)(cfg, run_dir)
     else:
         dm = instantiate(cfg.task.datamodule, cache_dir=cfg.paths.cache_dir)
         dm.check_paths()
@@ -85,6 +87,8 @@ def fit_and_test(cfg: DictConfig, run_dir: Path, chash: str) -> tuple[dict, dict
     check_context(model, cfg.task.get("context", []))
     trainer = build_trainer(cfg, run_dir)
     resume = _resumable_checkpoint(run_dir, chash)
+    if resume is None:  # the adapters as initialised: ΔW = trained − initial (routing Fig. B8)
+        torch.save(adapter_state_dict(model), run_dir / "adapter_init.pt")
     trainer.fit(module, datamodule=dm, ckpt_path=resume)
     final_loss = trainer.callback_metrics.get("train/loss_epoch")
     tested = trainer.test(module, datamodule=dm, verbose=False)
@@ -108,6 +112,8 @@ def fit_and_test(cfg: DictConfig, run_dir: Path, chash: str) -> tuple[dict, dict
             "devices": trainer.num_devices,
         },
     }
+    if getattr(module, "evaluation_notes", None):
+        info["evaluation"] = module.evaluation_notes  # e.g. a caption metric left out, and why
     return metrics, info, trainer
 
 

@@ -25,7 +25,12 @@ both are the same for the single pooled token used here.
 
 * ``lora``: y = W0 x + (α/r) · B route(x_t, x_v), with ``lora_A.weight`` (r×d_in, kaiming-uniform a=√5) as
   W_down and ``lora_B.weight`` (d_out×r, zero) as W_up; α defaults to r (scaling 1, §4.2). The plain path
-  B x_t is *not* added: the routed tensor replaces it, as in the official code.
+  B x_t is *not* added: the routed tensor replaces it, as in the official code. ``fused_parts`` adapts
+  only some parts of a fused projection, as loralib's ``MergedLinear`` (``enable_lora``) of the official GPT-2
+  code: GPT-2's ``c_attn`` computes [Q; K; V] in one ``Conv1D``, and ``fused_parts: [true, false, true]`` gives
+  Q and V each a rank-r LoRA (K untouched). With n enabled parts, ``lora_A`` is (n·r)×d, the routing function
+  acts on the whole n·r-wide x_t and x_v (as the official code), and ``lora_B`` ((n·d_part)×r) maps each r-wide
+  chunk to its own part (loralib's grouped conv1d).
 * ``adapter``: the sequential adapter of ``rankmix.adapters.adapter`` with the routing function before the
   activation (Fig. 2, right): y = h + up(act(route(down(dropout(h)), down(dropout(x_R))))), h = W0 x; names
   ``adapter_down``/``adapter_up`` with biases, init as ``init`` says (``zero_up``: starts equal to the base;
@@ -120,7 +125,8 @@ class RoutingLayer(BottleneckLayer):
 
     def __init__(self, base_layer: nn.Module, fn: str | None = None, base: str = "lora", r: int = 8,
                  alpha: float | None = None, activation: str = "gelu", dropout: float = 0.0,
-                 init: str = "zero_up", scale: float = 1.0, separate_mapping: bool = False):
+                 init: str = "zero_up", scale: float = 1.0, separate_mapping: bool = False,
+                 fused_parts: list[bool] | None = None):
         super().__init__(base_layer)
         self.fn = choice("fn", fn, FUNCTIONS)
         self.base = choice("base", base, BASES)
@@ -136,13 +142,15 @@ class RoutingLayer(BottleneckLayer):
         alpha = r if alpha is None else real("alpha", alpha)
         scale, act = real("scale", scale), make_activation(activation)
         choice("init", init, INITS)
-        m = r // 4 if separate_mapping else r  # the width the routing function acts in
         d, lora = self.adapter_in_features, self.base == "lora"
+        self.fused_parts = self._check_parts(fused_parts, lora)
+        n = sum(self.fused_parts)  # LoRAs side by side in one fused projection (1 unless fused_parts)
+        m = (r // 4 if separate_mapping else r) * n  # the width the routing function acts in
         self.dropout = dropout_module(dropout)
         if lora:
             self.scaling, self.act = alpha / r, nn.Identity()
             self.lora_A = nn.Linear(d, m, bias=False)
-            self.lora_B = nn.Linear(r, self.out_features, bias=False)
+            self.lora_B = nn.Linear(r, self.out_features // len(self.fused_parts) * n, bias=False)
             nn.init.kaiming_uniform_(self.lora_A.weight, a=math.sqrt(5))
             nn.init.zeros_(self.lora_B.weight)
         else:
@@ -150,9 +158,39 @@ class RoutingLayer(BottleneckLayer):
             self.adapter_down, self.adapter_up = bottleneck(d, m, r, self.out_features, init)
         separate_x_r = separate_mapping and self.fn != "cross_attention"
         self.route_down = nn.Linear(d, m, bias=not lora) if separate_x_r else None
-        self.route_up = nn.Linear(m, r, bias=not lora) if separate_mapping else None
+        self.route_up = nn.Linear(m, r * n, bias=not lora) if separate_mapping else None
         if self.fn == "cross_attention":
             self.xattn_key, self.xattn_value = nn.Linear(d, m), nn.Linear(d, m)
+
+    def _check_parts(self, parts, lora: bool) -> tuple[bool, ...]:
+        if parts is None:
+            return (True,)
+        if not lora:
+            raise ConfigError("fused_parts", parts, "splits a fused LoRA projection; use it with base: lora")
+        if not isinstance(parts, (list, tuple)) or not parts or not all(isinstance(p, bool) for p in parts) \
+                or not any(parts):
+            raise ConfigError("fused_parts", parts, "must be a list of true/false with at least one true, "
+                              "e.g. [true, false, true] for Q and V of GPT-2's c_attn")
+        if self.out_features % len(parts):
+            raise ConfigError("fused_parts", parts, f"{len(parts)} parts do not divide the layer's "
+                              f"{self.out_features} outputs")
+        return tuple(parts)
+
+    def _scatter_parts(self, u: torch.Tensor) -> torch.Tensor:
+        """(..., enabled parts) → (..., out_features) with zeros in the disabled parts (dim -1)."""
+        if len(self.fused_parts) == 1:
+            return u
+        chunks = iter(u.chunk(sum(self.fused_parts), dim=-1))
+        zero = u.new_zeros(*u.shape[:-1], self.out_features // len(self.fused_parts))
+        return torch.cat([next(chunks) if on else zero for on in self.fused_parts], dim=-1)
+
+    def _lora_up(self, z: torch.Tensor) -> torch.Tensor:
+        """B z with the i-th r-wide chunk of z mapped by the i-th block of rows of B (one LoRA per part)."""
+        n = sum(self.fused_parts)
+        if n == 1:
+            return self.lora_B(z)
+        w = self.lora_B.weight.view(n, -1, self.r)
+        return torch.einsum("...nr,npr->...np", z.unflatten(-1, (n, self.r)), w).flatten(-2)
 
     @property
     def down(self) -> nn.Linear:
@@ -173,7 +211,8 @@ class RoutingLayer(BottleneckLayer):
                 z = route(self.fn, z, self.down if self.route_down is None else self.route_down, x_r)
         if self.route_up is not None:
             z = self.route_up(z)
-        return self.up(self.act(z)) * self.scaling
+        up = self._lora_up if self.base == "lora" else self.up
+        return self._scatter_parts(up(self.act(z))) * self.scaling
 
     def required_context(self) -> set[str]:
         return set() if self.fn == "none" else {"x_r"}
@@ -181,8 +220,11 @@ class RoutingLayer(BottleneckLayer):
     def delta_weight(self) -> torch.Tensor:
         if self.fn != "none" or self.base != "lora":
             return super().delta_weight()
-        return (self.lora_B.weight @ self.lora_A.weight) * self.scaling
+        n = sum(self.fused_parts)
+        blocks = zip(self.lora_B.weight.chunk(n), self.lora_A.weight.chunk(n), strict=True)
+        return self._scatter_parts(torch.cat([b @ a for b, a in blocks]).T).T * self.scaling
 
     def extra_repr(self) -> str:
         mapping = ", separate_mapping=True" if self.route_up is not None else ""
+        mapping += f", fused_parts={list(self.fused_parts)}" if len(self.fused_parts) > 1 else ""
         return f"{super().extra_repr()}, fn={self.fn}, base={self.base}, r={self.r}{mapping}"

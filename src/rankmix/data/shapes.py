@@ -12,7 +12,10 @@ Each image is a ``size`` × ``size`` RGB canvas cut into a 2 × 2 grid; one to t
 
 Each question has 10 annotator answers, as VQA v2: all the true answer, except that with probability
 ``noise`` one annotator gives another answer, so the leave-one-out accuracy and soft labels are exercised.
-Captions describe every shape: "a red square at the top left and a blue circle at the bottom right".
+Each image has three reference captions (COCO has five), all naming every shape (``captions``): "a red square at
+the top left and a blue circle at the bottom right", "Two shapes: a red square and a blue circle." and "A red
+square is at the top left, a blue circle is at the bottom right." (case and punctuation as people write them:
+the PTB tokenizer of the COCO evaluation lower-cases and drops punctuation).
 
 Files written under ``root`` (VL-T5 / VQA v2 / Karpathy formats):
 ``images/<img_id>.png``; ``vqa/karpathy_{train,val,test}.json`` (``img_id, question_id, sent, label,
@@ -24,6 +27,7 @@ question_type, multiple_choice_answer}]``; val holds the val and test questions)
 
 from __future__ import annotations
 
+import hashlib
 import json
 import random
 from collections import Counter
@@ -35,6 +39,7 @@ SHAPES = ("square", "circle", "triangle")
 COLOURS = {"red": (220, 40, 40), "green": (40, 190, 60), "blue": (50, 80, 230), "yellow": (230, 210, 40)}
 CELLS = {(0, 0): "top left", (0, 1): "top right", (1, 0): "bottom left", (1, 1): "bottom right"}
 NUMBER_WORDS = {1: "1", 2: "2", 3: "3"}
+COUNT_WORDS = {1: "One shape", 2: "Two shapes", 3: "Three shapes"}
 SPLITS = ("train", "val", "test")
 
 
@@ -52,6 +57,16 @@ def draw(objects: list[dict], size: int) -> np.ndarray:
         patch = img[row * half:(row + 1) * half, col * half:(col + 1) * half]
         patch[masks[o["shape"]]] = COLOURS[o["colour"]]
     return img
+
+
+def captions(objects: list[dict]) -> list[str]:
+    """Three reference captions of ``objects``, shapes in reading order (top left first)."""
+    objs = sorted(objects, key=lambda o: o["cell"])
+    where = [f"a {o['colour']} {o['shape']} at the {CELLS[o['cell']]}" for o in objs]
+    what = [f"a {o['colour']} {o['shape']}" for o in objs]
+    sentence = ", ".join(f"{w} is at the {CELLS[o['cell']]}" for w, o in zip(what, objs, strict=True))
+    return [" and ".join(where), f"{COUNT_WORDS[len(objs)]}: {' and '.join(what)}.",
+            sentence[0].upper() + sentence[1:] + "."]
 
 
 def _questions(rng: random.Random, objects: list[dict]) -> list[tuple[str, str, str, str]]:
@@ -109,10 +124,9 @@ def generate_shapes(root: Path, n_images: dict[str, int], size: int = 32, seed: 
             cells = rng.sample(list(CELLS), rng.randint(1, 3))
             objects = [{"shape": rng.choice(SHAPES), "colour": rng.choice(list(COLOURS)), "cell": c} for c in cells]
             Image.fromarray(draw(objects, size)).save(root / "images" / f"{img_id}.png")
-            caption = " and ".join(f"a {o['colour']} {o['shape']} at the {CELLS[o['cell']]}"
-                                   for o in sorted(objects, key=lambda o: o["cell"]))
             coco.append({"filename": f"{img_id}.png", "cocoid": image_id, "split": split,
-                         "sentences": [{"raw": caption, "tokens": caption.split()}]})
+                         "sentences": [{"raw": c, "tokens": c.lower().replace(",", "").replace(":", "")
+                                        .rstrip(".").split()} for c in captions(objects)]})
             for sent, answer, a_type, q_type in _questions(rng, objects):
                 qid += 1
                 answers = _annotators(rng, answer, a_type, noise)
@@ -133,3 +147,14 @@ def generate_shapes(root: Path, n_images: dict[str, int], size: int = 32, seed: 
     (root / "COCO" / "dataset_coco.json").write_text(json.dumps({"images": coco, "dataset": "coco"}))
     stamp.write_text(json.dumps(settings))
     return root
+
+
+def prepared_root(cache_dir: Path, source: dict) -> Path:
+    """Where the set generated from ``source`` (``n_train, n_val, n_test, size, seed, noise``) lives in the cache."""
+    key = hashlib.sha256(json.dumps(dict(source), sort_keys=True).encode()).hexdigest()[:10]
+    return Path(cache_dir) / "prepared" / f"shapes-{key}"
+
+
+def generate_from_source(root: Path, source: dict) -> Path:
+    return generate_shapes(root, {s: source[f"n_{s}"] for s in SPLITS}, size=source.get("size", 32),
+                           seed=source.get("seed", 0), noise=source.get("noise", 0.2))

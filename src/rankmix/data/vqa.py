@@ -12,18 +12,17 @@ evaluation batches also carry each question's 10 answers and its answer and ques
 
 from __future__ import annotations
 
-import hashlib
 import json
 from pathlib import Path
 
 import lightning.pytorch as pl
-import numpy as np
 import torch
 from torch.utils.data import DataLoader
 
 from rankmix.data.files import read_records
+from rankmix.data.images import load_image
 from rankmix.data.loading import seeded_loader
-from rankmix.data.shapes import SPLITS, generate_shapes
+from rankmix.data.shapes import SPLITS, generate_from_source, prepared_root
 from rankmix.errors import ConfigError, DataError
 
 RECORD_FIELDS = ("img_id", "question_id", "sent", "label")
@@ -50,10 +49,7 @@ class VQADataModule(pl.LightningDataModule):
 
     # -- files ---------------------------------------------------------------------------------
     def root(self) -> Path:
-        if self.data_dir is not None:
-            return self.data_dir
-        key = hashlib.sha256(json.dumps(self.source, sort_keys=True).encode()).hexdigest()[:10]
-        return self.cache_dir / "prepared" / f"shapes-{key}"
+        return self.data_dir if self.data_dir is not None else prepared_root(self.cache_dir, self.source)
 
     def image_root(self) -> Path:
         return self.images_dir if self.images_dir is not None else self.root() / "images"
@@ -73,9 +69,7 @@ class VQADataModule(pl.LightningDataModule):
 
     def prepare_data(self) -> None:
         if self.data_dir is None:
-            src = self.source
-            generate_shapes(self.root(), {s: src[f"n_{s}"] for s in SPLITS}, size=src.get("size", 32),
-                            seed=src.get("seed", 0), noise=src.get("noise", 0.2))
+            generate_from_source(self.root(), self.source)
 
     # -- examples ------------------------------------------------------------------------------
     def set_tokenizer(self, tokenizer) -> None:
@@ -93,16 +87,11 @@ class VQADataModule(pl.LightningDataModule):
         return out
 
     def _image(self, img_id: str) -> torch.Tensor:
-        from PIL import Image
-
         root = self.image_root()
         for cand in (root / f"{img_id}.png", root / f"{img_id}.jpg",
                      root / "train2014" / f"{img_id}.jpg", root / "val2014" / f"{img_id}.jpg"):
             if cand.is_file():
-                img = Image.open(cand).convert("RGB").resize((self.image_size, self.image_size), Image.BICUBIC)
-                x = torch.from_numpy(np.asarray(img, dtype=np.float32) / 255.0).permute(2, 0, 1)
-                mean, std = torch.tensor(self.image_mean)[:, None, None], torch.tensor(self.image_std)[:, None, None]
-                return (x - mean) / std
+                return load_image(cand, self.image_size, self.image_mean, self.image_std)
         raise DataError(f"{root}: no image file for img_id {img_id!r} ({img_id}.jpg or .png)")
 
     def setup(self, stage: str | None = None) -> None:

@@ -65,7 +65,7 @@ class CausalLMModule(ScoredEvaluation, pl.LightningModule):
         return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
 
     # -- evaluation ----------------------------------------------------------------------------
-    def score(self, records: list[dict]) -> dict[str, float]:
+    def score(self, records: list[dict], stage: str) -> dict[str, float]:
         return SCORERS[self.scorer](records)
 
     def _eval_step(self, batch, stage: str):

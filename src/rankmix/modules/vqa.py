@@ -22,37 +22,24 @@ from transformers import get_linear_schedule_with_warmup
 
 from rankmix.adapters import adapter_context
 from rankmix.adapters.base import choice
-from rankmix.errors import ConfigError
 from rankmix.metrics.vqa import score_vqa
 from rankmix.modules.evaluation import ScoredEvaluation
-
-X_R = ("image", "noise", "ones")
+from rankmix.modules.vision_prefix import X_R, check_widths, visual_features
 
 
 class VisionPrefixClassifier(nn.Module):
     def __init__(self, vision: nn.Module, text: nn.Module, num_answers: int, x_r: str = "image"):
         super().__init__()
-        d_v, d_t = vision.config.hidden_size, text.config.hidden_size
-        if d_v != d_t:
-            raise ConfigError("backbone", f"{d_v} vs {d_t}", "the ViT and the text encoder must have the same width: "
-                              "its [CLS] is prepended to the text embeddings without a projection")
+        check_widths(vision, text)
         self.vision = vision.requires_grad_(False)
         self.text = text
         self.x_r = choice("task.x_r", x_r, X_R)
+        d_t = text.config.hidden_size
         self.classifier = nn.Sequential(nn.Linear(d_t, 2 * d_t), nn.GELU(), nn.LayerNorm(2 * d_t),
                                         nn.Linear(2 * d_t, num_answers))
 
-    def visual_features(self, pixel_values: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """(the ViT's pooled [CLS], what the routing layers receive as x_R)."""
-        self.vision.eval()
-        with torch.no_grad():
-            cls = self.vision(pixel_values=pixel_values).pooler_output
-        if self.x_r == "noise":
-            return cls, torch.randn_like(cls)
-        return cls, (torch.ones_like(cls) if self.x_r == "ones" else cls)
-
     def forward(self, pixel_values, input_ids, attention_mask) -> torch.Tensor:
-        cls, x_r = self.visual_features(pixel_values)
+        cls, x_r = visual_features(self.vision, pixel_values, self.x_r)
         words = self.text.get_input_embeddings()(input_ids)
         embeds = torch.cat([cls[:, None].to(words.dtype), words], dim=1)
         mask = torch.cat([attention_mask.new_ones(attention_mask.shape[0], 1), attention_mask], dim=1)
@@ -88,11 +75,12 @@ class VQAModule(ScoredEvaluation, pl.LightningModule):
         sched = get_linear_schedule_with_warmup(opt, int(self.warmup_ratio * total), total)
         return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
 
-    def score(self, records: list[dict]) -> dict[str, float]:
+    def score(self, records: list[dict], stage: str) -> dict[str, float]:
         return score_vqa(records)
 
     def _eval_step(self, batch, stage):
-        logits, loss = self._loss(batch)
+        with self.timed_inference():
+            logits, loss = self._loss(batch)
         self.log(f"{stage}/loss", loss, on_epoch=True, batch_size=logits.shape[0], sync_dist=True)
         for i, label in enumerate(logits.argmax(-1).tolist()):
             self._records.append({"idx": int(batch["idx"][i]), "question_id": batch["question_id"][i],

@@ -1,0 +1,116 @@
+"""COCO caption metrics through pycocoevalcap, as the COCO evaluation server and the official ``eval_coco.py``:
+BLEU-4, METEOR, ROUGE-L, CIDEr (CIDEr-D) and SPICE on PTB-tokenised captions, each × 100, and their mean
+(routing functions Tab. 4, "Avg.").
+
+The PTB tokenizer, METEOR and SPICE run on Java; SPICE also needs the Stanford CoreNLP 3.6.0 jars that
+pycocoevalcap downloads at first use. A metric that cannot run is left out with the reason
+(``missing[name]``) — never replaced by another number — and "Avg." then is missing too. Without Java the
+captions are tokenised by ``python_ptb`` (lower-case, punctuation split off and dropped, as the PTB tokenizer's
+output), and ``notes["tokenizer"]`` says so.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import re
+import shutil
+from pathlib import Path
+
+FIVE = ("BLEU-4", "METEOR", "ROUGE-L", "CIDEr", "SPICE")
+CHEAP = ("BLEU-4", "ROUGE-L", "CIDEr")  # no Java process to start: what validation epochs compute
+# pycocoevalcap's PTBTokenizer drops these tokens after tokenising.
+PUNCTUATIONS = {"''", "'", "``", "`", "-LRB-", "-RRB-", "-LCB-", "-RCB-", ".", "?", "!", ",", ":", "-", "--",
+                "...", ";"}
+BRACKETS = {"(", ")", "[", "]", "{", "}"}  # PTB writes them -LRB- ... and then drops them
+
+
+def java_missing() -> str | None:
+    if shutil.which("java") is None:
+        return "Java not found on PATH (apt install default-jre-headless)"
+    return None
+
+
+def spice_missing() -> str | None:
+    """Why SPICE cannot run here, or None. Never downloads: a run must not hang on an unreachable network."""
+    if java_missing():
+        return java_missing()
+    from pycocoevalcap import spice
+
+    jar = Path(spice.__file__).parent / "lib" / "stanford-corenlp-3.6.0.jar"
+    if not jar.is_file():
+        return ("Stanford CoreNLP 3.6.0 jars not installed (fetch them where the network is reachable: "
+                "python -m pycocoevalcap.spice.get_stanford_models)")
+    return None
+
+
+def python_ptb(text: str) -> str:
+    """The PTB tokenizer's output without Java: lower-cased words, punctuation split off and dropped."""
+    tokens = re.findall(r"[a-z0-9]+|'[a-z]+|[^\sa-z0-9']+|'", text.lower())
+    return " ".join(t for t in tokens if t not in PUNCTUATIONS and t not in BRACKETS)
+
+
+def tokenize(captions: dict, java: bool = True) -> tuple[dict, str]:
+    """``{id: [caption, ...]}`` → the same, PTB-tokenised; and which tokenizer ran."""
+    if not java:
+        return {k: [python_ptb(c) for c in v] for k, v in captions.items()}, "python_ptb"
+    if java_missing():
+        return {k: [python_ptb(c) for c in v] for k, v in captions.items()}, "python_ptb (no Java)"
+    from pycocoevalcap.tokenizer.ptbtokenizer import PTBTokenizer
+
+    return PTBTokenizer().tokenize({k: [{"caption": c} for c in v] for k, v in captions.items()}), "ptb"
+
+
+def _scorer(name: str):
+    if name == "BLEU-4":
+        from pycocoevalcap.bleu.bleu import Bleu
+
+        return Bleu(4)
+    if name == "METEOR":
+        from pycocoevalcap.meteor.meteor import Meteor
+
+        return Meteor()
+    if name == "ROUGE-L":
+        from pycocoevalcap.rouge.rouge import Rouge
+
+        return Rouge()
+    if name == "CIDEr":
+        from pycocoevalcap.cider.cider import Cider
+
+        return Cider()
+    from pycocoevalcap.spice.spice import Spice
+
+    return Spice()
+
+
+def score_captions(records: list[dict], metrics: tuple[str, ...] = FIVE, java_tokenizer: bool = True
+                   ) -> tuple[dict[str, float], dict]:
+    """(scores × 100, notes) for records ``{prediction, references}``; notes: ``tokenizer`` and ``missing``.
+    ``java_tokenizer=False`` tokenises with ``python_ptb`` (validation epochs: no Java start-up)."""
+    if not records:
+        return {}, {"missing": {m: "no test records" for m in metrics}}
+    refs = tokenize({i: r["references"] for i, r in enumerate(records)}, java_tokenizer)[0]
+    hyps, tokenizer = tokenize({i: [r["prediction"]] for i, r in enumerate(records)}, java_tokenizer)
+    blocked = {"METEOR": java_missing(), "SPICE": spice_missing()}
+    scores, missing = {}, {}
+    for name in metrics:
+        if blocked.get(name):
+            missing[name] = blocked[name]
+            continue
+        scorer = _scorer(name)
+        try:
+            with contextlib.redirect_stdout(io.StringIO()):  # BLEU prints its n-gram counts
+                value = scorer.compute_score(refs, hyps)[0]
+        except Exception as e:  # noqa: BLE001  (a Java tool failing at run time: report, don't crash the run)
+            missing[name] = f"{type(e).__name__}: {str(e)[:160]}"
+            continue
+        finally:
+            if name == "METEOR":  # stop its Java process now rather than at garbage collection
+                scorer.__del__()
+        scores[name] = 100.0 * float(value[3] if name == "BLEU-4" else value)
+    if set(FIVE) <= set(metrics):
+        if all(m in scores for m in FIVE):
+            scores["Avg."] = sum(scores[m] for m in FIVE) / len(FIVE)
+        else:
+            missing["Avg."] = "the mean of the five needs " + ", ".join(m for m in FIVE if m not in scores)
+    return scores, {"tokenizer": tokenizer, "missing": missing}
