@@ -184,5 +184,5 @@ def test_tiny_captioning_runs_table_and_figures(tmp_path):
     assert all(float(row["y"]) > 0 for row in ratios)  # both projections moved away from their init
     png = build_figure("routing-fig4", tmp_path / "results", tmp_path / "runs")
     bars = [row for row in csv.DictReader(open(png.parent / "figure.csv")) if row["panel"] == "lora_64_proj"]
-    assert bars[0]["series"] == "IMAGE" and len(bars) > 3 and "attention on the image prefix" in (
+    assert bars[0]["series"] == "IMAGE" and len(bars) > 3 and "content words" in (
         png.parent / "caption.md").read_text()

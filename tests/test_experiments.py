@@ -106,10 +106,25 @@ def test_routing_captioning_paper_settings():
     assert (m["base"], m["fn"], m["r"], m["alpha"], m["target_modules"], m["fused_parts"]) == (
         "lora", "mul", 128, None, ["c_attn"], [True, False, True])
     assert (c["optimizer"]["lr"], c["optimizer"]["warmup_steps"], c["trainer"]["max_epochs"]) == (3e-5, 5000, 20)
-    assert (c["task"]["datamodule"]["batch_size"], c["task"]["datamodule"]["max_length"]) == (40, 50)
+    assert (c["task"]["datamodule"]["batch_size"], c["task"]["datamodule"]["max_length"], c["task"]["num_beams"]) == (40, 50, 5)
     adapter = _resolved("routing/4/adapter_64_proj", "paper")["method"]
     assert (adapter["base"], adapter["target_modules"], adapter["activation"]) == ("adapter", ["c_proj"], "gelu_new")
     large = _resolved("routing/b13/adapter_64_proj_large", "paper")["backbone"]
     assert (large["vision"]["name_or_path"], large["language"]["name_or_path"]) == (
         "google/vit-large-patch16-224-in21k", "openai-community/gpt2-medium")
     assert _resolved("routing/b12/adapter_64_add_large", "paper")["backbone"]["text"]["name_or_path"] == "FacebookAI/roberta-large"
+
+
+def test_routing_clip_bart_paper_settings():
+    c = _resolved("routing/7/adapter_mul", "paper")
+    assert c["backbone"]["language"]["name_or_path"] == "facebook/bart-base" and c["backbone"]["feature_dim"] == 2048
+    m = c["method"]
+    assert (m["base"], m["fn"], m["r"], m["activation"], m["target_modules"]) == ("adapter", "mul", 96, "swish",
+                                                                               ["out_proj", "fc2"])
+    o = c["optimizer"]
+    assert (o["lr"], o["weight_decay"], o["warmup_ratio"], o["eps"]) == (1e-3, 0.01, 0.1, 1e-6)
+    assert (c["trainer"]["gradient_clip_val"], c["trainer"]["max_epochs"]) == (5.0, 20)
+    dm = c["task"]["datamodule"]
+    assert (dm["batch_size"], dm["n_boxes"], dm["tasks"], c["task"]["caption_beams"]) == (
+        500, 36, ["vqa", "gqa", "nlvr", "caption"], 5)
+    assert _resolved("routing/7/lora_none", "paper")["method"]["target_modules"] == ["q_proj", "v_proj"]

@@ -117,8 +117,18 @@ def load_tokenizer(spec: Mapping, corpus_files: Iterable[Path], cache_dir: Path,
     return tok
 
 
-def build_backbone(spec: Mapping, tokenizer) -> torch.nn.Module:
-    """The causal LM described by ``spec`` (see module docstring), in ``spec.dtype``."""
+def build_seq2seq(spec: Mapping, tokenizer) -> torch.nn.Module:
+    """The encoder-decoder (BART) described by ``spec``; a config-built one starts decoding from end-of-text, as BART."""
+    from transformers import AutoModelForSeq2SeqLM
+
+    extra = {"decoder_start_token_id": tokenizer.eos_token_id, "forced_bos_token_id": None,
+             "forced_eos_token_id": tokenizer.eos_token_id}
+    return build_backbone(spec, tokenizer, AutoModelForSeq2SeqLM, extra)
+
+
+def build_backbone(spec: Mapping, tokenizer, auto_class=AutoModelForCausalLM, extra_config: Mapping | None = None
+                   ) -> torch.nn.Module:
+    """The causal LM (or ``auto_class`` model) described by ``spec`` (see module docstring), in ``spec.dtype``."""
     dtype = getattr(torch, spec.get("dtype", "float32"))
     source = spec.get("source")
     if source == "config":
@@ -129,16 +139,17 @@ def build_backbone(spec: Mapping, tokenizer) -> torch.nn.Module:
             pad_token_id=tokenizer.pad_token_id,
             bos_token_id=tokenizer.bos_token_id,
             eos_token_id=tokenizer.eos_token_id,
+            **dict(extra_config or {}),
         )
         config = AutoConfig.for_model(model_type, **cfg)
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(int(spec.get("init_seed", 0)))
-            model = AutoModelForCausalLM.from_config(config)
+            model = auto_class.from_config(config)
         model = model.to(dtype)
     elif source == "pretrained":
         name = spec["name_or_path"]
         try:
-            model = AutoModelForCausalLM.from_pretrained(name, dtype=dtype)
+            model = auto_class.from_pretrained(name, dtype=dtype)
         except (OSError, ValueError) as e:
             raise _not_loadable("backbone.name_or_path", name, e) from None
     else:

@@ -65,11 +65,13 @@ def fit_and_test(cfg: DictConfig, run_dir: Path, chash: str) -> tuple[dict, dict
 
     pl.seed_everything(cfg.seed, workers=True, verbose=False)
     kind = cfg.task.get("kind", "causal_lm")
-    if kind in ("vqa", "caption"):
+    if kind in ("vqa", "caption", "vl_multitask"):
         from rankmix.modules.captioning import build_captioning
+        from rankmix.modules.clip_bart import build_vl_multitask
         from rankmix.modules.vqa import build_vqa
 
-        module, dm, report, model = (build_vqa if kind == "vqa" else build_captioning)(cfg, run_dir)
+        build = {"vqa": build_vqa, "caption": build_captioning, "vl_multitask": build_vl_multitask}[kind]
+        module, dm, report, model = build(cfg, run_dir)
     else:
         dm = instantiate(cfg.task.datamodule, cache_dir=cfg.paths.cache_dir)
         dm.check_paths()

@@ -20,7 +20,7 @@ import lightning.pytorch as pl
 import torch
 from torch.utils.data import DataLoader
 
-from rankmix.data.images import load_image
+from rankmix.data.images import ImageStore
 from rankmix.data.loading import seeded_loader
 from rankmix.data.shapes import generate_from_source, prepared_root
 from rankmix.errors import ConfigError, DataError
@@ -105,7 +105,7 @@ class CaptionDataModule(pl.LightningDataModule):
         if self.examples:
             return
         by_split: dict[str, list[dict]] = {s: [] for s in SPLITS}
-        pixels: dict[str, torch.Tensor] = {}
+        pixels = ImageStore(self.image_size, self.image_mean, self.image_std)
         for img in self.images():
             split = "train" if img["split"] in self.train_splits else img["split"]
             if split not in by_split:
@@ -114,7 +114,7 @@ class CaptionDataModule(pl.LightningDataModule):
             path = self.image_root() / img.get("filepath", "") / img["filename"]
             if not path.is_file():
                 raise DataError(f"{self.annotations_path()}: image {img['filename']!r} not found at {path}")
-            pixels[key] = load_image(path, self.image_size, self.image_mean, self.image_std)
+            pixels.add(key, path)
             refs = [s["raw"] for s in img["sentences"]]
             if split == "train":
                 by_split[split] += [{"image": key, "input_ids": self.encode(r)} for r in refs]

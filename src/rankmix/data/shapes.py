@@ -22,7 +22,9 @@ Files written under ``root`` (VL-T5 / VQA v2 / Karpathy formats):
 answer_type, question_type, is_topk_optimal``); ``vqa/v2_mscoco_{train,val}2014_annotations.json``
 (``annotations: [{question_id, image_id, answers: [{answer, answer_confidence, answer_id}], answer_type,
 question_type, multiple_choice_answer}]``; val holds the val and test questions); ``vqa/trainval_ans2label.json``;
-``COCO/dataset_coco.json`` (``images: [{filename, cocoid, split, sentences: [{raw, tokens}]}]``).
+``COCO/dataset_coco.json`` (``images: [{filename, cocoid, split, sentences: [{raw, tokens}]}]``); and
+``scenes.json`` (``{img_id: {split, objects: [{shape, colour, cell}]}}``, what ``rankmix.data.shapes_compositional``
+asks its questions about).
 """
 
 from __future__ import annotations
@@ -116,7 +118,7 @@ def generate_shapes(root: Path, n_images: dict[str, int], size: int = 32, seed: 
     (root / "images").mkdir(parents=True, exist_ok=True)
     records = {s: [] for s in SPLITS}
     annotations = {"train": [], "val": []}
-    coco, vocab, qid, image_id = [], Counter(), 0, 0
+    coco, vocab, qid, image_id, scenes = [], Counter(), 0, 0, {}
     for split in SPLITS:
         for _ in range(int(n_images.get(split, 0))):
             image_id += 1
@@ -124,6 +126,7 @@ def generate_shapes(root: Path, n_images: dict[str, int], size: int = 32, seed: 
             cells = rng.sample(list(CELLS), rng.randint(1, 3))
             objects = [{"shape": rng.choice(SHAPES), "colour": rng.choice(list(COLOURS)), "cell": c} for c in cells]
             Image.fromarray(draw(objects, size)).save(root / "images" / f"{img_id}.png")
+            scenes[img_id] = {"split": split, "objects": objects}
             coco.append({"filename": f"{img_id}.png", "cocoid": image_id, "split": split,
                          "sentences": [{"raw": c, "tokens": c.lower().replace(",", "").replace(":", "")
                                         .rstrip(".").split()} for c in captions(objects)]})
@@ -145,6 +148,7 @@ def generate_shapes(root: Path, n_images: dict[str, int], size: int = 32, seed: 
         (root / "vqa" / f"v2_mscoco_{split}2014_annotations.json").write_text(json.dumps({"annotations": anns}))
     (root / "vqa" / "trainval_ans2label.json").write_text(json.dumps({a: i for i, a in enumerate(sorted(vocab))}))
     (root / "COCO" / "dataset_coco.json").write_text(json.dumps({"images": coco, "dataset": "coco"}))
+    (root / "scenes.json").write_text(json.dumps(scenes))
     stamp.write_text(json.dumps(settings))
     return root
 

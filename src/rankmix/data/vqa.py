@@ -20,7 +20,7 @@ import torch
 from torch.utils.data import DataLoader
 
 from rankmix.data.files import read_records
-from rankmix.data.images import load_image
+from rankmix.data.images import ImageStore
 from rankmix.data.loading import seeded_loader
 from rankmix.data.shapes import SPLITS, generate_from_source, prepared_root
 from rankmix.errors import ConfigError, DataError
@@ -86,12 +86,12 @@ class VQADataModule(pl.LightningDataModule):
                     out[a["question_id"]] = a
         return out
 
-    def _image(self, img_id: str) -> torch.Tensor:
+    def _image_path(self, img_id: str) -> Path:
         root = self.image_root()
         for cand in (root / f"{img_id}.png", root / f"{img_id}.jpg",
                      root / "train2014" / f"{img_id}.jpg", root / "val2014" / f"{img_id}.jpg"):
             if cand.is_file():
-                return load_image(cand, self.image_size, self.image_mean, self.image_std)
+                return cand
         raise DataError(f"{root}: no image file for img_id {img_id!r} ({img_id}.jpg or .png)")
 
     def setup(self, stage: str | None = None) -> None:
@@ -101,7 +101,7 @@ class VQADataModule(pl.LightningDataModule):
             return
         self.ans2label = json.loads(self.ans2label_path().read_text())
         answers = self._answers()
-        images: dict[str, torch.Tensor] = {}
+        images = ImageStore(self.image_size, self.image_mean, self.image_std)
         for split in SPLITS:
             path = self.root() / "vqa" / f"karpathy_{split}.json"
             rows = []
@@ -115,11 +115,8 @@ class VQADataModule(pl.LightningDataModule):
                     raise DataError(f"{path}: record {i} (question_id {rec['question_id']}) has no answers in the "
                                     "v2_mscoco_*_annotations.json files; the official accuracy needs them")
                 if rec["img_id"] not in images:
-                    images[rec["img_id"]] = self._image(rec["img_id"])
-                target = torch.zeros(len(self.ans2label))
-                for a, score in rec["label"].items():
-                    if a in self.ans2label:
-                        target[self.ans2label[a]] = float(score)
+                    images.add(rec["img_id"], self._image_path(rec["img_id"]))
+                target = {self.ans2label[a]: float(v) for a, v in rec["label"].items() if a in self.ans2label}
                 ids = self.tokenizer(rec["sent"], truncation=True, max_length=self.max_length)["input_ids"]
                 rows.append({"idx": i - 1, "img_id": rec["img_id"], "input_ids": ids, "target": target,
                              "question_id": rec["question_id"],
@@ -138,8 +135,16 @@ class VQADataModule(pl.LightningDataModule):
             ids[i, :len(b["input_ids"])] = torch.tensor(b["input_ids"])
             mask[i, :len(b["input_ids"])] = 1
         return {"input_ids": ids, "attention_mask": mask, "pixel_values": torch.stack([self.images[b["img_id"]] for b in batch]),
-                "target": torch.stack([b["target"] for b in batch]), "idx": torch.tensor([b["idx"] for b in batch]),
+                "target": self._targets(batch), "idx": torch.tensor([b["idx"] for b in batch]),
                 **{k: [b[k] for b in batch] for k in ("question_id", "answers", "answer_type", "question_type")}}
+
+    def _targets(self, batch: list[dict]) -> torch.Tensor:
+        """Soft scores over the answer vocabulary (B, |answers|), built per batch from each question's label."""
+        target = torch.zeros(len(batch), len(self.ans2label))
+        for i, b in enumerate(batch):
+            for label, score in b["target"].items():
+                target[i, label] = score
+        return target
 
     def _loader(self, split: str, train: bool) -> DataLoader:
         return seeded_loader(self, self.examples[split], train, self._collate)

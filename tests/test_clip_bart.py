@@ -1,0 +1,72 @@
+"""CLIP-BART (routing functions §5): visual tokens after the text, x_R per stack, NLVR2's first-step logits,
+and a tiny multitask run end to end."""
+
+import pytest
+import torch
+from transformers import BartConfig, BartForConditionalGeneration
+
+from conftest import run_train
+from rankmix.adapters import adapter_layers, inject
+from rankmix.modules.clip_bart import CLIPBart
+
+TASKS = ("vqa", "gqa", "nlvr", "caption")
+
+
+def _model(fn="proj", x_r_decoder="encoder_mean"):
+    torch.manual_seed(0)
+    bart = BartForConditionalGeneration(BartConfig(
+        vocab_size=30, d_model=16, encoder_layers=1, decoder_layers=1, encoder_attention_heads=2,
+        decoder_attention_heads=2, encoder_ffn_dim=32, decoder_ffn_dim=32, max_position_embeddings=64,
+        pad_token_id=0, bos_token_id=1, eos_token_id=2, decoder_start_token_id=2, forced_bos_token_id=None))
+    inject(bart, {"name": "routing", "fn": fn, "r": 4, "target_modules": ["q_proj", "v_proj"]})
+    for name, p in bart.named_parameters():
+        if "lora_B" in name:
+            p.data.normal_(0, 0.5)
+    return CLIPBart(bart, feat_dim=8, tasks=TASKS, x_r_decoder=x_r_decoder).eval()
+
+
+def _batch(task="nlvr", n_img=2):
+    return {"task": task, "input_ids": torch.tensor([[5, 6, 7], [8, 9, 0]]),
+            "attention_mask": torch.tensor([[1, 1, 1], [1, 1, 0]]), "visual": torch.randn(2, 3 * n_img, 8),
+            "visual_order": torch.tensor([[0] * 3 + [1] * 3] * 2) if n_img == 2 else torch.zeros(2, 3, dtype=torch.long),
+            "labels": torch.tensor([[11, 2], [12, 2]])}
+
+
+def test_each_stack_routes_with_its_own_x_r():
+    model, batch = _model(), _batch()
+    seen = {}
+
+    def spy(name):
+        def hook(layer, args):
+            seen[name] = layer.context["x_r"].shape
+        return hook
+
+    for name, layer in adapter_layers(model.bart).items():
+        layer.register_forward_pre_hook(spy(name))
+    model.loss(batch)
+    enc = [s for n, s in seen.items() if ".encoder." in n]
+    dec = [s for n, s in seen.items() if ".decoder." in n]
+    assert enc and all(s == (2, 6, 16) for s in enc)  # the 6 visual tokens of the pair
+    assert dec and all(s == (2, 16) for s in dec)  # the pooled encoder states (cross-attention's q_proj too)
+
+
+def test_the_images_change_the_nlvr_logits_and_beams_run():
+    model, batch = _model(), _batch()
+    a = model.first_step_logits(batch, [2])
+    b = model.first_step_logits({**batch, "visual": batch["visual"] + 1.0}, [2])
+    assert a.shape == (2, 30) and not torch.allclose(a, b)
+    assert not torch.allclose(a, _model(x_r_decoder="visual").first_step_logits(batch, [2]))
+    out = model.generate(_batch("caption", n_img=1), max_new_tokens=4, num_beams=3)
+    assert out.shape[0] == 2
+
+
+def test_tiny_multitask_run(tmp_path):
+    r = run_train(tmp_path, "experiment=routing/7/lora_proj", "trainer.max_epochs=1",
+                  "task.tiny.datamodule.source.n_train=16", "task.tiny.datamodule.source.n_val=2",
+                  "task.tiny.datamodule.source.n_test=4", "backbone.tiny.language.warm_start.epochs=1")
+    assert r.returncode == 0, r.stderr[-3000:]
+    m = r.result("routing-7")["metrics"]
+    assert {"test/vqa/accuracy", "test/gqa/accuracy", "test/nlvr/accuracy", "test/caption/CIDEr", "test/average"} <= set(m)
+    assert m["test/average"] == pytest.approx(sum(m[f"test/{t}/accuracy"] for t in ("vqa", "gqa", "nlvr")) / 3)
+    table = (tmp_path / "results" / "routing-7" / "table.md").read_text()
+    assert "| NLVR2 |" in table and "| COCO CIDEr |" in table
