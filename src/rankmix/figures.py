@@ -394,7 +394,7 @@ def routing_figb8(src: Sources) -> Drawn:
                    xticks=range(len(ratios)))
             rows += [{"panel": part, "series": key, "x": i, "y": y} for i, y in enumerate(ratios)]
             means[(key, part)] = sum(ratios) / len(ratios)
-    axes[0].set_ylabel("||ΔW_down||_F / ||ΔW_up||_F")
+    axes[0].set_ylabel("‖ΔW_down‖_F / ‖ΔW_up‖_F")
     axes[1].legend()
     finding = "; ".join(f"{part}: mean ratio {means[(ROUTING_PAIR[1], part)]:.2f} with routing vs "
                         f"{means[(ROUTING_PAIR[0], part)]:.2f} without" for part in ("Q", "V"))
@@ -498,7 +498,7 @@ FIGURES = {f.id: f for f in (
            "SMoRA has LoRA-64's ranks and activates 8 of them per token, with an additional router (§3).", smora_fig9),
     Figure("moslora-fig4", "MoSLoRA Fig. 4: score vs fraction of training samples",
            "MoSLoRA trained on 50% of the samples scores 83.6, 1.8 above LoRA on 100% (§4.1).", moslora_fig4),
-    Figure("routing-figb8", "Routing Fig. B8: ||ΔW_down|| / ||ΔW_up|| per GPT-2 layer, with and without routing",
+    Figure("routing-figb8", "Routing Fig. B8: ‖ΔW_down‖ / ‖ΔW_up‖ per GPT-2 layer, with and without routing",
            "With the routing function the down-projection changes more than the up-projection during training "
            "(App. B, COCO, LoRA r 64).", routing_figb8),
     Figure("routing-fig4", "Routing Fig. 4: last-layer attention over a caption, with and without routing",
