@@ -161,12 +161,15 @@ def test_tiny_captioning_runs_table_and_figures(tmp_path):
     """Tab. 4's LoRA r 64 rows without and with routing, end to end; then Fig. B8 and Fig. 4 from their artefacts."""
     from rankmix.figures import build_figure
 
+    # ++: a sweep first composes without the swept experiment, where these keys do not exist yet
     r = run_train(tmp_path, "experiment=routing/4/lora_64_none,routing/4/lora_64_proj", "trainer.max_epochs=1",
-                  "task.tiny.datamodule.source.n_train=12", "task.tiny.datamodule.source.n_val=2",
-                  "task.tiny.datamodule.source.n_test=4", "backbone.tiny.language.warm_start.epochs=1", multirun=True)
+                  "++task.tiny.datamodule.source.n_train=12", "++task.tiny.datamodule.source.n_val=2",
+                  "++task.tiny.datamodule.source.n_test=4", "++backbone.tiny.language.warm_start.epochs=1",
+                  multirun=True)
     assert r.returncode == 0, r.stderr[-3000:]
-    for key in ("lora_64_none", "lora_64_proj"):
-        res = r.result("routing-4", key)
+    runs = [json.loads(p.read_text()) for p in (tmp_path / "results" / "routing-4" / "runs").glob("*.json")]
+    assert sorted(res["config"]["method"]["fn"] for res in runs) == ["none", "proj"]
+    for res in runs:
         m = res["metrics"]
         assert {"test/BLEU-4", "test/ROUGE-L", "test/CIDEr", "test/ms_per_sample"} <= set(m)
         missing = res["evaluation"]["missing"]
@@ -179,10 +182,9 @@ def test_tiny_captioning_runs_table_and_figures(tmp_path):
 
     png = build_figure("routing-figb8", tmp_path / "results", tmp_path / "runs")
     ratios = list(csv.DictReader(open(png.parent / "figure.csv")))
-    assert {(row["panel"], row["series"]) for row in ratios} == {
-        (p, k) for p in ("Q", "V") for k in ("lora_64_none", "lora_64_proj")}
+    assert {(row["panel"], row["series"]) for row in ratios} == {(p, fn) for p in ("Q", "V") for fn in ("none", "proj")}
     assert all(float(row["y"]) > 0 for row in ratios)  # both projections moved away from their init
     png = build_figure("routing-fig4", tmp_path / "results", tmp_path / "runs")
-    bars = [row for row in csv.DictReader(open(png.parent / "figure.csv")) if row["panel"] == "lora_64_proj"]
+    bars = [row for row in csv.DictReader(open(png.parent / "figure.csv")) if row["panel"] == "proj"]
     assert bars[0]["series"] == "IMAGE" and len(bars) > 3 and "content words" in (
         png.parent / "caption.md").read_text()

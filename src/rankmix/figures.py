@@ -356,8 +356,22 @@ def moslora_fig4(src: Sources) -> Drawn:
 
 
 # -- Routing functions ---------------------------------------------------------------------------------
-ROUTING_PAIR = ("lora_64_none", "lora_64_proj")  # Tab. 4's COCO runs: LoRA r 64 without / with x_t(x_v)^T x_v
-PAIR_LABEL = {"lora_64_none": "LoRA (no routing)", "lora_64_proj": "LoRA + x_t(x_v)^T x_v"}
+PAIR_LABEL = {"none": "LoRA (no routing)", "proj": "LoRA + x_t(x_v)^T x_v"}
+
+
+def _routing_pair(src: Sources, table: str = "routing-4") -> tuple[dict[str, dict], dict[str, str]]:
+    """Tab. 4's COCO runs with LoRA r 64 without and with x_t(x_v)^T x_v, found by their method: (runs, fn → key)."""
+    runs = src.runs(table)
+    keys = {}
+    for key, run in sorted(runs.items()):
+        m = run["config"]["method"]
+        if m.get("name") == "routing" and m.get("base") == "lora" and m.get("r") == 64 and m.get("fn") in PAIR_LABEL:
+            keys.setdefault(m["fn"], key)
+    missing = [fn for fn in PAIR_LABEL if fn not in keys]
+    if missing:
+        raise FigureError(f"table {table}: no finished LoRA r 64 run with fn={missing[0]} under "
+                          f"{src.results_dir / table / 'runs'}; run `make reproduce-table-{table}` first")
+    return runs, keys
 FUNCTION_WORDS = {"a", "an", "the", "at", "is", "are", "and", "of", "on", "in", "with", "to", "its", "it", "by"}
 
 
@@ -373,11 +387,11 @@ def routing_figb8(src: Sources) -> Drawn:
     import torch
 
     table = "routing-4"
-    src.runs(table, need=ROUTING_PAIR)
+    _, keys = _routing_pair(src, table)
     plt = _plt()
     fig, axes = plt.subplots(1, 2, figsize=(10, 3.8), layout="constrained", sharey=True)
     rows, means = [], {}
-    for key in ROUTING_PAIR:
+    for fn, key in keys.items():
         init = torch.load(src.run_file(table, key, "adapter_init.pt"), map_location="cpu")
         final = _trained_adapters(src, table, key)
         layers = sorted({k.rsplit(".lora_", 1)[0] for k in final if ".lora_A." in k},
@@ -389,16 +403,16 @@ def routing_figb8(src: Sources) -> Drawn:
                 db = (final[f"{layer}.lora_B.weight"] - init[f"{layer}.lora_B.weight"]).float().chunk(2)
                 i = 0 if part == "Q" else 1
                 ratios.append(float(da[i].norm() / db[i].norm().clamp_min(1e-12)))
-            ax.plot(range(len(ratios)), ratios, marker="o", label=PAIR_LABEL[key])
+            ax.plot(range(len(ratios)), ratios, marker="o", label=PAIR_LABEL[fn])
             ax.set(title=f"LoRA on the {'query' if part == 'Q' else 'value'} mapping", xlabel="GPT-2 layer",
                    xticks=range(len(ratios)))
-            rows += [{"panel": part, "series": key, "x": i, "y": y} for i, y in enumerate(ratios)]
-            means[(key, part)] = sum(ratios) / len(ratios)
+            rows += [{"panel": part, "series": fn, "x": i, "y": y} for i, y in enumerate(ratios)]
+            means[(fn, part)] = sum(ratios) / len(ratios)
     axes[0].set_ylabel("‖ΔW_down‖_F / ‖ΔW_up‖_F")
     axes[1].legend()
-    finding = "; ".join(f"{part}: mean ratio {means[(ROUTING_PAIR[1], part)]:.2f} with routing vs "
-                        f"{means[(ROUTING_PAIR[0], part)]:.2f} without" for part in ("Q", "V"))
-    return Drawn(fig, rows, [f"{table}/{k}" for k in ROUTING_PAIR], finding + ".")
+    finding = "; ".join(f"{part}: mean ratio {means[('proj', part)]:.2f} with routing vs "
+                        f"{means[('none', part)]:.2f} without" for part in ("Q", "V"))
+    return Drawn(fig, rows, [f"{table}/{k}" for k in keys.values()], finding + ".")
 
 
 def _restore_captioner(src: Sources, table: str, key: str, run: dict):
@@ -442,11 +456,11 @@ def routing_fig4(src: Sources) -> Drawn:
     from rankmix.modules.vision_prefix import visual_features
 
     table = "routing-4"
-    runs = src.runs(table, need=ROUTING_PAIR)
+    runs, keys = _routing_pair(src, table)
     plt = _plt()
     fig, axes = plt.subplots(2, 1, figsize=(10, 5.2), layout="constrained", sharex=True, sharey=True)
     rows, words, focus = [], None, {}
-    for ax, key in zip(axes, ROUTING_PAIR, strict=True):
+    for ax, (fn, key) in zip(axes, keys.items(), strict=True):
         model, tokenizer, dm = _restore_captioner(src, table, key, runs[key])
         example = dm.examples["test"][0]
         caption = example["references"][0]
@@ -463,16 +477,16 @@ def routing_fig4(src: Sources) -> Drawn:
         received = [float(att[:, j:, j].mean()) for j in range(n)]
         words = ["IMAGE", *tokenizer.convert_ids_to_tokens(ids[0].tolist())]
         ax.bar(range(n), received, color="tab:orange" if key.endswith("proj") else "tab:blue")
-        ax.set(title=PAIR_LABEL[key], ylabel="mean attention")
-        rows += [{"panel": key, "series": w, "x": j, "y": y} for j, (w, y) in enumerate(zip(words, received, strict=True))]
+        ax.set(title=PAIR_LABEL[fn], ylabel="mean attention")
+        rows += [{"panel": fn, "series": w, "x": j, "y": y} for j, (w, y) in enumerate(zip(words, received, strict=True))]
         content = [y for w, y in zip(words[1:], received[1:], strict=True) if w.isalpha() and w not in FUNCTION_WORDS]
-        focus[key] = (received[0], sum(content) / sum(received[1:]))
+        focus[fn] = (received[0], sum(content) / sum(received[1:]))
     axes[-1].set_xticks(range(len(words)), words, rotation=60, ha="right")
-    (img_r, content_r), (img_n, content_n) = focus[ROUTING_PAIR[1]], focus[ROUTING_PAIR[0]]
+    (img_r, content_r), (img_n, content_n) = focus["proj"], focus["none"]
     finding = (f"on the first test image's first reference caption, the content words (all but articles, "
                f"prepositions, 'is', 'and' and end-of-text) get {100 * content_r:.0f}% of the attention on the caption "
                f"with routing vs {100 * content_n:.0f}% without; the image prefix gets {img_r:.3f} vs {img_n:.3f}")
-    return Drawn(fig, rows, [f"{table}/{k}" for k in ROUTING_PAIR], finding + ".")
+    return Drawn(fig, rows, [f"{table}/{k}" for k in keys.values()], finding + ".")
 
 
 PENDING = {  # figures of the papers not drawn yet, and what they wait for
