@@ -117,6 +117,13 @@ def load_tokenizer(spec: Mapping, corpus_files: Iterable[Path], cache_dir: Path,
     return tok
 
 
+def text_tokenizer(spec: Mapping, texts: list[str], out_dir: Path):
+    """``spec.source``: ``word_level`` over the words of ``texts`` (punctuation split off), or ``pretrained``."""
+    if spec.get("source") == "word_level":
+        return word_level_tokenizer(texts, out_dir, split_punctuation=True)
+    return load_tokenizer(spec, [], out_dir)
+
+
 def build_seq2seq(spec: Mapping, tokenizer) -> torch.nn.Module:
     """The encoder-decoder (BART) described by ``spec``; a config-built one starts decoding from end-of-text, as BART."""
     from transformers import AutoModelForSeq2SeqLM

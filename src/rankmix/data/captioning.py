@@ -18,10 +18,9 @@ from pathlib import Path
 
 import lightning.pytorch as pl
 import torch
-from torch.utils.data import DataLoader
 
 from rankmix.data.images import ImageStore
-from rankmix.data.loading import seeded_loader
+from rankmix.data.loading import SeededSplitLoaders, pad_right
 from rankmix.data.shapes import generate_from_source, prepared_root
 from rankmix.errors import ConfigError, DataError
 
@@ -31,7 +30,7 @@ WHERE = ("Karpathy's dataset_coco.json (cs.stanford.edu/people/karpathy/deepimag
 SPLITS = ("train", "val", "test")
 
 
-class CaptionDataModule(pl.LightningDataModule):
+class CaptionDataModule(SeededSplitLoaders, pl.LightningDataModule):
     def __init__(self, data_dir: str | None, cache_dir: str, images_dir: str | None = None, source: dict | None = None,
                  image_size: int = 224, image_mean: tuple = (0.5, 0.5, 0.5), image_std: tuple = (0.5, 0.5, 0.5),
                  max_length: int = 50, train_splits: tuple = ("train", "restval"), batch_size: int = 40,
@@ -130,25 +129,8 @@ class CaptionDataModule(pl.LightningDataModule):
         out = {"pixel_values": torch.stack([self.pixels[b["image"]] for b in batch]),
                "idx": torch.tensor([b["idx"] for b in batch])}
         if "input_ids" in batch[0]:
-            n = max(len(b["input_ids"]) for b in batch)
-            ids = torch.full((len(batch), n), self.tokenizer.pad_token_id, dtype=torch.long)
-            mask = torch.zeros((len(batch), n), dtype=torch.long)
-            for i, b in enumerate(batch):
-                ids[i, :len(b["input_ids"])] = torch.tensor(b["input_ids"])
-                mask[i, :len(b["input_ids"])] = 1
+            ids, mask = pad_right([b["input_ids"] for b in batch], self.tokenizer.pad_token_id)
             out.update(input_ids=ids, attention_mask=mask)
         else:
             out.update(references=[b["references"] for b in batch], image_id=[b["image_id"] for b in batch])
         return out
-
-    def _loader(self, split: str, train: bool) -> DataLoader:
-        return seeded_loader(self, self.examples[split], train, self._collate)
-
-    def train_dataloader(self) -> DataLoader:
-        return self._loader("train", True)
-
-    def val_dataloader(self) -> DataLoader:
-        return self._loader("val", False)
-
-    def test_dataloader(self) -> DataLoader:
-        return self._loader("test", False)

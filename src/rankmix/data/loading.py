@@ -15,3 +15,31 @@ def seeded_loader(dm, data: list, train: bool, collate_fn) -> DataLoader:
     sampler = DistributedSampler(data, num_replicas=world, rank=rank, shuffle=train, seed=dm.seed, drop_last=False)
     return DataLoader(data, batch_size=dm.batch_size if train else dm.eval_batch_size, sampler=sampler,
                       collate_fn=collate_fn, num_workers=dm.num_workers, generator=torch.Generator().manual_seed(dm.seed))
+
+
+def pad_right(seqs: list[list[int]], pad_value: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(ids (B, longest) padded on the right with ``pad_value``, attention mask: 1 on the real tokens)."""
+    n = max(len(s) for s in seqs)
+    ids = torch.full((len(seqs), n), pad_value, dtype=torch.long)
+    mask = torch.zeros((len(seqs), n), dtype=torch.long)
+    for i, s in enumerate(seqs):
+        ids[i, :len(s)] = torch.tensor(s, dtype=torch.long)
+        mask[i, :len(s)] = 1
+    return ids, mask
+
+
+class SeededSplitLoaders:
+    """LightningDataModule mixin: train / val / test loaders over ``self.examples[split]`` with ``self._collate``
+    (``seeded_loader``; training shuffled)."""
+
+    def _loader(self, split: str, train: bool) -> DataLoader:
+        return seeded_loader(self, self.examples[split], train, self._collate)
+
+    def train_dataloader(self) -> DataLoader:
+        return self._loader("train", True)
+
+    def val_dataloader(self) -> DataLoader:
+        return self._loader("val", False)
+
+    def test_dataloader(self) -> DataLoader:
+        return self._loader("test", False)

@@ -36,6 +36,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from rankmix.data.files import read_records
+from rankmix.data.loading import pad_right
 from rankmix.data.shapes import generate_from_source, prepared_root
 from rankmix.data.shapes_compositional import generate_compositional
 from rankmix.errors import ConfigError, DataError
@@ -278,10 +279,7 @@ class VLMultitaskDataModule(pl.LightningDataModule):
         for text in texts:
             ids = self.tokenizer(text, add_special_tokens=True)["input_ids"]
             rows.append(ids[:limit] if ids and ids[-1] == eos and len(ids) <= limit else [*ids[:limit - 1], eos])
-        out = torch.full((len(rows), max(map(len, rows))), -100, dtype=torch.long)
-        for i, ids in enumerate(rows):
-            out[i, :len(ids)] = torch.tensor(ids)
-        return out
+        return pad_right(rows, -100)[0]
 
     def _loader(self, stage: str) -> DataLoader:
         if self.tokenizer is None:

@@ -17,11 +17,10 @@ from pathlib import Path
 
 import lightning.pytorch as pl
 import torch
-from torch.utils.data import DataLoader
 
 from rankmix.data.files import read_records
 from rankmix.data.images import ImageStore
-from rankmix.data.loading import seeded_loader
+from rankmix.data.loading import SeededSplitLoaders, pad_right
 from rankmix.data.shapes import SPLITS, generate_from_source, prepared_root
 from rankmix.errors import ConfigError, DataError
 
@@ -30,7 +29,7 @@ WHERE = ("the VL-T5 bundle (github j-min/VL-T5: datasets/vqa/karpathy_*.json, tr
          "VQA v2 annotations (visualqa.org); COCO 2014 images for task.datamodule.images_dir")
 
 
-class VQADataModule(pl.LightningDataModule):
+class VQADataModule(SeededSplitLoaders, pl.LightningDataModule):
     def __init__(self, data_dir: str | None, cache_dir: str, images_dir: str | None = None, source: dict | None = None,
                  image_size: int = 224, image_mean: tuple = (0.5, 0.5, 0.5), image_std: tuple = (0.5, 0.5, 0.5),
                  max_length: int = 20, batch_size: int = 32, eval_batch_size: int = 64, num_workers: int = 0,
@@ -128,12 +127,7 @@ class VQADataModule(pl.LightningDataModule):
 
     # -- batches -------------------------------------------------------------------------------
     def _collate(self, batch: list[dict]) -> dict:
-        n = max(len(b["input_ids"]) for b in batch)
-        ids = torch.full((len(batch), n), self.tokenizer.pad_token_id, dtype=torch.long)
-        mask = torch.zeros((len(batch), n), dtype=torch.long)
-        for i, b in enumerate(batch):
-            ids[i, :len(b["input_ids"])] = torch.tensor(b["input_ids"])
-            mask[i, :len(b["input_ids"])] = 1
+        ids, mask = pad_right([b["input_ids"] for b in batch], self.tokenizer.pad_token_id)
         return {"input_ids": ids, "attention_mask": mask, "pixel_values": torch.stack([self.images[b["img_id"]] for b in batch]),
                 "target": self._targets(batch), "idx": torch.tensor([b["idx"] for b in batch]),
                 **{k: [b[k] for b in batch] for k in ("question_id", "answers", "answer_type", "question_type")}}
@@ -145,15 +139,3 @@ class VQADataModule(pl.LightningDataModule):
             for label, score in b["target"].items():
                 target[i, label] = score
         return target
-
-    def _loader(self, split: str, train: bool) -> DataLoader:
-        return seeded_loader(self, self.examples[split], train, self._collate)
-
-    def train_dataloader(self) -> DataLoader:
-        return self._loader("train", True)
-
-    def val_dataloader(self) -> DataLoader:
-        return self._loader("val", False)
-
-    def test_dataloader(self) -> DataLoader:
-        return self._loader("test", False)

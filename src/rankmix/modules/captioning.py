@@ -20,8 +20,8 @@ from torch import nn
 from rankmix.adapters import adapter_context
 from rankmix.adapters.base import choice
 from rankmix.metrics.captioning import CHEAP, FIVE, score_captions
-from rankmix.modules.causal_lm import SCHEDULES
 from rankmix.modules.evaluation import ScoredEvaluation
+from rankmix.modules.training import SCHEDULES, TrainableCheckpoint, adamw_with_warmup, trainable
 from rankmix.modules.vision_prefix import X_R, check_widths, visual_features
 
 
@@ -55,7 +55,7 @@ class VisionPrefixCaptioner(nn.Module):
                                     pad_token_id=pad_token_id)
 
 
-class CaptioningModule(ScoredEvaluation, pl.LightningModule):
+class CaptioningModule(TrainableCheckpoint, ScoredEvaluation, pl.LightningModule):
     def __init__(self, model: VisionPrefixCaptioner, tokenizer, lr: float, weight_decay: float = 0.0,
                  warmup_ratio: float = 0.0, warmup_steps: int | None = None, betas=(0.9, 0.999),
                  schedule: str = "linear", max_new_tokens: int = 50, num_beams: int = 1,
@@ -80,12 +80,8 @@ class CaptioningModule(ScoredEvaluation, pl.LightningModule):
         return loss
 
     def configure_optimizers(self):
-        params = [p for p in self.trainer.model.parameters() if p.requires_grad]
-        opt = torch.optim.AdamW(params, lr=self.lr, weight_decay=self.weight_decay, betas=self.betas)
-        total = int(self.trainer.estimated_stepping_batches)
-        warmup = self.warmup_steps if self.warmup_steps is not None else int(self.warmup_ratio * total)
-        sched = SCHEDULES[self.schedule](opt, min(warmup, total), total)
-        return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
+        return adamw_with_warmup(self.trainer, trainable(self.trainer), self.lr, self.weight_decay, self.betas,
+                                 self.warmup_ratio, self.warmup_steps, self.schedule)
 
     def score(self, records: list[dict], stage: str) -> dict[str, float]:
         test = stage == "test"
@@ -102,10 +98,6 @@ class CaptioningModule(ScoredEvaluation, pl.LightningModule):
             self._records.append({"idx": int(batch["idx"][i]), "image_id": batch["image_id"][i],
                                   "prediction": text.strip(), "references": batch["references"][i]})
 
-    def on_save_checkpoint(self, checkpoint):  # trainable weights only: the adapters
-        keep = {n for n, p in self.named_parameters() if p.requires_grad}
-        checkpoint["state_dict"] = {k: v for k, v in checkpoint["state_dict"].items() if k in keep}
-
 
 def build_captioning(cfg, run_dir: Path):
     """(LightningModule, data module, injection report, the adapted language model) for a captioning config."""
@@ -113,27 +105,18 @@ def build_captioning(cfg, run_dir: Path):
     from omegaconf import OmegaConf
 
     from rankmix.adapters import inject
-    from rankmix.backbones import (
-        build_backbone,
-        build_encoder,
-        load_tokenizer,
-        warm_start,
-        word_level_tokenizer,
-    )
+    from rankmix.backbones import build_backbone, build_encoder, text_tokenizer, warm_start
 
     dm = instantiate(cfg.task.datamodule, cache_dir=cfg.paths.cache_dir)
     dm.check_paths()
     dm.prepare_data()
-    spec = cfg.backbone.language
-    if spec.tokenizer.source == "word_level":
-        tokenizer = word_level_tokenizer(dm.caption_texts(), run_dir / "tokenizer", split_punctuation=True)
-    else:
-        tokenizer = load_tokenizer(spec.tokenizer, [], run_dir / "tokenizer")
+    spec, texts = cfg.backbone.language, dm.caption_texts()
+    tokenizer = text_tokenizer(spec.tokenizer, texts, run_dir / "tokenizer")
     dm.set_tokenizer(tokenizer)
     vision = build_encoder("backbone.vision", cfg.backbone.vision)
     lm = build_backbone(spec, tokenizer)
     if spec.get("warm_start"):
-        lm = warm_start(lm, tokenizer, dm.caption_texts(), spec.warm_start, Path(cfg.paths.cache_dir))
+        lm = warm_start(lm, tokenizer, texts, spec.warm_start, Path(cfg.paths.cache_dir))
     report = inject(lm, OmegaConf.to_container(cfg.method, resolve=True))
     model = VisionPrefixCaptioner(vision, lm, x_r=cfg.task.get("x_r", "image"))
     module = CaptioningModule(model, tokenizer, max_new_tokens=cfg.task.max_new_tokens,

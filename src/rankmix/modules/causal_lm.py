@@ -11,8 +11,6 @@ Checkpoints hold only the adapter weights; the frozen backbone is rebuilt from i
 from __future__ import annotations
 
 import lightning.pytorch as pl
-import torch
-from transformers import get_cosine_schedule_with_warmup, get_linear_schedule_with_warmup
 
 from rankmix.adapters import adapter_context, adapter_state_dict
 from rankmix.adapters.base import choice
@@ -22,10 +20,9 @@ from rankmix.data.instruction import RECORD_KEYS
 from rankmix.metrics.flan import score_flan
 from rankmix.metrics.text import score_generations
 from rankmix.modules.evaluation import ScoredEvaluation
+from rankmix.modules.training import SCHEDULES, adamw_with_warmup, trainable
 
 SCORERS = {"generic": score_generations, "flan": score_flan, "commonsense": score_commonsense}
-SCHEDULES = {"linear": get_linear_schedule_with_warmup, "cosine": get_cosine_schedule_with_warmup}
-
 
 class CausalLMModule(ScoredEvaluation, pl.LightningModule):
     def __init__(self, model, tokenizer, lr: float, weight_decay: float = 0.0, warmup_ratio: float = 0.0,
@@ -57,12 +54,8 @@ class CausalLMModule(ScoredEvaluation, pl.LightningModule):
         return loss
 
     def configure_optimizers(self):
-        params = [p for p in self.trainer.model.parameters() if p.requires_grad]
-        opt = torch.optim.AdamW(params, lr=self.lr, weight_decay=self.weight_decay, betas=self.betas)
-        total = int(self.trainer.estimated_stepping_batches)
-        warmup = self.warmup_steps if self.warmup_steps is not None else int(self.warmup_ratio * total)
-        sched = SCHEDULES[self.schedule](opt, min(warmup, total), total)
-        return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
+        return adamw_with_warmup(self.trainer, trainable(self.trainer), self.lr, self.weight_decay, self.betas,
+                                 self.warmup_ratio, self.warmup_steps, self.schedule)
 
     # -- evaluation ----------------------------------------------------------------------------
     def score(self, records: list[dict], stage: str) -> dict[str, float]:

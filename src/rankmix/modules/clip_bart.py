@@ -24,7 +24,6 @@ from pathlib import Path
 import lightning.pytorch as pl
 import torch
 from torch import nn
-from transformers import get_linear_schedule_with_warmup
 
 from rankmix.adapters import adapter_context
 from rankmix.adapters.base import choice
@@ -32,6 +31,7 @@ from rankmix.metrics.captioning import FIVE, score_captions
 from rankmix.metrics.vl_tasks import gqa_accuracy, nlvr_accuracy, nlvr_predictions
 from rankmix.metrics.vqa import score_vqa
 from rankmix.modules.evaluation import ScoredEvaluation
+from rankmix.modules.training import TrainableCheckpoint, adamw_with_warmup
 
 X_R_DECODER = ("encoder_mean", "visual")
 ACCURACY_TASKS = ("vqa", "gqa", "nlvr")
@@ -99,7 +99,7 @@ class CLIPBart(nn.Module):
             return self.bart(encoder_outputs=enc, attention_mask=mask, decoder_input_ids=start).logits[:, -1]
 
 
-class VLMultitaskModule(ScoredEvaluation, pl.LightningModule):
+class VLMultitaskModule(TrainableCheckpoint, ScoredEvaluation, pl.LightningModule):
     def __init__(self, model: CLIPBart, tokenizer, lr: float, weight_decay: float = 0.01, warmup_ratio: float = 0.1,
                  betas=(0.9, 0.999), eps: float = 1e-6, answer_max_tokens: int = 10, caption_beams: int = 5,
                  caption_max_tokens: int = 20, predictions_path: str | None = None, **_schedule):
@@ -121,11 +121,9 @@ class VLMultitaskModule(ScoredEvaluation, pl.LightningModule):
         for n, p in self.trainer.model.named_parameters():
             if p.requires_grad:
                 (no_decay if n.endswith("bias") or "norm" in n.lower() else decay).append(p)
-        opt = torch.optim.AdamW([{"params": decay, "weight_decay": self.weight_decay},
-                                 {"params": no_decay, "weight_decay": 0.0}], lr=self.lr, betas=self.betas, eps=self.eps)
-        total = int(self.trainer.estimated_stepping_batches)
-        sched = get_linear_schedule_with_warmup(opt, int(self.warmup_ratio * total), total)
-        return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
+        groups = [{"params": decay, "weight_decay": self.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+        return adamw_with_warmup(self.trainer, groups, self.lr, self.weight_decay, self.betas, self.warmup_ratio,
+                                 eps=self.eps)
 
     def _eval_step(self, batch, stage):
         task = batch["task"]
@@ -167,10 +165,6 @@ class VLMultitaskModule(ScoredEvaluation, pl.LightningModule):
             out["average"] = sum(accs) / len(accs)
         return out
 
-    def on_save_checkpoint(self, checkpoint):  # trainable weights only: adapters and the visual embedding
-        keep = {n for n, p in self.named_parameters() if p.requires_grad}
-        checkpoint["state_dict"] = {k: v for k, v in checkpoint["state_dict"].items() if k in keep}
-
 
 def _answer_tokens(tokenizer, config) -> tuple[tuple[int, int], list[int]]:
     """(ids of the first tokens of "true" and "false", the decoder prefix before them): the decoder start token,
@@ -187,20 +181,17 @@ def build_vl_multitask(cfg, run_dir: Path):
     from omegaconf import OmegaConf
 
     from rankmix.adapters import inject
-    from rankmix.backbones import build_seq2seq, load_tokenizer, warm_start, word_level_tokenizer
+    from rankmix.backbones import build_seq2seq, text_tokenizer, warm_start
 
     dm = instantiate(cfg.task.datamodule, cache_dir=cfg.paths.cache_dir)
     dm.check_paths()
     dm.prepare_data()
-    spec = cfg.backbone.language
-    if spec.tokenizer.source == "word_level":
-        tokenizer = word_level_tokenizer(dm.texts(), run_dir / "tokenizer", split_punctuation=True)
-    else:
-        tokenizer = load_tokenizer(spec.tokenizer, [], run_dir / "tokenizer")
+    spec, texts = cfg.backbone.language, dm.texts()
+    tokenizer = text_tokenizer(spec.tokenizer, texts, run_dir / "tokenizer")
     dm.set_tokenizer(tokenizer)
     bart = build_seq2seq(spec, tokenizer)
     if spec.get("warm_start"):
-        bart = warm_start(bart, tokenizer, dm.texts(), spec.warm_start, Path(cfg.paths.cache_dir))
+        bart = warm_start(bart, tokenizer, texts, spec.warm_start, Path(cfg.paths.cache_dir))
     report = inject(bart, OmegaConf.to_container(cfg.method, resolve=True))
     model = CLIPBart(bart, feat_dim=cfg.backbone.feature_dim, tasks=tuple(cfg.task.datamodule.tasks),
                      x_r_decoder=cfg.task.get("x_r_decoder", "encoder_mean"))

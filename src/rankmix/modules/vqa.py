@@ -18,12 +18,12 @@ from pathlib import Path
 import lightning.pytorch as pl
 import torch
 from torch import nn
-from transformers import get_linear_schedule_with_warmup
 
 from rankmix.adapters import adapter_context
 from rankmix.adapters.base import choice
 from rankmix.metrics.vqa import score_vqa
 from rankmix.modules.evaluation import ScoredEvaluation
+from rankmix.modules.training import TrainableCheckpoint, adamw_with_warmup, trainable
 from rankmix.modules.vision_prefix import X_R, check_widths, visual_features
 
 
@@ -48,7 +48,7 @@ class VisionPrefixClassifier(nn.Module):
         return self.classifier(hidden[:, 1])
 
 
-class VQAModule(ScoredEvaluation, pl.LightningModule):
+class VQAModule(TrainableCheckpoint, ScoredEvaluation, pl.LightningModule):
     def __init__(self, model: VisionPrefixClassifier, label2ans: list[str], lr: float, weight_decay: float = 0.0,
                  warmup_ratio: float = 0.0, betas=(0.9, 0.999), predictions_path: str | None = None, **_schedule):
         super().__init__()
@@ -69,11 +69,8 @@ class VQAModule(ScoredEvaluation, pl.LightningModule):
         return loss
 
     def configure_optimizers(self):
-        params = [p for p in self.trainer.model.parameters() if p.requires_grad]
-        opt = torch.optim.AdamW(params, lr=self.lr, weight_decay=self.weight_decay, betas=self.betas)
-        total = int(self.trainer.estimated_stepping_batches)
-        sched = get_linear_schedule_with_warmup(opt, int(self.warmup_ratio * total), total)
-        return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
+        return adamw_with_warmup(self.trainer, trainable(self.trainer), self.lr, self.weight_decay, self.betas,
+                                 self.warmup_ratio)
 
     def score(self, records: list[dict], stage: str) -> dict[str, float]:
         return score_vqa(records)
@@ -86,10 +83,6 @@ class VQAModule(ScoredEvaluation, pl.LightningModule):
             self._records.append({"idx": int(batch["idx"][i]), "question_id": batch["question_id"][i],
                                   "prediction": self.label2ans[label], "answers": batch["answers"][i],
                                   "answer_type": batch["answer_type"][i], "question_type": batch["question_type"][i]})
-
-    def on_save_checkpoint(self, checkpoint):  # trainable weights only: adapters and the classifier
-        keep = {n for n, p in self.named_parameters() if p.requires_grad}
-        checkpoint["state_dict"] = {k: v for k, v in checkpoint["state_dict"].items() if k in keep}
 
 
 def build_vqa(cfg, run_dir: Path):
