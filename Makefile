@@ -52,6 +52,9 @@ figures: ## every figure from the runs already made (then results/README.md, the
 bench-kernels: ## time SMoRA's sparse path (Triton vs PyTorch variants) → results/bench/kernels-<device>.{csv,md}
 	$(PY) -m rankmix.kernels.bench $(ARGS)
 
+bench-e2e: ## time to the first generated token (and its peak memory on CUDA) per SMoRA backend → results/bench/e2e-<device>.{csv,md}
+	$(OFFLINE) $(PY) -m rankmix.kernels.bench_e2e $(ARGS)
+
 test-kernels: ## the Triton kernel tests only (interpreter on CPU, compiled on a GPU)
 	$(OFFLINE) $(PY) -m pytest -m triton_interpreter $(ARGS)
 

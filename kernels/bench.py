@@ -144,13 +144,19 @@ def main(argv=None) -> int:
     return 0
 
 
-def write(rows: list[dict], out: Path, device: str, gpu: bool) -> None:
+def write_csv(rows: list[dict], out: Path, prefix: str, device: str, gpu: bool) -> Path:
+    """``rows`` into ``out/<prefix>-<device>.csv`` (``cpu`` without a GPU); returns the ``.md`` path beside it."""
     out.mkdir(parents=True, exist_ok=True)
     tag = device.lower().replace(" ", "-") if gpu else "cpu"
-    with open(out / f"kernels-{tag}.csv", "w", newline="") as f:
+    with open(out / f"{prefix}-{tag}.csv", "w", newline="") as f:
         w = csv.DictWriter(f, fieldnames=list(rows[0]))
         w.writeheader()
         w.writerows(rows)
+    return out / f"{prefix}-{tag}.md"
+
+
+def write(rows: list[dict], out: Path, device: str, gpu: bool) -> None:
+    md = write_csv(rows, out, "kernels", device, gpu)
     lines = [f"# SMoRA sparse-path benchmark on {device}", "",
              "Adapter path only (base GEMM excluded); medians; ratios from this one run." if gpu else
              "No GPU was present: CPU variants at small shapes only (the Triton kernels need CUDA).", "",
@@ -167,8 +173,8 @@ def write(rows: list[dict], out: Path, device: str, gpu: bool) -> None:
                 ratio = (same[other]["fwd_us"] + same[other]["bwd_us"]) / t
                 lines.append(f"| {key[0]}×{key[1]}→{key[2]} | {other} | {ratio:.2f}× | ≥{target:.2f}× | "
                              f"{'yes' if ratio >= target else 'no'} |")
-    (out / f"kernels-{tag}.md").write_text("\n".join(lines) + "\n")
-    print(f"rankmix bench: {out / f'kernels-{tag}.csv'}")
+    md.write_text("\n".join(lines) + "\n")
+    print(f"rankmix bench: {md.with_suffix('.csv')}")
 
 
 if __name__ == "__main__":

@@ -3,7 +3,7 @@
 never run the network while training.
 
     python scripts/extract_clip_features.py --images /data/coco/images --out /data/features/coco_RN101.h5 --pretrained
-    python scripts/extract_clip_features.py --images .cache/prepared/shapes-xxxx/images --out feats.h5 --model tiny
+    python scripts/extract_clip_features.py --images .cache/prepared/shapes-xxxx/images --out feats.h5 --model tiny --calibrate 128
 
 Interrupted runs resume: images already in the file are skipped.
 """
@@ -12,7 +12,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from rankmix.data.clip_features import extract, grid_encoder, image_files
+from rankmix.data.clip_features import calibration_images, extract, grid_encoder, image_files
 from rankmix.errors import RankmixError
 
 
@@ -25,10 +25,14 @@ def main(argv=None) -> int:
     p.add_argument("--image-size", type=int, default=224)
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--seed", type=int, default=0, help="init seed of a random (not --pretrained) encoder")
+    p.add_argument("--calibrate", type=int, default=0, metavar="N",
+                   help="random encoder: set its BatchNorm statistics from the first N images (the tiny scale uses 128)")
     a = p.parse_args(argv)
     try:
         images = image_files(a.images)
-        n = extract(grid_encoder(a.model, a.pretrained, a.image_size, a.seed), images, a.out, a.image_size, a.batch_size)
+        pixels = calibration_images(images, a.image_size, a.calibrate) if a.calibrate else None
+        encoder = grid_encoder(a.model, a.pretrained, a.image_size, a.seed, calibrate=pixels)
+        n = extract(encoder, images, a.out, a.image_size, a.batch_size)
     except RankmixError as e:
         print(f"rankmix: error: {e}", file=sys.stderr)
         return 1

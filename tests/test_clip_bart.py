@@ -12,12 +12,16 @@ from rankmix.modules.clip_bart import CLIPBart
 TASKS = ("vqa", "gqa", "nlvr", "caption")
 
 
-def _model(fn="proj", x_r_decoder="encoder_mean"):
+def _bart():
     torch.manual_seed(0)
-    bart = BartForConditionalGeneration(BartConfig(
+    return BartForConditionalGeneration(BartConfig(
         vocab_size=30, d_model=16, encoder_layers=1, decoder_layers=1, encoder_attention_heads=2,
         decoder_attention_heads=2, encoder_ffn_dim=32, decoder_ffn_dim=32, max_position_embeddings=64,
         pad_token_id=0, bos_token_id=1, eos_token_id=2, decoder_start_token_id=2, forced_bos_token_id=None))
+
+
+def _model(fn="proj", x_r_decoder="encoder_mean"):
+    bart = _bart()
     inject(bart, {"name": "routing", "fn": fn, "r": 4, "target_modules": ["q_proj", "v_proj"]})
     for name, p in bart.named_parameters():
         if "lora_B" in name:
@@ -60,10 +64,43 @@ def test_the_images_change_the_nlvr_logits_and_beams_run():
     assert out.shape[0] == 2
 
 
+def test_smola_o_blocks_get_the_text_the_visual_and_all_tokens():
+    """SMoLA_O in the encoder: the text block changes only the real text tokens, the vision block only the visual
+    tokens, the multimodal block every real token; padding gets nothing."""
+    bart = _bart()
+    inject(bart, {"name": "smola", "variant": "o", "num_experts": 3, "r": 2,
+                  "target_modules": [r"re:model\.encoder\.layers\.\d+\.self_attn\.v_proj"]})
+    model = CLIPBart(bart, feat_dim=8, tasks=TASKS).eval()
+    (name, layer), = adapter_layers(model.bart).items()
+    batch = _batch()  # 3 text positions (the second example's last is padding), then 6 visual tokens
+    changed = {}
+
+    def spy(mod, args, out):
+        changed["delta"] = (out - mod.base_layer(args[0])).abs().sum(-1) > 0
+
+    layer.register_forward_hook(spy)
+    expected = {"text": [[1, 1, 1] + [0] * 6, [1, 1, 0] + [0] * 6],
+                "vision": [[0, 0, 0] + [1] * 6] * 2, "mm": [[1] * 9, [1, 1, 0] + [1] * 6]}
+    for live in ("text", "vision", "mm"):
+        with torch.no_grad():
+            for block_name, block in layer.blocks.items():
+                block.smola_right.normal_(0, 1) if block_name == live else block.smola_right.zero_()
+            model.encode(batch)
+        assert changed["delta"].int().tolist() == expected[live], live
+
+
+def test_method_none_freezes_the_backbone_and_wraps_nothing():
+    bart = _bart()
+    report = inject(bart, {"name": "none"})
+    assert report.wrapped == [] and report.trainable_parameters == 0
+    assert not any(p.requires_grad for p in bart.parameters()) and not adapter_layers(bart)
+
+
 def test_tiny_multitask_run(tmp_path):
     r = run_train(tmp_path, "experiment=routing/7/lora_proj", "trainer.max_epochs=1",
                   "task.tiny.datamodule.source.n_train=16", "task.tiny.datamodule.source.n_val=2",
-                  "task.tiny.datamodule.source.n_test=4", "backbone.tiny.language.warm_start.epochs=1")
+                  "task.tiny.datamodule.source.n_test=4", "backbone.tiny.language.warm_start.epochs=1",
+                  "backbone.tiny.caption_warm_start.epochs=1")
     assert r.returncode == 0, r.stderr[-3000:]
     m = r.result("routing-7")["metrics"]
     assert {"test/vqa/accuracy", "test/gqa/accuracy", "test/nlvr/accuracy", "test/caption/CIDEr", "test/average"} <= set(m)

@@ -22,6 +22,19 @@ def test_tiny_encoder_gives_the_7x7_grid_before_the_attention_pool():
                        grid_encoder("tiny").forward_features(torch.ones(1, 3, 224, 224)))  # same seed, same net
 
 
+def test_calibration_gives_the_random_encoder_unit_scale_features_and_keeps_it_deterministic():
+    pixels = torch.randn(16, 3, 96, 96)
+    raw = grid_encoder("tiny", image_size=96).forward_features(pixels)
+    calibrated = grid_encoder("tiny", image_size=96, calibrate=pixels)
+    out = calibrated.forward_features(pixels)
+    assert not calibrated.training
+    assert raw.std(0).mean() < 0.1 < 0.5 < out.std(0).mean()  # spread across images: tiny before, ~1 after
+    assert torch.equal(out, grid_encoder("tiny", image_size=96, calibrate=pixels).forward_features(pixels))
+    from rankmix.errors import ConfigError
+    with pytest.raises(ConfigError, match="only a random encoder"):
+        grid_encoder("resnet50_clip", pretrained=True, calibrate=pixels)
+
+
 def test_max_pool_to_36_tokens(tmp_path):
     grid = np.arange(49 * 2, dtype=np.float32).reshape(49, 2)  # position-major, like the extractor writes
     with h5py.File(tmp_path / "f.h5", "w") as f:

@@ -130,8 +130,44 @@ def test_kernel_figure_reads_the_benchmark_csv(tmp_path):
     body = "".join(f"cpu,float32,64,128,128,16,4,sigmoid,{v},{f},{b},{m},1,1\n"
                    for v, f, b, m in (("eager_dense", 10, 20, 1.5), ("for_loop", 100, 200, ""), ("lora_r", 5, 10, 0.5)))
     (bench / "kernels-cpu.csv").write_text(head + body)
+    with pytest.raises(FigureError, match="make bench-e2e"):
+        _build(tmp_path, "smora-fig6")
+    (bench / "e2e-cpu.csv").write_text("device,backbone,scale,variant,n,ttft_ms_mean,ttft_ms_median,peak_mb_mean\n"
+                                       "cpu,llama2_7b,tiny,lora_64,5,30.0,29.0,\ncpu,llama2_7b,tiny,smora_gather,5,90.0,80.0,\n")
     png = _build(tmp_path, "smora-fig6")
     rows = {(r["panel"], r["series"]): float(r["y"]) for r in _rows(png)}
     assert rows["fwd+bwd_us", "for_loop"] == 300 and rows["peak_transient_mb", "for_loop"] == 0
-    assert "fastest variant is lora_r (15 µs fwd+bwd); eager_dense 2.0x, for_loop 20.0x" in \
-        (png.parent / "caption.md").read_text()
+    assert rows["e2e_ttft_ms", "smora_gather"] == 90.0
+    caption = (png.parent / "caption.md").read_text()
+    assert "fastest variant of the adapter path is lora_r (15 µs fwd+bwd); eager_dense 2.0x, for_loop 20.0x" in caption
+    assert "the first token comes fastest with lora_64 (30.0 ms); smora_gather 3.0x" in caption
+    assert "`bench/e2e-cpu.csv`" in caption
+
+
+def test_smola_figures_count_singular_values_and_draw_phi_gram(tmp_path):
+    torch.manual_seed(0)
+    enc = "model.bart.model.encoder.layers.{}.self_attn.q_proj"
+    for r in (384, 1536):
+        d = _run(tmp_path, "smola-a1", f"lora_{r}", {"test/average": 1.0}, {"name": "lora", "r": r})
+        (d / "checkpoints").mkdir()
+        scales = torch.tensor([10.0, 0.8, 0.2, 0.005] + [0.0] * 12)  # the singular values of B·A
+        state = {}
+        for i in range(2):
+            q, _ = torch.linalg.qr(torch.randn(16, 16))
+            state[f"{enc.format(i)}.lora_A.weight"] = (q * scales).T.contiguous()  # r x d (here 16 x 16)
+            state[f"{enc.format(i)}.lora_B.weight"] = torch.eye(16)
+        torch.save({"state_dict": state}, d / "checkpoints" / "last.ckpt")
+    png = _build(tmp_path, "smola-fig3")
+    means = {(r["panel"], r["x"]): float(r["y"]) for r in _rows(png) if r["series"] == "mean"}
+    # thresholds 0.01% (0.001), 0.1% (0.01), 1% (0.1), 5% (0.5), 10% (1.0) of the largest (10)
+    assert [means[("r384", x)] for x in ("0.01", "0.1", "1.0", "5.0", "10.0")] == [4, 3, 3, 2, 1]
+    assert "on average 2 and 3 singular values" in (png.parent / "caption.md").read_text()
+
+    d = _run(tmp_path, "smola-a1", "smola_o_48", {"test/average": 1.0}, {"name": "smola", "variant": "o", "num_experts": 48})
+    stats = {enc.format(i): {b: {"phi_gram": (torch.eye(3) if b == "vision" else torch.full((3, 3), 0.5)).tolist()}
+                             for b in ("text", "vision", "mm")} for i in range(2)}
+    (d / "routing_stats.json").write_text(json.dumps(stats))
+    png = _build(tmp_path, "smola-fig4")
+    off = {(r["panel"], r["series"]): float(r["y"]) for r in _rows(png)}
+    assert off[("vision", "L0 q_proj")] == 0.0 and off[("text", "L1 q_proj")] == 0.5
+    assert "text 0.500, vision 0.000, multimodal 0.500" in (png.parent / "caption.md").read_text()

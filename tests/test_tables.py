@@ -116,3 +116,43 @@ def test_cells_in_paper_units_and_other_columns(tmp_path):
     assert (rows["lora", "Time"]["ours"], rows["lora", "Time"]["diff"]) == ("2.00", "-6.00")
     assert (rows["lora", "Mem"]["ours"], rows["lora", "Mem"]["paper"], rows["lora", "Mem"]["diff"]) == ("14.50", "29G", "-14.50")
     assert (rows["zero", "Avg."]["paper"], rows["zero", "Avg."]["diff"]) == ("not converge", "")
+
+
+def _seeded(key, seed, fn, value, table):
+    run = _run(f"{key},seed={seed}", {"test/em": value}, {**table, "match": {"fn": fn}})
+    run["config"]["seed"] = seed
+    return run
+
+
+def test_seeds_give_mean_std_and_a_paired_t_test_against_the_baseline_row(tmp_path):
+    paper = tmp_path / "paper"
+    paper.mkdir()
+    (paper / "seeded.csv").write_text("fn,task,mean,std\nnone,A,60.0,0.5\nmul,A,61.0,0.1\n")
+    table = {"id": "x-4", "paper_csv": "seeded.csv", "seeds": [0, 1, 2], "ttest": {"fn": "none"},
+             "cells": [{"label": "A", "match": {"task": "A"}, "metric": "test/em"}]}
+    runs = tmp_path / "r" / "x-4" / "runs"
+    base, routed = [50.0, 52.0, 54.0], [51.0, 53.5, 55.0]  # differences 1.0, 1.5, 1.0
+    for seed in range(3):
+        write_json_atomic(runs / f"none{seed}.json", _seeded("none", seed, "none", base[seed], table))
+        write_json_atomic(runs / f"mul{seed}.json", _seeded("mul", seed, "mul", routed[seed], table))
+    md = build_table("x-4", tmp_path / "r", paper)
+    rows = {r["run"]: r for r in csv.DictReader(open(md.parent / "table.csv"))}
+    assert rows["none"]["ours"] == "52.00" and rows["none"]["std"] == "2.00" and rows["none"]["n"] == "3"
+    assert rows["none"]["p"] == ""  # the baseline is not tested against itself
+    # paired t: mean diff 7/6, sd of diffs 0.2887 → t = 7.0, df 2 → p = 0.0198
+    assert rows["mul"]["ours"] == "53.17" and abs(float(rows["mul"]["p"]) - 0.0198) < 5e-4
+    assert "| A | 53.17 ± 2.02 (p=0.02) / 61.0 ± 0.1 |" in md.read_text()
+
+
+def test_gain_cells_subtract_the_baseline_run(tmp_path, paper_dir):
+    table = {"id": "x-5", "paper_csv": "made_up_table.csv", "baseline": {"method": "frozen"},
+             "cells": [{"label": "gain", "match": {"backbone": "B-7b"}, "metric": "test/em", "gain": True}]}
+    runs = tmp_path / "r" / "x-5" / "runs"
+    write_json_atomic(runs / "frozen.json", _run("frozen", {"test/em": 40.0}, {**table, "match": {"method": "frozen"},
+                                                                               "cells": []}))
+    write_json_atomic(runs / "lora.json", _run("lora", {"test/em": 52.5}, {**table, "match": {"method": "LoRA-64"}}))
+    md = build_table("x-5", tmp_path / "r", paper_dir)
+    rows = [r for r in csv.DictReader(open(md.parent / "table.csv")) if r["cell"]]
+    assert rows == [{"run": "lora", "scale": "tiny", "cell": "gain", "metric": "test/em", "paper": "52.60",
+                     "ours": "12.50", "diff": "-40.10"}]
+    assert "baseline run ({'method': 'frozen'}, `frozen`)" in md.read_text()

@@ -260,17 +260,22 @@ def smora_fig4(src: Sources) -> Drawn:
     return Drawn(fig, rows, [f"{table}/{key}"], finding + f" ({layer}, {len(tasks)} tasks).")
 
 
-def smora_fig6(src: Sources) -> Drawn:
-    """Kernel benchmark (``make bench-kernels``): time and transient memory of each variant of the sparse path."""
-    files = sorted((src.results_dir / "bench").glob("kernels-*.csv"))
+def _bench_file(src: Sources, prefix: str, make: str) -> Path:
+    files = sorted((src.results_dir / "bench").glob(f"{prefix}-*.csv"))
     if not files:
-        raise FigureError(f"no kernel benchmark under {src.results_dir / 'bench'}; run `make bench-kernels` first")
-    path = next((f for f in files if not f.stem.endswith("-cpu")), files[0])  # a GPU's when there is one
-    bench = list(csv.DictReader(open(path)))
+        raise FigureError(f"no {prefix} benchmark under {src.results_dir / 'bench'}; run `make {make}` first")
+    return next((f for f in files if not f.stem.endswith("-cpu")), files[0])  # a GPU's when there is one
+
+
+def smora_fig6(src: Sources) -> Drawn:
+    """Kernel benchmark (``make bench-kernels``): time and transient memory of each variant of the sparse path;
+    end-to-end benchmark (``make bench-e2e``): time to the first generated token and its peak memory per variant."""
+    path, e2e_path = _bench_file(src, "kernels", "bench-kernels"), _bench_file(src, "e2e", "bench-e2e")
+    bench, e2e = list(csv.DictReader(open(path))), list(csv.DictReader(open(e2e_path)))
     shapes = list(dict.fromkeys((r["T"], r["d_in"], r["d_out"]) for r in bench))
     variants = list(dict.fromkeys(r["variant"] for r in bench))
     plt = _plt()
-    fig, (ax_t, ax_m) = plt.subplots(1, 2, figsize=(13, 4.5), layout="constrained")
+    fig, ((ax_t, ax_m), (ax_e, ax_p)) = plt.subplots(2, 2, figsize=(13, 8.5), layout="constrained")
     width = 0.8 / len(variants)
     rows = []
     for j, v in enumerate(variants):
@@ -282,23 +287,44 @@ def smora_fig6(src: Sources) -> Drawn:
         ax_m.bar(xs, mems, width=width, label=v)
         rows += [{"panel": "fwd+bwd_us", "series": v, "x": "x".join(s), "y": t} for s, t in zip(shapes, times, strict=True)]
         rows += [{"panel": "peak_transient_mb", "series": v, "x": "x".join(s), "y": m} for s, m in zip(shapes, mems, strict=True)]
-    if not any(float(r["peak_transient_mb"] or 0) for r in bench):
-        ax_m.text(0.5, 0.5, "transient memory is measured on a CUDA device only\n(this benchmark ran without one)",
-                  ha="center", va="center", transform=ax_m.transAxes)
     names = [f"T={t}\n{a}->{b}" for t, a, b in shapes]
     for ax, label in ((ax_t, "forward + backward time (µs, log)"), (ax_m, "transient peak memory (MB)")):
         ax.set_xticks(range(len(shapes)), names)
         ax.set(ylabel=label)
     ax_t.set_yscale("log")
     ax_t.legend(fontsize=8, ncol=2)
-    ax_t.set_title(f"{bench[0]['device']}, {bench[0]['dtype']}, r={bench[0]['r']}, k={bench[0]['k']}")
+    ax_t.set_title(f"adapter path alone: {bench[0]['device']}, {bench[0]['dtype']}, r={bench[0]['r']}, k={bench[0]['k']}")
+    ax_m.set_title("adapter path alone: transient memory")
+
+    e_names = [r["variant"] for r in e2e]
+    ttft = [float(r["ttft_ms_mean"]) for r in e2e]
+    peaks = [float(r["peak_mb_mean"] or 0) for r in e2e]
+    colours = [f"C{i}" for i in range(len(e2e))]
+    ax_e.bar(range(len(e2e)), ttft, color=colours)
+    ax_p.bar(range(len(e2e)), peaks, color=colours)
+    ax_e.set(ylabel="time to the first token (ms, mean)",
+             title=f"end to end: {e2e[0]['backbone']} ({e2e[0]['scale']}), {e2e[0]['n']} prompts, {e2e[0]['device']}")
+    ax_p.set(ylabel="peak memory of that step (MB, mean)", title="end to end: peak memory")
+    for ax in (ax_e, ax_p):
+        ax.set_xticks(range(len(e2e)), e_names, rotation=15)
+    rows += [{"panel": "e2e_ttft_ms", "series": n, "x": "", "y": t} for n, t in zip(e_names, ttft, strict=True)]
+    rows += [{"panel": "e2e_peak_mb", "series": n, "x": "", "y": m} for n, m in zip(e_names, peaks, strict=True)]
+    for ax, empty in ((ax_m, not any(float(r["peak_transient_mb"] or 0) for r in bench)), (ax_p, not any(peaks))):
+        if empty:
+            ax.text(0.5, 0.5, "memory is measured on a CUDA device only\n(this benchmark ran without one)",
+                    ha="center", va="center", transform=ax.transAxes)
     last = shapes[-1]
     t = {r["variant"]: float(r["fwd_us"]) + float(r["bwd_us"]) for r in bench if (r["T"], r["d_in"], r["d_out"]) == last}
     best = min(t, key=t.get)
-    finding = (f"on {bench[0]['device']} at T={last[0]}, {last[1]}->{last[2]} the fastest variant is "
-               f"{best} ({t[best]:.0f} µs fwd+bwd); " + ", ".join(f"{v} {t[v] / t[best]:.1f}x" for v in t if v != best))
-    return Drawn(fig, rows, [f"bench/{path.name}"], finding + ".",
-                 scale=f"kernel benchmark on {bench[0]['device']} ({len(shapes)} shapes)")
+    e_best = e_names[ttft.index(min(ttft))]
+    finding = (f"on {bench[0]['device']} at T={last[0]}, {last[1]}->{last[2]} the fastest variant of the adapter path "
+               f"is {best} ({t[best]:.0f} µs fwd+bwd); " + ", ".join(f"{v} {t[v] / t[best]:.1f}x" for v in t if v != best)
+               + f". End to end ({e2e[0]['device']}), the first token comes fastest with {e_best} "
+               f"({min(ttft):.1f} ms); " + ", ".join(f"{n} {x / min(ttft):.1f}x" for n, x in zip(e_names, ttft, strict=True)
+                                                   if n != e_best))
+    return Drawn(fig, rows, [f"bench/{path.name}", f"bench/{e2e_path.name}"], finding + ".",
+                 scale=f"kernel benchmark on {bench[0]['device']} ({len(shapes)} shapes); end-to-end benchmark "
+                       f"on {e2e[0]['device']} ({e2e[0]['backbone']}, {e2e[0]['scale']})")
 
 
 def smora_fig2b(src: Sources) -> Drawn:
@@ -489,10 +515,86 @@ def routing_fig4(src: Sources) -> Drawn:
     return Drawn(fig, rows, [f"{table}/{k}" for k in keys.values()], finding + ".")
 
 
-PENDING = {  # figures of the papers not drawn yet, and what they wait for
-    "smola-fig3": "SMoLA App. A.2 (effective rank of W_out·W_in): needs the CLIP-BART / SMoLA runs",
-    "smola-fig4": "SMoLA App. B (ΦΦᵀ per modality): needs the SMoLA_O runs on the vision-language benchmarks",
-}
+# -- Omni-SMoLA ----------------------------------------------------------------------------------------
+SV_THRESHOLDS = (0.01, 0.1, 1.0, 5.0, 10.0)  # % of the largest singular value (App. A.2)
+
+
+def _smola_run(src: Sources, table: str, name: str, **want) -> tuple[dict, str]:
+    """The finished run of ``table`` whose method has ``name`` and the options ``want``: (runs, its key)."""
+    runs = src.runs(table)
+    for key, run in sorted(runs.items()):
+        m = run["config"]["method"]
+        if m.get("name") == name and all(m.get(k) == v for k, v in want.items()):
+            return runs, key
+    what = ", ".join(f"{k}={v}" for k, v in want.items())
+    raise FigureError(f"table {table}: no finished {name} run with {what} under {src.results_dir / table / 'runs'}; "
+                      f"run `make reproduce-table-{table}` first")
+
+
+def smola_fig3(src: Sources) -> Drawn:
+    import torch
+
+    table, ranks = "smola-a1", (384, 1536)
+    plt = _plt()
+    fig, axes = plt.subplots(1, 2, figsize=(10, 3.8), layout="constrained", sharey=True)
+    rows, used, found = [], [], {}
+    for ax, r in zip(axes, ranks, strict=True):
+        _, key = _smola_run(src, table, "lora", r=r)
+        used.append(f"{table}/{key}")
+        state = torch.load(src.run_file(table, key, "checkpoints/last.ckpt"), map_location="cpu", weights_only=False)
+        weights = state["state_dict"]
+        layers = sorted(k[: -len(".lora_A.weight")] for k in weights if k.endswith(".lora_A.weight"))
+        counts = []
+        for layer in layers:
+            sv = torch.linalg.svdvals(weights[f"{layer}.lora_B.weight"].double() @ weights[f"{layer}.lora_A.weight"].double())
+            counts.append([int((sv > sv[0] * t / 100).sum()) for t in SV_THRESHOLDS])
+            name = layer.split("encoder.", 1)[-1]
+            ax.plot(range(len(SV_THRESHOLDS)), counts[-1], color="tab:blue", alpha=0.3, lw=1)
+            rows += [{"panel": f"r{r}", "series": name, "x": t, "y": c} for t, c in zip(SV_THRESHOLDS, counts[-1], strict=True)]
+        mean = [sum(c[i] for c in counts) / len(counts) for i in range(len(SV_THRESHOLDS))]
+        ax.plot(range(len(SV_THRESHOLDS)), mean, color="tab:blue", lw=2.5, marker="o", label=f"mean of {len(layers)} layers")
+        rows += [{"panel": f"r{r}", "series": "mean", "x": t, "y": y} for t, y in zip(SV_THRESHOLDS, mean, strict=True)]
+        d = weights[f"{layers[0]}.lora_A.weight"].shape[1]
+        ax.set(title=f"LoRA r = {r} (ΔW is {d}×{d}: rank ≤ {min(r, d)})", xlabel="threshold (% of the largest singular value)",
+               xticks=range(len(SV_THRESHOLDS)), xticklabels=[f"{t:g}%" for t in SV_THRESHOLDS])
+        ax.legend()
+        found[r] = (mean, min(r, d))
+    axes[0].set_ylabel("singular values above the threshold")
+    finding = "; ".join(f"LoRA r {r}: on average {m[3]:.0f} and {m[2]:.0f} singular values of W_out·W_in exceed 5% and "
+                        f"1% of the largest (of at most {cap})" for r, (m, cap) in found.items())
+    return Drawn(fig, rows, used, finding + ".")
+
+
+def smola_fig4(src: Sources) -> Drawn:
+    import numpy as np
+
+    table, experts = "smola-a1", 48
+    _, key = _smola_run(src, table, "smola", variant="o", num_experts=experts)
+    stats = json.loads(src.run_file(table, key, "routing_stats.json").read_text())
+    layers = sorted(stats)
+    blocks = ("text", "vision", "mm")
+    plt = _plt()
+    fig, axes = plt.subplots(len(blocks), len(layers), figsize=(2.6 * len(layers) + 1, 7.6), layout="constrained",
+                             squeeze=False)
+    rows, off = [], {b: [] for b in blocks}
+    for j, layer in enumerate(layers):
+        short = layer.split("encoder.", 1)[-1].replace("layers.", "L").replace(".self_attn.", " ")
+        for i, block in enumerate(blocks):
+            gram = np.asarray(stats[layer][block]["phi_gram"])
+            im = axes[i][j].imshow(gram, vmin=-1, vmax=1, cmap="RdBu_r")
+            axes[i][j].set(xticks=[], yticks=[], title=short if i == 0 else "")
+            if j == 0:
+                axes[i][j].set_ylabel({"mm": "multimodal"}.get(block, block) + " experts")
+            mask = ~np.eye(len(gram), dtype=bool)
+            off[block].append(float(np.abs(gram[mask]).mean()))
+            rows.append({"panel": block, "series": short, "x": "mean |off-diagonal|", "y": off[block][-1]})
+    fig.colorbar(im, ax=axes, shrink=0.6, label="ΦΦᵀ (cosine of routing columns)")
+    finding = ("mean |off-diagonal| of ΦΦᵀ (0 = identity, experts routed apart): "
+               + ", ".join(f"{({'mm': 'multimodal'}).get(b, b)} {sum(v) / len(v):.3f}" for b, v in off.items())
+               + f" (averaged over {len(layers)} layers; first layer " + ", ".join(f"{v[0]:.3f}" for v in off.values())
+               + ")")
+    return Drawn(fig, rows, [f"{table}/{key}"], finding + ".")
+
 
 FIGURES = {f.id: f for f in (
     Figure("smora-fig2b", "SMoRA Fig. 2b: rank-wise similarity of [A, B^T] by expert granularity",
@@ -512,6 +614,12 @@ FIGURES = {f.id: f for f in (
            "SMoRA has LoRA-64's ranks and activates 8 of them per token, with an additional router (§3).", smora_fig9),
     Figure("moslora-fig4", "MoSLoRA Fig. 4: score vs fraction of training samples",
            "MoSLoRA trained on 50% of the samples scores 83.6, 1.8 above LoRA on 100% (§4.1).", moslora_fig4),
+    Figure("smola-fig3", "Omni-SMoLA Fig. 3 (App. A.2): singular values of LoRA's W_out·W_in above thresholds",
+           "For LoRA of rank 1536 only about 78 (5%) and 185 (12%) singular values exceed 5% and 1% of the largest: "
+           "higher ranks add little (App. A.2).", smola_fig3),
+    Figure("smola-fig4", "Omni-SMoLA Fig. 4 (App. B): ΦΦᵀ of SMoLA_O^48's routing matrices per modality",
+           "Text experts' ΦΦᵀ is further from the identity (less specialisation); early vision and multimodal "
+           "layers are closest to it (App. B).", smola_fig4),
     Figure("routing-figb8", "Routing Fig. B8: ‖ΔW_down‖ / ‖ΔW_up‖ per GPT-2 layer, with and without routing",
            "With the routing function the down-projection changes more than the up-projection during training "
            "(App. B, COCO, LoRA r 64).", routing_figb8),
@@ -566,7 +674,6 @@ def write_index(results_dir: Path) -> Path:
             lines.append(f"| [{fid}]({fid}/figure.png) — {spec.title} | built ({scale}); [caption]({fid}/caption.md) |")
         else:
             lines.append(f"| {fid} — {spec.title} | not built |")
-    lines += [f"| {fid} | not implemented yet: {why} |" for fid, why in PENDING.items()]
     with atomic_open(results_dir / "README.md") as f:
         f.write("\n".join(lines) + "\n")
     return results_dir / "README.md"

@@ -10,6 +10,18 @@ the paper's "28.3M" / "8.0h" / "29G" as numbers; ``column`` reads another column
 Java models) shows as "missing: <reason>", never as a number. Runs without cells list their metrics with no
 paper value.
 
+Two table-level options summarise runs against each other:
+
+- ``seeds: [0, 1, 2]``: every row runs once per seed (``reproduce`` sweeps ``seed``), and each cell shows the
+  mean ± sample std over the seeds; with ``ttest: {<match key>: <value>}`` a cell also gets the two-sided
+  p-value of a paired t-test (pairs = seeds) against the row whose ``table.match`` is this row's with those
+  values (e.g. ``{routing_function: none}``: each routing function against its own baseline).
+- ``baseline: {<match key>: <value>}``: a cell with ``gain: true`` shows ours minus the same metric of the run
+  whose ``table.match`` holds those values (e.g. the frozen backbone), the paper's "improvement over baseline".
+
+``skip_unmatched: true`` drops a row's cell that matches no paper row (a paper that reports, per task, only the
+best routing function) instead of failing.
+
 CLI: ``python -m rankmix.tables build <id>``, ``list``, ``reproduce <id> [overrides...]``.
 """
 
@@ -18,6 +30,8 @@ from __future__ import annotations
 import argparse
 import csv
 import io
+import re
+import statistics
 import subprocess
 import sys
 from pathlib import Path
@@ -61,13 +75,18 @@ def _fmt(v) -> str:
     return str(v)
 
 
-def paper_value(paper_dir: Path, csv_name: str, match: dict, column: str | None = None) -> str:
+def paper_rows(paper_dir: Path, csv_name: str, match: dict) -> list[dict]:
     path = paper_dir / csv_name
     if not path.is_file():
         raise RankmixError(f"{path}: paper table not found (copy it from the papers' clean tables)")
     with open(path, newline="") as f:
         # a key set to null is not a column of this table (a row config reused from another table)
-        rows = [r for r in csv.DictReader(f) if all(r.get(k) == str(v) for k, v in match.items() if v is not None)]
+        return [r for r in csv.DictReader(f) if all(r.get(k) == str(v) for k, v in match.items() if v is not None)]
+
+
+def paper_value(paper_dir: Path, csv_name: str, match: dict, column: str | None = None) -> str:
+    path = paper_dir / csv_name
+    rows = paper_rows(paper_dir, csv_name, match)
     if len(rows) != 1:
         raise RankmixError(f"{path}: {len(rows)} rows match {match}; a cell must match exactly one")
     if column:
@@ -76,15 +95,24 @@ def paper_value(paper_dir: Path, csv_name: str, match: dict, column: str | None 
     return row.get("value") or row.get("mean") or row.get("value_as_printed", "")
 
 
-def table_rows(run: dict, paper_dir: Path) -> list[dict]:
+def table_rows(run: dict, paper_dir: Path, baseline: dict | None = None) -> list[dict]:
+    """The run's cells (ours, the paper's, the difference); ``baseline``: the run that ``gain`` cells subtract."""
     table = run["config"].get("table", {})
     base = {"run": run["run"]["key"], "scale": run["run"]["scale"]}
     if table.get("cells"):
         rows = []
         for cell in table["cells"]:
-            paper = paper_value(paper_dir, table["paper_csv"], {**table.get("match", {}), **cell["match"]},
-                                cell.get("column"))
+            match = {**table.get("match", {}), **cell["match"]}
+            if table.get("skip_unmatched") and not paper_rows(paper_dir, table["paper_csv"], match):
+                continue
+            paper = paper_value(paper_dir, table["paper_csv"], match, cell.get("column"))
             ours = run_value(run, cell["metric"])
+            if cell.get("gain") and isinstance(ours, (int, float)):
+                if baseline is None:
+                    raise RankmixError(f"table {table.get('id')}: cell {cell.get('label')!r} is a gain over the "
+                                       f"baseline run {table.get('baseline')}, which has not finished")
+                ref = run_value(baseline, cell["metric"])
+                ours = ours - ref if isinstance(ref, (int, float)) else None
             missing = run.get("evaluation", {}).get("missing", {}).get(cell["metric"].split("/", 1)[-1])
             if ours is None and missing:
                 ours = f"missing: {missing}"
@@ -96,7 +124,9 @@ def table_rows(run: dict, paper_dir: Path) -> list[dict]:
             paper_num = _number(paper or "", unit)
             diff = ours - paper_num if isinstance(ours, (int, float)) and paper_num is not None else None
             label = cell.get("label") or ", ".join(f"{k}={v}" for k, v in cell["match"].items())
-            rows.append({**base, "cell": label, "metric": cell["metric"], "paper": paper, "ours": ours, "diff": diff})
+            paper_std = (paper_rows(paper_dir, table["paper_csv"], match)[0].get("std") or "") if not cell.get("column") else ""
+            rows.append({**base, "cell": label, "metric": cell["metric"], "paper": paper, "ours": ours, "diff": diff,
+                         "paper_std": paper_std, "match": table.get("match", {}), "seed": run["config"].get("seed")})
         return rows
     return [{**base, "cell": "", "metric": k, "paper": "", "ours": v, "diff": None}
             for k, v in sorted(run["metrics"].items())]
@@ -111,22 +141,35 @@ def build_table(table_id: str, results_dir: Path, paper_dir: Path) -> Path:
         if r is None:
             continue
         (runs if r.get("status") == "ok" else failed).append(r)
-    rows = [row for r in runs for row in table_rows(r, Path(paper_dir))]
-    title = runs[0]["config"]["table"].get("title", table_id) if runs else table_id
+    spec = runs[0]["config"].get("table", {}) if runs else {}
+    baseline = _baseline_run(runs, spec.get("baseline"))
+    rows = [row for r in runs for row in table_rows(r, Path(paper_dir), baseline)]
+    columns = COLUMNS
+    if spec.get("seeds"):
+        rows, columns = over_seeds(rows, spec.get("ttest")), COLUMNS + SEED_COLUMNS
+    title = spec.get("title", table_id) if runs else table_id
     scales = sorted({r["run"]["scale"] for r in runs})
 
     buf = io.StringIO()
-    writer = csv.DictWriter(buf, fieldnames=COLUMNS)
+    writer = csv.DictWriter(buf, fieldnames=columns)
     writer.writeheader()
     for row in rows:
-        writer.writerow({k: _fmt(row[k]) if k in ("ours", "diff") else row[k] for k in COLUMNS})
+        writer.writerow({k: _fmt(row.get(k)) if k in ("ours", "diff", "std", "p") else row.get(k, "") for k in columns})
     md = [f"# {title}", "", f"Table `{table_id}`; scale: {', '.join(scales) or 'none'}; {len(runs)} finished runs."]
     cells = [row for row in rows if row["cell"]]
     if cells:
-        md += ["", "Each entry is ours / the paper's printed value.", ""] + _pivot(cells)
+        if spec.get("seeds"):
+            md += ["", f"Each entry is ours / the paper's: mean ± std over seeds {spec['seeds']}"
+                   + (f"; p: paired t-test against the row with {spec['ttest']}" if spec.get("ttest") else "") + "."]
+        else:
+            md += ["", "Each entry is ours / the paper's printed value."]
+        if spec.get("baseline"):
+            md += ["", f"Gain cells: ours minus the baseline run ({spec['baseline']}, "
+                   f"`{baseline['run']['key'] if baseline else 'not finished'}`)."]
+        md += [""] + _pivot(cells)
         md += ["", "`paper` = the paper's printed value; `ours` = this suite's run; `diff` = ours − paper.", "",
-               "| " + " | ".join(COLUMNS) + " |", "|" + "---|" * len(COLUMNS)]
-        md += ["| " + " | ".join(_short(row[k]) for k in COLUMNS) + " |" for row in cells]
+               "| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
+        md += ["| " + " | ".join(_short(row.get(k, "")) for k in columns) + " |" for row in cells]
         reasons = dict.fromkeys((row["cell"], row["ours"][len("missing: "):]) for row in cells
                                 if isinstance(row["ours"], str) and row["ours"].startswith("missing: "))
         if reasons:
@@ -147,6 +190,55 @@ def build_table(table_id: str, results_dir: Path, paper_dir: Path) -> Path:
     return out_dir / "table.md"
 
 
+SEED_COLUMNS = ["std", "n", "p"]
+
+
+def _baseline_run(runs: list[dict], items: dict | None) -> dict | None:
+    """The finished run whose ``table.match`` holds ``items`` (the lowest seed when it ran over several)."""
+    if not items:
+        return None
+    found = [r for r in runs if all(r["config"].get("table", {}).get("match", {}).get(k) == v for k, v in items.items())]
+    return min(found, key=lambda r: r["config"].get("seed") or 0) if found else None
+
+
+def over_seeds(rows: list[dict], ttest: dict | None = None) -> list[dict]:
+    """One row per (configuration, cell): the mean, sample std and count of ours over the seeds, and the
+    two-sided paired t-test p-value against the configuration whose match is this one's updated by ``ttest``."""
+    from scipy import stats
+
+    groups: dict[tuple[str, str], list[dict]] = {}
+    for row in rows:
+        groups.setdefault((re.sub(r"(^|,)seed=\d+", "", row["run"]).strip(",") or "default", row["cell"]), []).append(row)
+    by_match = {(repr(sorted(g[0].get("match", {}).items())), cell): g for (_, cell), g in groups.items()}
+    out = []
+    for (config, cell), group in groups.items():
+        values = {r.get("seed"): r["ours"] for r in group if isinstance(r["ours"], (int, float))}
+        n = len(values)
+        mean = sum(values.values()) / n if n else None
+        std = statistics.stdev(values.values()) if n > 1 else None
+        p = None
+        if ttest:
+            ref_match = {**group[0].get("match", {}), **ttest}
+            ref = by_match.get((repr(sorted(ref_match.items())), cell))
+            if ref is not None and ref_match != group[0].get("match", {}):
+                ref_values = {r["seed"]: r["ours"] for r in ref if isinstance(r["ours"], (int, float))}
+                seeds = sorted(set(values) & set(ref_values))
+                if len(seeds) > 1 and any(values[s] != ref_values[s] for s in seeds):
+                    p = float(stats.ttest_rel([values[s] for s in seeds], [ref_values[s] for s in seeds]).pvalue)
+        first = group[0]
+        paper_num = _number(first["paper"] or "", None)
+        paper_std = first.get("paper_std")
+        out.append({**first, "run": config, "ours": mean, "std": std, "n": n, "p": p,
+                    "diff": mean - paper_num if mean is not None and paper_num is not None else None,
+                    "shown": _pm(mean, std) + (f" (p={p:.2g})" if p is not None else ""),
+                    "paper_shown": f"{first['paper']} ± {paper_std}" if paper_std else first["paper"]})
+    return out
+
+
+def _pm(mean, std) -> str:
+    return _fmt(mean) + (f" ± {std:.2f}" if std is not None else "")
+
+
 def _short(v) -> str:
     """``_fmt`` with "missing: <reason>" cut to "missing" (the reasons are listed once under the table)."""
     return "missing" if isinstance(v, str) and v.startswith("missing") else _fmt(v)
@@ -156,7 +248,8 @@ def _pivot(cells: list[dict]) -> list[str]:
     """Markdown: one row per cell label (in table order), one column per run, entries "ours / paper"."""
     runs = list(dict.fromkeys(r["run"] for r in cells))
     labels = list(dict.fromkeys(r["cell"] for r in cells))
-    value = {(r["cell"], r["run"]): f"{_short(r['ours'])} / {r['paper']}" for r in cells}
+    value = {(r["cell"], r["run"]): f"{r.get('shown') or _short(r['ours'])} / {r.get('paper_shown') or r['paper']}"
+             for r in cells}
     lines = ["| cell | " + " | ".join(runs) + " |", "|" + "---|" * (len(runs) + 1)]
     return lines + ["| " + " | ".join([label, *(value.get((label, run), "") for run in runs)]) + " |" for label in labels]
 
@@ -170,6 +263,14 @@ def experiment_tables(conf_dir: Path = REPO / "conf") -> dict[str, list[str]]:
         if rows:
             out[f"{d.parent.name}-{d.name}"] = rows
     return out
+
+
+def table_spec(table_id: str, conf_dir: Path = REPO / "conf") -> dict:
+    """The table group's config of ``<paper>-<id>`` (``conf/table/<paper>_<id>.yaml``), unresolved; {} if none."""
+    from omegaconf import OmegaConf
+
+    path = conf_dir / "table" / f"{table_id.replace('-', '_')}.yaml"
+    return OmegaConf.to_container(OmegaConf.load(path), resolve=False) if path.is_file() else {}
 
 
 def table_status(table_id: str, results_dir: Path) -> str:
@@ -188,6 +289,9 @@ def reproduce(table_id: str, overrides: list[str], results_dir: Path) -> int:
         print(f"rankmix: error: unknown table {table_id!r}; known: {', '.join(tables) or 'none'}", file=sys.stderr)
         return 2
     cmd = [sys.executable, "-m", "rankmix.train", "-m", "experiment=" + ",".join(tables[table_id]), *overrides]
+    seeds = table_spec(table_id).get("seeds")
+    if seeds and not any(o.startswith("seed=") for o in overrides):
+        cmd.append("seed=" + ",".join(str(s) for s in seeds))
     print("rankmix: " + " ".join(cmd))
     rc = subprocess.call(cmd)
     md = build_table(table_id, results_dir, results_dir / "paper")

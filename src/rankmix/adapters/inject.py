@@ -11,7 +11,7 @@ from torch import nn
 
 from rankmix.adapters.base import SUPPORTED_BASE_LAYERS, AdapterLayer
 from rankmix.adapters.peft_methods import PEFT_METHODS, inject_peft, is_peft_adapter_param
-from rankmix.adapters.registry import build, get_method
+from rankmix.adapters.registry import FROZEN, build, get_method
 from rankmix.errors import ConfigError
 
 # Used when a method config leaves target_modules empty, keyed by the HF config's model_type.
@@ -71,10 +71,15 @@ def inject(model: nn.Module, method_cfg: Mapping) -> InjectionReport:
     """Wrap every matching layer of ``model`` with the configured method; freeze everything else.
 
     ``method_cfg`` holds ``name``, ``target_modules`` (names, or ``re:<regex>`` on full names; empty =
-    per-architecture default), optional ``exclude_modules``, and the method's own options.
+    per-architecture default), optional ``exclude_modules``, and the method's own options. Method ``none``
+    wraps nothing: the whole model is frozen (the baseline of the frozen backbone).
     """
     cfg = dict(method_cfg)
     name = cfg.get("name")
+    if name == FROZEN:
+        model.requires_grad_(False)
+        total = sum(p.numel() for p in model.parameters())
+        return InjectionReport(method=name, trainable_parameters=0, total_parameters=total)
     targets = _targets_for(model, cfg.get("target_modules"))
     excludes = [str(e) for e in (cfg.get("exclude_modules") or [])]
     options = {k: v for k, v in cfg.items() if k not in INJECTION_KEYS}

@@ -9,6 +9,7 @@ from torch import nn
 from rankmix.errors import ConfigError
 
 METHODS: dict[str, type] = {}
+FROZEN = "none"  # the frozen backbone: nothing injected (the baseline that adapters' gains are measured from)
 
 
 def register(name: str):
@@ -24,10 +25,10 @@ def register(name: str):
 
 
 def method_names() -> list[str]:
-    """Every method ``inject`` accepts: registered adapter layers and the peft-backed baselines."""
+    """Every method ``inject`` accepts: registered adapter layers, the peft-backed baselines and ``none``."""
     from rankmix.adapters.peft_methods import PEFT_METHODS
 
-    return sorted({*METHODS, *PEFT_METHODS})
+    return sorted({*METHODS, *PEFT_METHODS, FROZEN})
 
 
 def method_options(name: str) -> list[str]:
@@ -36,6 +37,8 @@ def method_options(name: str) -> list[str]:
 
     if name in OPTIONS:
         return list(OPTIONS[name])
+    if name == FROZEN:
+        return []
     params = inspect.signature(get_method(name).__init__).parameters
     return [p for p in params if p not in ("self", "base_layer")]
 

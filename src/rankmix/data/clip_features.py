@@ -7,7 +7,10 @@ time (``--downsample --n_boxes 36``) an adaptive max pool turns the grid into 6�
 
 ``grid_encoder``: timm's ``resnet101_clip`` (``pretrained`` loads ``resnet101_clip.openai``, the OpenAI
 weights) or, at tiny scale, the same CLIP-ResNet design (bottleneck blocks, average-pool downsampling) with one
-block per stage and widths 32/64/128/256, random init from a seed. ``extract`` writes the h5 file (with a
+block per stage and widths 32/64/128/256, random init from a seed. A random network's BatchNorms hold the
+init statistics (mean 0, variance 1), which shrink its features to a small offset shared by all images;
+``calibrate`` (given a batch of images) sets them to that batch's statistics instead — the data-dependent init
+of random networks — so each layer's activations have unit variance over the images. ``extract`` writes the h5 file (with a
 progress bar; images already in the file are skipped, so an interrupted run resumes); ``read_features`` reads one
 image's tokens back, max-pooled.
 """
@@ -30,11 +33,15 @@ TINY_WIDTHS = (32, 64, 128, 256)
 
 
 def grid_encoder(name: str = "resnet101_clip", pretrained: bool = False, image_size: int = 224,
-                 seed: int = 0) -> nn.Module:
-    """A CLIP-ResNet whose ``forward_features`` gives the (B, C, H/32, W/32) grid; ``name="tiny"`` for the tiny one."""
+                 seed: int = 0, calibrate: torch.Tensor | None = None) -> nn.Module:
+    """A CLIP-ResNet whose ``forward_features`` gives the (B, C, H/32, W/32) grid; ``name="tiny"`` for the tiny one.
+    ``calibrate``: normalised pixels (N, 3, H, W) whose statistics a random encoder's BatchNorms take."""
     import timm
     from timm.models.byobnet import ByoBlockCfg, ByobNet, model_cfgs
 
+    if calibrate is not None and pretrained:
+        raise ConfigError("calibrate", "images", "only a random encoder is calibrated; pretrained weights keep "
+                          "their BatchNorm statistics")
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         if name == "tiny":
@@ -48,7 +55,27 @@ def grid_encoder(name: str = "resnet101_clip", pretrained: bool = False, image_s
             except (RuntimeError, OSError, ValueError) as e:
                 raise ConfigError("model", name, f"could not be built or downloaded ({str(e).splitlines()[0][:120]}); "
                                   "timm names: resnet50_clip, resnet101_clip (weights: <name>.openai from the hub)") from None
-    return model.eval().requires_grad_(False)
+    model.requires_grad_(False)
+    if calibrate is not None:
+        _calibrate_batchnorm(model, calibrate)
+    return model.eval()
+
+
+def _calibrate_batchnorm(model: nn.Module, pixels: torch.Tensor) -> None:
+    norms = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    for m in norms:
+        m.reset_running_stats()
+        m.momentum = None  # cumulative average: one pass gives the batch's statistics exactly
+    model.train()
+    with torch.no_grad():
+        model.forward_features(pixels)
+    for m in norms:
+        m.momentum = 0.1
+
+
+def calibration_images(images: dict[str, Path], image_size: int, n: int = 128) -> torch.Tensor:
+    """The first ``n`` images (by id) as CLIP-normalised pixels, to calibrate a random encoder."""
+    return torch.stack([load_image(images[k], image_size, CLIP_MEAN, CLIP_STD) for k in sorted(images)[:n]])
 
 
 def extract(encoder: nn.Module, images: dict[str, Path], out: Path, image_size: int = 224, batch_size: int = 32) -> int:

@@ -139,7 +139,7 @@ class VLMultitaskDataModule(pl.LightningDataModule):
     def feature_file(self, source: str) -> Path:
         """The h5 file of an image source (coco, gqa, nlvr); the tiny set has one for all its images."""
         if self.data_dir is None:
-            return self.root() / f"clip_features_tiny_{self.feature_image_size}.h5"
+            return self.root() / f"clip_features_tiny_{self.feature_image_size}_calibrated.h5"
         if source not in self.features:
             raise ConfigError(f"task.datamodule.features.{source}", None, "name the h5 file of that source's "
                               "CLIP features (scripts/extract_clip_features.py)")
@@ -162,7 +162,7 @@ class VLMultitaskDataModule(pl.LightningDataModule):
     def prepare_data(self) -> None:
         if self.data_dir is not None:
             return
-        from rankmix.data.clip_features import extract, grid_encoder, image_files
+        from rankmix.data.clip_features import calibration_images, extract, grid_encoder, image_files
 
         for h5 in self._h5.values():  # Lightning prepares again before testing: let go of the open files
             h5.close()
@@ -170,7 +170,9 @@ class VLMultitaskDataModule(pl.LightningDataModule):
         root = generate_from_source(self.root(), self.source)
         generate_compositional(root, seed=self.source.get("seed", 0))
         size = self.feature_image_size
-        extract(grid_encoder("tiny", image_size=size), image_files(root / "images"), self.feature_file("coco"), size)
+        images = image_files(root / "images")
+        encoder = grid_encoder("tiny", image_size=size, calibrate=calibration_images(images, size))
+        extract(encoder, images, self.feature_file("coco"), size)
 
     # -- examples ------------------------------------------------------------------------------
     def set_tokenizer(self, tokenizer) -> None:

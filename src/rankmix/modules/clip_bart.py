@@ -7,7 +7,9 @@ decoder generates the answer, "true"/"false" or the caption.
 
 x_R of the routing layers: the encoder's layers read the visual tokens (pooled by the routing function's mean
 after W_down); the decoder's layers read ``x_r_decoder``: ``encoder_mean`` (the masked mean of the last encoder
-hidden states, the official ``pool_bart``) or ``visual`` (the mean visual token). The encoder runs once, under
+hidden states, the official ``pool_bart``) or ``visual`` (the mean visual token). The encoder's layers also get
+the token layout: ``attention_mask`` (text padding) and ``modality_masks`` {text: the real text tokens, vision:
+the visual tokens}, which SMoLA's blocks route by (``smola`` variant ``o``). The encoder runs once, under
 its context, and the decoder (training, generation, NLVR2's first step) under its own. ``task_ids`` (the index of
 the batch's task in ``tasks``) reach per-task adapters (``multi_adapter``).
 
@@ -65,8 +67,12 @@ class CLIPBart(nn.Module):
         encoder = self.bart.get_encoder()
         text = encoder.embed_tokens(batch["input_ids"])
         vis = self.visual_embedding(batch["visual"], batch["visual_order"]).to(text.dtype)
-        mask = torch.cat([batch["attention_mask"], batch["attention_mask"].new_ones(vis.shape[:2])], dim=1)
-        with adapter_context(encoder, x_r=vis, task_ids=self._task_ids(batch)):
+        text_mask = batch["attention_mask"]
+        mask = torch.cat([text_mask, text_mask.new_ones(vis.shape[:2])], dim=1)
+        modality = {"text": torch.cat([text_mask, text_mask.new_zeros(vis.shape[:2])], dim=1).bool(),
+                    "vision": torch.cat([torch.zeros_like(text_mask), text_mask.new_ones(vis.shape[:2])], dim=1).bool()}
+        with adapter_context(encoder, x_r=vis, task_ids=self._task_ids(batch), attention_mask=mask,
+                             modality_masks=modality):
             enc = encoder(inputs_embeds=torch.cat([text, vis], dim=1), attention_mask=mask)
         if self.x_r_decoder == "visual":
             x_r = vis.mean(1)
@@ -192,12 +198,60 @@ def build_vl_multitask(cfg, run_dir: Path):
     bart = build_seq2seq(spec, tokenizer)
     if spec.get("warm_start"):
         bart = warm_start(bart, tokenizer, texts, spec.warm_start, Path(cfg.paths.cache_dir))
-    report = inject(bart, OmegaConf.to_container(cfg.method, resolve=True))
     model = CLIPBart(bart, feat_dim=cfg.backbone.feature_dim, tasks=tuple(cfg.task.datamodule.tasks),
                      x_r_decoder=cfg.task.get("x_r_decoder", "encoder_mean"))
+    if cfg.backbone.get("caption_warm_start"):
+        caption_warm_start(model, dm, cfg.backbone.caption_warm_start, Path(cfg.paths.cache_dir))
+    report = inject(bart, OmegaConf.to_container(cfg.method, resolve=True))
     report.trainable_parameters += sum(p.numel() for p in model.visual_embedding.parameters())
     report.total_parameters += sum(p.numel() for p in model.visual_embedding.parameters())
     module = VLMultitaskModule(model, tokenizer, answer_max_tokens=cfg.task.answer_max_tokens,
                                caption_beams=cfg.task.caption_beams, caption_max_tokens=cfg.task.caption_max_tokens,
                                predictions_path=str(run_dir / "predictions.jsonl"), **cfg.optimizer)
     return module, dm, report, bart
+
+
+def caption_warm_start(model: CLIPBart, dm, spec, cache_dir: Path) -> None:
+    """Tiny scale: train the whole CLIP-BART (BART and the visual embedding; before any adapter exists) to caption
+    the training images — VL-T5's captioning pre-training in small, so the tiny backbone, like a pretrained one,
+    reads visual tokens — and keep the visual embedding it learnt. ``spec``: ``epochs``, ``lr`` (linear warm-up
+    over the first 10% of steps), ``batch_size``, ``seed``. Cached by a hash of the model, the captions, the
+    feature file and ``spec``, and the starting weights; the global random state is left untouched."""
+    import hashlib
+    import json
+
+    from tqdm import tqdm
+
+    examples = dm.examples["train"]["caption"]
+    digest = hashlib.sha256(json.dumps([[(e["images"], e["target"]) for e in examples], str(dm.feature_file("coco")),
+                                        dict(spec)], sort_keys=True, default=str).encode())
+    for p in model.state_dict().values():
+        digest.update(p.detach().cpu().contiguous().numpy().tobytes())
+    key = digest.hexdigest()[:16]
+    path = Path(cache_dir) / "warm_start" / f"clip_bart-captions-{key}.pt"
+    if path.is_file():
+        model.load_state_dict(torch.load(path, map_location="cpu"))
+        return
+    params = list(model.parameters())
+    bs, epochs = int(spec.get("batch_size", 48)), int(spec.get("epochs", 10))
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(int(spec.get("seed", 0)))
+        gen = torch.Generator().manual_seed(int(spec.get("seed", 0)))
+        total = epochs * -(-len(examples) // bs)
+        opt = torch.optim.AdamW(params, lr=float(spec.get("lr", 1e-3)))
+        sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / max(1, 0.1 * total)))
+        model.train()
+        for _ in tqdm(range(epochs), desc="caption warm start", disable=None):
+            for idx in torch.randperm(len(examples), generator=gen).split(bs):
+                batch = dm._collate([{**examples[i], "_task": "caption", "_idx": i} for i in idx.tolist()])
+                loss = model.loss(batch)
+                opt.zero_grad()
+                loss.backward()
+                torch.nn.utils.clip_grad_norm_(params, 5.0)
+                opt.step()
+                sched.step()
+        model.eval()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    torch.save(model.state_dict(), path.with_suffix(".tmp"))
+    path.with_suffix(".tmp").replace(path)
+
