@@ -24,7 +24,7 @@ from pathlib import Path
 import torch
 from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, PreTrainedTokenizerFast
 
-from rankmix.errors import ConfigError
+from rankmix.errors import ConfigError, RankmixError
 
 SPECIAL_TOKENS = {"pad_token": "<pad>", "bos_token": "<s>", "eos_token": "</s>", "unk_token": "<unk>"}
 
@@ -165,18 +165,23 @@ def build_backbone(spec: Mapping, tokenizer, auto_class=AutoModelForCausalLM, ex
     return model
 
 
-def warm_start(model: torch.nn.Module, tokenizer, texts: list[str], spec: Mapping, cache_dir: Path) -> torch.nn.Module:
+def warm_start(model: torch.nn.Module, tokenizer, texts: list[str], spec: Mapping, cache_dir: Path,
+               cached_only: bool = False) -> torch.nn.Module:
     """Pre-train a random-init causal LM on ``texts`` (full training, no adapters) so the tiny scale, like the
     paper's pretrained GPT-2, starts from a model that knows the language but not the task's inputs.
 
     ``spec``: ``epochs``, ``lr``, ``batch_size``, ``seed``. Each text is trained as ``bos text eos``. The weights
     are cached under ``cache_dir`` by a hash of the model config, the texts and ``spec``; the global random state
     is left untouched (forked), so a run draws the same adapter init whether the cache existed or not.
+    ``cached_only``: refuse to train (rebuilding a finished run's model), raising when the cache lacks the weights.
     """
     path = warm_start_path(model, texts, spec, cache_dir)
     if path.is_file():
         model.load_state_dict(torch.load(path, map_location="cpu"))
         return model
+    if cached_only:
+        raise RankmixError(f"{path}: the warm-started weights are not in the cache (the run that used them wrote "
+                           "them; run it again with rerun=true)")
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(int(spec.get("seed", 0)))
         _train_lm(model, tokenizer, texts, spec)

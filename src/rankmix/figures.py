@@ -443,36 +443,20 @@ def routing_figb8(src: Sources) -> Drawn:
 
 def _restore_captioner(src: Sources, table: str, key: str, run: dict):
     """A captioning run's trained model (frozen ViT, warm-started LM from the cache, its adapters) and its data."""
-    from hydra.utils import instantiate
+    import tempfile
+
     from omegaconf import OmegaConf
-    from transformers import AutoTokenizer
 
-    from rankmix.adapters import inject
-    from rankmix.backbones import build_backbone, build_encoder, load_tokenizer, warm_start, warm_start_path
-    from rankmix.modules.captioning import VisionPrefixCaptioner
+    from rankmix.modules.captioning import build_captioning
 
-    cfg = OmegaConf.create(run["config"])
-    cache = Path(cfg.paths.cache_dir)
-    dm = instantiate(cfg.task.datamodule, cache_dir=str(cache))
-    dm.prepare_data()
-    spec = cfg.backbone.language
-    if spec.tokenizer.source == "word_level":
-        tokenizer = AutoTokenizer.from_pretrained(src.run_file(table, key, "tokenizer/tokenizer_config.json").parent)
-    else:
-        tokenizer = load_tokenizer(spec.tokenizer, [], cache)
-    lm = build_backbone(spec, tokenizer)
-    if spec.get("warm_start"):
-        texts = dm.caption_texts()
-        if not warm_start_path(lm, texts, spec.warm_start, cache).is_file():
-            raise FigureError(f"run {table}/{key}: its warm-started language model is not in the cache {cache}; "
-                              f"`make reproduce-table-{table} ARGS=rerun=true` makes it")
-        lm = warm_start(lm, tokenizer, texts, spec.warm_start, cache)
-    inject(lm, OmegaConf.to_container(cfg.method, resolve=True))
+    with tempfile.TemporaryDirectory() as tmp:  # the word-level tokenizer is rebuilt from the same texts
+        try:
+            module, dm, _, lm = build_captioning(OmegaConf.create(run["config"]), Path(tmp), cached_only=True)
+        except RankmixError as e:
+            raise FigureError(f"run {table}/{key}: {e}; `make reproduce-table-{table} ARGS=rerun=true` makes it") from None
     lm.load_state_dict(_trained_adapters(src, table, key), strict=False)
-    model = VisionPrefixCaptioner(build_encoder("backbone.vision", cfg.backbone.vision), lm, cfg.task.get("x_r", "image"))
-    dm.set_tokenizer(tokenizer)
     dm.setup()
-    return model.eval(), tokenizer, dm
+    return module.model.eval(), module.tokenizer, dm
 
 
 def routing_fig4(src: Sources) -> Drawn:

@@ -99,8 +99,9 @@ class CaptioningModule(TrainableCheckpoint, ScoredEvaluation, pl.LightningModule
                                   "prediction": text.strip(), "references": batch["references"][i]})
 
 
-def build_captioning(cfg, run_dir: Path):
-    """(LightningModule, data module, injection report, the adapted language model) for a captioning config."""
+def build_captioning(cfg, run_dir: Path, cached_only: bool = False):
+    """(LightningModule, data module, injection report, the adapted language model) for a captioning config;
+    ``cached_only``: the warm-started language model must come from the cache (rebuilding a finished run)."""
     from hydra.utils import instantiate
     from omegaconf import OmegaConf
 
@@ -116,7 +117,7 @@ def build_captioning(cfg, run_dir: Path):
     vision = build_encoder("backbone.vision", cfg.backbone.vision)
     lm = build_backbone(spec, tokenizer)
     if spec.get("warm_start"):
-        lm = warm_start(lm, tokenizer, texts, spec.warm_start, Path(cfg.paths.cache_dir))
+        lm = warm_start(lm, tokenizer, texts, spec.warm_start, Path(cfg.paths.cache_dir), cached_only=cached_only)
     report = inject(lm, OmegaConf.to_container(cfg.method, resolve=True))
     model = VisionPrefixCaptioner(vision, lm, x_r=cfg.task.get("x_r", "image"))
     module = CaptioningModule(model, tokenizer, max_new_tokens=cfg.task.max_new_tokens,
