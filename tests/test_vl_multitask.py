@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from rankmix.backbones import word_level_tokenizer
-from rankmix.data.vl_multitask import MultitaskBatchSampler, VLMultitaskDataModule, _TaskExamples
+from rankmix.data.vl_multitask import MultitaskBatchSampler, VLMultitaskDataModule, TaskExamples
 from rankmix.errors import ConfigError, DataError
 from rankmix.metrics.vl_tasks import gqa_accuracy, nlvr_accuracy, nlvr_predictions
 
@@ -48,7 +48,7 @@ def test_batches_follow_the_task_ratios_and_cover_each_example_once():
 def test_vqa_targets_are_drawn_by_soft_score_each_epoch():
     dm = VLMultitaskDataModule(None, "unused", tasks=("vqa",), seed=0)
     dm.examples = {"train": {"vqa": [{"images": ["x"], "sent": "q", "label": {"red": 1.0, "blue": 0.3}}]}}
-    data = _TaskExamples(dm, "train")
+    data = TaskExamples(dm, "train")
     draws = Counter(data[("vqa", 0, epoch)]["target"] for epoch in range(2000))
     assert abs(draws["blue"] / 2000 - 0.3 / 1.3) < 0.03
     assert data[("vqa", 0, 7)]["target"] == data[("vqa", 0, 7)]["target"]

@@ -90,7 +90,7 @@ class MultitaskBatchSampler:
         return -(-n // self.world)
 
 
-class _TaskExamples(Dataset):
+class TaskExamples(Dataset):
     def __init__(self, dm: VLMultitaskDataModule, stage: str):
         self.dm, self.stage = dm, stage
 
@@ -293,7 +293,7 @@ class VLMultitaskDataModule(pl.LightningDataModule):
         base = self.batch_size if train else self.eval_batch_size
         batch_sizes = {t: max(1, int(base * self.ratios[t])) if train else base for t in self.tasks}
         sampler = MultitaskBatchSampler(sizes, batch_sizes, shuffle=train, seed=self.seed, world=world, rank=rank)
-        return DataLoader(_TaskExamples(self, stage), batch_sampler=sampler, num_workers=self.num_workers,
+        return DataLoader(TaskExamples(self, stage), batch_sampler=sampler, num_workers=self.num_workers,
                           collate_fn=self._collate)
 
     def train_dataloader(self) -> DataLoader:

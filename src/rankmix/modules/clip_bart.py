@@ -202,6 +202,8 @@ def build_vl_multitask(cfg, run_dir: Path):
                      x_r_decoder=cfg.task.get("x_r_decoder", "encoder_mean"))
     if cfg.backbone.get("caption_warm_start"):
         caption_warm_start(model, dm, cfg.backbone.caption_warm_start, Path(cfg.paths.cache_dir))
+    if cfg.backbone.get("multitask_warm_start"):
+        multitask_warm_start(model, dm, cfg.backbone.multitask_warm_start, Path(cfg.paths.cache_dir))
     report = inject(bart, OmegaConf.to_container(cfg.method, resolve=True))
     report.trainable_parameters += sum(p.numel() for p in model.visual_embedding.parameters())
     report.total_parameters += sum(p.numel() for p in model.visual_embedding.parameters())
@@ -217,33 +219,66 @@ def caption_warm_start(model: CLIPBart, dm, spec, cache_dir: Path) -> None:
     reads visual tokens — and keep the visual embedding it learnt. ``spec``: ``epochs``, ``lr`` (linear warm-up
     over the first 10% of steps), ``batch_size``, ``seed``. Cached by a hash of the model, the captions, the
     feature file and ``spec``, and the starting weights; the global random state is left untouched."""
+    examples = dm.examples["train"]["caption"]
+    bs = int(spec.get("batch_size", 48))
+    gen = torch.Generator().manual_seed(int(spec.get("seed", 0)))
+
+    def batches(_epoch):
+        for idx in torch.randperm(len(examples), generator=gen).split(bs):
+            yield dm._collate([{**examples[i], "_task": "caption", "_idx": i} for i in idx.tolist()])
+
+    fingerprint = [[(e["images"], e["target"]) for e in examples], str(dm.feature_file("coco")), dict(spec)]
+    _train_whole(model, "captions", fingerprint, batches, -(-len(examples) // bs), spec, cache_dir)
+
+
+def multitask_warm_start(model: CLIPBart, dm, spec, cache_dir: Path) -> None:
+    """Fine-tune the whole CLIP-BART on the training mixture (every task, VL-Adapter's batch ratios) before any
+    adapter exists: the fine-tuned model that Omni-SMoLA adds its experts to (PaLI-3_FT in App. A.1), and that
+    its baseline is. ``spec`` and caching as ``caption_warm_start``."""
+    from rankmix.data.vl_multitask import MultitaskBatchSampler, TaskExamples
+
+    train = dm.examples["train"]
+    bs = int(spec.get("batch_size", 48))
+    sampler = MultitaskBatchSampler({t: len(train[t]) for t in dm.tasks},
+                                    {t: max(1, int(bs * dm.ratios[t])) for t in dm.tasks}, shuffle=True,
+                                    seed=int(spec.get("seed", 0)))
+    data = TaskExamples(dm, "train")
+
+    def batches(epoch):
+        sampler.set_epoch(epoch)
+        for keys in sampler:
+            yield dm._collate([data[k] for k in keys])
+
+    fingerprint = [{t: [len(train[t]), train[t][0], train[t][-1]] for t in dm.tasks}, str(dm.feature_file("coco")),
+                   dict(spec)]
+    _train_whole(model, "multitask", fingerprint, batches, len(sampler), spec, cache_dir)
+
+
+def _train_whole(model: CLIPBart, name: str, fingerprint, batches, steps_per_epoch: int, spec, cache_dir: Path) -> None:
+    """Train every weight of ``model`` on ``batches(epoch)`` (AdamW, linear warm-up over 10% of the steps, gradient
+    clipping 5), or load the result cached under a hash of ``fingerprint`` and the starting weights."""
     import hashlib
     import json
 
     from tqdm import tqdm
 
-    examples = dm.examples["train"]["caption"]
-    digest = hashlib.sha256(json.dumps([[(e["images"], e["target"]) for e in examples], str(dm.feature_file("coco")),
-                                        dict(spec)], sort_keys=True, default=str).encode())
+    digest = hashlib.sha256(json.dumps(fingerprint, sort_keys=True, default=str).encode())
     for p in model.state_dict().values():
         digest.update(p.detach().cpu().contiguous().numpy().tobytes())
-    key = digest.hexdigest()[:16]
-    path = Path(cache_dir) / "warm_start" / f"clip_bart-captions-{key}.pt"
+    path = Path(cache_dir) / "warm_start" / f"clip_bart-{name}-{digest.hexdigest()[:16]}.pt"
     if path.is_file():
         model.load_state_dict(torch.load(path, map_location="cpu"))
         return
     params = list(model.parameters())
-    bs, epochs = int(spec.get("batch_size", 48)), int(spec.get("epochs", 10))
+    epochs = int(spec.get("epochs", 10))
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(int(spec.get("seed", 0)))
-        gen = torch.Generator().manual_seed(int(spec.get("seed", 0)))
-        total = epochs * -(-len(examples) // bs)
+        total = epochs * steps_per_epoch
         opt = torch.optim.AdamW(params, lr=float(spec.get("lr", 1e-3)))
         sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / max(1, 0.1 * total)))
         model.train()
-        for _ in tqdm(range(epochs), desc="caption warm start", disable=None):
-            for idx in torch.randperm(len(examples), generator=gen).split(bs):
-                batch = dm._collate([{**examples[i], "_task": "caption", "_idx": i} for i in idx.tolist()])
+        for epoch in tqdm(range(epochs), desc=f"{name} warm start", disable=None):
+            for batch in batches(epoch):
                 loss = model.loss(batch)
                 opt.zero_grad()
                 loss.backward()
@@ -254,4 +289,3 @@ def caption_warm_start(model: CLIPBart, dm, spec, cache_dir: Path) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     torch.save(model.state_dict(), path.with_suffix(".tmp"))
     path.with_suffix(".tmp").replace(path)
-
