@@ -560,7 +560,7 @@ def smola_fig4(src: Sources) -> Drawn:
     plt = _plt()
     fig, axes = plt.subplots(len(blocks), len(layers), figsize=(2.6 * len(layers) + 1, 7.6), layout="constrained",
                              squeeze=False)
-    rows, off = [], {b: [] for b in blocks}
+    rows, off, label = [], {b: [] for b in blocks}, {"mm": "multimodal"}
     for j, layer in enumerate(layers):
         short = layer.split("encoder.", 1)[-1].replace("layers.", "L").replace(".self_attn.", " ")
         for i, block in enumerate(blocks):
@@ -568,15 +568,15 @@ def smola_fig4(src: Sources) -> Drawn:
             im = axes[i][j].imshow(gram, vmin=-1, vmax=1, cmap="RdBu_r")
             axes[i][j].set(xticks=[], yticks=[], title=short if i == 0 else "")
             if j == 0:
-                axes[i][j].set_ylabel({"mm": "multimodal"}.get(block, block) + " experts")
+                axes[i][j].set_ylabel(label.get(block, block) + " experts")
             mask = ~np.eye(len(gram), dtype=bool)
             off[block].append(float(np.abs(gram[mask]).mean()))
             rows.append({"panel": block, "series": short, "x": "mean |off-diagonal|", "y": off[block][-1]})
     fig.colorbar(im, ax=axes, shrink=0.6, label="ΦΦᵀ (cosine of routing columns)")
     finding = ("mean |off-diagonal| of ΦΦᵀ (0 = identity, experts routed apart): "
-               + ", ".join(f"{({'mm': 'multimodal'}).get(b, b)} {sum(v) / len(v):.3f}" for b, v in off.items())
-               + f" (averaged over {len(layers)} layers; first layer " + ", ".join(f"{v[0]:.3f}" for v in off.values())
-               + ")")
+               + ", ".join(f"{label.get(b, b)} {sum(v) / len(v):.3f}" for b, v in off.items())
+               + f" (averaged over {len(layers)} layers); in the first layer "
+               + ", ".join(f"{label.get(b, b)} {v[0]:.3f}" for b, v in off.items()))
     return Drawn(fig, rows, [f"{table}/{key}"], finding + ".")
 
 

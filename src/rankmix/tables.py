@@ -166,7 +166,7 @@ def build_table(table_id: str, results_dir: Path, paper_dir: Path) -> Path:
         if spec.get("baseline"):
             md += ["", f"Gain cells: ours minus the baseline run ({spec['baseline']}, "
                    f"`{baseline['run']['key'] if baseline else 'not finished'}`)."]
-        md += [""] + _pivot(cells)
+        md += [""] + _pivot(cells, [c.get("label") for c in spec.get("cells", [])])
         md += ["", "`paper` = the paper's printed value; `ours` = this suite's run; `diff` = ours − paper.", "",
                "| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
         md += ["| " + " | ".join(_short(row.get(k, "")) for k in columns) + " |" for row in cells]
@@ -244,10 +244,12 @@ def _short(v) -> str:
     return "missing" if isinstance(v, str) and v.startswith("missing") else _fmt(v)
 
 
-def _pivot(cells: list[dict]) -> list[str]:
-    """Markdown: one row per cell label (in table order), one column per run, entries "ours / paper"."""
+def _pivot(cells: list[dict], order: list[str] | None = None) -> list[str]:
+    """Markdown: one row per cell label (in ``order``, the table's, then as met), one column per run, entries
+    "ours / paper"."""
     runs = list(dict.fromkeys(r["run"] for r in cells))
-    labels = list(dict.fromkeys(r["cell"] for r in cells))
+    labels = list(dict.fromkeys([label for label in order or [] if any(r["cell"] == label for r in cells)]
+                                + [r["cell"] for r in cells]))
     value = {(r["cell"], r["run"]): f"{r.get('shown') or _short(r['ours'])} / {r.get('paper_shown') or r['paper']}"
              for r in cells}
     lines = ["| cell | " + " | ".join(runs) + " |", "|" + "---|" * (len(runs) + 1)]
