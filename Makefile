@@ -8,7 +8,7 @@ SCALE ?= tiny
 ARGS ?=
 OFFLINE := HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 HF_DATASETS_OFFLINE=1 WANDB_MODE=disabled
 
-.PHONY: help setup run test test-fast test-kernels bench-kernels lint list-tables figures sync-wandb clean
+.PHONY: help setup run test test-fast test-kernels bench-kernels bench-e2e lint list-tables figures sync-wandb clean
 
 help: ## list the targets with one line each
 	@grep -hE '^[a-zA-Z0-9_%-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-22s %s\n", $$1, $$2}'

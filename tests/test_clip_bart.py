@@ -1,6 +1,8 @@
 """CLIP-BART (routing functions §5): visual tokens after the text, x_R per stack, NLVR2's first-step logits,
 and a tiny multitask run end to end."""
 
+from collections import Counter
+
 import pytest
 import torch
 from transformers import BartConfig, BartForConditionalGeneration
@@ -107,3 +109,39 @@ def test_tiny_multitask_run(tmp_path):
     assert m["test/average"] == pytest.approx(sum(m[f"test/{t}/accuracy"] for t in ("vqa", "gqa", "nlvr")) / 3)
     table = (tmp_path / "results" / "routing-7" / "table.md").read_text()
     assert "| NLVR2 |" in table and "| COCO CIDEr |" in table
+
+
+def test_multitask_warm_start_trains_every_task_and_then_loads_from_its_cache(tmp_path, monkeypatch):
+    from rankmix.backbones import word_level_tokenizer
+    from rankmix.data.vl_multitask import VLMultitaskDataModule
+    from rankmix.modules import clip_bart
+
+    source = {"n_train": 6, "n_val": 1, "n_test": 1, "size": 32, "seed": 1, "noise": 0.0}
+    dm = VLMultitaskDataModule(None, str(tmp_path / "data"), source=source, batch_size=6, feature_image_size=96,
+                               n_boxes=9)
+    dm.prepare_data()
+    dm.setup()
+    tok = word_level_tokenizer(dm.texts(), tmp_path / "tok", split_punctuation=True)
+    dm.set_tokenizer(tok)
+
+    def fresh():
+        torch.manual_seed(0)
+        bart = BartForConditionalGeneration(BartConfig(
+            vocab_size=len(tok), d_model=16, encoder_layers=1, decoder_layers=1, encoder_attention_heads=2,
+            decoder_attention_heads=2, encoder_ffn_dim=32, decoder_ffn_dim=32, max_position_embeddings=64,
+            pad_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id, decoder_start_token_id=tok.eos_token_id))
+        return CLIPBart(bart, feat_dim=256, tasks=TASKS)
+
+    seen = Counter()
+    loss = CLIPBart.loss
+    monkeypatch.setattr(CLIPBart, "loss", lambda self, batch: (seen.update([batch["task"]]), loss(self, batch))[1])
+    spec = {"epochs": 2, "lr": 1e-3, "batch_size": 6, "seed": 0}
+    model, before = fresh(), fresh().state_dict()
+    clip_bart.multitask_warm_start(model, dm, spec, tmp_path / "cache")
+    assert set(seen) == set(TASKS)  # every task's batches, at its ratio
+    assert not torch.equal(model.bart.model.shared.weight, before["bart.model.shared.weight"])
+    assert len(list((tmp_path / "cache" / "warm_start").glob("clip_bart-multitask-*.pt"))) == 1
+    seen.clear()
+    again = fresh()
+    clip_bart.multitask_warm_start(again, dm, spec, tmp_path / "cache")
+    assert not seen and torch.equal(again.visual_embedding.feat.weight, model.visual_embedding.feat.weight)

@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from rankmix.backbones import word_level_tokenizer
-from rankmix.data.vl_multitask import MultitaskBatchSampler, VLMultitaskDataModule, TaskExamples
+from rankmix.data.vl_multitask import MultitaskBatchSampler, TaskExamples, VLMultitaskDataModule
 from rankmix.errors import ConfigError, DataError
 from rankmix.metrics.vl_tasks import gqa_accuracy, nlvr_accuracy, nlvr_predictions
 
