@@ -156,3 +156,17 @@ def test_gain_cells_subtract_the_baseline_run(tmp_path, paper_dir):
     assert rows == [{"run": "lora", "scale": "tiny", "cell": "gain", "metric": "test/em", "paper": "52.60",
                      "ours": "12.50", "diff": "-40.10"}]
     assert "baseline run ({'method': 'frozen'}, `frozen`)" in md.read_text()
+
+
+def test_reproduce_sweeps_the_seeds_and_picks_the_tables_launcher(tmp_path, monkeypatch):
+    from rankmix import tables
+
+    calls = []
+    monkeypatch.setattr(tables.subprocess, "call", lambda cmd: calls.append(cmd) or 0)
+    assert tables.reproduce("routing-c15", ["scale=tiny"], tmp_path) == 0
+    assert calls[0][-2:] == ["seed=0,1,2", "hydra/launcher=joblib"]
+    assert "experiment=routing/c15/adapter_matmul," in " ".join(calls[0])
+    tables.reproduce("routing-c15", ["seed=4", "hydra/launcher=slurm"], tmp_path)  # the caller's choice wins
+    assert calls[1][-2:] == ["seed=4", "hydra/launcher=slurm"]
+    tables.reproduce("routing-7", [], tmp_path)
+    assert not any(a.startswith(("seed=", "hydra/launcher=")) for a in calls[2])

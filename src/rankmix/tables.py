@@ -19,6 +19,8 @@ Two table-level options summarise runs against each other:
 - ``baseline: {<match key>: <value>}``: a cell with ``gain: true`` shows ours minus the same metric of the run
   whose ``table.match`` holds those values (e.g. the frozen backbone), the paper's "improvement over baseline".
 
+``launcher: joblib`` runs the table's multirun with Hydra's joblib launcher: one run per CPU core, each with
+cores / runs threads (a tiny model gains more from that than from threads), unless the overrides name another.
 ``skip_unmatched: true`` drops a row's cell that matches no paper row (a paper that reports, per task, only the
 best routing function) instead of failing.
 
@@ -291,9 +293,11 @@ def reproduce(table_id: str, overrides: list[str], results_dir: Path) -> int:
         print(f"rankmix: error: unknown table {table_id!r}; known: {', '.join(tables) or 'none'}", file=sys.stderr)
         return 2
     cmd = [sys.executable, "-m", "rankmix.train", "-m", "experiment=" + ",".join(tables[table_id]), *overrides]
-    seeds = table_spec(table_id).get("seeds")
-    if seeds and not any(o.startswith("seed=") for o in overrides):
-        cmd.append("seed=" + ",".join(str(s) for s in seeds))
+    spec = table_spec(table_id)
+    if spec.get("seeds") and not any(o.startswith("seed=") for o in overrides):
+        cmd.append("seed=" + ",".join(str(s) for s in spec["seeds"]))
+    if spec.get("launcher") and not any(o.startswith("hydra/launcher=") for o in overrides):
+        cmd.append(f"hydra/launcher={spec['launcher']}")
     print("rankmix: " + " ".join(cmd))
     rc = subprocess.call(cmd)
     md = build_table(table_id, results_dir, results_dir / "paper")
