@@ -75,11 +75,11 @@ def first_token_cost(model, prompts: list[dict], device: str, warmup: int) -> tu
 
 
 def main(argv=None) -> int:
-    from hydra.utils import instantiate
     from omegaconf import OmegaConf
 
     from rankmix.adapters import inject
     from rankmix.backbones import build_backbone, load_tokenizer
+    from rankmix.data.loading import prepared_datamodule
 
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--experiment", default="smora/1/smora_64_8", help="a SMoRA experiment config (its backbone and task)")
@@ -98,9 +98,7 @@ def main(argv=None) -> int:
         print("rankmix bench-e2e: no GPU present: timing on the CPU, without peak memory (measured on CUDA only) "
               "and without the Triton backend")
     with tempfile.TemporaryDirectory() as tmp:
-        dm = instantiate(cfg.task.datamodule, cache_dir=cfg.paths.cache_dir)
-        dm.check_paths()
-        dm.prepare_data()
+        dm = prepared_datamodule(cfg)
         tokenizer = load_tokenizer(cfg.backbone.tokenizer, [dm.files()["train"]], Path(tmp) / "tokenizer",
                                    dm.template_text())
         dm.eval_batch_size = 1

@@ -388,16 +388,20 @@ PAIR_LABEL = {"none": "LoRA (no routing)", "proj": "LoRA + x_t(x_v)^T x_v"}
 def _routing_pair(src: Sources, table: str = "routing-4") -> tuple[dict[str, dict], dict[str, str]]:
     """Tab. 4's COCO runs with LoRA r 64 without and with x_t(x_v)^T x_v, found by their method: (runs, fn → key)."""
     runs = src.runs(table)
-    keys = {}
+    return runs, {fn: _method_run(src, table, runs, "routing", base="lora", r=64, fn=fn) for fn in PAIR_LABEL}
+
+
+def _method_run(src: Sources, table: str, runs: dict[str, dict], name: str, **want) -> str:
+    """The key of the first of ``table``'s finished ``runs`` whose method has ``name`` and the options ``want``."""
     for key, run in sorted(runs.items()):
         m = run["config"]["method"]
-        if m.get("name") == "routing" and m.get("base") == "lora" and m.get("r") == 64 and m.get("fn") in PAIR_LABEL:
-            keys.setdefault(m["fn"], key)
-    missing = [fn for fn in PAIR_LABEL if fn not in keys]
-    if missing:
-        raise FigureError(f"table {table}: no finished LoRA r 64 run with fn={missing[0]} under "
-                          f"{src.results_dir / table / 'runs'}; run `make reproduce-table-{table}` first")
-    return runs, keys
+        if m.get("name") == name and all(m.get(k) == v for k, v in want.items()):
+            return key
+    what = ", ".join(f"{k}={v}" for k, v in want.items())
+    raise FigureError(f"table {table}: no finished {name} run with {what} under {src.results_dir / table / 'runs'}; "
+                      f"run `make reproduce-table-{table}` first")
+
+
 FUNCTION_WORDS = {"a", "an", "the", "at", "is", "are", "and", "of", "on", "in", "with", "to", "its", "it", "by"}
 
 
@@ -503,27 +507,15 @@ def routing_fig4(src: Sources) -> Drawn:
 SV_THRESHOLDS = (0.01, 0.1, 1.0, 5.0, 10.0)  # % of the largest singular value (App. A.2)
 
 
-def _smola_run(src: Sources, table: str, name: str, **want) -> tuple[dict, str]:
-    """The finished run of ``table`` whose method has ``name`` and the options ``want``: (runs, its key)."""
-    runs = src.runs(table)
-    for key, run in sorted(runs.items()):
-        m = run["config"]["method"]
-        if m.get("name") == name and all(m.get(k) == v for k, v in want.items()):
-            return runs, key
-    what = ", ".join(f"{k}={v}" for k, v in want.items())
-    raise FigureError(f"table {table}: no finished {name} run with {what} under {src.results_dir / table / 'runs'}; "
-                      f"run `make reproduce-table-{table}` first")
-
-
 def smola_fig3(src: Sources) -> Drawn:
     import torch
 
     table, ranks = "smola-a1", (384, 1536)
     plt = _plt()
     fig, axes = plt.subplots(1, 2, figsize=(10, 3.8), layout="constrained", sharey=True)
-    rows, used, found = [], [], {}
+    rows, used, found, runs = [], [], {}, src.runs(table)
     for ax, r in zip(axes, ranks, strict=True):
-        _, key = _smola_run(src, table, "lora", r=r)
+        key = _method_run(src, table, runs, "lora", r=r)
         used.append(f"{table}/{key}")
         state = torch.load(src.run_file(table, key, "checkpoints/last.ckpt"), map_location="cpu", weights_only=False)
         weights = state["state_dict"]
@@ -553,7 +545,7 @@ def smola_fig4(src: Sources) -> Drawn:
     import numpy as np
 
     table, experts = "smola-a1", 48
-    _, key = _smola_run(src, table, "smola", variant="o", num_experts=experts)
+    key = _method_run(src, table, src.runs(table), "smola", variant="o", num_experts=experts)
     stats = json.loads(src.run_file(table, key, "routing_stats.json").read_text())
     layers = sorted(stats)
     blocks = ("text", "vision", "mm")

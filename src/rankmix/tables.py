@@ -87,13 +87,19 @@ def paper_rows(paper_dir: Path, csv_name: str, match: dict) -> list[dict]:
 
 
 def paper_value(paper_dir: Path, csv_name: str, match: dict, column: str | None = None) -> str:
-    path = paper_dir / csv_name
-    rows = paper_rows(paper_dir, csv_name, match)
+    return printed(_one(paper_rows(paper_dir, csv_name, match), paper_dir / csv_name, match), column)
+
+
+def _one(rows: list[dict], path: Path, match: dict) -> dict:
     if len(rows) != 1:
         raise RankmixError(f"{path}: {len(rows)} rows match {match}; a cell must match exactly one")
+    return rows[0]
+
+
+def printed(row: dict, column: str | None = None) -> str:
+    """A paper row's value (``column``, else value / mean; no number printed, e.g. "not converge": the text)."""
     if column:
-        return rows[0][column]
-    row = rows[0]  # no number printed (e.g. "not converge"): the printed text
+        return row[column]
     return row.get("value") or row.get("mean") or row.get("value_as_printed", "")
 
 
@@ -105,9 +111,11 @@ def table_rows(run: dict, paper_dir: Path, baseline: dict | None = None) -> list
         rows = []
         for cell in table["cells"]:
             match = {**table.get("match", {}), **cell["match"]}
-            if table.get("skip_unmatched") and not paper_rows(paper_dir, table["paper_csv"], match):
+            matched = paper_rows(paper_dir, table["paper_csv"], match)
+            if table.get("skip_unmatched") and not matched:
                 continue
-            paper = paper_value(paper_dir, table["paper_csv"], match, cell.get("column"))
+            paper_row = _one(matched, paper_dir / table["paper_csv"], match)
+            paper = printed(paper_row, cell.get("column"))
             ours = run_value(run, cell["metric"])
             if cell.get("gain") and isinstance(ours, (int, float)):
                 if baseline is None:
@@ -126,7 +134,7 @@ def table_rows(run: dict, paper_dir: Path, baseline: dict | None = None) -> list
             paper_num = _number(paper or "", unit)
             diff = ours - paper_num if isinstance(ours, (int, float)) and paper_num is not None else None
             label = cell.get("label") or ", ".join(f"{k}={v}" for k, v in cell["match"].items())
-            paper_std = (paper_rows(paper_dir, table["paper_csv"], match)[0].get("std") or "") if not cell.get("column") else ""
+            paper_std = "" if cell.get("column") else paper_row.get("std") or ""
             rows.append({**base, "cell": label, "metric": cell["metric"], "paper": paper, "ours": ours, "diff": diff,
                          "paper_std": paper_std, "match": table.get("match", {}), "seed": run["config"].get("seed")})
         return rows

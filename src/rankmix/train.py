@@ -61,6 +61,7 @@ def build_trainer(cfg: DictConfig, run_dir: Path) -> pl.Trainer:
 def fit_and_test(cfg: DictConfig, run_dir: Path, chash: str) -> tuple[dict, dict, pl.Trainer]:
     from rankmix.adapters import adapter_layers, adapter_state_dict, check_context, inject
     from rankmix.backbones import build_backbone, load_tokenizer
+    from rankmix.data.loading import prepared_datamodule
     from rankmix.modules.causal_lm import CausalLMModule
 
     pl.seed_everything(cfg.seed, workers=True, verbose=False)
@@ -73,9 +74,7 @@ def fit_and_test(cfg: DictConfig, run_dir: Path, chash: str) -> tuple[dict, dict
         build = {"vqa": build_vqa, "caption": build_captioning, "vl_multitask": build_vl_multitask}[kind]
         module, dm, report, model = build(cfg, run_dir)
     else:
-        dm = instantiate(cfg.task.datamodule, cache_dir=cfg.paths.cache_dir)
-        dm.check_paths()
-        dm.prepare_data()
+        dm = prepared_datamodule(cfg)
         tokenizer = load_tokenizer(cfg.backbone.tokenizer, [dm.files()["train"]], run_dir / "tokenizer",
                                    dm.template_text())
         model = build_backbone(cfg.backbone, tokenizer)

@@ -7,6 +7,17 @@ import torch
 from torch.utils.data import DataLoader, DistributedSampler
 
 
+def prepared_datamodule(cfg):
+    """The data module of ``cfg.task`` (cache under ``cfg.paths.cache_dir``), its paths checked and its data
+    prepared (generated, or read and indexed)."""
+    from hydra.utils import instantiate
+
+    dm = instantiate(cfg.task.datamodule, cache_dir=cfg.paths.cache_dir)
+    dm.check_paths()
+    dm.prepare_data()
+    return dm
+
+
 def seeded_loader(dm, data: list, train: bool, collate_fn) -> DataLoader:
     """``data`` of data module ``dm`` (its seed, batch sizes, workers), one shard per process of its trainer
     (one replica without a trainer), shuffled for training."""

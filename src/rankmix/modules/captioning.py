@@ -102,15 +102,13 @@ class CaptioningModule(TrainableCheckpoint, ScoredEvaluation, pl.LightningModule
 def build_captioning(cfg, run_dir: Path, cached_only: bool = False):
     """(LightningModule, data module, injection report, the adapted language model) for a captioning config;
     ``cached_only``: the warm-started language model must come from the cache (rebuilding a finished run)."""
-    from hydra.utils import instantiate
     from omegaconf import OmegaConf
 
     from rankmix.adapters import inject
     from rankmix.backbones import build_backbone, build_encoder, text_tokenizer, warm_start
+    from rankmix.data.loading import prepared_datamodule
 
-    dm = instantiate(cfg.task.datamodule, cache_dir=cfg.paths.cache_dir)
-    dm.check_paths()
-    dm.prepare_data()
+    dm = prepared_datamodule(cfg)
     spec, texts = cfg.backbone.language, dm.caption_texts()
     tokenizer = text_tokenizer(spec.tokenizer, texts, run_dir / "tokenizer")
     dm.set_tokenizer(tokenizer)

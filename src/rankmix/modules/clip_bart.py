@@ -183,15 +183,13 @@ def _answer_tokens(tokenizer, config) -> tuple[tuple[int, int], list[int]]:
 
 def build_vl_multitask(cfg, run_dir: Path):
     """(LightningModule, data module, injection report, the adapted BART) for a CLIP-BART multitask config."""
-    from hydra.utils import instantiate
     from omegaconf import OmegaConf
 
     from rankmix.adapters import inject
     from rankmix.backbones import build_seq2seq, text_tokenizer, warm_start
+    from rankmix.data.loading import prepared_datamodule
 
-    dm = instantiate(cfg.task.datamodule, cache_dir=cfg.paths.cache_dir)
-    dm.check_paths()
-    dm.prepare_data()
+    dm = prepared_datamodule(cfg)
     spec, texts = cfg.backbone.language, dm.texts()
     tokenizer = text_tokenizer(spec.tokenizer, texts, run_dir / "tokenizer")
     dm.set_tokenizer(tokenizer)

@@ -87,16 +87,14 @@ class VQAModule(TrainableCheckpoint, ScoredEvaluation, pl.LightningModule):
 
 def build_vqa(cfg, run_dir: Path):
     """(LightningModule, data module, injection report, the adapted text encoder) for a VQA config."""
-    from hydra.utils import instantiate
     from omegaconf import OmegaConf
     from transformers import AutoTokenizer
 
     from rankmix.adapters import inject
     from rankmix.backbones import _not_loadable, build_encoder, resolve_name
+    from rankmix.data.loading import prepared_datamodule
 
-    dm = instantiate(cfg.task.datamodule, cache_dir=cfg.paths.cache_dir)
-    dm.check_paths()
-    dm.prepare_data()
+    dm = prepared_datamodule(cfg)
     text_spec = cfg.backbone.text
     name = resolve_name("backbone.text.name_or_path", text_spec.get("tokenizer") or text_spec.name_or_path)
     try:
