@@ -8,7 +8,10 @@ SCALE ?= tiny
 ARGS ?=
 OFFLINE := HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 HF_DATASETS_OFFLINE=1 WANDB_MODE=disabled
 
-.PHONY: help setup run test test-fast test-kernels bench-kernels bench-e2e lint list-tables figures sync-wandb clean
+TABLE ?=
+ROW ?=
+
+.PHONY: help setup run show-row test test-fast test-kernels bench-kernels bench-e2e lint list-tables figures sync-wandb clean
 
 help: ## list the targets with one line each
 	@grep -hE '^[a-zA-Z0-9_%-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-22s %s\n", $$1, $$2}'
@@ -39,6 +42,9 @@ list-tables: ## every reproducible table and its status (never run / tiny / pape
 
 reproduce-table-%: ## run table <paper>-<id>'s multirun (missing/stale runs only), then write results/<paper>-<id>/table.md; SCALE=paper for the paper's setting
 	$(PY) -m rankmix.tables reproduce $* scale=$(SCALE) $(ARGS)
+
+show-row: ## print one row's fully resolved config: make show-row TABLE=smora-1 ROW=lora_64 SCALE=paper
+	@$(PY) -m rankmix.tables show $(TABLE) $(ROW) scale=$(SCALE) $(ARGS)
 
 table-%: ## rebuild results/<id>/table.{md,csv} from the run JSONs already there
 	$(PY) -m rankmix.tables build $*

@@ -8,7 +8,7 @@ CASES = [
     (["method=nope"], "Could not find 'method/nope'", "Available options in 'method'"),
     (["method.r=0"], "rankmix: error: method.r=0: must be a positive integer", None),
     (["+method.k=4"], "rankmix: error: method.k=4: not an option of lora", None),
-    (["task.datamodule.data_dir=/does/not/exist"], "rankmix: error: task.data_dir='/does/not/exist': directory not found",
+    (["task.datamodule.data_dir=/does/not/exist"], "rankmix: error: task.datamodule.data_dir='/does/not/exist': directory not found",
      "train.jsonl"),
     (["method.target_modules=[qproj]"], "rankmix: error: method.target_modules=['qproj']: matches no layer",
      "q_proj, up_proj, v_proj"),

@@ -98,6 +98,41 @@ def test_method_none_freezes_the_backbone_and_wraps_nothing():
     assert not any(p.requires_grad for p in bart.parameters()) and not adapter_layers(bart)
 
 
+@pytest.mark.parametrize(("method", "policy", "parts"), [
+    ({"name": "routing", "base": "lora", "fn": "proj", "r": 4, "target_modules": ["q_proj", "v_proj"]}, "vl_adapter", "bias"),
+    ({"name": "lora", "r": 4, "target_modules": ["q_proj", "v_proj"]}, "vl_adapter", "bias"),
+    ({"name": "routing", "base": "adapter", "fn": "proj", "r": 4, "target_modules": ["out_proj", "fc2"]}, "vl_adapter",
+     "layer_norm"),
+    ({"name": "multi_adapter", "r": 4, "tasks": list(TASKS), "target_modules": ["out_proj", "fc2"]}, "vl_adapter",
+     "layer_norm"),
+    ({"name": "none"}, "vl_adapter", ""),
+    ({"name": "lora", "r": 4, "target_modules": ["q_proj"]}, [], ""),
+])
+def test_unfreeze_trains_vl_adapters_extra_parameters_and_counts_them(method, policy, parts):
+    from torch import nn
+
+    from rankmix.modules.clip_bart import unfreeze
+
+    bart = _bart()
+    before = inject(bart, method).trainable_parameters
+    added = unfreeze(bart, policy, method)
+    biases = {n for n, p in bart.named_parameters() if n.endswith(".bias") and "lora" not in n and "adapter" not in n}
+    norms = {f"{m}.{n}" for m, mod in bart.named_modules() if isinstance(mod, nn.LayerNorm) for n, _ in mod.named_parameters()}
+    expected = {"bias": biases, "layer_norm": norms, "": set()}[parts]
+    adapter_weights = {n for n, p in bart.named_parameters() if "lora" in n or "adapter" in n}
+    trainable = {n for n, p in bart.named_parameters() if p.requires_grad}
+    assert trainable - adapter_weights == expected
+    assert before + added == sum(p.numel() for p in bart.parameters() if p.requires_grad)
+
+
+def test_unfreeze_refuses_an_unknown_part():
+    from rankmix.errors import ConfigError
+    from rankmix.modules.clip_bart import unfreeze
+
+    with pytest.raises(ConfigError, match="backbone.unfreeze.*vl_adapter or a list of bias, layer_norm"):
+        unfreeze(_bart(), ["embeddings"], {"name": "lora"})
+
+
 def test_tiny_multitask_run(tmp_path):
     r = run_train(tmp_path, "experiment=routing/7/lora_proj", "trainer.max_epochs=1",
                   "task.tiny.datamodule.source.n_train=16", "task.tiny.datamodule.source.n_val=2",
@@ -109,6 +144,8 @@ def test_tiny_multitask_run(tmp_path):
     assert m["test/average"] == pytest.approx(sum(m[f"test/{t}/accuracy"] for t in ("vqa", "gqa", "nlvr")) / 3)
     table = (tmp_path / "results" / "routing-7" / "table.md").read_text()
     assert "| NLVR2 |" in table and "| COCO CIDEr |" in table
+    modes = r.result("routing-7")["train"]["module_modes"]  # VL-Adapter trains the whole BART in train mode
+    assert modes["eval"] == 0 and modes["train"] > 0
 
 
 def test_multitask_warm_start_trains_every_task_and_then_loads_from_its_cache(tmp_path, monkeypatch):

@@ -24,7 +24,7 @@ S16 = " " * 16
 
 def test_training_wrapper_is_byte_exact():
     expected = ("Below is an instruction that describes a task. Write a response that appropriately completes the "
-                "request.  # noqa: E501\n"
+                "request.  \n"
                 "\n"
                 + S16 + "### Instruction:\n"
                 + S16 + "Q?\n"
@@ -72,7 +72,7 @@ def test_fixtures_cover_every_test_set_and_score():
 
 
 def test_sizes_are_the_protocol_sizes():
-    assert sum(size for size, _ in DATASETS.values()) == 3270 + 1830 + 1954 + 10042 + 1267 + 2376 + 1172 + 500
+    assert sum(size for size, _ in DATASETS.values()) == 3270 + 1838 + 1954 + 10042 + 1267 + 2376 + 1172 + 500
 
 
 def test_malformed_and_missing_files(tmp_path):
@@ -218,3 +218,14 @@ def test_batched_beam_search_with_left_padding_matches_one_by_one(tmp_path):
     for i, ex in enumerate(dm.examples["test"]):
         alone = model.generate(input_ids=torch.tensor([ex["prompt_ids"]]), **kw)[0, len(ex["prompt_ids"]):]
         assert together[i].tolist() == alone.tolist()
+
+
+def test_prediction_is_read_from_prompt_and_generation_as_the_evaluator_does():
+    """commonsense_evaluate.py decodes prompt + generation and keeps the text after the first "### Response:"; a
+    model that writes the marker itself is cut there (scoring only the generated tokens would read past it)."""
+    from rankmix.modules.causal_lm import FROM_FULL_TEXT
+
+    generated = "the correct answer is solution2\n### Response: solution1"
+    decoded = eval_prompt("Which is right? solution1 or solution2") + generated
+    assert FROM_FULL_TEXT["commonsense"](decoded) == "the correct answer is solution2"
+    assert extract_answer("piqa", FROM_FULL_TEXT["commonsense"](decoded)) == "solution2"

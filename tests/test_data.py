@@ -74,8 +74,31 @@ def test_over_long_record_names_the_fix(tmp_path, tiny_tokenizer_for):
     dm = InstructionDataModule(data_dir=None, cache_dir=str(tmp_path), source=GEN, max_length=6)
     dm.prepare_data()
     dm.set_tokenizer(tiny_tokenizer_for(dm.files()["train"]))
-    with pytest.raises(DataError, match=r"train.jsonl: record 1 is \d+ tokens, over task.max_length=6"):
+    with pytest.raises(DataError, match=r"train.jsonl: record 1 is \d+ tokens, over task.max_length=6.*"
+                                         r"set \+\+task.datamodule.max_length=<tokens>"):
         dm.setup()
+
+
+@pytest.mark.parametrize(("source", "target", "cutoff", "kept"), [
+    (10, 3, 8, (5, 3)),      # a short response is kept whole; the prompt's end is cut
+    (3, 10, 8, (3, 5)),      # a short prompt is kept whole; the response is cut
+    (10, 10, 8, (4, 4)),     # both long: cut in proportion
+    (2, 2, 8, (2, 2)),       # nothing to cut
+])
+def test_llama_factory_truncation_is_its_infer_seqlen(source, target, cutoff, kept):
+    from rankmix.data.instruction import llama_factory_truncation
+
+    s, t = llama_factory_truncation(list(range(source)), list(range(100, 100 + target)), cutoff)
+    assert (len(s), len(t)) == kept and s == list(range(kept[0])) and t == list(range(100, 100 + kept[1]))
+
+
+def test_over_long_records_cut_as_llama_factory(tmp_path, tiny_tokenizer_for):
+    dm = InstructionDataModule(data_dir=None, cache_dir=str(tmp_path), source=GEN, max_length=6, overlong="llama_factory",
+                               loss_on_prompt=True)
+    dm.prepare_data()
+    dm.set_tokenizer(tiny_tokenizer_for(dm.files()["train"]))
+    dm.setup()
+    assert all(len(e["input_ids"]) <= 6 and e["labels"] == e["input_ids"] for e in dm.examples["train"])
 
 
 def test_atomic_write_leaves_no_partial_file(tmp_path):

@@ -25,7 +25,7 @@ def test_rows_compose_and_their_cells_exist(table, row):
         c = _resolved(row, scale)
         assert c["table"]["id"] == table
         spec = c["table"]
-        cells = spec["cells"]
+        cells = spec["cells"] if spec.get("paper_csv") else []  # a table of ours: no paper cells to find
         if spec.get("skip_unmatched"):  # a row fills the cells the paper prints for it (at least one)
             cells = [cell for cell in cells
                      if paper_rows(REPO / "results" / "paper", spec["paper_csv"], {**spec["match"], **cell["match"]})]
@@ -124,7 +124,7 @@ def test_routing_clip_bart_paper_settings():
     c = _resolved("routing/7/adapter_mul", "paper")
     assert c["backbone"]["language"]["name_or_path"] == "facebook/bart-base" and c["backbone"]["feature_dim"] == 2048
     m = c["method"]
-    assert (m["base"], m["fn"], m["r"], m["activation"], m["target_modules"]) == ("adapter", "mul", 96, "swish",
+    assert (m["base"], m["fn"], m["r"], m["activation"], m["target_modules"]) == ("adapter", "mul", 96, "gelu_new",
                                                                                ["out_proj", "fc2"])
     o = c["optimizer"]
     assert (o["lr"], o["weight_decay"], o["warmup_ratio"], o["eps"]) == (1e-3, 0.01, 0.1, 1e-6)
@@ -147,7 +147,7 @@ def test_multiple_adapters_seeds_and_smola_paper_settings():
     assert c15["method"] == _resolved("routing/8/comb3", "paper")["method"]
     smola = _resolved("smola/a1/smola_o_48", "paper")
     assert (smola["method"]["variant"], smola["method"]["num_experts"], smola["method"]["r"]) == ("o", 48, 4)
-    assert smola["method"]["target_modules"] == [r"re:model\.encoder\.layers\.\d+\.self_attn\.(q|v)_proj"]
+    assert smola["method"]["target_modules"] == [r"re:model\.encoder\.layers\.\d+\.self_attn\.out_proj"]
     assert smola["backbone"]["language"]["name_or_path"] == "facebook/bart-base"
     assert _resolved("smola/a1/lora_1536", "paper")["method"]["r"] == 1536
     assert _resolved("smola/a1/frozen", "paper")["method"]["name"] == "none"

@@ -58,28 +58,34 @@ def test_fixture_test_file_loads_and_scores():
     assert any("OPTIONS:" in r["inputs"] for r in records) and any(r["targets"] == "" for r in records)
     assert any(r["inputs"].endswith("Which language is this?") for r in records)
     perfect = score_flan([{**r, "prediction": r["targets"].split("\n\n")[0]} for r in records])
-    assert perfect["cluster/nli/em"] == 100.0 and perfect["cluster/struct to text/rouge1"] == 100.0
+    assert perfect["cluster/nli/em"] == 100.0
+    assert perfect["cluster/struct to text/rouge1"] == pytest.approx(100.0)  # the package's f carries a 1e-8 epsilon
     assert perfect["cluster/translation/bleu"] == 50.0  # the one-word "German" target cannot reach 4-gram BLEU
     empty = score_flan([{**r, "prediction": ""} for r in records])
     assert empty["cluster/reading comp/em"] == 50.0  # the empty DROP target matches an empty prediction
     assert len([k for k in perfect if k.startswith("cluster/")]) == 12
 
 
-def test_rouge_score_vs_the_rouge_package_on_the_fixtures():
-    """The protocol used the PyPI `rouge` package: it keeps case and punctuation, rouge-score does not."""
+def test_flan_rouge_is_the_protocols_package_and_rouge_score_an_option():
+    """The protocol scores with the PyPI `rouge` package (case and punctuation kept); rouge-score is an option."""
     from rouge import Rouge
-
-    from rankmix.metrics.text import rouge as rouge_score
 
     rec = next(r for r in flan.load_test(FIXTURES / "combined_test.json") if r["metric"] == "rouge")
     pred = "the copper kettle serves italian food by the riverside"
-    ours = rouge_score(pred, rec["targets"])["rouge1"]
-    theirs = 100 * Rouge().get_scores([pred], [rec["targets"]])[0]["rouge-1"]["f"]
-    assert ours == pytest.approx(100.0)  # rouge-score: case and the final period do not matter
-    assert theirs < 70.0  # rouge: "The", "Copper", "Kettle", "Italian", "riverside." count as different words
-    plain = "the kettle serves food"
-    assert rouge_score(plain, plain.upper().lower())["rouge1"] == pytest.approx(
-        100 * Rouge().get_scores([plain], [plain])[0]["rouge-1"]["f"], abs=1e-4)
+    protocol = record_scores(pred, rec["targets"], "rouge")
+    google = record_scores(pred, rec["targets"], "rouge", rouge_package="rouge_score")
+    theirs = Rouge().get_scores([pred], [rec["targets"]], avg=True)
+    for ours, name in (("rouge1", "rouge-1"), ("rouge2", "rouge-2"), ("rougeL", "rouge-l")):
+        assert protocol[ours] == pytest.approx(100 * theirs[name]["f"], abs=1e-9)
+    assert google["rouge1"] == pytest.approx(100.0)  # rouge-score: case and the final period do not matter
+    assert protocol["rouge1"] < 70.0  # rouge: "The", "Copper", "Kettle", "Italian", "riverside." differ
+    # the package raises on a hypothesis with no text between periods: the protocol's record scores 0 here
+    with pytest.raises(ValueError, match="Hypothesis is empty"):
+        Rouge().get_scores(["."], [rec["targets"]])
+    assert record_scores(".", rec["targets"], "rouge") == {"rouge1": 0.0, "rouge2": 0.0, "rougeL": 0.0}
+    assert score_flan([{**rec, "prediction": pred}])["task/" + rec["task"] + "/rouge1"] == round(protocol["rouge1"], 1)
+    assert score_flan([{**rec, "prediction": pred}], rouge_package="rouge_score")[
+        "task/" + rec["task"] + "/rouge1"] == pytest.approx(100.0)
 
 
 def test_training_files_are_sampled_with_a_fixed_seed():

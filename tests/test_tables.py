@@ -91,7 +91,8 @@ def test_makefile_help_lists_every_target():
     import subprocess
 
     out = subprocess.run(["make", "-s", "help"], cwd=REPO, capture_output=True, text=True, check=True).stdout
-    for target in ("setup", "run", "test", "list-tables", "reproduce-table-%", "reproduce-figure-%", "figures", "sync-wandb"):
+    for target in ("setup", "run", "test", "list-tables", "reproduce-table-%", "reproduce-figure-%", "figures", "sync-wandb",
+                   "show-row"):
         assert f"  {target} " in out
 
 
@@ -155,7 +156,7 @@ def test_gain_cells_subtract_the_baseline_run(tmp_path, paper_dir):
     rows = [r for r in csv.DictReader(open(md.parent / "table.csv")) if r["cell"]]
     assert rows == [{"run": "lora", "scale": "tiny", "cell": "gain", "metric": "test/em", "paper": "52.60",
                      "ours": "12.50", "diff": "-40.10"}]
-    assert "baseline run ({'method': 'frozen'}, `frozen`)" in md.read_text()
+    assert "baseline run ({'method': 'frozen'}, `frozen` at tiny) of the same scale" in md.read_text()
 
 
 def test_reproduce_sweeps_the_seeds_and_picks_the_tables_launcher(tmp_path, monkeypatch):

@@ -188,3 +188,21 @@ def test_checkpoints_of_another_configuration_are_not_resumed(tmp_path):
     assert again.result()["train"]["resumed_from"] is None
     assert (run_dir / "checkpoints.stale-an-older-configuration" / "last.ckpt").exists()
     assert (run_dir / "config_hash.txt").read_text().strip() == first.result()["run"]["config_hash"]
+
+
+def test_select_best_tests_the_checkpoint_with_the_lowest_validation_loss(tmp_path):
+    """MoSLoRA's load_best_model_at_end: validation loss every n optimizer steps, the best weights are tested."""
+    r = run_train(tmp_path, *FAST, "+task.select_best={monitor: val/loss, mode: min, every_n_steps: 2, generate: false}",
+                  "trainer.accumulate_grad_batches=1")
+    assert r.returncode == 0, r.stderr[-3000:]
+    res = r.result()
+    chosen = res["train"]["tested_checkpoint"]
+    assert chosen["monitor"] == "val/loss" and chosen["path"].endswith("best.ckpt")
+    with open(tmp_path / "runs" / "default" / res["run"]["key"] / "csv" / "metrics.csv") as f:
+        rows = list(csv.DictReader(f))
+    val = [float(row["val/loss"]) for row in rows if row.get("val/loss")]
+    assert len(val) >= 2 and chosen["score"] == pytest.approx(min(val))
+    assert not any(row.get("val/em") for row in rows)  # validation computes the loss only
+    best = torch.load(chosen["path"], map_location="cpu", weights_only=True)
+    assert best["global_step"] in {int(row["step"]) + 1 for row in rows if row.get("val/loss")} | \
+           {int(row["step"]) for row in rows if row.get("val/loss")}

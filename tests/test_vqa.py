@@ -137,3 +137,9 @@ def test_tiny_vqa_run(tmp_path):
     (preds,) = (tmp_path / "runs" / "default").glob("*/predictions.jsonl")
     lines = [json.loads(x) for x in preds.read_text().splitlines()]
     assert len(lines) >= 4 * 3 and all(len(x["answers"]) == 10 for x in lines)  # 3 to 5 questions per test image
+    # during training the language model is in train mode, dropout on (the official model.train()); the ViT in eval
+    from transformers import AutoConfig, AutoModel
+
+    vit = AutoModel.from_config(AutoConfig.for_model(**r.result()["config"]["backbone"]["vision"]["config"]))
+    modes = r.result()["train"]["module_modes"]
+    assert modes["eval"] == len(list(vit.modules())) and modes["train"] > 0

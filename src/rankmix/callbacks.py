@@ -117,3 +117,17 @@ class AdapterRouting(pl.Callback):
             from rankmix.results import write_json_atomic
 
             write_json_atomic(Path(trainer.default_root_dir) / "routing_stats.json", stats)
+
+
+class TrainingModes(pl.Callback):
+    """How many submodules are in train and in eval mode during the first training step (HF models apply dropout by
+    their module's mode): ``{"train": n, "eval": m}``, written to the run's JSON as ``train.module_modes``. Read after
+    the step, when a frozen ViT has been put in eval."""
+
+    def __init__(self):
+        self.seen: dict | None = None
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+        if self.seen is None:
+            modes = [m.training for m in pl_module.modules()]
+            self.seen = {"train": sum(modes), "eval": len(modes) - sum(modes)}

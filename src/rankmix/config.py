@@ -24,10 +24,26 @@ MAX_KEY_LEN = 120
 UNHASHED_TRAINER = ("accelerator", "devices", "num_nodes", "strategy", "enable_progress_bar", "log_every_n_steps")
 
 
-def apply_scale(cfg: DictConfig) -> None:
+def apply_scale(cfg: DictConfig, overrides: list[str] | None = None) -> None:
+    """Replace each scaled node by ``shared ∪ block[scale]``, then re-apply the command-line ``overrides``.
+
+    ``overrides`` default to the Hydra job's own (``hydra.overrides.task``). A command-line value always wins
+    over the scale block (``optimizer.lr=1e-4`` at ``scale=paper`` runs at 1e-4), and an override inside the
+    block of the scale that is not running (``task.paper.…`` at ``scale=tiny``) is refused: the run would not
+    use it.
+    """
     scale = cfg.get("scale")
     if scale not in SCALES:
         raise ConfigError("scale", scale, f"must be one of {', '.join(SCALES)}")
+    if overrides is None:
+        overrides = list(cfg.hydra.overrides.task) if "hydra" in cfg else []
+    parsed = _key_overrides(overrides)
+    other = next(s for s in SCALES if s != scale)
+    for key, _ in parsed:
+        parts = key.split(".")
+        if parts[0] in SCALED_GROUPS and other in parts[1:]:
+            raise ConfigError(key, dict(parsed)[key], f"is in the '{other}:' block, which scale={scale} does not use; "
+                              f"set {'.'.join(p for p in parts if p != other)} (or run with scale={other})")
     for group in SCALED_GROUPS:
         node = cfg.get(group)
         if node is None or not any(s in node for s in SCALES):
@@ -39,6 +55,24 @@ def apply_scale(cfg: DictConfig) -> None:
         merged = OmegaConf.merge(OmegaConf.create(shared), node.get(scale) or {})
         with open_dict(cfg):
             cfg[group] = merged
+    with open_dict(cfg):
+        for key, value in parsed:
+            parts = key.split(".")
+            if parts[0] in SCALED_GROUPS and len(parts) > 1:
+                OmegaConf.update(cfg, ".".join(p for p in parts if p != scale), value, merge=False, force_add=True)
+
+
+def _key_overrides(overrides: list[str]) -> list[tuple[str, object]]:
+    """``(key, value)`` of the ``key=value`` overrides (not group choices, not deletions), ``+`` stripped."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    out = []
+    for o in OverridesParser.create().parse_overrides(overrides):
+        if o.is_delete() or o.is_sweep_override() or "." not in o.key_or_group:
+            continue
+        value = o.value()
+        out.append((o.key_or_group, OmegaConf.to_container(value) if isinstance(value, DictConfig) else value))
+    return out
 
 
 # Keys that name or file a run without changing what it computes: left out of the computation hash, so a run
@@ -76,15 +110,17 @@ def run_key(override_dirname: str) -> str:
     """A file-name-safe run name from Hydra's ``override_dirname`` (``default`` when empty).
 
     ``experiment=<paper>/<table>/<row>`` becomes ``<row>``: the table already names the folder.
+    The row's name comes first, so a key cut to its head still says which row it is; ``+``/``++`` are dropped
+    (``++k=v`` and ``k=v`` configure the same run).
     """
-    parts = []
+    rows, parts = [], []
     for item in filter(None, override_dirname.split(",")):
         key, _, value = item.partition("=")
         if key.lstrip("+~") == "experiment":
-            parts.append(value.rsplit("/", 1)[-1])
+            rows.append(value.rsplit("/", 1)[-1])
         else:
-            parts.append(item)
-    key = re.sub(r"[^A-Za-z0-9_.,=+-]", "-", ",".join(parts) or "default")
+            parts.append(item.lstrip("+"))
+    key = re.sub(r"[^A-Za-z0-9_.,=+-]", "-", ",".join(rows + parts) or "default")
     if len(key) > MAX_KEY_LEN:  # file names are limited to 255 bytes: keep a readable head and a hash
         key = f"{key[:MAX_KEY_LEN - 17]}--{hashlib.sha256(key.encode()).hexdigest()[:15]}"
     return key
@@ -120,3 +156,26 @@ def validate(cfg: DictConfig) -> None:
     _check(isinstance(opt.lr, (int, float)) and opt.lr > 0, "optimizer.lr", opt.lr, "must be a positive number")
     _check(cfg.trainer.max_epochs is not None and cfg.trainer.max_epochs >= 0, "trainer.max_epochs",
            cfg.trainer.max_epochs, "must be a non-negative integer")
+
+
+def compose_run(overrides: list[str], conf_dir: str | None = None) -> DictConfig:
+    """The config ``python -m rankmix.train <overrides>`` would run, scale applied and validated, without
+    its ``hydra`` node (what a run's result JSON records as its ``config``)."""
+    from pathlib import Path
+
+    from hydra import compose, initialize_config_dir
+    from hydra.core.hydra_config import HydraConfig
+
+    register_resolvers()
+    conf_dir = conf_dir or str(Path(__file__).resolve().parents[2] / "conf")
+    with initialize_config_dir(config_dir=conf_dir, version_base="1.3"):
+        cfg = compose("train", overrides=list(overrides), return_hydra_config=True)
+    HydraConfig.instance().set_config(cfg.copy())  # the run's folder is named from the Hydra config
+    with open_dict(cfg):
+        cfg.hydra.runtime.output_dir = OmegaConf.select(cfg, "hydra.run.dir")
+    HydraConfig.instance().set_config(cfg)
+    apply_scale(cfg, list(overrides))
+    validate(cfg)
+    with open_dict(cfg):
+        cfg.pop("hydra")
+    return cfg

@@ -21,10 +21,12 @@ Two table-level options summarise runs against each other:
 
 ``launcher: joblib`` runs the table's multirun with Hydra's joblib launcher: one run per CPU core, each with
 cores / runs threads (a tiny model gains more from that than from threads), unless the overrides name another.
-``skip_unmatched: true`` drops a row's cell that matches no paper row (a paper that reports, per task, only the
+A table with ``paper_csv: null`` (one of ours, e.g. a comparison the paper describes without numbers) shows its
+cells with an empty paper column. ``skip_unmatched: true`` drops a row's cell that matches no paper row (a paper that reports, per task, only the
 best routing function) instead of failing.
 
-CLI: ``python -m rankmix.tables build <id>``, ``list``, ``reproduce <id> [overrides...]``.
+CLI: ``python -m rankmix.tables build <id>``, ``list``, ``reproduce <id> [overrides...]``, ``show <id> <row>
+[overrides...]`` (one row's resolved config, e.g. ``show smora-1 lora_64 scale=paper``).
 """
 
 from __future__ import annotations
@@ -111,11 +113,14 @@ def table_rows(run: dict, paper_dir: Path, baseline: dict | None = None) -> list
         rows = []
         for cell in table["cells"]:
             match = {**table.get("match", {}), **cell["match"]}
-            matched = paper_rows(paper_dir, table["paper_csv"], match)
-            if table.get("skip_unmatched") and not matched:
-                continue
-            paper_row = _one(matched, paper_dir / table["paper_csv"], match)
-            paper = printed(paper_row, cell.get("column"))
+            if table.get("paper_csv"):
+                matched = paper_rows(paper_dir, table["paper_csv"], match)
+                if table.get("skip_unmatched") and not matched:
+                    continue
+                paper_row = _one(matched, paper_dir / table["paper_csv"], match)
+                paper = printed(paper_row, cell.get("column"))
+            else:  # a table of ours (no paper numbers): the cells show our values only
+                paper_row, paper = {}, ""
             ours = run_value(run, cell["metric"])
             if cell.get("gain") and isinstance(ours, (int, float)):
                 if baseline is None:
@@ -152,8 +157,8 @@ def build_table(table_id: str, results_dir: Path, paper_dir: Path) -> Path:
             continue
         (runs if r.get("status") == "ok" else failed).append(r)
     spec = runs[0]["config"].get("table", {}) if runs else {}
-    baseline = _baseline_run(runs, spec.get("baseline"))
-    rows = [row for r in runs for row in table_rows(r, Path(paper_dir), baseline)]
+    rows = [row for r in runs for row in table_rows(r, Path(paper_dir), _baseline_run(runs, spec.get("baseline"), r))]
+    baselines = {r["run"]["scale"]: _baseline_run(runs, spec.get("baseline"), r) for r in runs}
     columns = COLUMNS
     if spec.get("seeds"):
         rows, columns = over_seeds(rows, spec.get("ttest")), COLUMNS + SEED_COLUMNS
@@ -174,8 +179,9 @@ def build_table(table_id: str, results_dir: Path, paper_dir: Path) -> Path:
         else:
             md += ["", "Each entry is ours / the paper's printed value."]
         if spec.get("baseline"):
-            md += ["", f"Gain cells: ours minus the baseline run ({spec['baseline']}, "
-                   f"`{baseline['run']['key'] if baseline else 'not finished'}`)."]
+            found = ", ".join(f"`{b['run']['key']}` at {scale}" if b else f"not finished at {scale}"
+                              for scale, b in sorted(baselines.items()))
+            md += ["", f"Gain cells: ours minus the baseline run ({spec['baseline']}, {found}) of the same scale."]
         md += [""] + _pivot(cells, [c.get("label") for c in spec.get("cells", [])])
         md += ["", "`paper` = the paper's printed value; `ours` = this suite's run; `diff` = ours − paper.", "",
                "| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
@@ -203,11 +209,16 @@ def build_table(table_id: str, results_dir: Path, paper_dir: Path) -> Path:
 SEED_COLUMNS = ["std", "n", "p"]
 
 
-def _baseline_run(runs: list[dict], items: dict | None) -> dict | None:
-    """The finished run whose ``table.match`` holds ``items`` (the lowest seed when it ran over several)."""
+def _baseline_run(runs: list[dict], items: dict | None, of: dict | None = None) -> dict | None:
+    """The finished run whose ``table.match`` holds ``items``: of the same scale as the run ``of`` (and of its seed
+    when the baseline ran with it), else the lowest seed."""
     if not items:
         return None
-    found = [r for r in runs if all(r["config"].get("table", {}).get("match", {}).get(k) == v for k, v in items.items())]
+    found = [r for r in runs if all(r["config"].get("table", {}).get("match", {}).get(k) == v for k, v in items.items())
+             and (of is None or r["run"]["scale"] == of["run"]["scale"])]
+    if of is not None:
+        same_seed = [r for r in found if r["config"].get("seed") == of["config"].get("seed")]
+        found = same_seed or found
     return min(found, key=lambda r: r["config"].get("seed") or 0) if found else None
 
 
@@ -295,12 +306,50 @@ def table_status(table_id: str, results_dir: Path) -> str:
     return f"{scales} ({len(ok)} runs" + (f", {failed} failed)" if failed else ")")
 
 
+def multirun_overrides(overrides: list[str]) -> list[str]:
+    """The user's overrides as a table's multirun must pass them: ``key=value`` as ``++key=value``.
+
+    Hydra composes a multirun's default config (``task=generated``) before any row, and that config lacks the
+    keys only a row's task has (``task.paper.datamodule.source.test_file``); ``++`` sets a key whether or not
+    the config has it. Group choices (``trainer=gpu``), ``hydra.*`` and already prefixed overrides pass as
+    they are; the run key drops the prefix, so the runs are the same as one-by-one runs.
+    """
+    out = []
+    for o in overrides:
+        key = o.split("=", 1)[0]
+        plain = "=" in o and "." in key and not key.startswith(("+", "~", "hydra."))
+        out.append(f"++{o}" if plain else o)
+    return out
+
+
+def row_name(table_id: str, row: str) -> str:
+    """``<paper>/<table>/<row>`` for a row given by its short name (``lora_64``) or its full name."""
+    rows = experiment_tables().get(table_id)
+    if rows is None:
+        raise RankmixError(f"unknown table {table_id!r}; known: {', '.join(experiment_tables())}")
+    found = [r for r in rows if r == row or r.rsplit("/", 1)[-1] == row]
+    if not found:
+        raise RankmixError(f"table {table_id} has no row {row!r}; rows: {', '.join(r.rsplit('/', 1)[-1] for r in rows)}")
+    return found[0]
+
+
+def show_row(table_id: str, row: str, overrides: list[str]) -> str:
+    """The fully resolved config of one row, as YAML: exactly what its run will use."""
+    from omegaconf import OmegaConf
+
+    from rankmix.config import compose_run
+
+    cfg = compose_run([f"experiment={row_name(table_id, row)}", *overrides])
+    return OmegaConf.to_yaml(cfg, resolve=True)
+
+
 def reproduce(table_id: str, overrides: list[str], results_dir: Path) -> int:
     tables = experiment_tables()
     if table_id not in tables:
         print(f"rankmix: error: unknown table {table_id!r}; known: {', '.join(tables) or 'none'}", file=sys.stderr)
         return 2
-    cmd = [sys.executable, "-m", "rankmix.train", "-m", "experiment=" + ",".join(tables[table_id]), *overrides]
+    cmd = [sys.executable, "-m", "rankmix.train", "-m", "experiment=" + ",".join(tables[table_id]),
+           *multirun_overrides(overrides)]
     spec = table_spec(table_id)
     if spec.get("seeds") and not any(o.startswith("seed=") for o in overrides):
         cmd.append("seed=" + ",".join(str(s) for s in spec["seeds"]))
@@ -322,11 +371,17 @@ def main(argv: list[str] | None = None) -> int:
     r = sub.add_parser("reproduce", help="run a table's multirun (skipping up-to-date runs), then build it")
     r.add_argument("table_id")
     r.add_argument("overrides", nargs="*", help="extra Hydra overrides, e.g. scale=paper trainer=gpu")
+    s = sub.add_parser("show", help="print one row's fully resolved config (what its run will use)")
+    s.add_argument("table_id")
+    s.add_argument("row", help="the row's name, e.g. lora_64")
+    s.add_argument("overrides", nargs="*", help="Hydra overrides, e.g. scale=paper")
     ap.add_argument("--results-dir", type=Path, default=REPO / "results")
     a = ap.parse_args(argv)
     try:
         if a.cmd == "build":
             print(build_table(a.table_id, a.results_dir, a.results_dir / "paper"))
+        elif a.cmd == "show":
+            print(show_row(a.table_id, a.row, a.overrides), end="")
         elif a.cmd == "list":
             for tid in experiment_tables():
                 print(f"reproduce-table-{tid:<28} {table_status(tid, a.results_dir)}")

@@ -48,21 +48,54 @@ def _now() -> str:
 
 
 def build_trainer(cfg: DictConfig, run_dir: Path) -> pl.Trainer:
+    """Lightning's Trainer from ``cfg.trainer``, the callbacks and loggers; with ``task.select_best`` (a paper's
+    checkpoint selection, e.g. MoSLoRA's ``load_best_model_at_end``) also validation every ``every_n_steps``
+    optimizer steps and a ModelCheckpoint that keeps the weights with the best ``monitor``."""
+    from lightning.pytorch.callbacks import ModelCheckpoint
+
+    from rankmix.callbacks import TrainingModes
     from rankmix.distributed import build_strategy
 
-    callbacks = [instantiate(c) for c in (cfg.get("callbacks") or {}).values() if c]
+    callbacks = [instantiate(c) for c in (cfg.get("callbacks") or {}).values() if c] + [TrainingModes()]
     loggers = [instantiate(lg) for lg in (cfg.get("logger") or {}).values() if lg]
     kwargs = OmegaConf.to_container(cfg.trainer, resolve=True)
     kwargs.pop("_target_", None)
     kwargs["strategy"] = build_strategy(kwargs.get("strategy", "auto"))
+    select = cfg.task.get("select_best")
+    if select:
+        callbacks.append(ModelCheckpoint(dirpath=str(run_dir / "checkpoints"), filename="best", monitor=select.monitor,
+                                         mode=select.mode, save_top_k=1, save_last=False, auto_insert_metric_name=False))
+        if select.get("every_n_steps"):  # HF eval_steps count optimizer steps; Lightning counts batches
+            kwargs["val_check_interval"] = int(select.every_n_steps) * int(kwargs.get("accumulate_grad_batches", 1))
+            kwargs["check_val_every_n_epoch"] = None
     return pl.Trainer(**kwargs, callbacks=callbacks, logger=loggers or False, default_root_dir=str(run_dir))
+
+
+def selected_checkpoint(cfg: DictConfig, trainer: pl.Trainer) -> tuple[str | None, dict | None]:
+    """The checkpoint to test and what was selected: the best by ``task.select_best.monitor`` when that ran,
+    else the final weights (``None``)."""
+    from lightning.pytorch.callbacks import ModelCheckpoint
+
+    select = cfg.task.get("select_best")
+    if not select:
+        return None, None
+    best = next((c for c in trainer.callbacks if isinstance(c, ModelCheckpoint) and c.monitor == select.monitor), None)
+    if best is None or not best.best_model_path:
+        log.warning(f"task.select_best: no validation ran (every {select.get('every_n_steps')} steps); "
+                    "testing the final weights")
+        return None, {"monitor": select.monitor, "selected": "final weights (no validation ran)"}
+    score = best.best_model_score
+    return best.best_model_path, {"monitor": select.monitor, "mode": select.mode, "path": best.best_model_path,
+                                  "score": float(score) if score is not None else None}
 
 
 def fit_and_test(cfg: DictConfig, run_dir: Path, chash: str) -> tuple[dict, dict, pl.Trainer]:
     from rankmix.adapters import adapter_layers, adapter_state_dict, check_context, inject
     from rankmix.backbones import build_backbone, load_tokenizer
+    from rankmix.callbacks import TrainingModes
     from rankmix.data.loading import prepared_datamodule
     from rankmix.modules.causal_lm import CausalLMModule
+    from rankmix.modules.training import set_training_modes
 
     pl.seed_everything(cfg.seed, workers=True, verbose=False)
     kind = cfg.task.get("kind", "causal_lm")
@@ -82,7 +115,9 @@ def fit_and_test(cfg: DictConfig, run_dir: Path, chash: str) -> tuple[dict, dict
         dm.set_tokenizer(tokenizer)
         module = CausalLMModule(model, tokenizer, max_new_tokens=cfg.task.datamodule.max_new_tokens,
                                 num_beams=cfg.task.get("num_beams", 1),
+                                validation_generates=(cfg.task.get("select_best") or {}).get("generate", True),
                                 scorer=cfg.task.get("scorer", "generic"),
+                                scorer_options=OmegaConf.to_container(cfg.task.scorer_options) if cfg.task.get("scorer_options") else {},
                                 predictions_path=str(run_dir / "predictions.jsonl"), **cfg.optimizer)
     log.info(str(report))
     check_context(model, cfg.task.get("context", []))
@@ -90,9 +125,11 @@ def fit_and_test(cfg: DictConfig, run_dir: Path, chash: str) -> tuple[dict, dict
     resume = _resumable_checkpoint(run_dir, chash)
     if resume is None:  # the adapters as initialised: ΔW = trained − initial (routing Fig. B8)
         torch.save(adapter_state_dict(model), run_dir / "adapter_init.pt")
+    set_training_modes(module, cfg.backbone.get("frozen_dropout", True))
     trainer.fit(module, datamodule=dm, ckpt_path=resume)
     final_loss = trainer.callback_metrics.get("train/loss_epoch")
-    tested = trainer.test(module, datamodule=dm, verbose=False)
+    best_path, selection = selected_checkpoint(cfg, trainer)
+    tested = trainer.test(module, datamodule=dm, verbose=False, ckpt_path=best_path)
     metrics = {k: float(v) for k, v in (tested[0] if tested else {}).items()}
     layers = list(adapter_layers(model).values())
     info = {
@@ -113,6 +150,11 @@ def fit_and_test(cfg: DictConfig, run_dir: Path, chash: str) -> tuple[dict, dict
             "devices": trainer.num_devices,
         },
     }
+    if selection is not None:
+        info["train"]["tested_checkpoint"] = selection
+    modes = next((c.seen for c in trainer.callbacks if isinstance(c, TrainingModes)), None)
+    if modes is not None:
+        info["train"]["module_modes"] = modes
     if getattr(module, "evaluation_notes", None):
         info["evaluation"] = module.evaluation_notes  # e.g. a caption metric left out, and why
     return metrics, info, trainer

@@ -7,7 +7,7 @@ factor M = [[I, I], [I, I]] of Eq. 6, i.e. x(A1+A2)(B1+B2) of Eq. 3. ΔW = (α/r
 exporting to a plain LoRA absorbs the mixer into A (A' = M A).
 
 ``mixer_init`` (Tab. 3): ``kaiming`` (uniform, a=√5, the official code's choice), ``orthogonal``,
-``identity``, ``normal`` (std 1/√r), ``zero`` (with B = 0 every gradient of A, B, M is zero: the paper's
+``identity``, ``normal`` (standard normal, std 1: the official code's ``nn.init.normal_``), ``zero`` (with B = 0 every gradient of A, B, M is zero: the paper's
 "does not converge").
 """
 
@@ -54,7 +54,7 @@ class MoSLoRALayer(LoRALayer):
             elif self.mixer_init == "identity":
                 w.copy_(torch.eye(self.r))
             elif self.mixer_init == "normal":
-                nn.init.normal_(w, std=1.0 / math.sqrt(self.r))
+                nn.init.normal_(w)  # std 1, as the official layer's commented-out option
             else:
                 nn.init.zeros_(w)
 

@@ -1,12 +1,13 @@
 """Commonsense reasoning as MoSLoRA evaluates it: the LLM-Adapters protocol (commonsense_170k, 8 test sets).
 
 Records (train and test): ``{instruction, input, output, answer}``; ``input`` is always empty here.
-Prompts are LLM-Adapters' Alpaca wrappers, byte for byte (read in AGI-Edgerunners/LLM-Adapters:
-``finetune.py`` at 063e3d4 and ``commomsense_evaluate.py`` at e0efdc0; MoSLoRA copies both). Their indented
-f-strings put 16 spaces at the start of continuation lines; the training wrapper also carries the text
-``  # noqa: E501`` inside its first line and 16 spaces on the line between instruction and response,
-while the evaluation wrapper ends the first line with one space and leaves the blank lines empty.
-The prediction is the text after ``### Response:``; the answer is the first match of the test set's
+Prompts are MoSLoRA's Alpaca wrappers, byte for byte (wutaiqiang/MoSLoRA at bba79b5:
+``commonsense_reasoning/finetune.py`` and ``commonsense_evaluate.py``, which carry LLM-Adapters' wrappers after
+its commit b6f55cd, "fixed unexpected character in prompt"). Their indented f-strings put 16 spaces at the start
+of continuation lines; the training wrapper ends its first line with two spaces and has 16 spaces on the line
+between instruction and response, while the evaluation wrapper ends the first line with one space and leaves
+the blank lines empty.
+The prediction is the text after the first ``### Response:`` of the decoded prompt + generation; the answer is the first match of the test set's
 case-sensitive pattern (or ""), and accuracy is exact equality with ``answer``.
 
 Training data: LLM-Adapters' ``ft-training_set/commonsense_170k.json`` (or its hub mirror
@@ -17,19 +18,22 @@ metric}`` with ``inputs`` = the instruction and ``targets`` = the output.
 
 from __future__ import annotations
 
+import logging
 import re
 from pathlib import Path
 
 from rankmix.data.files import read_records
 from rankmix.errors import DataError
 
-TRAIN_WHERE = ("download ft-training_set/commonsense_170k.json of github.com/AGI-Edgerunners/LLM-Adapters (or the "
-               "hub dataset zwhe99/commonsense_170k) and set task.datamodule.source.train_file to its path")
+log = logging.getLogger(__name__)
 
-# name → (test-set size, answer pattern)
+TRAIN_WHERE = ("download ft-training_set/commonsense_170k.json of github.com/AGI-Edgerunners/LLM-Adapters (or the "
+               "hub dataset zwhe99/commonsense_170k) and set task.paper.datamodule.source.train_file to its path")
+
+# name → (records in LLM-Adapters' dataset/<name>/test.json, answer pattern)
 DATASETS: dict[str, tuple[int, str]] = {
     "boolq": (3270, r"true|false"),
-    "piqa": (1830, r"solution1|solution2"),
+    "piqa": (1838, r"solution1|solution2"),
     "social_i_qa": (1954, r"answer1|answer2|answer3|answer4|answer5"),
     "hellaswag": (10042, r"ending1|ending2|ending3|ending4"),
     "winogrande": (1267, r"option1|option2"),
@@ -45,8 +49,9 @@ HEAD = "Below is an instruction that describes a task. Write a response that app
 
 
 def train_prompt(instruction: str, output: str) -> str:
-    """LLM-Adapters ``finetune.generate_prompt`` for a record without input (the text the loss sees)."""
-    return (f"{HEAD}  # noqa: E501\n\n{PAD}### Instruction:\n{PAD}{instruction}\n{PAD}\n"
+    """MoSLoRA's ``commonsense_reasoning/finetune.generate_prompt`` for a record without input (the text the loss
+    sees): LLM-Adapters' wrapper after its commit b6f55cd, whose first line ends in ``request.`` and two spaces."""
+    return (f"{HEAD}  \n\n{PAD}### Instruction:\n{PAD}{instruction}\n{PAD}\n"
             f"{PAD}### Response:\n{PAD}{output}")
 
 
@@ -112,8 +117,13 @@ def load_test(root: Path, dataset: str) -> list[dict]:
     path = Path(root) / dataset / "test.json"
     if not path.is_file():
         raise DataError(f"{path}: not found; use LLM-Adapters' dataset/{dataset}/test.json "
-                        "(github.com/AGI-Edgerunners/LLM-Adapters) and point task.test_dir at its dataset/ folder")
-    return check_records(path, read_records(path))
+                        "(github.com/AGI-Edgerunners/LLM-Adapters) and point task.paper.datamodule.source.test_dir at its dataset/ folder")
+    records = check_records(path, read_records(path))
+    expected = DATASETS[dataset][0] if dataset in DATASETS else None
+    if expected is not None and len(records) != expected:
+        log.warning(f"{path}: {len(records)} records; LLM-Adapters' {dataset} test set has {expected}, so this "
+                    "run's accuracy is not the protocol's")
+    return records
 
 
 def score_commonsense(records: list[dict]) -> dict[str, float]:

@@ -36,6 +36,24 @@ PROMPT_FORMATS = ("template", "llm_adapters")
 RECORD_KEYS = ("targets", "task", "domain", "metric", "answer")  # passed through evaluation batches to the scorer
 
 
+# What a record longer than max_length becomes: an error, cut at max_length (LLM-Adapters' finetune.py), or
+# LLaMA-Factory's cut of prompt and response (SMoRA's training code).
+OVERLONG = ("error", "truncate", "llama_factory")
+
+
+def llama_factory_truncation(source: list[int], target: list[int], cutoff: int) -> tuple[list[int], list[int]]:
+    """LLaMA-Factory's ``infer_seqlen``: a response shorter than half the cutoff is kept whole and the prompt's end
+    is cut; else a prompt shorter than half keeps whole and the response is cut; else both, in proportion."""
+    if len(target) * 2 < cutoff:
+        max_target = cutoff
+    elif len(source) * 2 < cutoff:
+        max_target = cutoff - len(source)
+    else:
+        max_target = int(cutoff * (len(target) / (len(source) + len(target))))
+    n_target = min(max_target, len(target))
+    return source[: min(max(cutoff - n_target, 0), len(source))], target[:n_target]
+
+
 class InstructionDataModule(pl.LightningDataModule):
     """Reads ``{data_dir}/{train,validation,test}.jsonl``; with ``data_dir: null`` prepares them first from
     ``source`` (generated, or sampled from the FLAN files; see ``rankmix.data.sources``) under ``cache_dir``."""
@@ -65,7 +83,7 @@ class InstructionDataModule(pl.LightningDataModule):
         self.prompt_format = choice("task.datamodule.prompt_format", prompt_format, PROMPT_FORMATS)
         self.loss_on_prompt = loss_on_prompt
         self.max_length = max_length
-        self.overlong = choice("task.datamodule.overlong", overlong, ("error", "truncate"))
+        self.overlong = choice("task.datamodule.overlong", overlong, OVERLONG)
         self.max_new_tokens = max_new_tokens
         self.batch_size = batch_size
         self.eval_batch_size = eval_batch_size
@@ -89,11 +107,11 @@ class InstructionDataModule(pl.LightningDataModule):
         if self.data_dir is None:
             return
         if not self.data_dir.is_dir():
-            raise ConfigError("task.data_dir", str(self.data_dir), "directory not found; point it at a folder "
+            raise ConfigError("task.datamodule.data_dir", str(self.data_dir), "directory not found; point it at a folder "
                               f"holding {', '.join(s + '.jsonl' for s in SPLITS)} (or null to generate data)")
         for split, path in self.files().items():
             if not path.is_file():
-                raise ConfigError("task.data_dir", str(self.data_dir), f"has no {path.name} ({split} split)")
+                raise ConfigError("task.datamodule.data_dir", str(self.data_dir), f"has no {path.name} ({split} split)")
 
     def prepare_data(self) -> None:
         files = self.files()
@@ -141,10 +159,14 @@ class InstructionDataModule(pl.LightningDataModule):
             full = prompt + tok(" " + rec["targets"], add_special_tokens=False)["input_ids"] + [tok.eos_token_id]
         if len(full) > self.max_length and self.overlong == "truncate":  # finetune.py: cut at cutoff_len, no EOS
             full = full[: self.max_length]
+        elif len(full) > self.max_length and self.overlong == "llama_factory":
+            source, target = llama_factory_truncation(prompt, full[len(prompt):], self.max_length)
+            full, prompt = source + target, source
         elif len(full) > self.max_length:
             raise DataError(
                 f"{path}: record {idx + 1} is {len(full)} tokens, over task.max_length={self.max_length}; "
-                "raise task.datamodule.max_length, shorten the record, or set task.datamodule.overlong=truncate"
+                "shorten the record, raise the limit (set ++task.datamodule.max_length=<tokens>) or cut such records "
+                "(set ++task.datamodule.overlong=truncate)"
             )
         n_prompt = min(len(prompt), len(full))
         labels = list(full) if self.loss_on_prompt else [IGNORE_INDEX] * n_prompt + full[n_prompt:]

@@ -85,7 +85,7 @@ def _commonsense_files(source: Mapping) -> dict[str, list[dict]]:
     for key, why in (("train_file", commonsense.TRAIN_WHERE),
                      ("test_dir", "a folder holding LLM-Adapters' dataset/<name>/test.json for the 8 test sets")):
         if not source.get(key):
-            raise ConfigError(f"task.datamodule.source.{key}", source.get(key), f"is required; {why}")
+            raise ConfigError(f"task.paper.datamodule.source.{key}", source.get(key), f"is required; {why}")
     train = [commonsense.to_instruction(r, commonsense.TRAIN_TASK) for r in commonsense.load_train(source["train_file"])]
     n_val = int(source.get("n_validation") or 0)
     validation: list[dict] = []

@@ -17,7 +17,7 @@ Examples (input text → target text), VL-Adapter's splits and prompts (``prompt
   Train karpathy_train, val karpathy_val, test karpathy_test.
 - GQA: "gqa: <question>" → its answer; exact match. Train train + valid, val and test testdev.
 - NLVR2: "nlvr: <statement>" → "true" / "false"; scored by the first-step logits. Train train, val valid, test test.
-- COCO: "caption:" → each of the image's captions (training); beam search and CIDEr. Karpathy train + restval,
+- COCO: "caption: " → each of the image's captions (training); beam search and CIDEr. Karpathy train + restval,
   val, test.
 
 Training batches hold one task each; per-task batch sizes are ``batch_size`` × ``task_batch_ratio`` (VL-Adapter:
@@ -42,7 +42,7 @@ from rankmix.data.shapes_compositional import generate_compositional
 from rankmix.errors import ConfigError, DataError
 
 TASKS = ("vqa", "gqa", "nlvr", "caption")
-PROMPTS = {"vqa": "vqa: ", "gqa": "gqa: ", "nlvr": "nlvr: ", "caption": "caption:"}
+PROMPTS = {"vqa": "vqa: ", "gqa": "gqa: ", "nlvr": "nlvr: ", "caption": "caption: "}
 RATIOS = {"vqa": 1.0, "gqa": 100 / 60, "nlvr": 20 / 60, "caption": 50 / 60}
 SPLIT_FILES = {  # task → stage → the VL-T5 files it reads
     "vqa": {"train": ["vqa/karpathy_train.json"], "val": ["vqa/karpathy_val.json"], "test": ["vqa/karpathy_test.json"]},

@@ -6,13 +6,18 @@ Per record, by its ``metric`` field:
   periods removed; 100 if equal, else 0 (no option extraction).
 - ``bleu``: sentence-level BLEU of whitespace tokens, 4-gram, uniform weights, no smoothing, × 100 — nltk's
   ``sentence_bleu([ref.split()], pred.split())``; below 4 tokens it is 0, as unsmoothed BLEU is.
-- ``rouge``: ROUGE-1/2/L F1 × 100 from ``rouge-score``. The protocol used the PyPI ``rouge`` package, whose
-  tokenisation differs (it keeps punctuation attached to words; ``rouge-score`` lower-cases and splits on
-  non-alphanumerics): ``tests/test_flan_metrics.py`` measures the difference on the fixtures.
+- ``rouge``: ROUGE-1/2/L f-scores × 100 from the PyPI ``rouge`` package, as the protocol
+  (``Rouge().get_scores(pred, ref, avg=True)``; averaging per record and then per task is the same mean). It
+  keeps case and punctuation and splits sentences on "."; ``rouge_package="rouge_score"`` scores with Google's
+  ``rouge-score`` instead (lower-cased, alphanumeric tokens), which is not the protocol.
 
-Empty predictions score 0. Aggregation: each task's mean first, then the mean over the tasks of each
-cluster (``domain``), one row per cluster and metric as SMoRA Tab. 1 prints them (struct to text: Rouge-1/2/L;
-translation: BLEU; the other clusters: their EM), and ``average`` = the mean of those 12 rows.
+Empty predictions score 0 (the ``rouge`` package raises ``ValueError: Hypothesis is empty.`` on them, which
+stops the protocol's script; here one such record scores 0).
+
+Aggregation: each task's mean, rounded to 0.1 as the protocol does (``np.round(…, 1)``); then the mean over the
+tasks of each cluster (``domain``), one row per cluster and metric as SMoRA Tab. 1 prints them (struct to text:
+Rouge-1/2/L; translation: BLEU; the other clusters: their EM), printed to 0.1; ``average`` = the mean of those
+12 printed rows (the paper's AVERAGE; the script itself has none).
 """
 
 from __future__ import annotations
@@ -41,32 +46,39 @@ def flan_bleu(prediction: str, target: str) -> float:
         return 100.0 * sentence_bleu([ref], hyp)
 
 
-def record_scores(prediction: str, target: str, metric: str) -> dict[str, float]:
+def record_scores(prediction: str, target: str, metric: str, rouge_package: str = "rouge") -> dict[str, float]:
     """The protocol's scores of one record: {"em"}, {"bleu"} or {"rouge1", "rouge2", "rougeL"}."""
     if metric == "em":
         return {"em": flan_em(prediction, target)}
     if metric == "bleu":
         return {"bleu": flan_bleu(prediction, target)}
     if metric == "rouge":
-        return rouge(prediction, target)
+        return rouge(prediction, target, rouge_package)
     raise ValueError(f"unknown FLAN metric {metric!r}; records use em, bleu or rouge")
 
 
-def score_flan(records: list[dict]) -> dict[str, float]:
+def score_flan(records: list[dict], rouge_package: str = "rouge") -> dict[str, float]:
     """Score ``{prediction, targets, task, domain, metric}`` records; returns ``task/…``, ``cluster/…``, ``average``."""
     per_task: dict[tuple[str, str], dict[str, list[float]]] = defaultdict(lambda: defaultdict(list))
     for r in records:
-        for name, value in record_scores(r["prediction"], r["targets"], r["metric"]).items():
+        for name, value in record_scores(r["prediction"], r["targets"], r["metric"], rouge_package).items():
             per_task[(r["domain"], r["task"])][name].append(value)
     out: dict[str, float] = {}
     per_cluster: dict[tuple[str, str], list[float]] = defaultdict(list)
     for (domain, task), scores in sorted(per_task.items()):
         for name, values in scores.items():
-            mean = sum(values) / len(values)
+            mean = _round1(sum(values) / len(values))  # the protocol rounds each task to 0.1 (np.round)
             out[f"task/{task}/{name}"] = mean
             per_cluster[(domain, name)].append(mean)
-    rows = {f"cluster/{d}/{n}": sum(v) / len(v) for (d, n), v in sorted(per_cluster.items())}
+    rows = {f"cluster/{d}/{n}": _round1(sum(v) / len(v)) for (d, n), v in sorted(per_cluster.items())}
     out.update(rows)
-    if rows:
+    if rows:  # the paper's AVERAGE: the mean of the printed (0.1-rounded) rows
         out["average"] = sum(rows.values()) / len(rows)
     return out
+
+
+def _round1(x: float) -> float:
+    """``np.round(x, 1)``: to one decimal, halves to even."""
+    import numpy as np
+
+    return float(np.round(x, 1))

@@ -1,4 +1,4 @@
-"""Text-generation metrics: exact match and ROUGE (rouge-score), scored per task then averaged over tasks."""
+"""Text-generation metrics: exact match and ROUGE (rouge-score or the PyPI rouge package), scored per task then averaged over tasks."""
 
 from __future__ import annotations
 
@@ -22,12 +22,39 @@ def _rouge_scorer():
     return rouge_scorer.RougeScorer(["rouge1", "rouge2", "rougeL"], use_stemmer=False)
 
 
-def rouge(prediction: str, target: str) -> dict[str, float]:
-    """ROUGE-1/2/L F1 × 100; an empty prediction scores 0."""
+ROUGE_PACKAGES = ("rouge", "rouge_score")
+
+
+def rouge(prediction: str, target: str, package: str = "rouge_score") -> dict[str, float]:
+    """ROUGE-1/2/L F1 × 100 from ``package``; an empty prediction scores 0.
+
+    - ``rouge_score`` (Google's): lower-cases, splits on non-alphanumerics, ROUGE-L over the whole text.
+    - ``rouge`` (PyPI ``rouge``, ``Rouge().get_scores(pred, ref)``, f-scores: the FLAN protocol's): keeps case and
+      punctuation, splits sentences on ".", ROUGE-L is the summary-level union LCS over those sentences. It
+      raises ``ValueError`` on a hypothesis (or reference) with no text once split on "."; such a record scores
+      0 here.
+    """
+    zero = {"rouge1": 0.0, "rouge2": 0.0, "rougeL": 0.0}
+    if package == "rouge":
+        try:
+            scores = _rouge_package().get_scores(prediction, target)[0]
+        except ValueError:  # "Hypothesis is empty." / "Reference is empty."
+            return zero
+        return {"rouge1": 100.0 * scores["rouge-1"]["f"], "rouge2": 100.0 * scores["rouge-2"]["f"],
+                "rougeL": 100.0 * scores["rouge-l"]["f"]}
+    if package != "rouge_score":
+        raise ValueError(f"unknown ROUGE package {package!r}; use one of {', '.join(ROUGE_PACKAGES)}")
     if not prediction.strip():
-        return {"rouge1": 0.0, "rouge2": 0.0, "rougeL": 0.0}
+        return zero
     scores = _rouge_scorer().score(target, prediction)
     return {k: 100.0 * v.fmeasure for k, v in scores.items()}
+
+
+@lru_cache(maxsize=1)
+def _rouge_package():
+    from rouge import Rouge
+
+    return Rouge()
 
 
 def score_generations(records: list[dict]) -> dict[str, float]:

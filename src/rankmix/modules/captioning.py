@@ -58,13 +58,14 @@ class VisionPrefixCaptioner(nn.Module):
 class CaptioningModule(TrainableCheckpoint, ScoredEvaluation, pl.LightningModule):
     def __init__(self, model: VisionPrefixCaptioner, tokenizer, lr: float, weight_decay: float = 0.0,
                  warmup_ratio: float = 0.0, warmup_steps: int | None = None, betas=(0.9, 0.999),
-                 schedule: str = "linear", max_new_tokens: int = 50, num_beams: int = 1,
+                 schedule: str = "linear", eps: float = 1e-8, max_new_tokens: int = 50, num_beams: int = 1,
                  predictions_path: str | None = None):
         super().__init__()
         self.model, self.tokenizer = model, tokenizer
         self.lr, self.weight_decay, self.warmup_ratio, self.betas = lr, weight_decay, warmup_ratio, tuple(betas)
         self.warmup_steps = warmup_steps  # when set, overrides warmup_ratio (§4: 5,000 steps)
         self.schedule = choice("optimizer.schedule", schedule, tuple(SCHEDULES))
+        self.eps = eps
         self.max_new_tokens, self.num_beams = max_new_tokens, num_beams
         self._init_evaluation(predictions_path)
         self.strict_loading = False
@@ -81,7 +82,7 @@ class CaptioningModule(TrainableCheckpoint, ScoredEvaluation, pl.LightningModule
 
     def configure_optimizers(self):
         return adamw_with_warmup(self.trainer, trainable(self.trainer), self.lr, self.weight_decay, self.betas,
-                                 self.warmup_ratio, self.warmup_steps, self.schedule)
+                                 self.warmup_ratio, self.warmup_steps, self.schedule, eps=self.eps)
 
     def score(self, records: list[dict], stage: str) -> dict[str, float]:
         test = stage == "test"

@@ -4,7 +4,8 @@ Training minimises the token cross-entropy of the response. Validation and test 
 (greedy, or beam search with ``num_beams`` > 1; left padding with the attention mask) and score with the
 task's scorer: ``generic`` (``rankmix.metrics.text``: per task, then the mean over tasks), ``flan``
 (``rankmix.metrics.flan``: SMoRA's FLAN protocol, clusters and average) or ``commonsense``
-(``rankmix.data.commonsense``: LLM-Adapters' answer extraction, accuracy per test set and average).
+(``rankmix.data.commonsense``: LLM-Adapters' answer extraction from the text after the first "### Response:"
+of the decoded prompt + generation, accuracy per test set and average).
 Checkpoints hold only the adapter weights; the frozen backbone is rebuilt from its config.
 """
 
@@ -15,6 +16,7 @@ import lightning.pytorch as pl
 from rankmix.adapters import adapter_context, adapter_state_dict
 from rankmix.adapters.base import choice
 from rankmix.adapters.peft_methods import peft_tuner
+from rankmix.data.commonsense import prediction as commonsense_prediction
 from rankmix.data.commonsense import score_commonsense
 from rankmix.data.instruction import RECORD_KEYS
 from rankmix.metrics.flan import score_flan
@@ -23,12 +25,17 @@ from rankmix.modules.evaluation import ScoredEvaluation
 from rankmix.modules.training import SCHEDULES, adamw_with_warmup, trainable
 
 SCORERS = {"generic": score_generations, "flan": score_flan, "commonsense": score_commonsense}
+# Scorers whose protocol reads its prediction out of the decoded prompt + generation (LLM-Adapters'
+# evaluator: the text after the first "### Response:"); the others read the generated tokens only.
+FROM_FULL_TEXT = {"commonsense": commonsense_prediction}
 
 class CausalLMModule(ScoredEvaluation, pl.LightningModule):
     def __init__(self, model, tokenizer, lr: float, weight_decay: float = 0.0, warmup_ratio: float = 0.0,
                  warmup_steps: int | None = None,
                  betas: tuple[float, float] = (0.9, 0.999), schedule: str = "linear", max_new_tokens: int = 16,
-                 num_beams: int = 1, scorer: str = "generic", predictions_path: str | None = None):
+                 num_beams: int = 1, validation_generates: bool = True, scorer: str = "generic",
+                 scorer_options: dict | None = None,
+                 predictions_path: str | None = None):
         super().__init__()
         self.model = model
         self.tokenizer = tokenizer
@@ -36,8 +43,10 @@ class CausalLMModule(ScoredEvaluation, pl.LightningModule):
         self.warmup_steps = warmup_steps  # when set, overrides warmup_ratio (LLM-Adapters: warmup_steps=100)
         self.schedule = choice("optimizer.schedule", schedule, tuple(SCHEDULES))
         self.scorer = choice("task.scorer", scorer, tuple(SCORERS))
+        self.scorer_options = dict(scorer_options or {})  # e.g. flan: {rouge_package: rouge}
         self.max_new_tokens = max_new_tokens
         self.num_beams = num_beams
+        self.validation_generates = validation_generates  # False: validation computes the loss only (HF Trainer)
         self._init_evaluation(predictions_path)
         self.strict_loading = False  # checkpoints hold adapter weights only
 
@@ -59,17 +68,23 @@ class CausalLMModule(ScoredEvaluation, pl.LightningModule):
 
     # -- evaluation ----------------------------------------------------------------------------
     def score(self, records: list[dict], stage: str) -> dict[str, float]:
-        return SCORERS[self.scorer](records)
+        return SCORERS[self.scorer](records, **self.scorer_options)
 
     def _eval_step(self, batch, stage: str):
         n = batch["input_ids"].shape[0]
         loss = self._lm(batch).loss
         self.log(f"{stage}/loss", loss, on_epoch=True, batch_size=n, sync_dist=True)
+        if stage == "val" and not self.validation_generates:
+            return
         generated = self.model.generate(
             input_ids=batch["prompt_ids"], attention_mask=batch["prompt_mask"], max_new_tokens=self.max_new_tokens,
             num_beams=self.num_beams, do_sample=False, pad_token_id=self.tokenizer.pad_token_id, eos_token_id=self.tokenizer.eos_token_id,
         )
-        texts = self.tokenizer.batch_decode(generated[:, batch["prompt_ids"].shape[1]:], skip_special_tokens=True)
+        if self.scorer in FROM_FULL_TEXT:
+            full = self.tokenizer.batch_decode(generated, skip_special_tokens=True)
+            texts = [FROM_FULL_TEXT[self.scorer](t) for t in full]
+        else:
+            texts = self.tokenizer.batch_decode(generated[:, batch["prompt_ids"].shape[1]:], skip_special_tokens=True)
         for i, text in enumerate(texts):
             self._records.append({"idx": int(batch["idx"][i]), "prediction": text.strip(),
                                       **{k: batch[k][i] for k in RECORD_KEYS}})

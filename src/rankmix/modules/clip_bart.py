@@ -29,11 +29,12 @@ from torch import nn
 
 from rankmix.adapters import adapter_context
 from rankmix.adapters.base import choice
+from rankmix.errors import ConfigError
 from rankmix.metrics.captioning import FIVE, score_captions
 from rankmix.metrics.vl_tasks import gqa_accuracy, nlvr_accuracy, nlvr_predictions
 from rankmix.metrics.vqa import score_vqa
 from rankmix.modules.evaluation import ScoredEvaluation
-from rankmix.modules.training import TrainableCheckpoint, adamw_with_warmup
+from rankmix.modules.training import SCHEDULES, TrainableCheckpoint, adamw_with_warmup
 
 X_R_DECODER = ("encoder_mean", "visual")
 ACCURACY_TASKS = ("vqa", "gqa", "nlvr")
@@ -108,10 +109,13 @@ class CLIPBart(nn.Module):
 class VLMultitaskModule(TrainableCheckpoint, ScoredEvaluation, pl.LightningModule):
     def __init__(self, model: CLIPBart, tokenizer, lr: float, weight_decay: float = 0.01, warmup_ratio: float = 0.1,
                  betas=(0.9, 0.999), eps: float = 1e-6, answer_max_tokens: int = 10, caption_beams: int = 5,
-                 caption_max_tokens: int = 20, predictions_path: str | None = None, **_schedule):
+                 caption_max_tokens: int = 20, predictions_path: str | None = None, warmup_steps: int | None = None,
+                 schedule: str = "linear"):
         super().__init__()
         self.model, self.tokenizer = model, tokenizer
         self.lr, self.weight_decay, self.warmup_ratio, self.betas, self.eps = lr, weight_decay, warmup_ratio, tuple(betas), eps
+        self.warmup_steps = warmup_steps
+        self.schedule = choice("optimizer.schedule", schedule, tuple(SCHEDULES))
         self.answer_max_tokens, self.caption_beams, self.caption_max_tokens = answer_max_tokens, caption_beams, caption_max_tokens
         (self.true_id, self.false_id), self.answer_prefix = _answer_tokens(tokenizer, model.bart.config)
         self._init_evaluation(predictions_path)
@@ -129,7 +133,7 @@ class VLMultitaskModule(TrainableCheckpoint, ScoredEvaluation, pl.LightningModul
                 (no_decay if n.endswith("bias") or "norm" in n.lower() else decay).append(p)
         groups = [{"params": decay, "weight_decay": self.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
         return adamw_with_warmup(self.trainer, groups, self.lr, self.weight_decay, self.betas, self.warmup_ratio,
-                                 eps=self.eps)
+                                 self.warmup_steps, self.schedule, eps=self.eps)
 
     def _eval_step(self, batch, stage):
         task = batch["task"]
@@ -181,6 +185,42 @@ def _answer_tokens(tokenizer, config) -> tuple[tuple[int, int], list[int]]:
     return (first[0], first[1]), [config.decoder_start_token_id] + ([tokenizer.bos_token_id] if bos else [])
 
 
+UNFREEZE = ("bias", "layer_norm")
+ADAPTER_METHODS = ("adapter", "parallel_adapter", "multi_adapter")
+
+
+def unfreeze_parts(policy, method) -> list[str]:
+    """``backbone.unfreeze`` as a list of parts: a list of ``UNFREEZE`` names, or ``vl_adapter``: VL-Adapter's
+    trainable set beside the method's own weights (its ``trainer_base.py``): every bias with LoRA-style methods,
+    every LayerNorm (weight and bias) with adapters (``--unfreeze_layer_norms``), nothing with ``none``."""
+    if policy == "vl_adapter":
+        name = method.get("name")
+        if name == "none":
+            return []
+        adapter = name in ADAPTER_METHODS or (name == "routing" and method.get("base", "lora") != "lora")
+        return ["layer_norm"] if adapter else ["bias"]
+    parts = [policy] if isinstance(policy, str) else list(policy)
+    for part in parts:
+        if part not in UNFREEZE:
+            raise ConfigError("backbone.unfreeze", policy, f"use vl_adapter or a list of {', '.join(UNFREEZE)}")
+    return parts
+
+
+def unfreeze(bart: nn.Module, policy, method) -> int:
+    """Make the backbone parts of ``policy`` trainable (``unfreeze_parts``); returns how many weights that adds."""
+    parts = unfreeze_parts(policy, method)
+    chosen = {}
+    for module_name, module in bart.named_modules():
+        for name, p in module.named_parameters(recurse=False):
+            full = f"{module_name}.{name}" if module_name else name
+            if ("bias" in parts and name == "bias") or ("layer_norm" in parts and isinstance(module, nn.LayerNorm)):
+                chosen[full] = p
+    added = sum(p.numel() for p in chosen.values() if not p.requires_grad)
+    for p in chosen.values():
+        p.requires_grad_(True)
+    return added
+
+
 def build_vl_multitask(cfg, run_dir: Path):
     """(LightningModule, data module, injection report, the adapted BART) for a CLIP-BART multitask config."""
     from omegaconf import OmegaConf
@@ -203,6 +243,7 @@ def build_vl_multitask(cfg, run_dir: Path):
     if cfg.backbone.get("multitask_warm_start"):
         multitask_warm_start(model, dm, cfg.backbone.multitask_warm_start, Path(cfg.paths.cache_dir))
     report = inject(bart, OmegaConf.to_container(cfg.method, resolve=True))
+    report.trainable_parameters += unfreeze(bart, cfg.backbone.get("unfreeze") or [], cfg.method)
     report.trainable_parameters += sum(p.numel() for p in model.visual_embedding.parameters())
     report.total_parameters += sum(p.numel() for p in model.visual_embedding.parameters())
     module = VLMultitaskModule(model, tokenizer, answer_max_tokens=cfg.task.answer_max_tokens,

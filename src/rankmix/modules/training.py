@@ -19,6 +19,22 @@ def adamw_with_warmup(trainer, params, lr: float, weight_decay: float, betas, wa
     return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
 
 
+def set_training_modes(module: torch.nn.Module, frozen_dropout: bool = True) -> None:
+    """Train mode for the whole module before fitting, as the official codes train (HF Trainer, VL-Adapter and
+    Routing_VLPEFT call ``model.train()``; ``from_pretrained`` returns eval mode and Lightning keeps a module's
+    mode). ``frozen_dropout=False`` keeps the frozen backbone's own dropout layers off; the adapters' stay on. A frozen
+    ViT is put in eval at each call (``vision_prefix.visual_features``), as in the official code."""
+    from rankmix.adapters import adapter_layers
+
+    module.train()
+    if not frozen_dropout:
+        own = {id(m) for layer in adapter_layers(module).values()
+               for name, m in layer.named_modules() if not name.startswith("base_layer")}
+        for m in module.modules():
+            if isinstance(m, torch.nn.Dropout) and id(m) not in own:
+                m.eval()
+
+
 def trainable(trainer) -> list[torch.nn.Parameter]:
     return [p for p in trainer.model.parameters() if p.requires_grad]
 

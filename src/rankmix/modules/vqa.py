@@ -23,7 +23,7 @@ from rankmix.adapters import adapter_context
 from rankmix.adapters.base import choice
 from rankmix.metrics.vqa import score_vqa
 from rankmix.modules.evaluation import ScoredEvaluation
-from rankmix.modules.training import TrainableCheckpoint, adamw_with_warmup, trainable
+from rankmix.modules.training import SCHEDULES, TrainableCheckpoint, adamw_with_warmup, trainable
 from rankmix.modules.vision_prefix import X_R, check_widths, visual_features
 
 
@@ -50,10 +50,13 @@ class VisionPrefixClassifier(nn.Module):
 
 class VQAModule(TrainableCheckpoint, ScoredEvaluation, pl.LightningModule):
     def __init__(self, model: VisionPrefixClassifier, label2ans: list[str], lr: float, weight_decay: float = 0.0,
-                 warmup_ratio: float = 0.0, betas=(0.9, 0.999), predictions_path: str | None = None, **_schedule):
+                 warmup_ratio: float = 0.0, warmup_steps: int | None = None, betas=(0.9, 0.999),
+                 schedule: str = "linear", eps: float = 1e-8, predictions_path: str | None = None):
         super().__init__()
         self.model, self.label2ans = model, label2ans
         self.lr, self.weight_decay, self.warmup_ratio, self.betas = lr, weight_decay, warmup_ratio, tuple(betas)
+        self.warmup_steps, self.eps = warmup_steps, eps
+        self.schedule = choice("optimizer.schedule", schedule, tuple(SCHEDULES))
         self._init_evaluation(predictions_path)
         self.strict_loading = False
 
@@ -70,7 +73,7 @@ class VQAModule(TrainableCheckpoint, ScoredEvaluation, pl.LightningModule):
 
     def configure_optimizers(self):
         return adamw_with_warmup(self.trainer, trainable(self.trainer), self.lr, self.weight_decay, self.betas,
-                                 self.warmup_ratio)
+                                 self.warmup_ratio, self.warmup_steps, self.schedule, eps=self.eps)
 
     def score(self, records: list[dict], stage: str) -> dict[str, float]:
         return score_vqa(records)
