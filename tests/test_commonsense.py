@@ -1,5 +1,6 @@
 """MoSLoRA's commonsense protocol (LLM-Adapters): byte-exact prompts, answer extraction, loaders, accuracy."""
 
+import json
 from pathlib import Path
 
 import pytest
@@ -229,3 +230,24 @@ def test_prediction_is_read_from_prompt_and_generation_as_the_evaluator_does():
     decoded = eval_prompt("Which is right? solution1 or solution2") + generated
     assert FROM_FULL_TEXT["commonsense"](decoded) == "the correct answer is solution2"
     assert extract_answer("piqa", FROM_FULL_TEXT["commonsense"](decoded)) == "solution2"
+
+
+@pytest.mark.parametrize(("record", "message"), [
+    ({"instruction": "q", "input": "", "output": 1, "answer": "true"}, "field 'output' must be a string, got int"),
+    ({"instruction": "q", "input": "", "output": "o", "answer": 1}, "field 'answer' must be a string, got int"),
+])
+def test_non_string_fields_are_refused_with_the_file_and_record(tmp_path, record, message):
+    (tmp_path / "boolq").mkdir()
+    (tmp_path / "boolq" / "test.json").write_text(json.dumps([record]))
+    with pytest.raises(DataError, match=rf"boolq/test.json: record 1: {message}"):
+        load_test(tmp_path, "boolq")
+
+
+def test_too_few_training_records_for_the_held_out_split(tmp_path):
+    from rankmix.data.sources import build_splits
+
+    rec = {"instruction": "q", "input": "", "output": "the correct answer is true", "answer": "true"}
+    (tmp_path / "train.json").write_text(json.dumps([rec] * 5))
+    with pytest.raises(DataError, match=r"train.json: 5 training records; 120 are held out"):
+        build_splits({"kind": "commonsense", "train_file": str(tmp_path / "train.json"), "test_dir": str(tmp_path),
+                      "n_validation": 120, "seed": 42})

@@ -138,3 +138,17 @@ def test_computation_hash_ignores_labels_not_hyperparameters():
     assert computation_hash(base) == computation_hash(relabelled)
     assert computation_hash(base) != computation_hash({**base, "method": {"name": "lora", "r": 16}})
     assert computation_hash(base) != computation_hash({**base, "backbone": {**base["backbone"], "config": {"hidden_size": 64}}})
+
+
+def test_run_keys_lead_with_the_row_and_normalise_values():
+    assert run_key("backbone.x=1,experiment=smora/1/lora_64,++task.a.b=2") == "lora_64,backbone.x=1,task.a.b=2"
+    assert run_key("optimizer.lr=3e-3") == run_key("optimizer.lr=0.003") == "optimizer.lr=0.003"
+    assert run_key("seed=2,method.r=4") == "seed=2,method.r=4"  # integers stay as written
+
+
+@pytest.mark.parametrize("bad", ["../../x", "a/b", ".hidden", "x..y"])
+def test_table_id_must_be_a_plain_name(bad):
+    cfg = compose(f"table.id={bad}")
+    apply_scale(cfg)
+    with pytest.raises(ConfigError, match="table.id=.*must be a plain name"):
+        validate(cfg)

@@ -1,6 +1,7 @@
 """Generated data and record files: determinism, formats, and errors that name the file and line."""
 
 import json
+from pathlib import Path
 
 import pytest
 
@@ -127,3 +128,65 @@ def test_word_level_tokenizer_round_trips(tmp_path, tiny_tokenizer_for):
     ids = tok("reverse : a b", add_special_tokens=False)["input_ids"]
     assert tok.decode(ids) == "reverse : a b" and tok.unk_token_id not in ids
     assert json.loads((tmp_path / "tok" / "tokenizer_config.json").read_text())
+
+
+def test_prepared_data_follows_the_contents_of_the_files_it_reads(tmp_path):
+    """FLAN files read into the prepared cache: an edited test file gives a new prepared copy with its records."""
+    import shutil
+
+    src = tmp_path / "flan"
+    shutil.copytree(Path(__file__).parent / "fixtures" / "flan", src)
+    source = {"kind": "flan", "test_file": str(src / "combined_test.json"), "train_dir": str(src / "train"),
+              "n_train": 2, "n_validation": 1, "seed": 42}
+
+    def prepared():
+        dm = InstructionDataModule(data_dir=None, cache_dir=str(tmp_path / "cache"), source=source)
+        dm.prepare_data()
+        return dm.files()["test"], sum(1 for _ in open(dm.files()["test"]))
+
+    records = [r for r in json.loads((src / "combined_test.json").read_text())
+               if r["task"].startswith(("snli", "sst2"))]  # the tasks the training folder has
+    (src / "combined_test.json").write_text(json.dumps(records))
+    path, n = prepared()
+    assert prepared()[0] == path and n == len(records) > 1  # unchanged files: the same copy
+    (src / "combined_test.json").write_text(json.dumps(records[:1]))
+    edited, m = prepared()
+    assert edited != path and m == 1
+
+
+def test_data_fingerprint_changes_with_a_files_contents_not_its_name(tmp_path):
+    from rankmix.data.files import data_paths, fingerprint
+
+    (tmp_path / "d").mkdir()
+    f = tmp_path / "d" / "test.jsonl"
+    f.write_text('{"a": 1}\n')
+    node = {"data_dir": str(tmp_path / "d"), "source": {"train_file": "org/hub-id", "test_file": None}}
+    assert data_paths(node) == [tmp_path / "d"]
+    before = fingerprint(data_paths(node))
+    f.write_text('{"a": 2}\n')
+    assert fingerprint(data_paths(node)) != before
+    assert fingerprint(data_paths({"source": {"kind": "symbolic"}})) is None
+
+
+def test_atomic_writes_respect_the_umask_and_killed_writers_are_cleaned(tmp_path):
+    import os
+
+    from rankmix.data.files import atomic_open, stale_temporaries
+
+    old = os.umask(0o022)
+    try:
+        with atomic_open(tmp_path / "r.json") as f:
+            f.write("{}")
+    finally:
+        os.umask(old)
+    assert (tmp_path / "r.json").stat().st_mode & 0o777 == 0o644
+    (tmp_path / ".r.json.abc123.tmp").write_text("{")  # as a killed writer leaves it
+    assert stale_temporaries(tmp_path / "r.json") == [tmp_path / ".r.json.abc123.tmp"]
+
+
+def test_names_from_data_files_stay_inside_their_folder(tmp_path):
+    from rankmix.data.files import inside
+
+    assert inside(tmp_path, "a/b.jpg", "image file", "x.json") == tmp_path / "a" / "b.jpg"
+    with pytest.raises(DataError, match=r"x.json: task name '../../etc/passwd' leads out of"):
+        inside(tmp_path, "../../etc/passwd", "task name", "x.json")

@@ -137,3 +137,14 @@ def test_flan_like_suite_covers_the_clusters_and_metrics():
     xs = by_task["encode"]["inputs"].split(" : ")[1].split()
     assert len(xs) >= 4 and len(by_task["encode"]["targets"].split()) == len(xs)
     assert all(r["targets"] in r["inputs"].split("OPTIONS : ")[1].split(" | ") for r in recs if "OPTIONS" in r["inputs"])
+
+
+@pytest.mark.parametrize(("content", "message"), [
+    ("", r"combined_test.json: no records"),
+    ('[{"inputs": "q", "targets": 3, "task": "t", "domain": "nli", "metric": "em"}]',
+     r"combined_test.json: record 1: field 'targets' must be a string, got int"),
+])
+def test_bad_flan_test_files_are_named_as_the_user_gave_them(tmp_path, content, message):
+    (tmp_path / "combined_test.json").write_text(content)
+    with pytest.raises(DataError, match=message):
+        flan.load_test(tmp_path / "combined_test.json")

@@ -49,7 +49,7 @@ def test_checkpoint_holds_adapter_weights_only(tmp_path):
     r = run_train(tmp_path, *FAST)
     assert r.returncode == 0, r.stderr[-3000:]
     key = r.result()["run"]["key"]
-    ckpt = torch.load(tmp_path / "runs" / "default" / key / "checkpoints" / "last.ckpt", weights_only=False)
+    ckpt = torch.load(tmp_path / "runs" / "default" / key / "checkpoints" / "last.ckpt", weights_only=True)
     keys = list(ckpt["state_dict"])
     assert keys and all(k.endswith(("lora_A.weight", "lora_B.weight")) for k in keys)
     assert len(keys) == 2 * 14
@@ -82,18 +82,21 @@ def test_multirun_over_ranks(tmp_path):
     runs = sorted((tmp_path / "results" / "default" / "runs").glob("*.json"))
     results = [json.loads(p.read_text()) for p in runs]
     assert sorted(x["config"]["method"]["r"] for x in results) == [4, 8]
+    assert [x["train"]["live_models_at_fit"] for x in results] == [1, 1]  # the first run's model was released
     assert results[0]["params"]["trainable"] != results[1]["params"]["trainable"]
     table = (tmp_path / "results" / "default" / "table.md").read_text()
     assert "method.r=4" in table and "method.r=8" in table
 
 
-def test_failed_run_does_not_stop_the_sweep(tmp_path):
+def test_failed_run_does_not_stop_the_sweep_and_the_sweep_exits_non_zero(tmp_path):
     r = run_train(tmp_path, *FAST, "method.r=0,4", multirun=True)
-    results = {f"method.r={json.loads(p.read_text())['run']['key'].split('method.r=')[1].split(',')[0]}":
-               json.loads(p.read_text()) for p in (tmp_path / "results" / "default" / "runs").glob("*.json")}
-    assert results["method.r=0"]["status"] == "failed"
-    assert "method.r=0: must be a positive integer" in results["method.r=0"]["error"]
-    assert results["method.r=4"]["status"] == "ok"
+    table_dir = tmp_path / "results" / "default"
+    (ok,), (failed,) = [[json.loads(p.read_text()) for p in (table_dir / d).glob("*.json")] for d in ("runs", "failed")]
+    assert failed["status"] == "failed" and "method.r=0" in failed["run"]["key"]
+    assert "method.r=0: must be a positive integer" in failed["error"]
+    assert ok["status"] == "ok" and "method.r=4" in ok["run"]["key"]
+    # both runs ran; then the sweep exits non-zero, naming the failed one
+    assert r.returncode == 1 and "1 run(s) of this sweep failed" in r.stderr and "method.r=0" in r.stderr
     table = (tmp_path / "results" / "default" / "table.md").read_text()
     assert "Failed runs" in table and "method.r=4" in table.split("Failed runs")[0]
     assert "method.r=0" not in table.split("Failed runs")[0]
@@ -117,7 +120,7 @@ def test_kill_and_resume_reaches_the_same_metrics(tmp_path):
     time.sleep(0.2)
     os.killpg(proc.pid, signal.SIGKILL)
     proc.wait()
-    assert torch.load(last, weights_only=False)["epoch"] < 3, "killed too late to test resuming"
+    assert torch.load(last, weights_only=True)["epoch"] < 3, "killed too late to test resuming"
     assert not list(root.glob("results/default/runs/*.json"))  # a killed run leaves no result
 
     resumed = run_train(root, *overrides)
@@ -127,6 +130,9 @@ def test_kill_and_resume_reaches_the_same_metrics(tmp_path):
     assert r["train"]["global_step"] == ref["train"]["global_step"]
     for name, value in ref["metrics"].items():
         assert r["metrics"][name] == pytest.approx(value, abs=1e-6), name
+    with open(root / "runs" / "default" / key / "csv" / "metrics.csv") as f:  # the log keeps the epochs before the kill
+        epochs = {int(row["epoch"]) for row in csv.DictReader(f) if row.get("epoch")}
+    assert {0, 1, 2, 3} <= epochs
 
 
 def test_non_finite_loss_stops_with_a_clear_message(tmp_path):
@@ -206,3 +212,94 @@ def test_select_best_tests_the_checkpoint_with_the_lowest_validation_loss(tmp_pa
     best = torch.load(chosen["path"], map_location="cpu", weights_only=True)
     assert best["global_step"] in {int(row["step"]) + 1 for row in rows if row.get("val/loss")} | \
            {int(row["step"]) for row in rows if row.get("val/loss")}
+
+
+def test_a_failure_of_another_configuration_never_replaces_a_finished_result(tmp_path):
+    done = run_train(tmp_path, *FAST)
+    assert done.returncode == 0
+    (result,) = (tmp_path / "results" / "default" / "runs").glob("*.json")
+    before = result.read_text()
+    failed = run_train(tmp_path, *FAST, "scale=paper")  # not in the run key; offline, its backbone cannot load
+    assert failed.returncode != 0
+    assert result.read_text() == before
+    assert json.loads((result.parent.parent / "failed" / result.name).read_text())["status"] == "failed"
+    table = (tmp_path / "results" / "default" / "table.md").read_text()
+    assert "1 finished runs" in table and "Failed runs" in table
+
+
+def test_rerun_trains_again_from_scratch(tmp_path):
+    first = run_train(tmp_path, *FAST)
+    assert first.returncode == 0
+    a = first.result()
+    again = run_train(tmp_path, *FAST, "rerun=true")
+    assert again.returncode == 0, again.stderr[-2000:]
+    b = again.result()
+    assert b["train"]["resumed_from"] is None and b["train"]["final_train_loss"] is not None
+    assert b["train"]["global_step"] == a["train"]["global_step"] and b["run"]["started_at"] >= a["run"]["finished_at"]
+    assert b["metrics"] == a["metrics"]  # the same seeded computation
+
+
+def test_a_read_only_results_folder_is_refused_before_training(tmp_path):
+    (tmp_path / "results" / "default").mkdir(parents=True)
+    (tmp_path / "results" / "default" / "runs").write_text("")  # a file where the folder must be: unwritable even as root
+    r = run_train(tmp_path, *FAST)
+    assert r.returncode == 1 and "cannot write there" in r.stderr and "Traceback" not in r.stderr
+    assert not (tmp_path / "runs" / "default" / "default" / "checkpoints").exists()
+
+
+def test_two_identical_runs_at_once_one_is_refused(tmp_path):
+    env = {**os.environ, **OFFLINE_ENV}
+    long = fast(trainer__max_epochs=30)  # long enough for the second to start while the first trains
+    first = subprocess.Popen(train_cmd(tmp_path, *long), cwd=REPO, env=env, stdout=subprocess.PIPE,
+                             stderr=subprocess.PIPE, text=True)
+    for _ in range(600):
+        locks = list((tmp_path / "runs" / "default").glob("*/.lock"))
+        if locks and locks[0].read_text().strip():
+            break
+        time.sleep(0.1)
+    second = run_train(tmp_path, *long)
+    out, err = first.communicate(timeout=600)
+    assert first.returncode == 0, err[-2000:]
+    assert second.returncode == 1 and "the same run is already running" in second.stderr
+    assert "Traceback" not in second.stderr
+    (result,) = (tmp_path / "results" / "default" / "runs").glob("*.json")
+    assert json.loads(result.read_text())["status"] == "ok"
+
+
+@pytest.mark.parametrize("sweep", [False, True], ids=["single", "sweep"])
+def test_sigterm_stops_with_a_message_and_a_non_zero_exit(tmp_path, sweep):
+    env = {**os.environ, **OFFLINE_ENV}
+    args = fast(trainer__max_epochs=30) + (["method.r=4,8"] if sweep else [])
+    proc = subprocess.Popen(train_cmd(tmp_path, *args, multirun=sweep), cwd=REPO, env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    for _ in range(1200):  # once the first epoch's checkpoint exists
+        if list((tmp_path / "runs" / "default").glob("*/checkpoints/*.ckpt")):
+            break
+        time.sleep(0.1)
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=300)
+    assert proc.returncode != 0 and "rankmix: error: SIGTERM: stopping run" in err
+    assert not list((tmp_path / "results" / "default" / "runs").glob("*.json"))  # no half result
+    if sweep:  # the sweep stopped there: its second run never started
+        assert len(list((tmp_path / "runs" / "default").glob("method.r=*"))) == 1
+
+
+def test_an_edited_data_file_makes_the_run_out_of_date(tmp_path):
+    from rankmix.data.synthetic import generate_records
+
+    data = tmp_path / "data"
+    data.mkdir()
+    for split, n in (("train", 24), ("validation", 6), ("test", 6)):
+        recs = generate_records(["copy", "reverse"], n, 2, 4, seed={"train": 1, "validation": 2, "test": 3}[split])
+        (data / f"{split}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in recs))
+    args = ["trainer.max_epochs=1", f"task.datamodule.data_dir={data}"]
+    first = run_train(tmp_path, *args)
+    assert first.returncode == 0, first.stderr[-2000:]
+    before = first.result()["config"]["data_fingerprint"]
+    lines = (data / "test.jsonl").read_text().splitlines()
+    (data / "test.jsonl").write_text("\n".join(lines[:2]) + "\n")  # cut the test set to 2 records
+    second = run_train(tmp_path, *args)
+    assert second.returncode == 0 and "up to date" not in second.stdout
+    assert second.result()["config"]["data_fingerprint"] != before
+    (preds,) = (tmp_path / "runs" / "default").glob("*/predictions.jsonl")
+    assert len(preds.read_text().splitlines()) == 2

@@ -5,11 +5,13 @@ from __future__ import annotations
 import json
 import math
 import random
+import sys
 from pathlib import Path
 
 import lightning.pytorch as pl
 import numpy as np
 import torch
+from hydra.experimental.callback import Callback as HydraCallback
 
 from rankmix.errors import NonFiniteLossError
 
@@ -131,3 +133,24 @@ class TrainingModes(pl.Callback):
         if self.seen is None:
             modes = [m.training for m in pl_module.modules()]
             self.seen = {"train": sum(modes), "eval": len(modes) - sum(modes)}
+
+
+class SweepExitCode(HydraCallback):
+    """A Hydra multirun whose runs failed exits non-zero once all its runs are done (each has already written its
+    result or failure and rebuilt its table), naming them; a sweep of finished runs exits 0."""
+
+    def _file(self, config) -> Path:
+        return Path(config.hydra.sweep.dir) / "failed_jobs.txt"
+
+    def on_multirun_start(self, config, **kwargs) -> None:
+        self._file(config).unlink(missing_ok=True)
+
+    def on_multirun_end(self, config, **kwargs) -> None:
+        path = self._file(config)
+        lines = path.read_text().splitlines() if path.is_file() else []
+        if lines:
+            print(f"rankmix: error: {len(lines)} run(s) of this sweep failed:", file=sys.stderr)
+            for line in lines:
+                key, _, message = line.partition("\t")
+                print(f"rankmix:   {key}: {message}", file=sys.stderr)
+            raise SystemExit(1)

@@ -119,11 +119,18 @@ def run_key(override_dirname: str) -> str:
         if key.lstrip("+~") == "experiment":
             rows.append(value.rsplit("/", 1)[-1])
         else:
-            parts.append(item.lstrip("+"))
+            parts.append(f"{key.lstrip('+')}={_canonical(value)}" if "=" in item else item.lstrip("+"))
     key = re.sub(r"[^A-Za-z0-9_.,=+-]", "-", ",".join(rows + parts) or "default")
     if len(key) > MAX_KEY_LEN:  # file names are limited to 255 bytes: keep a readable head and a hash
         key = f"{key[:MAX_KEY_LEN - 17]}--{hashlib.sha256(key.encode()).hexdigest()[:15]}"
     return key
+
+
+def _canonical(value: str) -> str:
+    """A float written as a sweep writes it (``3e-3`` and ``0.003`` are the same run); other values as given."""
+    if re.fullmatch(r"[+-]?(\d+\.\d*|\.\d+|\d+(\.\d*)?[eE][+-]?\d+)", value):
+        return repr(float(value))
+    return value
 
 
 def register_resolvers() -> None:
@@ -152,6 +159,10 @@ def validate(cfg: DictConfig) -> None:
             _check(isinstance(v, int) and not isinstance(v, bool) and v > 0, f"method.{key}", v, "must be a positive integer")
     if "k" in m and "r" in m:
         _check(m.k <= m.r, "method.k", m.k, f"must be at most method.r={m.r} (k ranks are active out of r)")
+    tid = cfg.table.get("id")
+    _check(isinstance(tid, str) and re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]*", tid) is not None and ".." not in tid,
+           "table.id", tid, "must be a plain name (letters, digits, '_', '-', '.'): it names folders under "
+           "results/ and runs/")
     opt = cfg.optimizer
     _check(isinstance(opt.lr, (int, float)) and opt.lr > 0, "optimizer.lr", opt.lr, "must be a positive number")
     _check(cfg.trainer.max_epochs is not None and cfg.trainer.max_epochs >= 0, "trainer.max_epochs",

@@ -192,7 +192,7 @@ def _restore(src: Sources, table: str, key: str, run: dict):
     tokenizer = AutoTokenizer.from_pretrained(src.run_file(table, key, "tokenizer/tokenizer_config.json").parent)
     model = build_backbone(cfg.backbone, tokenizer)
     inject(model, OmegaConf.to_container(cfg.method, resolve=True))
-    state = torch.load(src.run_file(table, key, "checkpoints/last.ckpt"), map_location="cpu", weights_only=False)
+    state = torch.load(src.run_file(table, key, "checkpoints/last.ckpt"), map_location="cpu", weights_only=True)
     model.load_state_dict({k.removeprefix("model."): v for k, v in state["state_dict"].items()}, strict=False)
     dm = instantiate(cfg.task.datamodule, cache_dir=str(src.runs_dir / ".figure-cache"))
     dm.prepare_data()
@@ -338,7 +338,7 @@ def smora_fig2b(src: Sources) -> Drawn:
     rows, contrast = [], {}
     for ax, key in zip(axes if len(order) > 1 else [axes], order, strict=True):
         state = torch.load(src.run_file(table, key, "checkpoints/last.ckpt"), map_location="cpu",
-                           weights_only=False)["state_dict"]
+                           weights_only=True)["state_dict"]
         a, b = state[f"{layer}.lora_A.weight"].float(), state[f"{layer}.lora_B.weight"].float()
         m = torch.nn.functional.normalize(torch.cat([a, b.T], dim=1), dim=1)
         sim = (m @ m.T).numpy()
@@ -409,7 +409,7 @@ def _trained_adapters(src: Sources, table: str, key: str) -> dict:
     """The adapter tensors of a run's last checkpoint, keyed by their names in the adapted language model."""
     import torch
 
-    state = torch.load(src.run_file(table, key, "checkpoints/last.ckpt"), map_location="cpu", weights_only=False)
+    state = torch.load(src.run_file(table, key, "checkpoints/last.ckpt"), map_location="cpu", weights_only=True)
     return {k.split(".", 2)[2]: v for k, v in state["state_dict"].items() if k.startswith("model.lm.")}
 
 
@@ -517,7 +517,7 @@ def smola_fig3(src: Sources) -> Drawn:
     for ax, r in zip(axes, ranks, strict=True):
         key = _method_run(src, table, runs, "lora", r=r)
         used.append(f"{table}/{key}")
-        state = torch.load(src.run_file(table, key, "checkpoints/last.ckpt"), map_location="cpu", weights_only=False)
+        state = torch.load(src.run_file(table, key, "checkpoints/last.ckpt"), map_location="cpu", weights_only=True)
         weights = state["state_dict"]
         layers = sorted(k[: -len(".lora_A.weight")] for k in weights if k.endswith(".lora_A.weight"))
         counts = []

@@ -150,12 +150,8 @@ def table_rows(run: dict, paper_dir: Path, baseline: dict | None = None) -> list
 def build_table(table_id: str, results_dir: Path, paper_dir: Path) -> Path:
     """Write ``results/<id>/table.{md,csv}`` from the finished runs' JSONs; returns the markdown path."""
     out_dir = Path(results_dir) / table_id
-    runs, failed = [], []
-    for p in sorted((out_dir / "runs").glob("*.json")):
-        r = read_json(p)
-        if r is None:
-            continue
-        (runs if r.get("status") == "ok" else failed).append(r)
+    runs = [r for p in sorted((out_dir / "runs").glob("*.json")) if (r := read_json(p)) and r.get("status") == "ok"]
+    failed = [r for p in sorted((out_dir / "failed").glob("*.json")) if (r := read_json(p))]
     spec = runs[0]["config"].get("table", {}) if runs else {}
     rows = [row for r in runs for row in table_rows(r, Path(paper_dir), _baseline_run(runs, spec.get("baseline"), r))]
     baselines = {r["run"]["scale"]: _baseline_run(runs, spec.get("baseline"), r) for r in runs}
@@ -297,9 +293,9 @@ def table_spec(table_id: str, conf_dir: Path = REPO / "conf") -> dict:
 
 
 def table_status(table_id: str, results_dir: Path) -> str:
-    runs = [read_json(p) for p in sorted((Path(results_dir) / table_id / "runs").glob("*.json"))]
-    ok = [r for r in runs if r and r.get("status") == "ok"]
-    failed = len(runs) - len(ok)
+    ok = [r for p in sorted((Path(results_dir) / table_id / "runs").glob("*.json")) if (r := read_json(p))
+          and r.get("status") == "ok"]
+    failed = len(list((Path(results_dir) / table_id / "failed").glob("*.json")))
     if not ok:
         return "never run" + (f" ({failed} failed)" if failed else "")
     scales = "+".join(sorted({r["run"]["scale"] for r in ok}))

@@ -22,9 +22,10 @@ import torch
 from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from hydra.utils import instantiate
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, OmegaConf, open_dict
 
 from rankmix.config import apply_scale, config_hash, register_resolvers, run_key, validate
+from rankmix.data.files import stale_temporaries
 from rankmix.errors import ConfigError, RankmixError
 from rankmix.results import (
     git_state,
@@ -121,11 +122,14 @@ def fit_and_test(cfg: DictConfig, run_dir: Path, chash: str) -> tuple[dict, dict
                                 predictions_path=str(run_dir / "predictions.jsonl"), **cfg.optimizer)
     log.info(str(report))
     check_context(model, cfg.task.get("context", []))
+    resume = _resumable_checkpoint(run_dir, chash, fresh=bool(cfg.rerun))
+    if resume is None:  # a run from scratch: its log starts empty (a resumed one appends to it)
+        (run_dir / "csv" / "metrics.csv").unlink(missing_ok=True)
     trainer = build_trainer(cfg, run_dir)
-    resume = _resumable_checkpoint(run_dir, chash)
     if resume is None:  # the adapters as initialised: ΔW = trained − initial (routing Fig. B8)
         torch.save(adapter_state_dict(model), run_dir / "adapter_init.pt")
     set_training_modes(module, cfg.backbone.get("frozen_dropout", True))
+    live = live_models()  # this run's own, and nothing a sweep's earlier run left
     trainer.fit(module, datamodule=dm, ckpt_path=resume)
     final_loss = trainer.callback_metrics.get("train/loss_epoch")
     best_path, selection = selected_checkpoint(cfg, trainer)
@@ -147,6 +151,7 @@ def fit_and_test(cfg: DictConfig, run_dir: Path, chash: str) -> tuple[dict, dict
             "epochs": trainer.current_epoch,
             "final_train_loss": float(final_loss) if final_loss is not None else None,
             "accelerator": type(trainer.accelerator).__name__,
+            "live_models_at_fit": live,
             "devices": trainer.num_devices,
         },
     }
@@ -176,11 +181,22 @@ def check_launch(cfg: DictConfig, multirun: bool) -> None:
                           "or run offline and `make sync-wandb` later")
 
 
-def _resumable_checkpoint(run_dir: Path, chash: str) -> str | None:
+def record_data_fingerprint(cfg: DictConfig) -> None:
+    """``cfg.data_fingerprint``: the contents of the data files the task reads (``rankmix.data.files.fingerprint``),
+    so an edited file makes the run's config hash, and so its result, out of date. Generated data: no key."""
+    from rankmix.data.files import data_paths, fingerprint
+
+    found = fingerprint(data_paths(OmegaConf.to_container(cfg.task.datamodule, resolve=True)))
+    if found is not None:
+        with open_dict(cfg):
+            cfg.data_fingerprint = found
+
+
+def _resumable_checkpoint(run_dir: Path, chash: str, fresh: bool = False) -> str | None:
     """``last.ckpt`` when it exists, loads, and was written by this very configuration.
 
     Checkpoints of another configuration (an edited experiment file keeps the run's folder) and files cut
-    short by a kill are set aside, never resumed.
+    short by a kill are set aside, never resumed; ``fresh`` (``rerun=true``) removes this configuration's own.
     """
     ckpt_dir, stamp = run_dir / "checkpoints", run_dir / "config_hash.txt"
     previous = stamp.read_text().strip() if stamp.is_file() else None
@@ -191,11 +207,13 @@ def _resumable_checkpoint(run_dir: Path, chash: str) -> str | None:
         log.warning(f"the configuration changed since {ckpt_dir} was written; moved it to {aside.name}, starting fresh")
     run_dir.mkdir(parents=True, exist_ok=True)
     stamp.write_text(chash + "\n")
+    if fresh:
+        discard_checkpoints(run_dir)
     last = ckpt_dir / "last.ckpt"
     if not last.is_file():
         return None
     try:
-        torch.load(last, map_location="cpu", weights_only=False)
+        torch.load(last, map_location="cpu", weights_only=True)
     except Exception as e:  # noqa: BLE001  (any unreadable file means: start over)
         aside = last.with_suffix(".ckpt.unreadable")
         last.replace(aside)
@@ -213,12 +231,20 @@ def train(cfg: DictConfig) -> float | None:
     key = run_key(hc.job.override_dirname)
     started, t0 = _now(), time.time()
     path, chash = None, None
+    lock = None
+    stop_on_sigterm(key)
     try:
         path = result_path(Path(cfg.paths.results_dir), cfg.table.id, key)
         apply_scale(cfg)
         validate(cfg)
         check_launch(cfg, multirun)
+        record_data_fingerprint(cfg)
         chash = config_hash(cfg)
+        check_writable(path.parent, run_dir)
+        lock = lock_run_dir(run_dir) if _is_first_process() else None
+        if lock is not None:  # what a killed writer of this run left (the lock keeps other writers of it out)
+            for tmp in stale_temporaries(path) + stale_temporaries(run_dir / "result.json"):
+                tmp.unlink(missing_ok=True)
         if not cfg.rerun and is_up_to_date(path, chash):
             print(f"rankmix: up to date: {path} (rerun=true runs it again)")
             return _finish(cfg, read_json(path)["metrics"])
@@ -232,7 +258,10 @@ def train(cfg: DictConfig) -> float | None:
             write_json_atomic(path, result)
             return _finish(cfg, result["metrics"], path)
         metrics, info, trainer = fit_and_test(cfg, run_dir, chash)
-        if trainer.global_rank != 0:
+        rank = trainer.global_rank
+        del trainer  # nothing of this run's model outlives it (a sweep's next run loads its own)
+        release_memory()
+        if rank != 0:
             return None
         info["train"].update(wall_time_s=round(time.time() - t0, 2), peak_memory=peak_memory_mb())
         result = {
@@ -246,16 +275,22 @@ def train(cfg: DictConfig) -> float | None:
         }
         write_json_atomic(path, result)
         write_json_atomic(run_dir / "result.json", result)
+        failure_path(path).unlink(missing_ok=True)
         return _finish(cfg, metrics, path)
     except (RankmixError, pl.utilities.exceptions.MisconfigurationException) as e:
         _record_failure(path, key, cfg, chash, started, str(e))
+        _rebuild_table(cfg)
         print(f"rankmix: error: {e}", file=sys.stderr)
         log.error(str(e))
         if multirun:
             return None
         sys.exit(1)
+    except KeyboardInterrupt:  # Ctrl-C or SIGTERM outside Lightning's fit (which stops by itself, exit code 1)
+        print(f"rankmix: error: run {key} interrupted; run the same command again to resume it", file=sys.stderr)
+        sys.exit(130)
     except Exception as e:
         _record_failure(path, key, cfg, chash, started, f"{type(e).__name__}: {e}")
+        _rebuild_table(cfg)
         if not multirun:
             raise
         log.error(f"run {key} failed; the sweep goes on:\n{traceback.format_exc()}")
@@ -263,17 +298,131 @@ def train(cfg: DictConfig) -> float | None:
     finally:
         if "wandb" in sys.modules:
             sys.modules["wandb"].finish()
+        if lock is not None:
+            lock.close()
+        release_memory()
+
+
+def stop_on_sigterm(key: str) -> None:
+    """SIGTERM (a timeout, ``docker stop``, ``kill``) stops the run as Ctrl-C does: Lightning shuts down and the
+    process exits non-zero, with a line saying so; a sweep stops there. Under SLURM, Lightning's own handlers
+    (and its requeue on the signal ``--signal`` asks for) are left in charge."""
+    import signal
+
+    if os.environ.get("SLURM_JOB_ID"):
+        return
+
+    def handler(signum, frame):
+        print(f"rankmix: error: SIGTERM: stopping run {key}; its last checkpoint is kept and the same command "
+              "resumes it", file=sys.stderr, flush=True)
+        raise KeyboardInterrupt
+
+    try:
+        signal.signal(signal.SIGTERM, handler)
+    except ValueError:  # not the main thread (a launcher's worker): the launcher's own handling applies
+        pass
+
+
+def failure_path(path: Path) -> Path:
+    """Where a run's failure is kept: ``results/<table>/failed/<key>.json``, apart from the finished results."""
+    return path.parent.parent / "failed" / path.name
 
 
 def _record_failure(path, key, cfg, chash, started, message) -> None:
-    """A failed run leaves a ``status: failed`` JSON (never a table row) so sweeps can report it."""
+    """A failed run leaves a ``status: failed`` JSON in ``failed/`` (listed under its table, never a row), so a
+    finished result is never replaced by a failure; in a sweep it is also counted for the sweep's exit code."""
     if path is None:
         return
-    write_json_atomic(path, {
-        "status": "failed", "error": message,
-        "run": {"key": key, "table": cfg.table.id, "scale": cfg.get("scale"), "config_hash": chash,
-                "started_at": started, "finished_at": _now()},
-    })
+    failure = {"status": "failed", "error": message,
+               "run": {"key": key, "table": cfg.table.id, "scale": cfg.get("scale"), "config_hash": chash,
+                       "started_at": started, "finished_at": _now()}}
+    try:
+        write_json_atomic(failure_path(path), failure)
+    except OSError as e:
+        print(f"rankmix: error: cannot record the failure in {failure_path(path)} ({e.strerror})", file=sys.stderr)
+    hc = HydraConfig.get()
+    if hc.mode == RunMode.MULTIRUN:
+        with open(Path(hc.sweep.dir) / FAILED_JOBS, "a") as f:
+            f.write(f"{key}\t{message.splitlines()[0] if message else ''}\n")
+
+
+FAILED_JOBS = "failed_jobs.txt"  # in a sweep's folder: one line per failed run (rankmix.callbacks.SweepExitCode)
+
+
+def check_writable(*folders: Path) -> None:
+    """Refuse, before any work, a results or runs folder that cannot be written (read-only, missing rights)."""
+    for folder in folders:
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+            probe = folder / f".write-test-{os.getpid()}"
+            probe.write_text("")
+            probe.unlink()
+        except OSError as e:
+            raise RankmixError(f"{folder}: cannot write there ({e.strerror}); give a writable folder "
+                               "(paths.results_dir / paths.runs_dir)") from None
+
+
+def _is_first_process() -> bool:
+    """Rank 0 of the run (ranks that Lightning or srun start re-enter the entry with RANK/LOCAL_RANK set)."""
+    return all(os.environ.get(v, "0") == "0" for v in ("RANK", "LOCAL_RANK", "SLURM_PROCID"))
+
+
+def lock_run_dir(run_dir: Path):
+    """An exclusive lock on the run's folder for this process's run; a second identical run is refused."""
+    import fcntl
+
+    handle = open(run_dir / ".lock", "a+")
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        handle.seek(0)
+        owner = handle.read().strip() or "another process"
+        handle.close()
+        raise RankmixError(f"{run_dir}: the same run is already running (pid {owner}); wait for it, or give "
+                           "this one other overrides") from None
+    handle.seek(0)
+    handle.truncate()
+    handle.write(str(os.getpid()))
+    handle.flush()
+    return handle
+
+
+def discard_checkpoints(run_dir: Path) -> None:
+    """``rerun=true`` trains from scratch: the run's earlier checkpoints are removed, not resumed."""
+    ckpt_dir = run_dir / "checkpoints"
+    if ckpt_dir.is_dir():
+        shutil.rmtree(ckpt_dir)
+        log.info(f"rerun=true: removed {ckpt_dir}; training from scratch")
+
+
+def live_models() -> int:
+    """How many Hugging Face models this process holds, outermost only (a ViT + text encoder run holds two)."""
+    import gc
+
+    from transformers import PreTrainedModel
+
+    models = [o for o in gc.get_objects() if isinstance(o, PreTrainedModel)]
+    inner = {id(c) for m in models for c in m.modules() if c is not m}
+    return sum(id(m) not in inner for m in models)
+
+
+def release_memory() -> None:
+    """Free what a finished run left (its model, trainer, cached GPU blocks) before a sweep's next run."""
+    import gc
+
+    gc.collect()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+
+
+def _rebuild_table(cfg: DictConfig) -> None:
+    """After a failure: the table lists it (best effort: a table that cannot be built is not this run's error)."""
+    from rankmix.tables import build_table
+
+    try:
+        build_table(cfg.table.id, Path(cfg.paths.results_dir), Path(cfg.paths.paper_dir))
+    except Exception as e:  # noqa: BLE001
+        log.warning(f"table {cfg.table.get('id')} not rebuilt: {e}")
 
 
 def _finish(cfg: DictConfig, metrics: dict, path: Path | None = None) -> float | None:

@@ -19,6 +19,7 @@ from pathlib import Path
 import lightning.pytorch as pl
 import torch
 
+from rankmix.data.files import inside
 from rankmix.data.images import ImageStore
 from rankmix.data.loading import SeededSplitLoaders, pad_right
 from rankmix.data.shapes import generate_from_source, prepared_root
@@ -110,7 +111,8 @@ class CaptionDataModule(SeededSplitLoaders, pl.LightningDataModule):
             if split not in by_split:
                 continue
             key = str(img.get("cocoid", img["filename"]))
-            path = self.image_root() / img.get("filepath", "") / img["filename"]
+            path = inside(self.image_root(), str(Path(img.get("filepath", "")) / img["filename"]), "image file",
+                          self.data_dir)
             if not path.is_file():
                 raise DataError(f"{self.annotations_path()}: image {img['filename']!r} not found at {path}")
             pixels.add(key, path)

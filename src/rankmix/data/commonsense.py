@@ -22,7 +22,7 @@ import logging
 import re
 from pathlib import Path
 
-from rankmix.data.files import read_records
+from rankmix.data.files import check_fields, read_records
 from rankmix.errors import DataError
 
 log = logging.getLogger(__name__)
@@ -80,11 +80,9 @@ def extract_answer(dataset: str, text: str) -> str:
 
 
 def check_records(path, records: list[dict]) -> list[dict]:
-    """Every record has the four fields and an empty ``input`` (the only branch the protocol uses)."""
+    """Every record has the four fields as strings and an empty ``input`` (the only branch the protocol uses)."""
+    check_fields(path, records, FIELDS, "commonsense records")
     for i, rec in enumerate(records, 1):
-        missing = [k for k in FIELDS if k not in rec]
-        if missing:
-            raise DataError(f"{path}: record {i} lacks field {missing[0]!r}; records need {', '.join(FIELDS)}")
         if rec["input"]:
             raise DataError(f"{path}: record {i} has a non-empty 'input'; the commonsense protocol's records "
                             "carry everything in 'instruction'")

@@ -12,12 +12,34 @@ from pathlib import Path
 from rankmix.errors import DataError
 
 
+def inside(root: Path, relative: str, what: str, source: Path | str) -> Path:
+    """``root / relative``, refused when a name read from a data file (a task name, an image id) leads out of
+    ``root`` (``../``, an absolute path)."""
+    path = Path(root) / relative
+    if not path.resolve().is_relative_to(Path(root).resolve()):
+        raise DataError(f"{source}: {what} {relative!r} leads out of {root}; names in data files must stay inside it")
+    return path
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def stale_temporaries(path: Path) -> list[Path]:
+    """The temporary files ``atomic_open`` left beside ``path`` when a writer was killed."""
+    return sorted(Path(path).parent.glob(f".{Path(path).name}.*.tmp"))
+
+
 @contextmanager
 def atomic_open(path: Path) -> Iterator:
-    """A text file that appears at ``path`` only once fully written (temporary file + ``os.replace``)."""
+    """A text file that appears at ``path`` only once fully written (temporary file + ``os.replace``), with the
+    mode a plain ``open`` gives (0666 less the umask)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.chmod(tmp, 0o666 & ~_umask())
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as f:
             yield f
@@ -25,6 +47,50 @@ def atomic_open(path: Path) -> Iterator:
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+DATA_KEYS = ("data_dir", "images_dir", "test_file", "train_dir", "train_file", "test_dir")
+HASHED_BYTES = 64 << 20  # files up to this size are keyed by their contents too, larger ones by size and mtime
+
+
+def data_paths(node) -> list[Path]:
+    """The local files and folders a data module's config names (``data_dir``, ``test_file``, ``features.*``, ...;
+    hub ids and nulls left out), in a fixed order."""
+    found = []
+
+    def walk(n, under_features=False):
+        if isinstance(n, dict):
+            for k in sorted(n):
+                v = n[k]
+                if isinstance(v, (dict, list)):
+                    walk(v, under_features or k == "features")
+                elif isinstance(v, str) and (k in DATA_KEYS or under_features) and Path(v).exists():
+                    found.append(Path(v))
+        elif isinstance(n, list):
+            for v in n:
+                walk(v, under_features)
+
+    walk(node)
+    return found
+
+
+def fingerprint(paths: Iterable[Path]) -> str | None:
+    """A short hash of what ``paths`` hold: for every file (folders walked), its path, size and mtime, and its
+    contents' SHA-256 up to ``HASHED_BYTES``; None for no paths. An edited data file changes it."""
+    import hashlib
+
+    h, any_path = hashlib.sha256(), False
+    for root in paths:
+        any_path = True
+        files = sorted(p for p in root.rglob("*") if p.is_file()) if root.is_dir() else [root]
+        for p in files:
+            st = p.stat()
+            h.update(f"{p}\0{st.st_size}\0{st.st_mtime_ns}\0".encode())
+            if st.st_size <= HASHED_BYTES:
+                with open(p, "rb") as f:
+                    for block in iter(lambda: f.read(1 << 20), b""):
+                        h.update(block)
+    return h.hexdigest()[:16] if any_path else None
 
 
 def write_jsonl_atomic(path: Path, records: Iterable[dict]) -> None:
@@ -52,6 +118,23 @@ def read_records(path: Path) -> list[dict]:
             except json.JSONDecodeError as e:
                 raise DataError(f"{path}:{lineno}: not valid JSON ({e.msg})") from None
     return out
+
+
+def check_fields(source, records: list, fields: tuple[str, ...], what: str) -> list[dict]:
+    """Records read from a user's file (or hub dataset) ``source``: at least one, each an object whose ``fields``
+    are strings; the first bad one is named by its number in the file."""
+    if not records:
+        raise DataError(f"{source}: no records; {what} need {', '.join(fields)}")
+    for i, rec in enumerate(records, 1):
+        if not isinstance(rec, dict):
+            raise DataError(f"{source}: record {i} is a {type(rec).__name__}, not an object with {', '.join(fields)}")
+        for key in fields:
+            if key not in rec:
+                raise DataError(f"{source}: record {i} lacks field {key!r}; {what} need {', '.join(fields)}")
+            if not isinstance(rec[key], str):
+                raise DataError(f"{source}: record {i}: field {key!r} must be a string, got "
+                                f"{type(rec[key]).__name__} ({rec[key]!r})")
+    return records
 
 
 def check_jsonl(path: Path, required: tuple[str, ...]) -> int:

@@ -14,7 +14,7 @@ from __future__ import annotations
 import random
 from pathlib import Path
 
-from rankmix.data.files import read_records
+from rankmix.data.files import check_fields, inside, read_records
 from rankmix.errors import DataError
 
 TEST_FIELDS = ("inputs", "targets", "task", "domain", "metric")
@@ -34,11 +34,8 @@ def load_test(path: Path) -> list[dict]:
     path = Path(path)
     if not path.is_file():
         raise DataError(f"{path}: FLAN test file not found; {WHERE_TO_GET}")
-    records = read_records(path)
+    records = check_fields(path, read_records(path), TEST_FIELDS, "FLAN test records")
     for i, rec in enumerate(records, 1):
-        missing = [k for k in TEST_FIELDS if k not in rec]
-        if missing:
-            raise DataError(f"{path}: record {i} lacks field {missing[0]!r}; FLAN test records need {', '.join(TEST_FIELDS)}")
         if rec["metric"] not in METRICS:
             raise DataError(f"{path}: record {i} has metric {rec['metric']!r}; expected one of {', '.join(METRICS)}")
     return records
@@ -49,14 +46,11 @@ def sample_train(train_dir: Path, tasks: list[str], n_per_task: int, seed: int) 
     rng = random.Random(seed)
     out = []
     for task in sorted({base_task(t) for t in tasks}):
-        path = Path(train_dir) / f"{task}{SUFFIX}_train.jsonl"
+        path = inside(Path(train_dir), f"{task}{SUFFIX}_train.jsonl", "task name", "the FLAN test file")
         if not path.is_file():
             raise DataError(f"{path}: FLAN training file not found; download train/{task}{SUFFIX}_train.jsonl "
                             "of the HF dataset Muennighoff/flan into the folder task.paper.datamodule.source.train_dir")
-        rows = read_records(path)
-        for i, r in enumerate(rows, 1):
-            if "inputs" not in r or "targets" not in r:
-                raise DataError(f"{path}:{i}: lacks field {'inputs' if 'inputs' not in r else 'targets'!r}")
+        rows = check_fields(path, read_records(path), ("inputs", "targets"), "FLAN training records")
         picked = rng.sample(rows, min(n_per_task, len(rows)))
         out += [{"inputs": r["inputs"], "targets": r["targets"], "task": task} for r in picked]
     rng.shuffle(out)

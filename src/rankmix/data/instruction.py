@@ -24,7 +24,7 @@ from torch.utils.data import DataLoader
 
 from rankmix.adapters.base import choice
 from rankmix.data import commonsense
-from rankmix.data.files import check_jsonl, write_jsonl_atomic
+from rankmix.data.files import check_jsonl, data_paths, fingerprint, write_jsonl_atomic
 from rankmix.data.loading import seeded_loader
 from rankmix.data.sources import build_splits
 from rankmix.errors import ConfigError, DataError
@@ -99,7 +99,12 @@ class InstructionDataModule(pl.LightningDataModule):
         return {s: root / f"{s}.jsonl" for s in SPLITS}
 
     def _generated_dir(self) -> Path:
-        key = hashlib.sha256(json.dumps(self.source, sort_keys=True).encode()).hexdigest()[:10]
+        """Keyed by the source config and by the contents of the files it reads (an edited file is read again)."""
+        keyed = dict(self.source)
+        files = fingerprint(data_paths(self.source))
+        if files is not None:
+            keyed["_files"] = files
+        key = hashlib.sha256(json.dumps(keyed, sort_keys=True).encode()).hexdigest()[:10]
         return self.cache_dir / "prepared" / f"{self.source.get('kind', 'symbolic')}-{key}"
 
     def check_paths(self) -> None:

@@ -24,7 +24,7 @@ from rankmix.data import commonsense, flan
 from rankmix.data.commonsense_like import generate_commonsense_like
 from rankmix.data.flan_like import generate_flan_like
 from rankmix.data.synthetic import generate_records
-from rankmix.errors import ConfigError
+from rankmix.errors import ConfigError, DataError
 
 KINDS = ("symbolic", "flan_like", "flan", "commonsense_like", "commonsense")
 
@@ -88,6 +88,9 @@ def _commonsense_files(source: Mapping) -> dict[str, list[dict]]:
             raise ConfigError(f"task.paper.datamodule.source.{key}", source.get(key), f"is required; {why}")
     train = [commonsense.to_instruction(r, commonsense.TRAIN_TASK) for r in commonsense.load_train(source["train_file"])]
     n_val = int(source.get("n_validation") or 0)
+    if n_val and len(train) <= n_val:
+        raise DataError(f"{source['train_file']}: {len(train)} training records; {n_val} are held out for validation "
+                        "(task.paper.datamodule.source.n_validation), so it needs more")
     validation: list[dict] = []
     if n_val:  # finetune.py: train_test_split(test_size=val_set_size, shuffle=True, seed=42)
         parts = datasets.Dataset.from_list(train).train_test_split(test_size=n_val, shuffle=True, seed=source["seed"])

@@ -18,7 +18,7 @@ from pathlib import Path
 import lightning.pytorch as pl
 import torch
 
-from rankmix.data.files import read_records
+from rankmix.data.files import inside, read_records
 from rankmix.data.images import ImageStore
 from rankmix.data.loading import SeededSplitLoaders, pad_right
 from rankmix.data.shapes import SPLITS, generate_from_source, prepared_root
@@ -87,6 +87,7 @@ class VQADataModule(SeededSplitLoaders, pl.LightningDataModule):
 
     def _image_path(self, img_id: str) -> Path:
         root = self.image_root()
+        inside(root, str(img_id), "img_id", self.data_dir)
         for cand in (root / f"{img_id}.png", root / f"{img_id}.jpg",
                      root / "train2014" / f"{img_id}.jpg", root / "val2014" / f"{img_id}.jpg"):
             if cand.is_file():
