@@ -15,7 +15,7 @@ CASES = [
     (["method=routing", "method.fn=mul"], "rankmix: error: method.name='routing': reads x_r from each batch",
      "provides: attention_mask"),
     (["scale=huge"], "rankmix: error: scale='huge': must be one of tiny, paper", None),
-    (["scale=paper"], "rankmix: error: backbone.tokenizer.name_or_path='meta-llama/Llama-2-7b-hf': could not be loaded",
+    (["scale=paper"], "rankmix: error: backbone.name_or_path='meta-llama/Llama-2-7b-hf': could not be loaded",
      "hf download"),
 ]
 

@@ -199,3 +199,8 @@ def test_the_protocol_document_covers_every_table():
     text = (REPO / "docs" / "protocol.md").read_text()
     missing = [t for t in experiment_tables() if not re.search(rf"\b{re.escape(t)}\b", text)]
     assert not missing, f"docs/protocol.md has no section for {missing}"
+
+
+def test_an_override_of_a_scale_blocks_key_is_used_not_dropped():
+    c = OmegaConf.to_container(compose_run(["+task.max_epochs=1"]), resolve=True)  # Hydra's own suggestion
+    assert (c["task"]["max_epochs"], c["trainer"]["max_epochs"]) == (1, 1)

@@ -152,3 +152,27 @@ def test_gate_entropy_is_tracked():
     layer(torch.randn(6, 16))
     h = layer.routing_stats()["gate_entropy"]
     assert 0.0 < h <= torch.log(torch.tensor(4.0)).item() + 1e-6
+
+
+def test_vl_checkpoints_keep_the_balancing_bias():
+    """The VQA / captioning / CLIP-BART modules save trainable weights and every adapter buffer: a resumed SMoRA
+    run keeps its router_bias."""
+    import lightning.pytorch as pl
+
+    from rankmix.adapters import inject
+    from rankmix.modules.training import TrainableCheckpoint
+
+    class Module(TrainableCheckpoint, pl.LightningModule):
+        def __init__(self):
+            super().__init__()
+            self.model = torch.nn.Sequential(torch.nn.Linear(8, 8), torch.nn.Linear(8, 2))
+            inject(self.model, {"name": "smora", "r": 4, "k": 2, "target_modules": ["0"]})
+            self.model[1].requires_grad_(True)  # a trainable head beside the adapter
+
+    m = Module()
+    m.model[0].router_bias.fill_(0.25)
+    checkpoint = {"state_dict": m.state_dict()}
+    m.on_save_checkpoint(checkpoint)
+    saved = checkpoint["state_dict"]
+    assert saved["model.0.router_bias"].eq(0.25).all()
+    assert "model.0.base_layer.weight" not in saved and "model.1.weight" in saved and "model.0.lora_B.weight" in saved

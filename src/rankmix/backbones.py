@@ -100,16 +100,20 @@ def build_word_level_tokenizer(corpus_files: Iterable[Path], out_dir: Path,
     return word_level_tokenizer(texts, out_dir)
 
 
-def load_tokenizer(spec: Mapping, corpus_files: Iterable[Path], cache_dir: Path, extra_text: str = ""):
+def load_tokenizer(spec: Mapping, corpus_files: Iterable[Path], cache_dir: Path, extra_text: str = "",
+                   model_name: str | None = None):
+    """The task's tokenizer; ``model_name``: the backbone's ``name_or_path``. A tokenizer read from the model's own
+    directory (the default at paper scale) is reported under the key the user sets, ``backbone.name_or_path``."""
     kind = spec.get("source")
     if kind == "word_level":
         tok = build_word_level_tokenizer(corpus_files, cache_dir, extra_text)
     elif kind == "pretrained":
-        name = resolve_name("backbone.tokenizer.name_or_path", spec["name_or_path"])
+        key = "backbone.name_or_path" if spec["name_or_path"] == model_name else "backbone.tokenizer.name_or_path"
+        name = resolve_name(key, spec["name_or_path"])
         try:
             tok = AutoTokenizer.from_pretrained(name)
         except (OSError, ValueError) as e:
-            raise _not_loadable("backbone.tokenizer.name_or_path", name, e) from None
+            raise _not_loadable(key, name, e) from None
     else:
         raise ConfigError("backbone.tokenizer.source", kind, "must be word_level or pretrained")
     if tok.pad_token is None:

@@ -110,7 +110,7 @@ def fit_and_test(cfg: DictConfig, run_dir: Path, chash: str) -> tuple[dict, dict
     else:
         dm = prepared_datamodule(cfg)
         tokenizer = load_tokenizer(cfg.backbone.tokenizer, [dm.files()["train"]], run_dir / "tokenizer",
-                                   dm.template_text())
+                                   dm.template_text(), model_name=cfg.backbone.get("name_or_path"))
         model = build_backbone(cfg.backbone, tokenizer)
         report = inject(model, OmegaConf.to_container(cfg.method, resolve=True))
         dm.set_tokenizer(tokenizer)
@@ -273,8 +273,12 @@ def train(cfg: DictConfig) -> float | None:
             "meta": {"versions": package_versions(), "git": git_state(Path(CONF_DIR).parent), "machine": machine()},
             "config": config,
         }
-        write_json_atomic(path, result)
-        write_json_atomic(run_dir / "result.json", result)
+        for target in (path, run_dir / "result.json"):
+            try:
+                write_json_atomic(target, result)
+            except OSError as e:  # a full disk, a folder made read-only meanwhile; last.ckpt stays valid
+                raise RankmixError(f"{target}: cannot write the result ({e.strerror}); free space or fix the "
+                                   "folder, then run the same command again (it resumes from last.ckpt)") from None
         failure_path(path).unlink(missing_ok=True)
         return _finish(cfg, metrics, path)
     except (RankmixError, pl.utilities.exceptions.MisconfigurationException) as e:

@@ -40,8 +40,11 @@ def trainable(trainer) -> list[torch.nn.Parameter]:
 
 
 class TrainableCheckpoint:
-    """LightningModule mixin: checkpoints hold the trainable weights only (adapters, heads), not the frozen backbone."""
+    """LightningModule mixin: checkpoints hold the trainable weights (adapters, heads, unfrozen backbone parts) and
+    every adapter buffer (SMoRA's balancing bias), not the frozen backbone."""
 
     def on_save_checkpoint(self, checkpoint):
-        keep = {n for n, p in self.named_parameters() if p.requires_grad}
+        from rankmix.adapters import adapter_state_dict
+
+        keep = {n for n, p in self.named_parameters() if p.requires_grad} | set(adapter_state_dict(self))
         checkpoint["state_dict"] = {k: v for k, v in checkpoint["state_dict"].items() if k in keep}
