@@ -1,5 +1,7 @@
 """Adapter weights: save/load, the peft export round trip, and the peft-backed baselines."""
 
+import json
+
 import pytest
 import torch
 from peft import PeftModel
@@ -136,3 +138,24 @@ def test_adalora_auto_total_step_takes_the_runs_steps():
         inject(tiny_llama(), {"name": "adalora", "r": 16, "init_r": 12, "total_step": 10, "target_modules": ["q_proj"]})
     with pytest.raises(ConfigError, match="method.total_step"):
         inject(tiny_llama(), {"name": "adalora", "r": 2, "total_step": 0, "target_modules": ["q_proj"]})
+
+
+def test_peft_export_writes_complete_metadata_and_per_layer_ranks(tmp_path):
+    """task_type, base model, dropout and rank/alpha patterns: AutoPeftModelForCausalLM rebuilds it alone."""
+    from peft import AutoPeftModelForCausalLM
+
+    base = tiny_llama()
+    base.save_pretrained(tmp_path / "base")
+    model = tiny_llama()
+    inject(model, {"name": "lora", "r": 4, "alpha": 8, "dropout": 0.1, "target_modules": ["q_proj"]})
+    inject(model, {"name": "lora", "r": 2, "alpha": 2, "dropout": 0.1, "target_modules": ["v_proj"]})
+    _randomise(model)
+    model.eval()
+    expected = model(IDS).logits
+    export_peft(model, tmp_path / "adapter", base_model_name_or_path=str(tmp_path / "base"))
+    meta = json.loads((tmp_path / "adapter" / "adapter_config.json").read_text())
+    assert (meta["task_type"], meta["base_model_name_or_path"], meta["lora_dropout"]) == (
+        "CAUSAL_LM", str(tmp_path / "base"), 0.1)
+    assert set(meta["rank_pattern"].values()) == {2} and set(meta["alpha_pattern"].values()) == {2}
+    loaded = AutoPeftModelForCausalLM.from_pretrained(tmp_path / "adapter").eval()
+    torch.testing.assert_close(loaded(IDS).logits, expected, atol=1e-5, rtol=1e-5)

@@ -152,3 +152,15 @@ def test_table_id_must_be_a_plain_name(bad):
     apply_scale(cfg)
     with pytest.raises(ConfigError, match="table.id=.*must be a plain name"):
         validate(cfg)
+
+
+def test_k_is_checked_against_what_it_counts():
+    ok = compose("method=lora_moe", "method.routing=topk", "method.k=4", "method.r=2")  # k experts, rank 2: fine
+    apply_scale(ok)
+    validate(ok)
+    for overrides, bound in ((["method=smora", "method.r=4", "method.k=8"], "method.r=4"),
+                             (["method=lora_moe", "method.routing=topk", "method.k=9"], "method.num_experts=8")):
+        cfg = compose(*overrides)
+        apply_scale(cfg)
+        with pytest.raises(ConfigError, match=f"method.k=.*must be at most {bound}"):
+            validate(cfg)

@@ -157,8 +157,11 @@ def validate(cfg: DictConfig) -> None:
         if key in m:
             v = m[key]
             _check(isinstance(v, int) and not isinstance(v, bool) and v > 0, f"method.{key}", v, "must be a positive integer")
-    if "k" in m and "r" in m:
+    if m.name == "smora" and "k" in m and "r" in m:
         _check(m.k <= m.r, "method.k", m.k, f"must be at most method.r={m.r} (k ranks are active out of r)")
+    if m.name == "lora_moe" and m.get("routing") == "topk" and "k" in m and "num_experts" in m:
+        _check(m.k <= m.num_experts, "method.k", m.k,
+               f"must be at most method.num_experts={m.num_experts} (k experts are active per token)")
     tid = cfg.table.get("id")
     _check(isinstance(tid, str) and re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]*", tid) is not None and ".." not in tid,
            "table.id", tid, "must be a plain name (letters, digits, '_', '-', '.'): it names folders under "

@@ -42,8 +42,23 @@ def load_adapter(model: nn.Module, directory: str | Path) -> None:
     model.load_state_dict(state, strict=False)
 
 
-def export_peft(model: nn.Module, directory: str | Path) -> Path:
-    """Write the model's LoRA/MoSLoRA adapters in peft's format (keys ``base_model.model.<layer>.lora_A.weight``)."""
+def peft_task_type(model: nn.Module) -> str | None:
+    """peft's ``task_type`` for a transformers model: causal LM, seq2seq LM, else None (a bare encoder)."""
+    config = getattr(model, "config", None)
+    if getattr(config, "is_encoder_decoder", False) and hasattr(model, "generate"):
+        return "SEQ_2_SEQ_LM"
+    if type(model).__name__.endswith(("ForCausalLM", "LMHeadModel")):
+        return "CAUSAL_LM"
+    return None
+
+
+def export_peft(model: nn.Module, directory: str | Path, base_model_name_or_path: str | None = None) -> Path:
+    """Write the model's LoRA/MoSLoRA adapters in peft's format (keys ``base_model.model.<layer>.lora_A.weight``),
+    with complete metadata: ``task_type`` (so ``AutoPeftModelFor…`` loads it), ``base_model_name_or_path`` (the
+    model's own name unless given), the layers' dropout, and ``rank_pattern`` / ``alpha_pattern`` for layers whose
+    r or alpha differ from the most common one."""
+    from collections import Counter
+
     from peft import LoraConfig
     from transformers.pytorch_utils import Conv1D
 
@@ -51,12 +66,19 @@ def export_peft(model: nn.Module, directory: str | Path) -> Path:
     methods = {layer.method for layer in layers.values()}
     if not layers or not methods <= set(PEFT_EXPORTABLE):
         raise RankmixError(f"peft export supports {', '.join(PEFT_EXPORTABLE)}; this model has {sorted(methods) or 'none'}")
-    ranks = {(layer.r, layer.alpha) for layer in layers.values()}
-    if len(ranks) != 1:
-        raise RankmixError(f"peft export needs one (r, alpha) for all layers; found {sorted(ranks)}")
-    (r, alpha), = ranks
+    dropouts = {getattr(layer.dropout, "p", 0.0) for layer in layers.values()}
+    if len(dropouts) != 1:
+        raise RankmixError(f"peft export needs one dropout for all layers; found {sorted(dropouts)}")
+    r, _ = Counter(layer.r for layer in layers.values()).most_common(1)[0]
+    alpha, _ = Counter(layer.alpha for layer in layers.values()).most_common(1)[0]
     conv1d = any(isinstance(layer.base_layer, Conv1D) for layer in layers.values())
-    config = LoraConfig(r=r, lora_alpha=alpha, target_modules=sorted(layers), fan_in_fan_out=conv1d, bias="none")
+    name = base_model_name_or_path or getattr(getattr(model, "config", None), "_name_or_path", None) or None
+    config = LoraConfig(
+        r=r, lora_alpha=alpha, lora_dropout=dropouts.pop(), target_modules=sorted(layers), fan_in_fan_out=conv1d,
+        bias="none", task_type=peft_task_type(model), base_model_name_or_path=name,
+        rank_pattern={n: layer.r for n, layer in layers.items() if layer.r != r},
+        alpha_pattern={n: layer.alpha for n, layer in layers.items() if layer.alpha != alpha},
+    )
     d = Path(directory)
     config.save_pretrained(d)
     state = {}
