@@ -85,6 +85,7 @@ def test_half_precision_inputs_accumulate_in_fp32():
 
 @pytest.mark.parametrize("gate", ["sigmoid", "softmax"])
 def test_layer_triton_backend_matches_dense_masked(gate):
+    torch.manual_seed(0)  # the input must not depend on which tests ran before
     x = torch.randn(2, 9, 32).to(DEVICE)
     results = []
     for backend in ("dense_masked", "triton"):
@@ -97,8 +98,8 @@ def test_layer_triton_backend_matches_dense_masked(gate):
         y = layer(xi)
         y.pow(2).sum().backward()
         results.append((y, xi.grad, layer.lora_A.weight.grad, layer.router.weight.grad, layer.load_counts.clone()))
-    for a, b in zip(*results, strict=True):
-        torch.testing.assert_close(a, b, **TOL)
+    for a, b in zip(*results, strict=True):  # float32 sums in another order: ~1e-4 apart; a wrong rank would be O(1)
+        torch.testing.assert_close(a, b, **({"atol": 1e-3, "rtol": 1e-3} if DEVICE == "cpu" else TOL))
 
 
 def test_works_without_triton_installed():

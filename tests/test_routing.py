@@ -246,7 +246,7 @@ def test_adapter_base_on_gpt2_sublayer_outputs():
 
 
 @pytest.mark.parametrize(("cfg", "key"), [
-    ({}, "method.fn"), ({"fn": "dot"}, "method.fn"), ({"fn": "mul", "base": "prefix"}, "method.base"),
+    ({"fn": "dot"}, "method.fn"), ({"fn": "mul", "base": "prefix"}, "method.base"),
     ({"fn": "mul", "r": 0}, "method.r"), ({"fn": "mul", "r": 2.5}, "method.r"),
     ({"fn": "mul", "separate_mapping": True, "r": 6}, "method.r"),
     ({"fn": "mul", "separate_mapping": "yes"}, "method.separate_mapping"),

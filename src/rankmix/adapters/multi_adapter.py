@@ -41,7 +41,7 @@ class MultiAdapterLayer(BottleneckLayer):
     sequential = True
 
     def __init__(self, base_layer: nn.Module, tasks=("vqa", "gqa", "nlvr", "caption"), r: int = 96,
-                 activation: str = "gelu", dropout: float = 0.0, init: str = "zero_up", fns=None):
+                 activation: str = "swish", dropout: float = 0.0, init: str = "zero_up", fns=None):
         super().__init__(base_layer)
         tasks = [tasks] if isinstance(tasks, str) else list(tasks or ())
         if not tasks or len(set(tasks)) < len(tasks) or not all(isinstance(t, str) and t and "." not in t

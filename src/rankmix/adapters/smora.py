@@ -59,7 +59,7 @@ def maxvio(counts: torch.Tensor) -> float:
 class SMoRALayer(AdapterLayer):
     method = "smora"
 
-    def __init__(self, base_layer: nn.Module, r: int = 64, k: int = 8, alpha: float = 16.0, dropout: float = 0.0,
+    def __init__(self, base_layer: nn.Module, r: int = 16, k: int = 4, alpha: float = 16.0, dropout: float = 0.0,
                  gate: str = "sigmoid", rank_partition: int = 1, bias_update: str = "per_forward",
                  bias_update_rate: float = 1e-5, count_padding: bool = False, backend: str = "auto"):
         super().__init__(base_layer)
