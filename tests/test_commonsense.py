@@ -151,13 +151,13 @@ def test_train_fraction_keeps_nested_subsets():
     assert all(r in half for r in quarter) and all(r in full for r in half)
 
 
-def test_data_module_encodes_the_llm_adapters_wrappers(tmp_path):
+def test_data_module_encodes_the_moslora_wrappers(tmp_path):
     from rankmix.backbones import build_word_level_tokenizer
     from rankmix.data.instruction import InstructionDataModule
 
     source = {"kind": "commonsense_like", "datasets": ["piqa", "winogrande"], "n_train": 3, "n_validation": 1,
               "n_test": 1, "seed": 0}
-    dm = InstructionDataModule(None, str(tmp_path), source=source, prompt_format="llm_adapters",
+    dm = InstructionDataModule(None, str(tmp_path), source=source, prompt_format="moslora",
                                loss_on_prompt=False, max_length=96)
     dm.prepare_data()
     tok = build_word_level_tokenizer([dm.files()["train"]], tmp_path / "tok", dm.template_text())
@@ -180,14 +180,14 @@ def test_overlong_records_are_cut_like_finetune_py(tmp_path):
 
     source = {"kind": "commonsense_like", "datasets": ["boolq"], "n_train": 2, "n_validation": 1, "n_test": 1,
               "seed": 0}
-    dm = InstructionDataModule(None, str(tmp_path), source=source, prompt_format="llm_adapters",
+    dm = InstructionDataModule(None, str(tmp_path), source=source, prompt_format="moslora",
                                loss_on_prompt=False, max_length=20, overlong="truncate")
     dm.prepare_data()
     dm.set_tokenizer(build_word_level_tokenizer([dm.files()["train"]], tmp_path / "tok", dm.template_text()))
     dm.setup()
     ex = dm.examples["train"][0]
     assert len(ex["input_ids"]) == len(ex["labels"]) == 20 and set(ex["labels"]) == {-100}
-    strict = InstructionDataModule(None, str(tmp_path), source=source, prompt_format="llm_adapters", max_length=20)
+    strict = InstructionDataModule(None, str(tmp_path), source=source, prompt_format="moslora", max_length=20)
     strict.set_tokenizer(dm.tokenizer)
     with pytest.raises(DataError, match="overlong=truncate"):
         strict.setup()
@@ -203,7 +203,7 @@ def test_batched_beam_search_with_left_padding_matches_one_by_one(tmp_path):
 
     source = {"kind": "commonsense_like", "datasets": ["boolq", "piqa", "hellaswag"], "n_train": 2,
               "n_validation": 1, "n_test": 1, "seed": 0}
-    dm = InstructionDataModule(None, str(tmp_path), source=source, prompt_format="llm_adapters", max_length=96)
+    dm = InstructionDataModule(None, str(tmp_path), source=source, prompt_format="moslora", max_length=96)
     dm.prepare_data()
     tok = build_word_level_tokenizer([dm.files()["train"]], tmp_path / "tok", dm.template_text())
     dm.set_tokenizer(tok)

@@ -66,7 +66,7 @@ def test_moslora_paper_settings():
     task = c["task"]
     dm = task["datamodule"]
     assert (dm["batch_size"] * t["accumulate_grad_batches"], dm["max_length"], dm["overlong"]) == (16, 256, "truncate")
-    assert (task["num_beams"], dm["max_new_tokens"], dm["loss_on_prompt"], dm["prompt_format"]) == (4, 32, True, "llm_adapters")
+    assert (task["num_beams"], dm["max_new_tokens"], dm["loss_on_prompt"], dm["prompt_format"]) == (4, 32, True, "moslora")
     assert (dm["source"]["train_file"], dm["source"]["n_validation"], dm["source"]["seed"]) == ("zwhe99/commonsense_170k", 120, 42)
     assert _resolved("moslora/4/dora", "paper")["optimizer"]["lr"] == 1e-4
     assert (_resolved("moslora/4/dora_32", "paper")["method"]["r"], _resolved("moslora/1/lora_32", "paper")["method"]["alpha"]) == (32, 64)

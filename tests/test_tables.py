@@ -171,3 +171,14 @@ def test_reproduce_sweeps_the_seeds_and_picks_the_tables_launcher(tmp_path, monk
     assert calls[1][-2:] == ["seed=4", "hydra/launcher=slurm"]
     tables.reproduce("routing-7", [], tmp_path)
     assert not any(a.startswith(("seed=", "hydra/launcher=")) for a in calls[2])
+
+
+def test_runs_that_predate_their_rows_config_are_found(tmp_path):
+    from rankmix.config import compose_run, config_hash
+    from rankmix.tables import stale_runs
+
+    fresh = config_hash(compose_run(["experiment=rankmix/ranks/r4", "scale=tiny"]))
+    runs = tmp_path / "rankmix-ranks" / "runs"
+    for key, chash in (("r4", fresh), ("r8", "an-old-hash")):
+        write_json_atomic(runs / f"{key}.json", {"status": "ok", "run": {"key": key, "scale": "tiny", "config_hash": chash}})
+    assert stale_runs("rankmix-ranks", tmp_path) == ["r8"]

@@ -339,6 +339,35 @@ def show_row(table_id: str, row: str, overrides: list[str]) -> str:
     return OmegaConf.to_yaml(cfg, resolve=True)
 
 
+def stale_runs(table_id: str, results_dir: Path) -> list[str]:
+    """The finished runs of a table whose config hash is no longer what their row composes to now (an edited
+    experiment file, a changed default): ``make reproduce-table-<id>`` would run them again. A run whose key
+    cannot be read back into overrides (a long key cut to a hash) counts as stale."""
+    from rankmix.config import compose_run, config_hash
+    from rankmix.train import record_data_fingerprint
+
+    rows = {r.rsplit("/", 1)[-1]: r for r in experiment_tables().get(table_id, [])}
+    stale = []
+    for p in sorted((Path(results_dir) / table_id / "runs").glob("*.json")):
+        run = read_json(p)
+        if not run or run.get("status") != "ok":
+            continue
+        key = run["run"]["key"]
+        head, *rest = key.split(",")
+        if head not in rows or "--" in key:
+            stale.append(key)
+            continue
+        try:
+            cfg = compose_run([f"experiment={rows[head]}", f"scale={run['run']['scale']}", *rest])
+            record_data_fingerprint(cfg)
+        except Exception:  # noqa: BLE001 -- a row that no longer composes is as stale as can be
+            stale.append(key)
+            continue
+        if config_hash(cfg) != run["run"]["config_hash"]:
+            stale.append(key)
+    return stale
+
+
 def reproduce(table_id: str, overrides: list[str], results_dir: Path) -> int:
     tables = experiment_tables()
     if table_id not in tables:
@@ -363,7 +392,8 @@ def main(argv: list[str] | None = None) -> int:
     sub = ap.add_subparsers(dest="cmd", required=True)
     b = sub.add_parser("build", help="rebuild results/<id>/table.{md,csv} from its run JSONs")
     b.add_argument("table_id")
-    sub.add_parser("list", help="every reproducible table with its status")
+    lst = sub.add_parser("list", help="every reproducible table with its status")
+    lst.add_argument("--check", action="store_true", help="also count the runs that predate their row's config")
     r = sub.add_parser("reproduce", help="run a table's multirun (skipping up-to-date runs), then build it")
     r.add_argument("table_id")
     r.add_argument("overrides", nargs="*", help="extra Hydra overrides, e.g. scale=paper trainer=gpu")
@@ -380,7 +410,9 @@ def main(argv: list[str] | None = None) -> int:
             print(show_row(a.table_id, a.row, a.overrides), end="")
         elif a.cmd == "list":
             for tid in experiment_tables():
-                print(f"reproduce-table-{tid:<28} {table_status(tid, a.results_dir)}")
+                stale = stale_runs(tid, a.results_dir) if a.check else []
+                print(f"reproduce-table-{tid:<28} {table_status(tid, a.results_dir)}"
+                      + (f"; {len(stale)} predate the current config" if stale else ""))
         else:
             return reproduce(a.table_id, a.overrides, a.results_dir)
     except RankmixError as e:

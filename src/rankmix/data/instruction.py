@@ -6,8 +6,9 @@ text. ``prompt_format`` says how a record becomes text:
 
 - ``template``: prompt = ``prompt_template.format(**record)``, response = " " + ``targets``, tokenized apart
   (as LLaMA-Factory encodes prompt and response); the same prompt for generation.
-- ``llm_adapters``: LLM-Adapters' Alpaca wrappers (``rankmix.data.commonsense``): the training text is
-  tokenized whole, as ``finetune.py`` does, and generation starts from the (different) evaluation wrapper. Data order depends only on (seed, epoch), so a resumed run sees the same batches as an
+- ``moslora``: MoSLoRA's Alpaca wrappers (``rankmix.data.commonsense``; LLM-Adapters' after its prompt fix): the
+  training text is tokenized whole, as ``finetune.py`` does, and generation starts from the (different)
+  evaluation wrapper. Data order depends only on (seed, epoch), so a resumed run sees the same batches as an
 uninterrupted one.
 """
 
@@ -32,7 +33,7 @@ from rankmix.errors import ConfigError, DataError
 SPLITS = ("train", "validation", "test")
 REQUIRED_FIELDS = ("inputs", "targets", "task")
 IGNORE_INDEX = -100
-PROMPT_FORMATS = ("template", "llm_adapters")
+PROMPT_FORMATS = ("template", "moslora")
 RECORD_KEYS = ("targets", "task", "domain", "metric", "answer")  # passed through evaluation batches to the scorer
 
 
@@ -146,7 +147,7 @@ class InstructionDataModule(pl.LightningDataModule):
 
     def template_text(self) -> str:
         """The words the prompt format adds around the records' fields (for a word-level vocabulary)."""
-        if self.prompt_format == "llm_adapters":
+        if self.prompt_format == "moslora":
             return commonsense.train_prompt("", "") + commonsense.eval_prompt("")
         return ""
 
@@ -155,7 +156,7 @@ class InstructionDataModule(pl.LightningDataModule):
 
     def _encode(self, idx: int, rec: dict, path: Path) -> dict:
         tok = self.tokenizer
-        if self.prompt_format == "llm_adapters":
+        if self.prompt_format == "moslora":
             full = self._ids(commonsense.train_prompt(rec["inputs"], rec["targets"])) + [tok.eos_token_id]
             prompt = self._ids(commonsense.train_prompt(rec["inputs"], ""))
             generate_from = self._ids(commonsense.eval_prompt(rec["inputs"]))
