@@ -4,8 +4,6 @@ import pytest
 from omegaconf import OmegaConf, open_dict
 
 from conftest import REPO, compose
-from rankmix.adapters import register
-from rankmix.adapters.lora import LoRALayer
 from rankmix.config import apply_scale, config_hash, run_key, validate
 from rankmix.distributed import build_strategy
 from rankmix.errors import ConfigError
@@ -48,22 +46,13 @@ def test_experiment_is_a_global_diff():
     assert cfg.method.r == 4 and cfg.method.alpha == 8 and cfg.table.id == "rankmix-ranks"
 
 
-@register("_test_topk")
-class _TopK(LoRALayer):
-    """A LoRA with a `k` option, to exercise the generic k ≤ r validation."""
-
-    def __init__(self, base_layer, r: int = 8, k: int = 2, alpha: float = 16.0, dropout: float = 0.0):
-        super().__init__(base_layer, r=r, alpha=alpha, dropout=dropout)
-        self.k = k
-
-
 @pytest.mark.parametrize(("overrides", "key"), [
     (["method.r=0"], "method.r"),
     (["method.r=-3"], "method.r"),
     (["+method.rank=4"], "method.rank"),
     (["method.name=nope"], "method.name"),
     (["optimizer.lr=0"], "optimizer.lr"),
-    (["method.name=_test_topk", "+method.k=9", "method.r=8"], "method.k"),
+    (["method=smora", "method.k=9", "method.r=8"], "method.k"),
 ])
 def test_validation_names_the_key(overrides, key):
     cfg = _resolved(compose(*overrides))
@@ -73,7 +62,7 @@ def test_validation_names_the_key(overrides, key):
 
 
 def test_k_within_r_passes():
-    validate(_resolved(compose("method.name=_test_topk", "+method.k=8", "method.r=8")))
+    validate(_resolved(compose("method=smora", "method.k=8", "method.r=8")))
 
 
 def test_hash_ignores_where_and_how_a_run_executes():
