@@ -154,7 +154,9 @@ def test_prepared_data_follows_the_contents_of_the_files_it_reads(tmp_path):
     assert edited != path and m == 1
 
 
-def test_data_fingerprint_changes_with_a_files_contents_not_its_name(tmp_path):
+def test_data_fingerprint_changes_with_a_files_contents_not_its_mtime(tmp_path):
+    import os
+
     from rankmix.data.files import data_paths, fingerprint
 
     (tmp_path / "d").mkdir()
@@ -163,6 +165,8 @@ def test_data_fingerprint_changes_with_a_files_contents_not_its_name(tmp_path):
     node = {"data_dir": str(tmp_path / "d"), "source": {"train_file": "org/hub-id", "test_file": None}}
     assert data_paths(node) == [tmp_path / "d"]
     before = fingerprint(data_paths(node))
+    os.utime(f, (1, 1))  # touched, or copied: the same contents
+    assert fingerprint(data_paths(node)) == before
     f.write_text('{"a": 2}\n')
     assert fingerprint(data_paths(node)) != before
     assert fingerprint(data_paths({"source": {"kind": "symbolic"}})) is None
@@ -188,5 +192,8 @@ def test_names_from_data_files_stay_inside_their_folder(tmp_path):
     from rankmix.data.files import inside
 
     assert inside(tmp_path, "a/b.jpg", "image file", "x.json") == tmp_path / "a" / "b.jpg"
+    (tmp_path / "elsewhere").mkdir()
+    (tmp_path / "linked").symlink_to(tmp_path / "elsewhere")  # a symlinked image folder is the user's choice
+    assert inside(tmp_path, "linked/c.jpg", "image file", "x.json") == tmp_path / "linked" / "c.jpg"
     with pytest.raises(DataError, match=r"x.json: task name '../../etc/passwd' leads out of"):
         inside(tmp_path, "../../etc/passwd", "task name", "x.json")

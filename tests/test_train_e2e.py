@@ -303,3 +303,17 @@ def test_an_edited_data_file_makes_the_run_out_of_date(tmp_path):
     assert second.result()["config"]["data_fingerprint"] != before
     (preds,) = (tmp_path / "runs" / "default").glob("*/predictions.jsonl")
     assert len(preds.read_text().splitlines()) == 2
+
+
+def test_the_entry_applies_command_line_values_over_the_scale_block(tmp_path):
+    r = run_train(tmp_path, *FAST, "++task.datamodule.batch_size=7", "trainer.max_epochs=1")
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert r.result()["config"]["task"]["datamodule"]["batch_size"] == 7  # the tiny block says 32
+    refused = run_train(tmp_path, *FAST, "task.paper.max_epochs=3")
+    assert refused.returncode == 1 and "which scale=tiny does not use" in refused.stderr
+
+
+def test_a_table_sweep_with_failed_rows_exits_non_zero(tmp_path):
+    r = run_train(tmp_path, *FAST, "experiment=rankmix/ranks/r4,rankmix/ranks/r8", "method.r=-1", multirun=True)
+    assert r.returncode == 1 and "2 run(s) of this sweep failed" in r.stderr, r.stderr[-2000:]
+    assert len(list((tmp_path / "results" / "rankmix-ranks" / "failed").glob("*.json"))) == 2

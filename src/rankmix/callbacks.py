@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import random
 import sys
 from pathlib import Path
@@ -135,19 +136,25 @@ class TrainingModes(pl.Callback):
             self.seen = {"train": sum(modes), "eval": len(modes) - sum(modes)}
 
 
+SWEEP_FAILURES = "RANKMIX_SWEEP_FAILURES"  # the file a sweep's failed runs append a line to
+
+
 class SweepExitCode(HydraCallback):
     """A Hydra multirun whose runs failed exits non-zero once all its runs are done (each has already written its
     result or failure and rebuilt its table), naming them; a sweep of finished runs exits 0."""
 
-    def _file(self, config) -> Path:
-        return Path(config.hydra.sweep.dir) / "failed_jobs.txt"
-
     def on_multirun_start(self, config, **kwargs) -> None:
-        self._file(config).unlink(missing_ok=True)
+        # one file per sweep, whatever table its runs file into; the runs (joblib, submitit workers included)
+        # find it through the environment they inherit
+        path = Path(config.paths.runs_dir).absolute() / f".sweep-failures-{os.getpid()}.txt"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.unlink(missing_ok=True)
+        os.environ[SWEEP_FAILURES] = str(path)
 
     def on_multirun_end(self, config, **kwargs) -> None:
-        path = self._file(config)
+        path = Path(os.environ.pop(SWEEP_FAILURES, "") or "/nonexistent")
         lines = path.read_text().splitlines() if path.is_file() else []
+        path.unlink(missing_ok=True)
         if lines:
             print(f"rankmix: error: {len(lines)} run(s) of this sweep failed:", file=sys.stderr)
             for line in lines:

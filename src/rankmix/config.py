@@ -21,6 +21,7 @@ REQUIRE_BOTH_SCALES = ("backbone", "task")  # the others may set only the keys o
 # Keys that change where or how a run is executed, not what it computes: left out of the run's hash.
 UNHASHED = ("paths", "logger", "callbacks", "hydra", "rerun")
 MAX_KEY_LEN = 120
+TABLE_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
 UNHASHED_TRAINER = ("accelerator", "devices", "num_nodes", "strategy", "enable_progress_bar", "log_every_n_steps")
 
 
@@ -35,14 +36,17 @@ def apply_scale(cfg: DictConfig, overrides: list[str] | None = None) -> None:
     scale = cfg.get("scale")
     if scale not in SCALES:
         raise ConfigError("scale", scale, f"must be one of {', '.join(SCALES)}")
-    if overrides is None:
-        overrides = list(cfg.hydra.overrides.task) if "hydra" in cfg else []
+    if overrides is None:  # a run's task function gets no hydra node: its overrides come from HydraConfig
+        from hydra.core.hydra_config import HydraConfig
+
+        overrides = (list(cfg.hydra.overrides.task) if "hydra" in cfg else
+                     list(HydraConfig.get().overrides.task) if HydraConfig.initialized() else [])
     parsed = _key_overrides(overrides)
     other = next(s for s in SCALES if s != scale)
-    for key, _ in parsed:
+    for key, value, _ in parsed:
         parts = key.split(".")
         if parts[0] in SCALED_GROUPS and other in parts[1:]:
-            raise ConfigError(key, dict(parsed)[key], f"is in the '{other}:' block, which scale={scale} does not use; "
+            raise ConfigError(key, value, f"is in the '{other}:' block, which scale={scale} does not use; "
                               f"set {'.'.join(p for p in parts if p != other)} (or run with scale={other})")
     for group in SCALED_GROUPS:
         node = cfg.get(group)
@@ -56,22 +60,32 @@ def apply_scale(cfg: DictConfig, overrides: list[str] | None = None) -> None:
         with open_dict(cfg):
             cfg[group] = merged
     with open_dict(cfg):
-        for key, value in parsed:
+        for key, value, delete in parsed:
             parts = key.split(".")
-            if parts[0] in SCALED_GROUPS and len(parts) > 1:
-                OmegaConf.update(cfg, ".".join(p for p in parts if p != scale), value, merge=False, force_add=True)
+            if parts[0] not in SCALED_GROUPS or len(parts) < 2:
+                continue
+            flat = ".".join(p for p in parts if p != scale)
+            if delete:  # ~key: gone, whichever block set it
+                parent, _, leaf = flat.rpartition(".")
+                node = OmegaConf.select(cfg, parent)
+                if isinstance(node, DictConfig) and leaf in node:
+                    node.pop(leaf)
+            else:  # as Hydra applies it: a dict merges into the node, anything else replaces it
+                OmegaConf.update(cfg, flat, value, merge=isinstance(value, dict), force_add=True)
 
 
-def _key_overrides(overrides: list[str]) -> list[tuple[str, object]]:
-    """``(key, value)`` of the ``key=value`` overrides (not group choices, not deletions), ``+`` stripped."""
+def _key_overrides(overrides: list[str]) -> list[tuple[str, object, bool]]:
+    """``(key, value, is_deletion)`` of the ``key=value`` and ``~key`` overrides (not group choices), ``+``
+    stripped."""
     from hydra.core.override_parser.overrides_parser import OverridesParser
 
     out = []
     for o in OverridesParser.create().parse_overrides(overrides):
-        if o.is_delete() or o.is_sweep_override() or "." not in o.key_or_group:
+        if o.is_sweep_override() or "." not in o.key_or_group:
             continue
-        value = o.value()
-        out.append((o.key_or_group, OmegaConf.to_container(value) if isinstance(value, DictConfig) else value))
+        value = None if o.is_delete() else o.value()
+        out.append((o.key_or_group, OmegaConf.to_container(value) if isinstance(value, DictConfig) else value,
+                    o.is_delete()))
     return out
 
 
@@ -133,9 +147,16 @@ def _canonical(value: str) -> str:
     return value
 
 
+def safe_name(name) -> str:
+    """A folder name from ``table.id`` that cannot leave its parent (``../x`` becomes ``..-x``; validate refuses it)."""
+    return re.sub(r"[^A-Za-z0-9_.-]", "-", str(name)).lstrip(".") or "-"
+
+
 def register_resolvers() -> None:
     if not OmegaConf.has_resolver("run_key"):
         OmegaConf.register_new_resolver("run_key", run_key)
+    if not OmegaConf.has_resolver("safe_name"):
+        OmegaConf.register_new_resolver("safe_name", safe_name)
 
 
 def _check(cond: bool, key: str, value, problem: str) -> None:
@@ -163,7 +184,7 @@ def validate(cfg: DictConfig) -> None:
         _check(m.k <= m.num_experts, "method.k", m.k,
                f"must be at most method.num_experts={m.num_experts} (k experts are active per token)")
     tid = cfg.table.get("id")
-    _check(isinstance(tid, str) and re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]*", tid) is not None and ".." not in tid,
+    _check(isinstance(tid, str) and TABLE_ID.fullmatch(tid) is not None and ".." not in tid,
            "table.id", tid, "must be a plain name (letters, digits, '_', '-', '.'): it names folders under "
            "results/ and runs/")
     opt = cfg.optimizer

@@ -24,8 +24,9 @@ from hydra.types import RunMode
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf, open_dict
 
+from rankmix.callbacks import SWEEP_FAILURES
 from rankmix.config import apply_scale, config_hash, register_resolvers, run_key, validate
-from rankmix.data.files import stale_temporaries
+from rankmix.data.files import atomic_open, stale_temporaries
 from rankmix.errors import ConfigError, RankmixError
 from rankmix.results import (
     git_state,
@@ -118,13 +119,16 @@ def fit_and_test(cfg: DictConfig, run_dir: Path, chash: str) -> tuple[dict, dict
                                 num_beams=cfg.task.get("num_beams", 1),
                                 validation_generates=(cfg.task.get("select_best") or {}).get("generate", True),
                                 scorer=cfg.task.get("scorer", "generic"),
-                                scorer_options=OmegaConf.to_container(cfg.task.scorer_options) if cfg.task.get("scorer_options") else {},
+                                scorer_options=OmegaConf.to_container(cfg.task.scorer_options, resolve=True)
+                                if cfg.task.get("scorer_options") else {},
                                 predictions_path=str(run_dir / "predictions.jsonl"), **cfg.optimizer)
     log.info(str(report))
     check_context(model, cfg.task.get("context", []))
     resume = _resumable_checkpoint(run_dir, chash, fresh=bool(cfg.rerun))
     if resume is None:  # a run from scratch: its log starts empty (a resumed one appends to it)
         (run_dir / "csv" / "metrics.csv").unlink(missing_ok=True)
+    else:  # the rows logged after the checkpoint are logged again by the resumed steps
+        truncate_log(run_dir / "csv" / "metrics.csv", torch.load(resume, map_location="cpu", weights_only=True)["global_step"])
     trainer = build_trainer(cfg, run_dir)
     if resume is None:  # the adapters as initialised: ΔW = trained − initial (routing Fig. B8)
         torch.save(adapter_state_dict(model), run_dir / "adapter_init.pt")
@@ -163,6 +167,23 @@ def fit_and_test(cfg: DictConfig, run_dir: Path, chash: str) -> tuple[dict, dict
     if getattr(module, "evaluation_notes", None):
         info["evaluation"] = module.evaluation_notes  # e.g. a caption metric left out, and why
     return metrics, info, trainer
+
+
+def truncate_log(path: Path, step: int) -> None:
+    """Drop the rows of ``metrics.csv`` logged after optimizer step ``step`` (a killed epoch's, replayed on resume)."""
+    import csv
+
+    if not path.is_file():
+        return
+    with open(path, newline="") as f:
+        reader = csv.DictReader(f)
+        fields, rows = reader.fieldnames or [], list(reader)
+    kept = [r for r in rows if not r.get("step") or int(float(r["step"])) <= step]
+    if len(kept) != len(rows):
+        with atomic_open(path) as f:
+            writer = csv.DictWriter(f, fieldnames=fields)
+            writer.writeheader()
+            writer.writerows(kept)
 
 
 def check_launch(cfg: DictConfig, multirun: bool) -> None:
@@ -234,6 +255,7 @@ def train(cfg: DictConfig) -> float | None:
     lock = None
     stop_on_sigterm(key)
     try:
+        check_table_id(cfg)
         path = result_path(Path(cfg.paths.results_dir), cfg.table.id, key)
         apply_scale(cfg)
         validate(cfg)
@@ -246,6 +268,7 @@ def train(cfg: DictConfig) -> float | None:
             for tmp in stale_temporaries(path) + stale_temporaries(run_dir / "result.json"):
                 tmp.unlink(missing_ok=True)
         if not cfg.rerun and is_up_to_date(path, chash):
+            failure_path(path).unlink(missing_ok=True)
             print(f"rankmix: up to date: {path} (rerun=true runs it again)")
             return _finish(cfg, read_json(path)["metrics"])
         config = OmegaConf.to_container(cfg, resolve=True)
@@ -256,6 +279,7 @@ def train(cfg: DictConfig) -> float | None:
             result = {**done, "run": {**done["run"], "key": key, "table": cfg.table.id, "config_hash": chash,
                                       "reused_from": str(same)}, "config": config}
             write_json_atomic(path, result)
+            failure_path(path).unlink(missing_ok=True)
             return _finish(cfg, result["metrics"], path)
         metrics, info, trainer = fit_and_test(cfg, run_dir, chash)
         rank = trainer.global_rank
@@ -307,6 +331,16 @@ def train(cfg: DictConfig) -> float | None:
         release_memory()
 
 
+def check_table_id(cfg: DictConfig) -> None:
+    """``table.id`` names folders under results/ and runs/: a plain name, checked before anything is written."""
+    from rankmix.config import TABLE_ID
+
+    tid = cfg.table.get("id")
+    if not (isinstance(tid, str) and TABLE_ID.fullmatch(tid) and ".." not in tid):
+        raise ConfigError("table.id", tid, "must be a plain name (letters, digits, '_', '-', '.'): it names folders "
+                          "under results/ and runs/")
+
+
 def stop_on_sigterm(key: str) -> None:
     """SIGTERM (a timeout, ``docker stop``, ``kill``) stops the run as Ctrl-C does: Lightning shuts down and the
     process exits non-zero, with a line saying so; a sweep stops there. Under SLURM, Lightning's own handlers
@@ -344,13 +378,10 @@ def _record_failure(path, key, cfg, chash, started, message) -> None:
         write_json_atomic(failure_path(path), failure)
     except OSError as e:
         print(f"rankmix: error: cannot record the failure in {failure_path(path)} ({e.strerror})", file=sys.stderr)
-    hc = HydraConfig.get()
-    if hc.mode == RunMode.MULTIRUN:
-        with open(Path(hc.sweep.dir) / FAILED_JOBS, "a") as f:
+    sweep_failures = os.environ.get(SWEEP_FAILURES)
+    if sweep_failures and HydraConfig.get().mode == RunMode.MULTIRUN:
+        with open(sweep_failures, "a") as f:
             f.write(f"{key}\t{message.splitlines()[0] if message else ''}\n")
-
-
-FAILED_JOBS = "failed_jobs.txt"  # in a sweep's folder: one line per failed run (rankmix.callbacks.SweepExitCode)
 
 
 def check_writable(*folders: Path) -> None:
@@ -424,6 +455,7 @@ def _rebuild_table(cfg: DictConfig) -> None:
     from rankmix.tables import build_table
 
     try:
+        check_table_id(cfg)
         build_table(cfg.table.id, Path(cfg.paths.results_dir), Path(cfg.paths.paper_dir))
     except Exception as e:  # noqa: BLE001
         log.warning(f"table {cfg.table.get('id')} not rebuilt: {e}")

@@ -15,10 +15,10 @@ from rankmix.errors import DataError
 def inside(root: Path, relative: str, what: str, source: Path | str) -> Path:
     """``root / relative``, refused when a name read from a data file (a task name, an image id) leads out of
     ``root`` (``../``, an absolute path)."""
-    path = Path(root) / relative
-    if not path.resolve().is_relative_to(Path(root).resolve()):
+    norm = os.path.normpath(relative)
+    if os.path.isabs(norm) or norm == ".." or norm.startswith(".." + os.sep):  # lexical: symlinked folders are fine
         raise DataError(f"{source}: {what} {relative!r} leads out of {root}; names in data files must stay inside it")
-    return path
+    return Path(root) / relative
 
 
 def _umask() -> int:
@@ -50,7 +50,8 @@ def atomic_open(path: Path) -> Iterator:
 
 
 DATA_KEYS = ("data_dir", "images_dir", "test_file", "train_dir", "train_file", "test_dir")
-HASHED_BYTES = 64 << 20  # files up to this size are keyed by their contents too, larger ones by size and mtime
+HASHED_BYTES = 64 << 20  # files up to this size are keyed by their contents, larger ones by size and mtime
+HASHED_TOTAL = 1 << 30   # at most this much is read per fingerprint (an image folder is keyed by sizes and mtimes)
 
 
 def data_paths(node) -> list[Path]:
@@ -75,21 +76,25 @@ def data_paths(node) -> list[Path]:
 
 
 def fingerprint(paths: Iterable[Path]) -> str | None:
-    """A short hash of what ``paths`` hold: for every file (folders walked), its path, size and mtime, and its
-    contents' SHA-256 up to ``HASHED_BYTES``; None for no paths. An edited data file changes it."""
+    """A short hash of what ``paths`` hold: every file (folders walked) by its path and size and its contents'
+    SHA-256, or, past ``HASHED_BYTES`` per file or ``HASHED_TOTAL`` in all, its mtime; None for no paths. An
+    edited data file changes it; a copied or touched one whose contents are hashed does not."""
     import hashlib
 
-    h, any_path = hashlib.sha256(), False
+    h, any_path, budget = hashlib.sha256(), False, HASHED_TOTAL
     for root in paths:
         any_path = True
         files = sorted(p for p in root.rglob("*") if p.is_file()) if root.is_dir() else [root]
         for p in files:
             st = p.stat()
-            h.update(f"{p}\0{st.st_size}\0{st.st_mtime_ns}\0".encode())
-            if st.st_size <= HASHED_BYTES:
+            h.update(f"{p}\0{st.st_size}\0".encode())
+            if st.st_size <= min(HASHED_BYTES, budget):
+                budget -= st.st_size
                 with open(p, "rb") as f:
                     for block in iter(lambda: f.read(1 << 20), b""):
                         h.update(block)
+            else:
+                h.update(f"mtime {st.st_mtime_ns}\0".encode())
     return h.hexdigest()[:16] if any_path else None
 
 

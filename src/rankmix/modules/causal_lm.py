@@ -11,6 +11,8 @@ Checkpoints hold only the adapter weights; the frozen backbone is rebuilt from i
 
 from __future__ import annotations
 
+import inspect
+
 import lightning.pytorch as pl
 
 from rankmix.adapters import adapter_context, adapter_state_dict
@@ -19,6 +21,7 @@ from rankmix.adapters.peft_methods import peft_tuner
 from rankmix.data.commonsense import prediction as commonsense_prediction
 from rankmix.data.commonsense import score_commonsense
 from rankmix.data.instruction import RECORD_KEYS
+from rankmix.errors import ConfigError
 from rankmix.metrics.flan import score_flan
 from rankmix.metrics.text import score_generations
 from rankmix.modules.evaluation import ScoredEvaluation
@@ -44,6 +47,11 @@ class CausalLMModule(ScoredEvaluation, pl.LightningModule):
         self.schedule = choice("optimizer.schedule", schedule, tuple(SCHEDULES))
         self.scorer = choice("task.scorer", scorer, tuple(SCORERS))
         self.scorer_options = dict(scorer_options or {})  # e.g. flan: {rouge_package: rouge}
+        accepted = [p for p in inspect.signature(SCORERS[self.scorer]).parameters if p != "records"]
+        for name in self.scorer_options:
+            if name not in accepted:
+                raise ConfigError(f"task.scorer_options.{name}", self.scorer_options[name],
+                                  f"not an option of scorer {self.scorer}; its options: {', '.join(accepted) or 'none'}")
         self.max_new_tokens = max_new_tokens
         self.num_beams = num_beams
         self.validation_generates = validation_generates  # False: validation computes the loss only (HF Trainer)
