@@ -153,3 +153,19 @@ def test_k_is_checked_against_what_it_counts():
         apply_scale(cfg)
         with pytest.raises(ConfigError, match=f"method.k=.*must be at most {bound}"):
             validate(cfg)
+
+
+class _Payload:
+    """Any pickled object: a checkpoint holding one could run code when loaded with weights_only=False."""
+
+
+def test_a_checkpoint_holding_code_is_set_aside_not_loaded(tmp_path):
+    import torch
+
+    from rankmix.train import _resumable_checkpoint
+
+    (tmp_path / "checkpoints").mkdir()
+    (tmp_path / "config_hash.txt").write_text("abc\n")
+    torch.save({"state_dict": {}, "payload": _Payload()}, tmp_path / "checkpoints" / "last.ckpt")
+    assert _resumable_checkpoint(tmp_path, "abc") is None
+    assert (tmp_path / "checkpoints" / "last.ckpt.unreadable").is_file()
