@@ -99,7 +99,7 @@ def test_missing_runs_are_named_and_the_index_lists_status(tmp_path, capsys):
                  "build", "smora-fig7"]) == 1
     assert "rankmix: error: table smora-fig7" in capsys.readouterr().err
     index = write_index(tmp_path / "results").read_text()
-    assert "| smora-fig5 | tiny (2 runs) |" in index
+    assert "| smora-fig5 | tiny (2 runs); 2 predate the current config |" in index  # made-up runs: no such hash
     assert all(f"| {fid} — " in index for fid in FIGURES) and "not built" in index
 
 

@@ -32,7 +32,7 @@ def test_cells_put_ours_beside_the_paper(tmp_path, paper_dir):
              "cells": [{"match": {"backbone": "B-7b", "method": "LoRA-64"}, "metric": "test/em", "label": "LoRA-64 EM"}]}
     runs = tmp_path / "results" / "x-1" / "runs"
     write_json_atomic(runs / "lora64.json", _run("lora64", {"test/em": 50.0}, table))
-    write_json_atomic(runs / "broken.json", _run("broken", {}, table, status="failed"))
+    write_json_atomic(runs.parent / "failed" / "broken.json", _run("broken", {}, table, status="failed"))
     md = build_table("x-1", tmp_path / "results", paper_dir)
     rows = list(csv.DictReader(open(md.parent / "table.csv")))
     assert rows == [{"run": "lora64", "scale": "tiny", "cell": "LoRA-64 EM", "metric": "test/em",
@@ -56,7 +56,7 @@ def test_status_reflects_scales(tmp_path):
     write_json_atomic(runs / "a.json", _run("a", {"m": 1.0}, {}))
     assert table_status("x-3", tmp_path) == "tiny (1 runs)"
     write_json_atomic(runs / "b.json", _run("b", {"m": 1.0}, {}, scale="paper"))
-    write_json_atomic(runs / "c.json", _run("c", {}, {}, status="failed"))
+    write_json_atomic(runs.parent / "failed" / "c.json", _run("c", {}, {}, status="failed"))
     assert table_status("x-3", tmp_path) == "paper+tiny (2 runs, 1 failed)"
 
 

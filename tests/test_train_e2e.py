@@ -139,7 +139,8 @@ def test_non_finite_loss_stops_with_a_clear_message(tmp_path):
     r = run_train(tmp_path, *FAST, "optimizer.lr=1e30")
     assert r.returncode == 1
     assert "rankmix: error: training loss became" in r.stderr and "Traceback" not in r.stderr
-    result = r.result()
+    (failed,) = (tmp_path / "results" / "default" / "failed").glob("*.json")
+    result = json.loads(failed.read_text())
     assert result["status"] == "failed" and "loss became" in result["error"]
     assert not (tmp_path / "results" / "default" / "table.md").exists() or "| default" not in (
         tmp_path / "results" / "default" / "table.md").read_text()

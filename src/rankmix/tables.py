@@ -363,7 +363,7 @@ def stale_runs(table_id: str, results_dir: Path) -> list[str]:
         except Exception:  # noqa: BLE001 -- a row that no longer composes is as stale as can be
             stale.append(key)
             continue
-        if config_hash(cfg) != run["run"]["config_hash"]:
+        if config_hash(cfg) != run["run"].get("config_hash"):
             stale.append(key)
     return stale
 
