@@ -88,7 +88,7 @@ def test_dropout_only_in_training():
 def multi(fns=None, **cfg):
     torch.manual_seed(4)
     base = nn.Linear(16, 12)
-    return base, randomize(build("multi_adapter", base, tasks=TASKS, r=4, fns=fns, **cfg))
+    return base, randomize(build("multi_adapter", base, tasks=TASKS, r=4, fns=fns, **{"activation": "gelu", **cfg}))
 
 
 def per_example(layer, base, x, ids, x_r=None):
