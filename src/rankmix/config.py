@@ -159,6 +159,14 @@ def register_resolvers() -> None:
         OmegaConf.register_new_resolver("safe_name", safe_name)
 
 
+def check_table_id(cfg: DictConfig) -> None:
+    """``table.id`` names folders under results/ and runs/: a plain name, checked before anything is written."""
+    tid = cfg.table.get("id")
+    _check(isinstance(tid, str) and TABLE_ID.fullmatch(tid) is not None and ".." not in tid,
+           "table.id", tid, "must be a plain name (letters, digits, '_', '-', '.'): it names folders under "
+           "results/ and runs/")
+
+
 def _check(cond: bool, key: str, value, problem: str) -> None:
     if not cond:
         raise ConfigError(key, value, problem)
@@ -183,10 +191,7 @@ def validate(cfg: DictConfig) -> None:
     if m.name == "lora_moe" and m.get("routing") == "topk" and "k" in m and "num_experts" in m:
         _check(m.k <= m.num_experts, "method.k", m.k,
                f"must be at most method.num_experts={m.num_experts} (k experts are active per token)")
-    tid = cfg.table.get("id")
-    _check(isinstance(tid, str) and TABLE_ID.fullmatch(tid) is not None and ".." not in tid,
-           "table.id", tid, "must be a plain name (letters, digits, '_', '-', '.'): it names folders under "
-           "results/ and runs/")
+    check_table_id(cfg)
     opt = cfg.optimizer
     _check(isinstance(opt.lr, (int, float)) and opt.lr > 0, "optimizer.lr", opt.lr, "must be a positive number")
     _check(cfg.trainer.max_epochs is not None and cfg.trainer.max_epochs >= 0, "trainer.max_epochs",

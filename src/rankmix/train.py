@@ -25,7 +25,7 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 from rankmix.callbacks import SWEEP_FAILURES
-from rankmix.config import apply_scale, config_hash, register_resolvers, run_key, validate
+from rankmix.config import apply_scale, check_table_id, config_hash, register_resolvers, run_key, validate
 from rankmix.data.files import atomic_open, stale_temporaries
 from rankmix.errors import ConfigError, RankmixError
 from rankmix.results import (
@@ -329,16 +329,6 @@ def train(cfg: DictConfig) -> float | None:
         if lock is not None:
             lock.close()
         release_memory()
-
-
-def check_table_id(cfg: DictConfig) -> None:
-    """``table.id`` names folders under results/ and runs/: a plain name, checked before anything is written."""
-    from rankmix.config import TABLE_ID
-
-    tid = cfg.table.get("id")
-    if not (isinstance(tid, str) and TABLE_ID.fullmatch(tid) and ".." not in tid):
-        raise ConfigError("table.id", tid, "must be a plain name (letters, digits, '_', '-', '.'): it names folders "
-                          "under results/ and runs/")
 
 
 def stop_on_sigterm(key: str) -> None:
