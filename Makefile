@@ -10,8 +10,10 @@ OFFLINE := HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 HF_DATASETS_OFFLINE=1 WANDB_M
 
 TABLE ?=
 ROW ?=
+ROWS ?= all
+WIDTH ?= reduced
 
-.PHONY: help setup run show-row test test-fast test-kernels bench-kernels bench-e2e lint list-tables figures sync-wandb clean
+.PHONY: help setup run rehearse show-row test test-fast test-kernels bench-kernels bench-e2e lint list-tables figures sync-wandb clean
 
 help: ## list the targets with one line each
 	@grep -hE '^[a-zA-Z0-9_%-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-22s %s\n", $$1, $$2}'
@@ -39,6 +41,9 @@ lint: ## ruff on the package, scripts, kernels and tests
 
 list-tables: ## every reproducible table and its status (never run / tiny / paper)
 	@$(PY) -m rankmix.tables list
+
+rehearse: ## every table's rows at scale=paper on stand-ins of the real backbones and real-layout data, 2 steps each → results/rehearse/<device>.md; ROWS=one|family, WIDTH=full (real widths, for a GPU)
+	$(OFFLINE) $(PY) -m rankmix.rehearsal --rows $(ROWS) --width $(WIDTH) $(ARGS)
 
 reproduce-table-%: ## run table <paper>-<id>'s multirun (missing/stale runs only), then write results/<paper>-<id>/table.md; SCALE=paper for the paper's setting
 	$(PY) -m rankmix.tables reproduce $* scale=$(SCALE) $(ARGS)

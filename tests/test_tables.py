@@ -182,3 +182,20 @@ def test_runs_that_predate_their_rows_config_are_found(tmp_path):
     for key, chash in (("r4", fresh), ("r8", "an-old-hash")):
         write_json_atomic(runs / f"{key}.json", {"status": "ok", "run": {"key": key, "scale": "tiny", "config_hash": chash}})
     assert stale_runs("rankmix-ranks", tmp_path) == ["r8"]
+
+
+def test_a_finished_run_whose_table_cannot_be_built_yet_is_not_failed(monkeypatch, capsys):
+    from omegaconf import OmegaConf
+
+    import rankmix.tables
+    from rankmix.errors import RankmixError
+    from rankmix.train import _finish
+
+    def no_baseline(*_):
+        raise RankmixError("table smola-a1: cell 'gain' is a gain over the baseline run, which has not finished")
+
+    monkeypatch.setattr(rankmix.tables, "build_table", no_baseline)
+    cfg = OmegaConf.create({"table": {"id": "smola-a1"}, "paths": {"results_dir": "r", "paper_dir": "p"},
+                            "optimized_metric": "test/average"})
+    assert _finish(cfg, {"test/average": 0.5}) == 0.5
+    assert "table smola-a1 not built yet: " in capsys.readouterr().out

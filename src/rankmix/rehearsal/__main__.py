@@ -1,0 +1,5 @@
+import sys
+
+from rankmix.rehearsal.run import main
+
+sys.exit(main())

@@ -1,0 +1,538 @@
+"""Rehearsal data: the files the README tells users to download for ``scale=paper``, in their exact layouts
+(names, nesting, fields, id formats, splits), with made-up content, never copied records.
+
+- ``write_flan``: SMoRA's ``datasets/combined_test.json`` (github StyxXuan/smora; its 48 tasks with the
+  ``_10templates`` suffix, their 10 clusters and metrics) and ``train/{task}_10templates_train.jsonl`` of HF
+  ``Muennighoff/flan`` (``inputs, targets, task``).
+- ``write_commonsense``: LLM-Adapters' ``ft-training_set/commonsense_170k.json`` and ``dataset/<set>/test.json``
+  of the 8 test sets (github AGI-Edgerunners/LLM-Adapters), drawn from ``rankmix.data.commonsense_like``.
+- ``write_vqa``: VL-T5's ``datasets/vqa/`` (github j-min/VL-T5: ``karpathy_{train,val,test}.json``,
+  ``trainval_ans2label.json``, ``trainval_label2ans.json``, the VQA v2 ``v2_mscoco_{train,val}2014_annotations
+  .json``) and COCO 2014 images ``train2014/COCO_train2014_%012d.jpg``, ``val2014/COCO_val2014_%012d.jpg``.
+- ``write_karpathy``: Karpathy's ``COCO/dataset_coco.json`` (train / restval / val / test) and the COCO images.
+- ``write_vl_multitask``: VL-T5's ``datasets/`` bundle (``vqa/``, ``GQA/``, ``nlvr/``, ``COCO/``), the GQA and
+  NLVR2 images, and their CLIP RN101 grid features written by ``rankmix.data.clip_features`` (a random-init
+  timm ``resnet101_clip`` stands in for the OpenAI weights).
+
+Scenes, questions and captions come from the generated shapes set (``rankmix.data.shapes``,
+``rankmix.data.shapes_compositional``) at 224×224 (every fourth COCO image at 640×480), renamed to the real ids.
+Each writer owns its root folder, is deterministic in ``seed``, skips its work when the root's stamp
+(``rehearsal.json``, written last) holds the same settings, and returns the Hydra overrides for the files.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import random
+import re
+import shutil
+import tempfile
+from collections import Counter
+from collections.abc import Callable
+from pathlib import Path
+
+from rankmix.data.commonsense_like import DATASETS as COMMONSENSE_SETS
+from rankmix.data.commonsense_like import generate_commonsense_like
+from rankmix.data.flan import SUFFIX
+from rankmix.data.shapes import captions, generate_shapes
+from rankmix.data.shapes_compositional import gqa_questions, nlvr_statement
+
+STAMP = "rehearsal.json"
+
+# ---------------------------------------------------------------------------------------------------------
+# FLAN: (task, cluster, metric) of SMoRA's datasets/combined_test.json, in its order (50 records each, cb 45)
+FLAN_TASKS = (
+    ("web_nlg_en", "struct to text", "rouge"), ("dart", "struct to text", "rouge"),
+    ("e2e_nlg", "struct to text", "rouge"), ("common_gen", "struct to text", "rouge"),
+    ("story_cloze", "commonsense", "em"), ("piqa", "commonsense", "em"), ("copa", "commonsense", "em"),
+    ("hellaswag", "commonsense", "em"), ("sst2", "sentiment", "em"), ("yelp_polarity_reviews", "sentiment", "em"),
+    ("imdb_reviews", "sentiment", "em"), ("sentiment140", "sentiment", "em"), ("multirc", "reading comp", "em"),
+    ("squad_v2", "reading comp", "em"), ("squad_v1", "reading comp", "em"), ("openbookqa", "reading comp", "em"),
+    ("bool_q", "reading comp", "em"), ("drop", "reading comp", "em"),
+    ("natural_questions", "closed_book QA", "em"), ("arc_easy", "closed_book QA", "em"),
+    ("arc_challenge", "closed_book QA", "em"), ("definite_pronoun_resolution", "coreference", "em"),
+    ("wsc", "coreference", "em"), ("cosmos_qa", "read.comp.w:commonsense", "em"),
+    ("record", "read.comp.w:commonsense", "em"), ("paws_wiki", "paraphrase", "em"), ("glue_qqp", "paraphrase", "em"),
+    ("glue_mrpc", "paraphrase", "em"), ("cb", "nli", "em"), ("wnli", "nli", "em"), ("mnli_matched", "nli", "em"),
+    ("anli_r3", "nli", "em"), ("anli_r2", "nli", "em"), ("anli_r1", "nli", "em"), ("mnli_mismatched", "nli", "em"),
+    ("snli", "nli", "em"), ("qnli", "nli", "em"), ("rte", "nli", "em"),
+    ("wmt16_translate_tren", "translation", "bleu"), ("wmt16_translate_deen", "translation", "bleu"),
+    ("wmt16_translate_ruen", "translation", "bleu"), ("wmt16_translate_fien", "translation", "bleu"),
+    ("wmt16_translate_roen", "translation", "bleu"), ("wmt14_enfr", "translation", "bleu"),
+    ("wmt16_translate_csen", "translation", "bleu"), ("stsb", "paraphrase", "em"),
+    ("trivia_qa", "closed_book QA", "em"), ("para_crawl_enes", "translation", "bleu"),
+)
+# task → (kind, template of its inputs); the kind decides the target (an option, a span, a sentence)
+FLAN_TEMPLATES = {
+    "web_nlg_en": ("data", "Describe this data in one sentence: {data}"),
+    "dart": ("data", "Data: {data}\n\nWhat sentence says the same?"),
+    "e2e_nlg": ("data", "Facts about a restaurant: {data}. Write a sentence that uses all of them."),
+    "common_gen": ("data", "Concepts: {data}\n\nWrite a sentence that uses every concept."),
+    "story_cloze": ("choice", "{text}\n\nHow does the story end?\n{options}"),
+    "piqa": ("choice", "Goal: how to {verb} a {thing}\n\nWhich way reaches it?\n\n{options}"),
+    "copa": ("choice", "{text}\n\nWhat happened next?\n{options}"),
+    "hellaswag": ("choice", "Continue the passage.\n\n{text}\n{options}"),
+    "sst2": ("sentiment", "Is this phrase positive or negative?\n\n{review}\n{options}"),
+    "yelp_polarity_reviews": ("sentiment", "{review}\nWas this review positive or negative?\n{options}"),
+    "imdb_reviews": ("sentiment", "{review}\n\nDid the reviewer like it?\n{options}"),
+    "sentiment140": ("sentiment", "{review}\nWhat is the mood of this post?\n{options}"),
+    "multirc": ("yes_no", "{text}\n\nQuestion: {question}\n\nIs \"{answer}\" a correct answer?\n{options}"),
+    "squad_v2": ("span", "Read this: {text}\n\n{question} (If it cannot be answered, say \"unanswerable\")"),
+    "squad_v1": ("span", "{text}\n\nQ: {question}\nA:"),
+    "openbookqa": ("choice", "Fact: {text}\n\n{question}\n\n{options}"),
+    "bool_q": ("yes_no", "{text}\n\nBased on that, {check}\n\n{options}"),
+    "drop": ("count", "{text}\n\nAnswer this: {question}"),
+    "natural_questions": ("closed", "Answer this question: {question}"),
+    "arc_easy": ("choice", "Question: {question}\n\nPick the right answer.\n{options}"),
+    "arc_challenge": ("choice", "Question: {question}\n\nWhich answer is correct?\n{options}"),
+    "definite_pronoun_resolution": ("names", "Who does \"they\" refer to here?\n{text}\n\n{options}"),
+    "wsc": ("yes_no", "{text}\n\nDoes \"it\" mean the {thing} here?\n\n{options}"),
+    "cosmos_qa": ("choice", "{text}\n\nQuestion: {question}\n{options}"),
+    "record": ("choice", "Write the next sentence.\n\n{text}\n\n{options}"),
+    "paws_wiki": ("yes_no", "Do these two sentences mean the same?\n{text}\n{text2}\n\n{options}"),
+    "glue_qqp": ("yes_no", "Question 1: {question}\nQuestion 2: {question2}\n\nWould both get the same answer?\n{options}"),
+    "glue_mrpc": ("yes_no", "{text}\n\n{text2}\n\nDo the two sentences say the same thing?\n{options}"),
+    "cb": ("anli", "{text}\n\nDoes it follow that \"{text2}\"?\n\n{options}"),
+    "wnli": ("yes_no", "Is \"{text2}\" true, given \"{text}\"?\n\n{options}"),
+    "mnli_matched": ("nli", "Premise: \"{text}\" Hypothesis: \"{text2}\" Does the premise entail it?\n\n{options}"),
+    "anli_r3": ("anli", "{text}\n\nCan we say that \"{text2}\"?\n{options}"),
+    "anli_r2": ("anli", "{text}\n\nIs it true that \"{text2}\"?\n{options}"),
+    "anli_r1": ("anli", "Read this:\n\n{text}\n\nDoes it mean that \"{text2}\"?\n{options}"),
+    "mnli_mismatched": ("nli", "Sentence 1: {text}\n\nSentence 2: {text2}\n\nDoes 1 entail 2?\n{options}"),
+    "snli": ("nli", "If \"{text}\", is it true that \"{text2}\"?\n\n{options}"),
+    "qnli": ("yes_no", "Does \"{text}\" answer \"{question}\"?\n\n{options}"),
+    "rte": ("yes_no", "{text}\n\nHypothesis: {text2}\n\nIs the hypothesis true?\n{options}"),
+    "stsb": ("similarity", "Sentence 1: {text}\n\nSentence 2: {text2}\n\nHow similar are they, from 0 to 5?\n\n{options}"),
+    "trivia_qa": ("closed", "{question}"),
+    **{task: ("translate", "") for task, _, metric in FLAN_TASKS if metric == "bleu"},
+}
+LABELS = {"sentiment": ("negative", "positive"), "yes_no": ("no", "yes"),
+          "nli": ("yes", "it is not possible to tell", "no"), "anli": ("Yes", "It's impossible to say", "No"),
+          "similarity": ("0", "1", "2", "3", "4", "5")}
+N_OPTIONS = {"story_cloze": 2, "piqa": 2, "copa": 2, "record": 3}  # other choice tasks: 4
+LANGUAGES = {"para_crawl_enes": "Spanish", "wmt14_enfr": "French", "wmt16_translate_csen": "Czech",
+             "wmt16_translate_deen": "German", "wmt16_translate_fien": "Finnish",
+             "wmt16_translate_roen": "Romanian", "wmt16_translate_ruen": "Russian",
+             "wmt16_translate_tren": "Turkish"}
+ENDINGS = {"Spanish": "o", "French": "é", "Czech": "ek", "German": "en", "Finnish": "ki", "Romanian": "ul",
+           "Russian": "ov", "Turkish": "lar"}  # the word ending of each made-up "translation"
+PEOPLE = ("Ansel", "Brisa", "Corin", "Dalia", "Emrys", "Fenna", "Galen", "Hesper")
+TOWNS = ("Wexmoor", "Lindqvale", "Orrin Bay", "Tamsford", "Quillby", "Harrowmere")
+THINGS = ("lantern", "kettle", "fiddle", "map", "basket", "ladder", "clock", "kite")
+ADJECTIVES = ("old", "red", "quiet", "tiny", "heavy", "bright", "wooden", "striped")
+VERBS = {"mend": "mended", "paint": "painted", "carry": "carried", "sell": "sold", "find": "found", "hide": "hid"}
+VENUES = ("The Tin Heron", "Moss and Ember", "The Lark Cellar", "Copperfin")
+FOODS = ("Thai", "Basque", "Georgian", "Peruvian")
+QUALITIES = ("lovely", "awful", "fine", "far too loud", "worth the wait", "a let-down")
+
+# COCO, GQA, NLVR2: images per split (NLVR2: image pairs)
+COCO_COUNTS = {"train": 6, "restval": 2, "val": 4, "test": 4}
+VL_COUNTS = {"coco": {"train": 4, "restval": 2, "val": 3, "test": 3}, "gqa": {"train": 3, "valid": 3, "testdev": 3},
+             "nlvr": {"train": 2, "dev": 2, "test1": 2}}
+COCO_MAX_ID, VG_MAX_ID = 581929, 2417997  # the largest COCO 2014 and Visual Genome image ids
+IMAGE_SIZE = 224
+
+
+# -- shared ------------------------------------------------------------------------------------------------
+def _once(root: Path, writer: str, settings: dict, folders: list[str], write: Callable[[], None]) -> None:
+    """Run ``write`` unless ``root``'s stamp holds these settings; ``folders`` (under ``root``) are cleared first."""
+    root.mkdir(parents=True, exist_ok=True)
+    stamp, wanted = root / STAMP, json.loads(json.dumps({"writer": writer, **settings}))
+    if stamp.is_file():
+        held = json.loads(stamp.read_text())
+        if held == wanted:
+            return
+        if held.get("writer") != writer:
+            raise ValueError(f"{root} holds the rehearsal data of {held.get('writer')!r}; give each writer its own folder")
+        stamp.unlink()
+    for name in folders:
+        shutil.rmtree(root / name, ignore_errors=True)
+    write()
+    stamp.write_text(json.dumps(wanted, indent=1))
+
+
+def _dump(path: Path, obj, indent: int | None = None) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(obj, indent=indent, ensure_ascii=False))
+
+
+def _counts(defaults: dict, given: dict | None) -> dict:
+    """``defaults`` updated by ``given``, whose keys must be among the defaults'."""
+    unknown = sorted(set(given or {}) - set(defaults))
+    if unknown:
+        raise ValueError(f"unknown split or source {unknown[0]!r}; known: {', '.join(defaults)}")
+    return {**defaults, **(given or {})}
+
+
+def _capitalised(text: str) -> str:
+    return text[:1].upper() + text[1:]
+
+
+# -- FLAN ----------------------------------------------------------------------------------------------------
+def _event(rng: random.Random) -> dict:
+    verb = rng.choice(list(VERBS))
+    return {"person": rng.choice(PEOPLE), "verb": verb, "past": VERBS[verb], "adj": rng.choice(ADJECTIVES),
+            "thing": rng.choice(THINGS), "town": rng.choice(TOWNS)}
+
+
+def _sentence(e: dict) -> str:
+    return f"{e['person']} {e['past']} the {e['adj']} {e['thing']} in {e['town']}."
+
+
+def _question(e: dict) -> str:
+    return f"Where did {e['person']} {e['verb']} the {e['adj']} {e['thing']}?"
+
+
+def _options(opts: list[str]) -> str:
+    return "OPTIONS:\n- " + "\n- ".join(opts)
+
+
+def _phrases(rng: random.Random, k: int) -> list[str]:
+    pairs = rng.sample([(a, t) for a in ADJECTIVES for t in THINGS], k)
+    return [f"{rng.choice(list(VERBS.values()))} the {a} {t}" for a, t in pairs]
+
+
+def _data(rng: random.Random, task: str, e: dict) -> tuple[str, str]:
+    """(the structured data, a sentence stating it) of a struct-to-text task."""
+    venue, food, price = rng.choice(VENUES), rng.choice(FOODS), rng.choice(("cheap", "moderate", "high"))
+    if task == "web_nlg_en":
+        return (f"{e['person']}, birthPlace, {e['town']}; {e['person']}, occupation, {e['thing']} maker",
+                f"{e['person']} was born in {e['town']} and makes {e['thing']}s.")
+    if task == "common_gen":
+        return ", ".join(sorted([e["verb"], e["thing"], "street"])), f"A man {e['past']} a {e['thing']} on the street."
+    area = rng.choice(("riverside", "city centre"))
+    sentence = f"{venue} is a {price}-priced {food} restaurant in the {area}."
+    if task == "dart":
+        return f"{venue} food {food}; {venue} priceRange {price}; {venue} area {area}", sentence
+    return f"name = {venue}, eatType = restaurant, food = {food}, priceRange = {price}, area = {area}", sentence
+
+
+def _translation(rng: random.Random, task: str, e: dict) -> tuple[str, str]:
+    """One of the three directions of the FLAN translation templates: to English, from English, which language."""
+    lang, english = LANGUAGES[task], _sentence(e)
+    foreign = " ".join(w[::-1].lower() + ENDINGS[lang] for w in english.rstrip(".").split()) + "."
+    return rng.choice([(f"{foreign}\n\nTranslate this to English?", english),
+                       (f"Translate \"{english}\" to {lang}?", foreign),
+                       (f"{foreign}\n\nWhich language is this?", lang)])
+
+
+def _answer(rng: random.Random, task: str, kind: str, e: dict) -> tuple[list[str], str, dict]:
+    """(options, target, extra template fields) of one record."""
+    if kind in LABELS:
+        return list(LABELS[kind]), rng.choice(LABELS[kind]), {}
+    if kind == "choice":
+        opts = _phrases(rng, N_OPTIONS.get(task, 4))
+        return opts, rng.choice(opts), {}
+    if kind == "names":
+        pair = rng.sample(PEOPLE, 2)
+        return pair, rng.choice(pair), {"text": f"{pair[0]} thanked {pair[1]} because they {e['past']} the {e['thing']}."}
+    if kind == "count":
+        a, b = rng.randint(2, 9), rng.randint(2, 9)
+        return [], str(a + b), {"text": f"{e['person']} {e['past']} {a} {e['thing']}s on Monday and {b} more on Friday.",
+                                "question": f"How many {e['thing']}s did {e['person']} {e['verb']} in all?"}
+    if kind == "span" and task == "squad_v2" and rng.random() < 0.3:
+        return [], "unanswerable", {"question": f"Where did {rng.choice(PEOPLE)}'s aunt live?"}
+    return [], e["town"], {}  # span, closed: the town of the event the question asks about
+
+
+def _flan_record(rng: random.Random, task: str) -> tuple[str, str]:
+    """(inputs, targets) of one made-up record of ``task``."""
+    kind, template = FLAN_TEMPLATES[task]
+    e = _event(rng)
+    if kind == "translate":
+        return _translation(rng, task, e)
+    if kind == "data":
+        data, target = _data(rng, task, e)
+        return template.format(data=data), target
+    other = _event(rng)
+    fields = {"text": f"{_sentence(e)} {_sentence(_event(rng))}", "text2": _sentence(other),
+              "question": _question(e), "question2": _question(other), "answer": e["town"], "thing": e["thing"],
+              "verb": e["verb"], "check": f"did {e['person']} {e['verb']} the {e['thing']} in {e['town']}?",
+              "review": f"{rng.choice(VENUES)}: the {e['thing']} was {rng.choice(QUALITIES)}, the staff "
+                        f"{rng.choice(QUALITIES)}."}
+    opts, target, extra = _answer(rng, task, kind, e)
+    return template.format(**{**fields, **extra, "options": _options(opts)}), target
+
+
+def write_flan(root: Path, n_train: int = 12, n_test: int = 2, seed: int = 0) -> dict[str, str]:
+    """SMoRA's ``datasets/combined_test.json`` (``n_test`` records per task) and ``Muennighoff/flan``'s
+    ``train/{task}_10templates_train.jsonl`` (``n_train`` per task; the paper source holds 10 of them out for
+    validation)."""
+    root = Path(root).resolve()
+    test_file, train_dir = root / "smora" / "datasets" / "combined_test.json", root / "flan" / "train"
+
+    def write():
+        rng = random.Random(seed)
+        test = [{"inputs": inputs, "targets": targets, "task": task + SUFFIX, "domain": domain, "metric": metric}
+                for task, domain, metric in FLAN_TASKS for inputs, targets in
+                (_flan_record(rng, task) for _ in range(n_test))]
+        _dump(test_file, test, indent=4)
+        train_dir.mkdir(parents=True)
+        for task, _, _ in FLAN_TASKS:
+            rows = (_flan_record(rng, task) for _ in range(n_train))
+            (train_dir / f"{task}{SUFFIX}_train.jsonl").write_text("".join(
+                json.dumps({"inputs": i, "targets": t, "task": task + SUFFIX}) + "\n" for i, t in rows))
+
+    _once(root, "flan", {"n_train": n_train, "n_test": n_test, "seed": seed}, ["smora", "flan"], write)
+    return {"task.paper.datamodule.source.test_file": str(test_file),
+            "task.paper.datamodule.source.train_dir": str(train_dir)}
+
+
+# -- commonsense ---------------------------------------------------------------------------------------------
+def write_commonsense(root: Path, n_train: int = 200, n_test: int = 8, seed: int = 0) -> dict[str, str]:
+    """LLM-Adapters' ``ft-training_set/commonsense_170k.json`` (``n_train`` records, the 8 sets interleaved) and
+    ``dataset/<set>/test.json`` (``n_test`` per set); the paper source holds 120 training records out."""
+    root = Path(root).resolve()
+    base = root / "LLM-Adapters"
+    train_file, test_dir = base / "ft-training_set" / "commonsense_170k.json", base / "dataset"
+
+    def write():
+        per_set = -(-n_train // len(COMMONSENSE_SETS))
+        train = [rec for _, rec in generate_commonsense_like(list(COMMONSENSE_SETS), per_set, seed)]
+        _dump(train_file, train[:n_train], indent=4)
+        tests: dict[str, list[dict]] = {name: [] for name in COMMONSENSE_SETS}
+        for name, rec in generate_commonsense_like(list(COMMONSENSE_SETS), n_test, seed + 7919):
+            tests[name].append(rec)
+        for name, recs in tests.items():
+            _dump(test_dir / name / "test.json", recs, indent=4)
+
+    _once(root, "commonsense", {"n_train": n_train, "n_test": n_test, "seed": seed}, ["LLM-Adapters"], write)
+    return {"task.paper.datamodule.source.train_file": str(train_file),
+            "task.paper.datamodule.source.test_dir": str(test_dir)}
+
+
+# -- COCO images, VQA and Karpathy files ---------------------------------------------------------------------
+def _scenes(shapes: Path) -> dict[str, dict]:
+    """The generated scenes, cells as tuples (what ``shapes.captions`` and the question writers take)."""
+    scenes = json.loads((shapes / "scenes.json").read_text())
+    return {k: {**s, "objects": [{**o, "cell": tuple(o["cell"])} for o in s["objects"]]} for k, s in scenes.items()}
+
+
+def _save_image(png: Path, out: Path, size: tuple[int, int] = (IMAGE_SIZE, IMAGE_SIZE)) -> None:
+    from PIL import Image
+
+    out.parent.mkdir(parents=True, exist_ok=True)
+    img = Image.open(png).convert("RGB")
+    img = img if img.size == size else img.resize(size, Image.BICUBIC)
+    img.save(out, **({"quality": 90} if out.suffix == ".jpg" else {}))
+
+
+def _coco(tmp: Path, counts: dict, images_dir: Path, seed: int) -> tuple[Path, list[dict]]:
+    """Generated scenes as COCO 2014 images (Karpathy's train from train2014; restval, val, test from val2014)
+    under ``images_dir``; returns the shapes folder and one record per image."""
+    shapes = generate_shapes(tmp / "coco", {"train": counts["train"] + counts["restval"], "val": counts["val"],
+                                            "test": counts["test"]}, size=IMAGE_SIZE, seed=seed)
+    scenes = _scenes(shapes)
+    ids = random.Random(seed).sample(range(1, COCO_MAX_ID + 1), len(scenes))
+    images = []
+    for i, ((key, scene), cocoid) in enumerate(zip(scenes.items(), ids, strict=True)):
+        split = "restval" if scene["split"] == "train" and i >= counts["train"] else scene["split"]
+        source = "train2014" if split == "train" else "val2014"
+        im = {"key": key, "split": split, "source": source, "cocoid": cocoid, "name": f"COCO_{source}_{cocoid:012d}",
+              "objects": scene["objects"]}
+        _save_image(shapes / "images" / f"{key}.png", images_dir / source / f"{im['name']}.jpg",
+                    (640, 480) if i % 4 == 3 else (IMAGE_SIZE, IMAGE_SIZE))
+        images.append(im)
+    return shapes, images
+
+
+def _vqa_files(shapes: Path, images: list[dict], out: Path) -> None:
+    """VL-T5's ``vqa/`` files over ``images``: question ids as VQA v2's (image id × 1000 + k), annotations split
+    by COCO folder (VL-T5's Karpathy train holds train2014 and restval images)."""
+    by_key = {im["key"]: im for im in images}
+    asked, new_qid, image_of = Counter(), {}, {}
+    for split in ("train", "val", "test"):
+        records = json.loads((shapes / "vqa" / f"karpathy_{split}.json").read_text())
+        for r in records:
+            im = by_key[r["img_id"]]
+            qid = im["cocoid"] * 1000 + asked[im["key"]]
+            asked[im["key"]] += 1
+            new_qid[r["question_id"]], image_of[qid] = qid, im
+            r.update(img_id=im["name"], question_id=qid, sent=_capitalised(r["sent"]))
+        _dump(out / f"karpathy_{split}.json", records)
+    annotations = {"train2014": [], "val2014": []}
+    for split in ("train", "val"):
+        for a in json.loads((shapes / "vqa" / f"v2_mscoco_{split}2014_annotations.json").read_text())["annotations"]:
+            a["question_id"] = new_qid[a["question_id"]]
+            im = image_of[a["question_id"]]
+            a["image_id"] = im["cocoid"]
+            annotations[im["source"]].append(a)
+    for source, anns in annotations.items():
+        _dump(out / f"v2_mscoco_{source}_annotations.json",
+              {"info": {"description": "VQA v2 annotations (rehearsal stand-in)", "version": "2.0", "year": 2017},
+               "license": {"name": "made-up content"}, "data_subtype": source, "annotations": anns,
+               "data_type": "mscoco"})
+    ans2label = json.loads((shapes / "vqa" / "trainval_ans2label.json").read_text())
+    _dump(out / "trainval_ans2label.json", ans2label)
+    _dump(out / "trainval_label2ans.json", sorted(ans2label, key=ans2label.get))
+
+
+def _more_captions(objects: list[dict]) -> list[str]:
+    """Two captions beyond the shapes set's three: Karpathy's file has five per image."""
+    names = " and ".join(f"a {o['colour']} {o['shape']}" for o in sorted(objects, key=lambda o: o["cell"]))
+    return [f"A dark picture showing {names}.", f"{names} on a black background"]
+
+
+def _karpathy_file(images: list[dict], out: Path) -> None:
+    """Karpathy's ``dataset_coco.json``: images with filepath, sentids, filename, imgid, split, sentences
+    (tokens, raw, imgid, sentid) and cocoid."""
+    entries, sentid = [], 0
+    for imgid, im in enumerate(images):
+        raws = captions(im["objects"]) + _more_captions(im["objects"])
+        sentences = [{"tokens": re.findall(r"[a-z0-9]+", raw.lower()), "raw": raw, "imgid": imgid, "sentid": sentid + k}
+                     for k, raw in enumerate(raws)]
+        sentid += len(sentences)
+        entries.append({"filepath": im["source"], "sentids": [s["sentid"] for s in sentences],
+                        "filename": f"{im['name']}.jpg", "imgid": imgid, "split": im["split"], "sentences": sentences,
+                        "cocoid": im["cocoid"]})
+    _dump(out / "dataset_coco.json", {"images": entries, "dataset": "coco"})
+
+
+def write_vqa(root: Path, n_images: dict | None = None, seed: int = 0) -> dict[str, str]:
+    """VL-T5's ``datasets/vqa/`` files and the COCO 2014 images (``n_images``: Karpathy train, restval, val, test)."""
+    root = Path(root).resolve()
+    counts = _counts(COCO_COUNTS, n_images)
+    bundle, images_dir = root / "VL-T5" / "datasets", root / "coco" / "images"
+
+    def write():
+        with tempfile.TemporaryDirectory(dir=root, prefix=".scratch-") as tmp:
+            shapes, images = _coco(Path(tmp), counts, images_dir, seed)
+            _vqa_files(shapes, images, bundle / "vqa")
+
+    _once(root, "vqa", {"n_images": counts, "seed": seed}, ["VL-T5", "coco"], write)
+    return {"task.datamodule.data_dir": str(bundle), "task.datamodule.images_dir": str(images_dir)}
+
+
+def write_karpathy(root: Path, n_images: dict | None = None, seed: int = 0) -> dict[str, str]:
+    """Karpathy's ``COCO/dataset_coco.json`` and the COCO 2014 images (``n_images``: train, restval, val, test)."""
+    root = Path(root).resolve()
+    counts = _counts(COCO_COUNTS, n_images)
+    data_dir, images_dir = root / "karpathy", root / "coco" / "images"
+
+    def write():
+        with tempfile.TemporaryDirectory(dir=root, prefix=".scratch-") as tmp:
+            _, images = _coco(Path(tmp), counts, images_dir, seed)
+        _karpathy_file(images, data_dir / "COCO")
+
+    _once(root, "coco_caption", {"n_images": counts, "seed": seed}, ["karpathy", "coco"], write)
+    return {"task.datamodule.data_dir": str(data_dir), "task.datamodule.images_dir": str(images_dir)}
+
+
+# -- GQA, NLVR2, CLIP features -------------------------------------------------------------------------------
+def _gqa(tmp: Path, counts: dict, images_dir: Path, out: Path, seed: int) -> None:
+    """VL-T5's ``GQA/{train,valid,testdev}.json`` and answer vocabulary; images ``{img_id}.jpg`` with Visual
+    Genome ids (train, valid) and ``n``-prefixed ids (testdev), question ids as 8-digit strings."""
+    shapes = generate_shapes(tmp / "gqa", {"train": counts["train"], "val": counts["valid"], "test": counts["testdev"]},
+                             size=IMAGE_SIZE, seed=seed + 1)
+    scenes, rng = _scenes(shapes), random.Random(seed + 1)
+    ids = iter(rng.sample(range(1, VG_MAX_ID + 1), len(scenes)))
+    qids = iter(rng.sample(range(10 ** 8), 16 * len(scenes)))
+    files = {"train": [], "valid": [], "testdev": []}
+    for key, scene in scenes.items():
+        split = {"train": "train", "val": "valid", "test": "testdev"}[scene["split"]]
+        img_id = f"n{next(ids)}" if split == "testdev" else str(next(ids))
+        _save_image(shapes / "images" / f"{key}.png", images_dir / f"{img_id}.jpg")
+        files[split] += [{"img_id": img_id, "label": {answer: 1.0}, "question_id": f"{next(qids):08d}",
+                          "sent": _capitalised(sent)} for sent, answer in gqa_questions(rng, scene["objects"])]
+    for split, records in files.items():
+        _dump(out / f"{split}.json", records)
+    answers = sorted({a for split in ("train", "valid") for r in files[split] for a in r["label"]})
+    _dump(out / "trainval_ans2label.json", {a: i for i, a in enumerate(answers)})
+    _dump(out / "trainval_label2ans.json", answers)
+
+
+def _nlvr(tmp: Path, counts: dict, images_dir: Path, out: Path, seed: int) -> None:
+    """VL-T5's ``nlvr/{train,valid,test}.json`` (NLVR2's train, dev, test1): two statements per image pair,
+    one true, one false; images ``{split}-{set}-{pair}-img{0,1}.png`` (train ones in ``train/<set % 100>/``)."""
+    shapes = generate_shapes(tmp / "nlvr", {"train": 2 * counts["train"], "val": 2 * counts["dev"],
+                                            "test": 2 * counts["test1"]}, size=IMAGE_SIZE, seed=seed + 2)
+    scenes, rng = _scenes(shapes), random.Random(seed + 2)
+    set_ids = iter(rng.sample(range(10000), sum(counts.values())))
+    for shapes_split, split, file in (("train", "train", "train"), ("val", "dev", "valid"), ("test", "test1", "test")):
+        keys = [k for k, s in scenes.items() if s["split"] == shapes_split]
+        records = []
+        for left, right in zip(keys[0::2], keys[1::2], strict=True):
+            set_id = next(set_ids)
+            prefix = f"{split}-{set_id}-{rng.randrange(4)}"
+            folder = images_dir / split / (str(set_id % 100) if split == "train" else "")
+            for k, key in enumerate((left, right)):
+                _save_image(shapes / "images" / f"{key}.png", folder / f"{prefix}-img{k}.png")
+            wants = [True, False]
+            rng.shuffle(wants)
+            for k, want in enumerate(wants):
+                sent = nlvr_statement(rng, scenes[left]["objects"], scenes[right]["objects"], want)
+                if sent is not None:
+                    records.append({"identifier": f"{prefix}-{k}", "img0": f"{prefix}-img0", "img1": f"{prefix}-img1",
+                                    "label": int(want), "sent": _capitalised(sent), "uid": f"nlvr2_{split}_{len(records)}"})
+        _dump(out / f"{file}.json", records)
+
+
+def _has_all(h5_path: Path, keys) -> bool:
+    import h5py
+
+    if not h5_path.is_file():
+        return False
+    with h5py.File(h5_path, "r") as f:
+        return all(f"{k}/features" in f for k in keys)
+
+
+def _digest(images: dict[str, dict[str, Path]], seed: int) -> str:
+    """A key of the images' bytes and the encoder's settings: equal images give the same features."""
+    h = hashlib.sha256(f"resnet101_clip/{IMAGE_SIZE}/{seed}".encode())
+    for source in sorted(images):
+        for stem in sorted(images[source]):
+            h.update(f"{source}/{stem}\0".encode())
+            h.update(images[source][stem].read_bytes())
+    return h.hexdigest()[:16]
+
+
+def _features(folders: dict[str, Path], out: Path, seed: int, cache_dir: Path | None) -> None:
+    """``{source}_RN101.h5`` (``"{img_id}/features"``, 49 × 2048) of every image under each source's folder, as
+    ``scripts/extract_clip_features.py`` writes them, from a random-init ``resnet101_clip``; with ``cache_dir``
+    the files are made (or found) there, keyed by the images, and copied to ``out``."""
+    from rankmix.data.clip_features import extract, grid_encoder, image_files
+
+    images = {source: image_files(folder) for source, folder in folders.items()}
+    work = out if cache_dir is None else Path(cache_dir) / f"rehearsal-clip-rn101-{_digest(images, seed)}"
+    encoder = None
+    for source, files in images.items():
+        path = work / f"{source}_RN101.h5"
+        if not _has_all(path, files):
+            encoder = encoder or grid_encoder("resnet101_clip", pretrained=False, image_size=IMAGE_SIZE, seed=seed)
+            extract(encoder, files, path, IMAGE_SIZE)
+        if work != out:
+            out.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(path, out / path.name)
+
+
+def write_vl_multitask(root: Path, n_images: dict | None = None, seed: int = 0,
+                       cache_dir: Path | None = None) -> dict[str, str]:
+    """VL-T5's ``datasets/`` bundle (``vqa/``, ``GQA/``, ``nlvr/``, ``COCO/dataset_coco.json``), the COCO, GQA
+    and NLVR2 images, and their CLIP RN101 features (``n_images``: per source, images per split; NLVR2 pairs).
+    ``cache_dir`` keeps the features (the slow part) for other roots with the same images."""
+    root = Path(root).resolve()
+    given = n_images or {}
+    _counts(VL_COUNTS, given)
+    counts = {source: _counts(VL_COUNTS[source], given.get(source)) for source in VL_COUNTS}
+    bundle, features = root / "VL-T5" / "datasets", root / "features"
+    folders = {"coco": root / "coco" / "images", "gqa": root / "gqa" / "images", "nlvr": root / "nlvr2" / "images"}
+
+    def write():
+        with tempfile.TemporaryDirectory(dir=root, prefix=".scratch-") as tmp:
+            shapes, images = _coco(Path(tmp), counts["coco"], folders["coco"], seed)
+            _vqa_files(shapes, images, bundle / "vqa")
+            _karpathy_file(images, bundle / "COCO")
+            _gqa(Path(tmp), counts["gqa"], folders["gqa"], bundle / "GQA", seed)
+            _nlvr(Path(tmp), counts["nlvr"], folders["nlvr"], bundle / "nlvr", seed)
+        _features(folders, features, seed, cache_dir)
+
+    _once(root, "vl_multitask", {"n_images": counts, "seed": seed}, ["VL-T5", "coco", "gqa", "nlvr2", "features"],
+          write)
+    # ``++``: the task's ``features: {}`` has no such keys, so a plain override would not compose
+    return {"task.datamodule.data_dir": str(bundle),
+            **{f"++task.datamodule.features.{source}": str(features / f"{source}_RN101.h5") for source in folders}}
+
+
+WRITERS = {"flan": write_flan, "commonsense": write_commonsense, "vqa": write_vqa, "coco_caption": write_karpathy,
+           "vl_multitask": write_vl_multitask}

@@ -1,0 +1,335 @@
+"""``make rehearse``: the tables' rows at ``scale=paper`` on stand-ins of the real backbones and real-layout data.
+
+Each row runs as its table's multirun runs it (``python -m rankmix.train -m experiment=<row> scale=paper`` with
+the README's arguments for that table, their paths pointed at the rehearsal files). Only paths and length are
+overridden: the backbones' ``name_or_path`` (``rankmix.rehearsal.standins``), the data paths
+(``rankmix.rehearsal.data``), a step limit and an evaluation limit (``length_overrides``). Precision, prompts,
+cutoff, decoding, optimizer and schedule stay the paper's (a CPU runs half precision in fp32 with a notice, as any
+run on a CPU does: ``rankmix.train.cpu_fallback``). ``trainer=gpu`` in a README command becomes ``trainer=cpu``
+on a machine without a GPU (the device choice changes no paper setting).
+
+Rows: ``all``; ``one``: one row per table family, method and backbone; ``family``: one row per table family
+(SMoRA FLAN, MoSLoRA commonsense, VQA, COCO, CLIP-BART, SMoLA, the generated tasks). The report,
+``results/rehearse/<device>.md``, gives per row pass/fail with the error line, seconds per step and peak memory,
+the settings that matter, and a projected cost at the true size (``projection``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import shlex
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[3]
+INSTRUCTION_TASKS = ("flan", "commonsense", "generated")   # InstructionDataModule: an example limit of its own
+
+
+def length_overrides(task: str, steps: int = 2, examples: int = 8, batches: int | None = None) -> list[str]:
+    """The rehearsal's length: ``steps`` optimizer steps, one validation and one test batch, at most
+    ``examples`` evaluation records where the data module can cut them, and with ``batches`` that many training
+    batches per epoch (an optimizer step then ends the epoch, however many batches the row accumulates)."""
+    out = [f"++trainer.max_steps={steps}", "++trainer.limit_val_batches=1", "++trainer.limit_test_batches=1"]
+    if batches:
+        out.append(f"++trainer.limit_train_batches={batches}")
+    if task in INSTRUCTION_TASKS:
+        out.append(f"++task.datamodule.max_eval_samples={{validation:{examples},test:{examples}}}")
+    return out
+
+
+FAMILIES = {"flan": "SMoRA FLAN", "commonsense": "MoSLoRA commonsense", "vqa": "VQA", "coco_caption": "COCO",
+            "vl_multitask": "CLIP-BART", "generated": "generated tasks"}
+OFFLINE = {"HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "WANDB_MODE": "disabled"}
+
+
+@dataclass
+class Row:
+    table: str
+    experiment: str
+    family: str
+    method: str
+    backbone: str
+    task: str
+    result: dict = field(default_factory=dict)
+
+
+def family_of(table: str, task: str) -> str:
+    return "SMoLA" if table.startswith("smola") else FAMILIES.get(task, task)
+
+
+def all_rows(tables: list[str] | None = None) -> list[Row]:
+    """Every row of the chosen tables (all by default), composed at ``scale=paper`` to read its family,
+    method and backbone."""
+    from hydra import compose, initialize_config_dir
+
+    from rankmix.config import register_resolvers
+    from rankmix.tables import experiment_tables
+
+    register_resolvers()
+    known = experiment_tables()
+    unknown = sorted(set(tables or []) - set(known))
+    if unknown:
+        raise SystemExit(f"rankmix: error: unknown table(s) {', '.join(unknown)}; known: {', '.join(known)}")
+    out = []
+    with initialize_config_dir(config_dir=str(REPO / "conf"), version_base="1.3"):
+        for table, experiments in known.items():
+            if tables and table not in tables:
+                continue
+            for exp in experiments:
+                cfg = compose("train", overrides=[f"experiment={exp}", "scale=paper"])
+                out.append(Row(table, exp, family_of(table, cfg.task.name), cfg.method.name, cfg.backbone.name,
+                               cfg.task.name))
+    return out
+
+
+# The method a family's one row rehearses (``family``): the paper's own.
+PAPER_METHOD = {"SMoRA FLAN": "smora", "MoSLoRA commonsense": "moslora", "VQA": "routing", "COCO": "routing",
+                "CLIP-BART": "routing", "SMoLA": "smola"}
+
+
+def select(rows: list[Row], how: str) -> list[Row]:
+    """``all`` rows, ``one`` per (family, method, backbone), or ``family``: one per family, of its paper's
+    method where the family has one."""
+    if how == "all":
+        return rows
+    if how == "family":
+        rows = sorted(rows, key=lambda r: r.method != PAPER_METHOD.get(r.family))  # stable: table order kept
+    key = {"one": lambda r: (r.family, r.method, r.backbone), "family": lambda r: r.family}[how]
+    seen, out = set(), []
+    for r in rows:
+        if key(r) not in seen:
+            seen.add(key(r))
+            out.append(r)
+    return out
+
+
+def readme_args(readme: Path = REPO / "README.md") -> dict[str, list[str]]:
+    """``{table id: ARGS}`` of the README's ``make reproduce-table-<id> SCALE=paper ARGS="..."`` commands."""
+    found = re.findall(r'make reproduce-table-([a-z0-9-]+) SCALE=paper ARGS="([^"]*)"', readme.read_text())
+    return {table: shlex.split(args) for table, args in found}
+
+
+def pretrained_parts(backbone: dict, prefix: str = "") -> dict[str, str]:
+    """``{key of its name_or_path: hub id}`` for each part of a composed backbone that loads by hub id."""
+    out = {}
+    if backbone.get("source") == "pretrained" and not str(backbone.get("name_or_path", "")).startswith("pkg:"):
+        out[prefix + "name_or_path"] = backbone["name_or_path"]
+    for k, v in backbone.items():
+        if isinstance(v, dict) and k not in ("tokenizer", "config", "tiny", "paper"):
+            out.update(pretrained_parts(v, f"{prefix}{k}."))
+    return out
+
+
+def compose_paper(row: Row, overrides: list[str] = ()) -> dict:
+    """The row's config at ``scale=paper`` (scale applied), as a plain dict."""
+    from omegaconf import OmegaConf
+
+    from rankmix.config import compose_run
+
+    cfg = compose_run([f"experiment={row.experiment}", "scale=paper", *overrides])
+    return OmegaConf.to_container(cfg, resolve=True)
+
+
+def row_overrides(row: Row, parts: dict[str, str], standins: dict[str, Path], data: dict[str, str],
+                  readme: dict[str, list[str]], gpu: bool, length: list[str] | None = None) -> list[str]:
+    """The row's command-line overrides: the README's ARGS of its table (paths replaced by the rehearsal files,
+    the device by this machine's), the stand-ins for the backbone's hub ids, and the rehearsal's length."""
+    args, given = [], set()
+    for arg in readme.get(row.table, []):
+        key, _, value = arg.partition("=")
+        if key == "trainer":
+            value = "gpu" if gpu else "cpu"
+        elif key.lstrip("+") in data:
+            value = data[key.lstrip("+")]
+            given.add(key.lstrip("+"))
+        args.append(f"{key}={value}")
+    args += [f"{k}={v}" for k, v in data.items() if k not in given]
+    if not any(a.startswith("trainer=") for a in args) and gpu:
+        args.append("trainer=gpu")
+    args += [f"backbone.paper.{key}={standins[hub]}" for key, hub in parts.items()]
+    return args + (length_overrides(row.task) if length is None else length)
+
+
+def run_row(row: Row, overrides: list[str], work: Path, timeout: int) -> dict:
+    """Run one row as its table's multirun would, in its own results folder; what it left there."""
+    from rankmix.tables import multirun_overrides
+
+    results, runs = work / "results", work / "runs"
+    cmd = [sys.executable, "-m", "rankmix.train", "-m", f"experiment={row.experiment}", "scale=paper",
+           *multirun_overrides(overrides), f"paths.results_dir={results}", f"paths.runs_dir={runs}", "rerun=true"]
+    (work / "command.txt").parent.mkdir(parents=True, exist_ok=True)
+    (work / "command.txt").write_text(shlex.join(cmd) + "\n")
+    t0 = time.time()
+    try:
+        proc = subprocess.run(cmd, cwd=REPO, env={**os.environ, **OFFLINE}, capture_output=True, text=True,
+                              timeout=timeout)
+        rc, log = proc.returncode, proc.stdout + proc.stderr
+    except subprocess.TimeoutExpired as e:
+        rc, log = None, f"{e.stdout or ''}{e.stderr or ''}\ntimed out after {timeout} s"
+    (work / "log.txt").write_text(log if isinstance(log, str) else log.decode(errors="replace"))
+    done = sorted(results.glob("*/runs/*.json"))
+    failed = sorted(results.glob("*/failed/*.json"))
+    out = {"seconds": round(time.time() - t0, 1), "rc": rc, "command": shlex.join(cmd)}
+    if done and rc == 0:
+        run = json.loads(done[0].read_text())
+        return {**out, "status": "pass", "run": run}
+    error = json.loads(failed[0].read_text())["error"] if failed else last_error(str(log))
+    return {**out, "status": "fail", "error": error.strip().splitlines()[0][:300] if error.strip() else "no output"}
+
+
+def last_error(log: str) -> str:
+    """The line that says what went wrong in a run's output: a ``rankmix: error:`` line, a Python exception,
+    else the last line."""
+    lines = [ln.strip() for ln in log.splitlines() if ln.strip()]
+    for pattern in (r"^rankmix: error:", r"^\w+(Error|Exception)\b", r"timed out after"):
+        hits = [ln for ln in lines if re.search(pattern, ln)]
+        if hits:
+            return hits[-1]
+    return lines[-1] if lines else ""
+
+
+def device_name() -> str:
+    import torch
+
+    if torch.cuda.is_available():
+        return re.sub(r"[^a-z0-9]+", "-", torch.cuda.get_device_name(0).lower()).strip("-")
+    return "cpu"
+
+
+def settings(config: dict) -> dict:
+    """The settings a reader checks first: lr, epochs, batch, precision, prompt."""
+    dm, trainer = config["task"].get("datamodule", {}), config["trainer"]
+    prompt = dm.get("prompt_template") or dm.get("prompt_format") or "—"
+    return {"lr": config["optimizer"]["lr"], "epochs": trainer.get("max_epochs"),
+            "batch": f"{dm.get('batch_size')}×{trainer.get('accumulate_grad_batches', 1)}",
+            "precision": trainer.get("precision"), "prompt": prompt}
+
+
+def rehearse(rows: list[Row], width: str, out: Path, work: Path, timeout: int = 900,
+             own: dict[str, str] | None = None, steps: int = 2, examples: int = 8,
+             batches: int | None = None) -> Path:
+    """Run ``rows`` and write the report ``out``; returns its path. ``own``: data paths that replace the
+    written ones where a task reads that key (a real file of the user's)."""
+    import torch
+
+    from rankmix.rehearsal import data as rdata
+    from rankmix.rehearsal import projection
+    from rankmix.rehearsal.standins import build_standin
+
+    gpu = torch.cuda.is_available()
+    cache = REPO / ".cache" / "rehearse"
+    readme, standins, data = readme_args(), {}, {}
+    for i, row in enumerate(rows, 1):
+        print(f"rankmix: rehearse [{i}/{len(rows)}] {row.table} {row.experiment}", flush=True)
+        try:
+            composed = compose_paper(row)
+            parts = pretrained_parts(composed["backbone"])
+            for hub in parts.values():
+                if hub not in standins:
+                    standins[hub] = build_standin(hub, cache, width=width)
+            if row.task not in data:
+                written = rdata.WRITERS[row.task](cache / "data" / row.task) if row.task in rdata.WRITERS else {}
+                data[row.task] = {k: (own or {}).get(k, v) for k, v in written.items()}
+            overrides = row_overrides(row, parts, standins, data[row.task], readme, gpu,
+                                      length_overrides(row.task, steps, examples, batches))
+            row.result = run_row(row, overrides, work / f"{i:03d}", timeout)
+            config = compose_paper(row, overrides)   # as requested (a CPU runs half precision in fp32)
+            row.result["settings"] = settings(config)
+            row.result["projection"] = projection.project(config, parts)
+        except Exception as e:  # noqa: BLE001 -- a row that cannot even be set up is a failed row, reported
+            row.result = {**row.result, "status": "fail", "error": f"{type(e).__name__}: {e}".splitlines()[0][:300]}
+        print(f"rankmix: rehearse {row.experiment}: {row.result['status']}"
+              + (f": {row.result['error']}" if row.result["status"] == "fail" else ""), flush=True)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(report(rows, width, length_overrides("flan", steps, examples, batches)))
+    return out
+
+
+def _mb(run: dict) -> str:
+    peak = (run.get("train") or {}).get("peak_memory") or {}
+    return f"{peak['peak_mb']:.0f}" if "peak_mb" in peak else "—"
+
+
+def _per_step(run: dict) -> str:
+    train = run.get("train") or {}
+    steps, fit = train.get("global_step"), train.get("fit_s")
+    return f"{fit / steps:.1f}" if steps and fit is not None else "—"
+
+
+def report(rows: list[Row], width: str, length: list[str]) -> str:
+    from rankmix.rehearsal.projection import fmt_count, fmt_gib
+    from rankmix.rehearsal.standins import LAYERS, WIDTH_DIVISOR
+
+    passed = sum(r.result.get("status") == "pass" for r in rows)
+    shape = "real widths" if width == "full" else f"widths ÷ {WIDTH_DIVISOR}"
+    lines = [
+        f"# Rehearsal on {device_name()}: {passed}/{len(rows)} rows pass",
+        "",
+        f"`make rehearse` at {time.strftime('%Y-%m-%d %H:%M', time.gmtime())} UTC: every row at `scale=paper` on "
+        f"stand-ins of the real backbones ({LAYERS} layers, {shape}, random weights, the real tokenizers' special "
+        f"tokens) and real-layout made-up data; overridden: the paths and the length (`{' '.join(length)}`). "
+        "Seconds per step and peak memory are the stand-in's; on a CPU half precision runs in fp32 (shown as "
+        "`bf16-mixed (CPU: 32-true)`; `rankmix.train.cpu_fallback`). The projection is for the real model at the "
+        "row's settings (`rankmix.rehearsal.projection`: parameter counts exact, memory an upper-bound estimate at "
+        "the full cutoff).",
+        "",
+        "| table | row | family | status | s (row) | s/step | peak MB | lr | epochs | batch | precision | prompt "
+        "| params (true size) | trainable | activated | tokens/epoch ≤ | est. GiB/GPU |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for r in rows:
+        res, run = r.result, r.result.get("run") or {}
+        s, p = res.get("settings") or {}, res.get("projection") or {}
+        fallback = ((run.get("train") or {}).get("cpu_fallback") or {}).get("trainer.precision")
+        precision = f"{fallback[0]} (CPU: {fallback[1]})" if fallback else s.get("precision", "—")
+        prompt = str(s.get("prompt", "—")).replace("|", "\\|").replace("\n", "\\n")
+        lines.append(
+            f"| {r.table} | {r.experiment.rsplit('/', 1)[-1]} | {r.family} | {res.get('status', 'not run')} "
+            f"| {res.get('seconds', '—')} | {_per_step(run)} | {_mb(run)} | {s.get('lr', '—')} | {s.get('epochs', '—')} | {s.get('batch', '—')} "
+            f"| {precision} | `{prompt}` | {fmt_count(p.get('total'))} | {fmt_count(p.get('trainable'))} "
+            f"| {fmt_count(p.get('activated'))} | {fmt_count(p.get('tokens_per_epoch'))} "
+            f"| {fmt_gib(p.get('memory_gib'))} |")
+    failed = [r for r in rows if r.result.get("status") != "pass"]
+    if failed:
+        lines += ["", "## Failed rows", ""]
+        lines += [f"- {r.table} `{r.experiment}`: {r.result.get('error', 'not run')}" for r in failed]
+    notes = sorted({n for r in rows for n in (r.result.get("projection") or {}).get("notes", [])})
+    if notes:
+        lines += ["", "## Projection notes", ""] + [f"- {n}" for n in notes]
+    return "\n".join(lines) + "\n"
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="rankmix-rehearse", description=__doc__.split("\n")[0])
+    ap.add_argument("--rows", choices=["all", "one", "family"], default="all")
+    ap.add_argument("--width", choices=["reduced", "full"], default="reduced",
+                    help="full: the real widths (depth still reduced), for a GPU")
+    ap.add_argument("--tables", nargs="*", help="only these table ids (default: every table)")
+    ap.add_argument("--out", type=Path, help="the report (default results/rehearse/<device>.md)")
+    ap.add_argument("--timeout", type=int, default=900, help="seconds per row")
+    ap.add_argument("--set", action="append", default=[], metavar="KEY=PATH",
+                    help="a data path of your own in place of the written one, e.g. "
+                         "task.paper.datamodule.source.test_file=/data/combined_test.json (the real SMoRA file)")
+    ap.add_argument("--steps", type=int, default=2, help="optimizer steps per row")
+    ap.add_argument("--examples", type=int, default=8, help="evaluation records per row (instruction tasks)")
+    ap.add_argument("--batches", type=int, help="training batches per epoch (default: as many as the steps need)")
+    a = ap.parse_args(argv)
+    own = dict(kv.split("=", 1) for kv in a.set)
+    rows = select(all_rows(a.tables), a.rows)
+    out = a.out or REPO / "results" / "rehearse" / f"{device_name()}{'' if a.width == 'reduced' else '-full'}.md"
+    with tempfile.TemporaryDirectory(prefix="rankmix-rehearse-") as work:
+        rehearse(rows, a.width, out, Path(work), a.timeout, own, a.steps, a.examples, a.batches)
+    print(out.read_text())
+    print(f"rankmix: report: {out}")
+    return 0 if all(r.result.get("status") == "pass" for r in rows) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,404 @@
+"""Stand-ins of the paper's backbones: local directories that ``from_pretrained`` loads like the real ones.
+
+A stand-in keeps its architecture's real config.json values (vocabulary, positions, norms, rope,
+special-token ids, checkpoint dtype) but has ``LAYERS`` layers and every width divided by ``WIDTH_DIVISOR``
+(head counts kept, so head_dim shrinks), so a training step takes seconds on a CPU. Its weights are random
+(seed ``SEED``), saved as safetensors in the real checkpoint dtype; the checkpoint holds the real repo's model
+class (``architecture``), which the suite loads through ``auto_class``. Its tokenizer has the real class, the
+special tokens at their real ids, the real bos/eos, padding and chat-template behaviour, and BPE merges
+trained on a small built-in English corpus; ids below a special token that the corpus does not fill are
+unreachable filler entries. The ViT stand-ins get the real ``preprocessor_config.json``, not a tokenizer.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import random
+import shutil
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import torch
+from transformers import AutoConfig, PretrainedConfig
+
+from rankmix.errors import RankmixError
+
+WIDTH_DIVISOR = 16  # every model and feed-forward width is divided by this; head counts are kept
+LAYERS = 2  # depth of every stack (BART: encoder and decoder)
+SEED = 0
+WIDTHS = ("reduced", "full")
+NO_LENGTH_LIMIT = int(1e30)  # the Llama repos' model_max_length: 1000000000000000019884624838656
+
+
+@dataclass(frozen=True)
+class Standin:
+    """One backbone. ``config``: its real config.json values; ``hidden``/``ffn``: the model and feed-forward
+    width keys (divided by ``WIDTH_DIVISOR``); ``heads``: head-count keys (each must divide every ``hidden``
+    width); ``layers``: depth keys; ``generation``: its generation_config.json; ``image_processor``: its
+    preprocessor_config.json; ``tokenizer``: the tokenizer kind (a key of ``TOKENIZERS``)."""
+
+    architecture: str
+    auto_class: str
+    config: dict
+    hidden: tuple[str, ...]
+    ffn: tuple[str, ...]
+    heads: tuple[str, ...]
+    layers: tuple[str, ...]
+    tokenizer: str | None = None
+    generation: dict = field(default_factory=dict)
+    image_processor: dict = field(default_factory=dict)
+
+
+def _llama2(hidden: int, intermediate: int, layers: int, heads: int) -> Standin:
+    return Standin(
+        "LlamaForCausalLM", "AutoModelForCausalLM",
+        {"model_type": "llama", "hidden_size": hidden, "intermediate_size": intermediate,
+         "num_hidden_layers": layers, "num_attention_heads": heads, "num_key_value_heads": heads,
+         "vocab_size": 32000, "max_position_embeddings": 4096, "rms_norm_eps": 1e-5,
+         "rope_theta": 10000.0,  # absent from the Llama-2 config.json, where the LlamaConfig default applies
+         "hidden_act": "silu", "initializer_range": 0.02, "pretraining_tp": 1, "rope_scaling": None,
+         "bos_token_id": 1, "eos_token_id": 2, "tie_word_embeddings": False, "use_cache": True,
+         "torch_dtype": "float16"},
+        hidden=("hidden_size",), ffn=("intermediate_size",), heads=("num_attention_heads",),
+        layers=("num_hidden_layers",), tokenizer="llama2",
+        # generation_config.json (pad 0 there although the tokenizer has no pad token)
+        generation={"bos_token_id": 1, "eos_token_id": 2, "pad_token_id": 0, "do_sample": True,
+                    "temperature": 0.6, "top_p": 0.9, "max_length": 4096},
+    )
+
+
+def _llama3_instruct() -> Standin:
+    return Standin(
+        "LlamaForCausalLM", "AutoModelForCausalLM",
+        {"model_type": "llama", "hidden_size": 4096, "intermediate_size": 14336, "num_hidden_layers": 32,
+         "num_attention_heads": 32, "num_key_value_heads": 8, "vocab_size": 128256,
+         "max_position_embeddings": 8192, "rms_norm_eps": 1e-5, "rope_theta": 500000.0, "rope_scaling": None,
+         "hidden_act": "silu", "initializer_range": 0.02, "pretraining_tp": 1, "attention_bias": False,
+         "attention_dropout": 0.0, "bos_token_id": 128000, "eos_token_id": 128009,
+         "tie_word_embeddings": False, "use_cache": True, "torch_dtype": "bfloat16"},
+        hidden=("hidden_size",), ffn=("intermediate_size",),
+        heads=("num_attention_heads", "num_key_value_heads"), layers=("num_hidden_layers",),
+        tokenizer="llama3",
+        generation={"bos_token_id": 128000, "eos_token_id": [128001, 128009], "do_sample": True,
+                    "temperature": 0.6, "top_p": 0.9, "max_length": 4096},
+    )
+
+
+def _vit(hidden: int, layers: int, heads: int, intermediate: int) -> Standin:
+    return Standin(
+        "ViTModel", "AutoModel",
+        {"model_type": "vit", "hidden_size": hidden, "num_hidden_layers": layers,
+         "num_attention_heads": heads, "intermediate_size": intermediate, "hidden_act": "gelu",
+         "hidden_dropout_prob": 0.0, "attention_probs_dropout_prob": 0.0, "initializer_range": 0.02,
+         "layer_norm_eps": 1e-12, "image_size": 224, "patch_size": 16, "num_channels": 3, "qkv_bias": True,
+         "torch_dtype": "float32"},  # the config.json names no dtype: the checkpoint is float32
+        hidden=("hidden_size",), ffn=("intermediate_size",), heads=("num_attention_heads",),
+        layers=("num_hidden_layers",),
+        image_processor={"do_resize": True, "size": {"height": 224, "width": 224}, "resample": 2,
+                         "do_rescale": True, "rescale_factor": 1 / 255, "do_normalize": True,
+                         "image_mean": [0.5, 0.5, 0.5], "image_std": [0.5, 0.5, 0.5]},
+    )
+
+
+def _roberta(hidden: int, layers: int, heads: int, intermediate: int) -> Standin:
+    return Standin(
+        "RobertaForMaskedLM", "AutoModel",  # AutoModel reads the RobertaModel inside (the pooler is new)
+        {"model_type": "roberta", "hidden_size": hidden, "num_hidden_layers": layers,
+         "num_attention_heads": heads, "intermediate_size": intermediate, "vocab_size": 50265,
+         "max_position_embeddings": 514, "type_vocab_size": 1, "layer_norm_eps": 1e-5, "hidden_act": "gelu",
+         "hidden_dropout_prob": 0.1, "attention_probs_dropout_prob": 0.1, "initializer_range": 0.02,
+         "pad_token_id": 1, "bos_token_id": 0, "eos_token_id": 2, "torch_dtype": "float32"},
+        hidden=("hidden_size",), ffn=("intermediate_size",), heads=("num_attention_heads",),
+        layers=("num_hidden_layers",), tokenizer="roberta",
+    )
+
+
+def _gpt2(n_embd: int, n_layer: int, n_head: int) -> Standin:
+    # The config.json's summary_* and task_specific_params (classification head, pipeline defaults) are left
+    # out; n_inner is unset there, so the MLP is 4 * n_embd.
+    return Standin(
+        "GPT2LMHeadModel", "AutoModelForCausalLM",
+        {"model_type": "gpt2", "n_embd": n_embd, "n_layer": n_layer, "n_head": n_head, "n_positions": 1024,
+         "vocab_size": 50257, "activation_function": "gelu_new", "layer_norm_epsilon": 1e-5,
+         "initializer_range": 0.02, "attn_pdrop": 0.1, "embd_pdrop": 0.1, "resid_pdrop": 0.1,
+         "bos_token_id": 50256, "eos_token_id": 50256, "tie_word_embeddings": True, "torch_dtype": "float32"},
+        hidden=("n_embd",), ffn=(), heads=("n_head",), layers=("n_layer",), tokenizer="gpt2",
+        generation={"bos_token_id": 50256, "eos_token_id": 50256},
+    )
+
+
+def _bart_base() -> Standin:
+    return Standin(
+        "BartModel", "AutoModelForSeq2SeqLM",  # the repo's checkpoint is a BartModel (the LM head is tied)
+        {"model_type": "bart", "d_model": 768, "encoder_layers": 6, "decoder_layers": 6,
+         "encoder_attention_heads": 12, "decoder_attention_heads": 12, "encoder_ffn_dim": 3072,
+         "decoder_ffn_dim": 3072, "vocab_size": 50265, "max_position_embeddings": 1024,
+         "activation_function": "gelu", "dropout": 0.1, "attention_dropout": 0.1, "activation_dropout": 0.1,
+         "classifier_dropout": 0.0, "encoder_layerdrop": 0.0, "decoder_layerdrop": 0.0, "init_std": 0.02,
+         "scale_embedding": False, "pad_token_id": 1, "bos_token_id": 0, "eos_token_id": 2,
+         "decoder_start_token_id": 2, "forced_eos_token_id": 2, "is_encoder_decoder": True,
+         "tie_word_embeddings": True, "use_cache": True, "torch_dtype": "float32"},
+        hidden=("d_model",), ffn=("encoder_ffn_dim", "decoder_ffn_dim"),
+        heads=("encoder_attention_heads", "decoder_attention_heads"),
+        layers=("encoder_layers", "decoder_layers"), tokenizer="roberta",
+        # the config.json's generation values (transformers reads them as the generation config)
+        generation={"bos_token_id": 0, "eos_token_id": 2, "pad_token_id": 1, "decoder_start_token_id": 2,
+                    "forced_bos_token_id": 0, "forced_eos_token_id": 2, "early_stopping": True,
+                    "no_repeat_ngram_size": 3, "num_beams": 4},
+    )
+
+
+STANDINS: dict[str, Standin] = {
+    "meta-llama/Llama-2-7b-hf": _llama2(4096, 11008, 32, 32),
+    "meta-llama/Llama-2-13b-hf": _llama2(5120, 13824, 40, 40),
+    "meta-llama/Meta-Llama-3-8B-Instruct": _llama3_instruct(),
+    "google/vit-base-patch16-224-in21k": _vit(768, 12, 12, 3072),
+    "google/vit-large-patch16-224-in21k": _vit(1024, 24, 16, 4096),
+    "FacebookAI/roberta-base": _roberta(768, 12, 12, 3072),
+    "FacebookAI/roberta-large": _roberta(1024, 24, 16, 4096),
+    "openai-community/gpt2": _gpt2(768, 12, 12),
+    "openai-community/gpt2-medium": _gpt2(1024, 24, 16),
+    "facebook/bart-base": _bart_base(),
+}
+
+
+# -- configs --------------------------------------------------------------------------------------------
+def _spec(hub_id: str) -> Standin:
+    if hub_id not in STANDINS:
+        raise RankmixError(f"no stand-in for {hub_id!r}; known backbones: {', '.join(STANDINS)}")
+    return STANDINS[hub_id]
+
+
+def _config(spec: Standin, values: dict) -> PretrainedConfig:
+    values = dict(values)
+    return AutoConfig.for_model(values.pop("model_type"), architectures=[spec.architecture], **values)
+
+
+def real_config(hub_id: str) -> PretrainedConfig:
+    """The full-size config of ``hub_id`` (its real config.json values)."""
+    spec = _spec(hub_id)
+    return _config(spec, spec.config)
+
+
+def standin_config(hub_id: str, width: str = "reduced") -> PretrainedConfig:
+    """``hub_id``'s config at ``LAYERS`` layers; ``width``: ``reduced`` (÷ ``WIDTH_DIVISOR``) or ``full``."""
+    spec = _spec(hub_id)
+    if width not in WIDTHS:
+        raise RankmixError(f"stand-in width {width!r}: must be one of {', '.join(WIDTHS)}")
+    values = {**spec.config, **dict.fromkeys(spec.layers, LAYERS)}
+    if width == "reduced":
+        values.update({k: values[k] // WIDTH_DIVISOR for k in spec.hidden + spec.ffn})
+    uneven = [f"{w}={values[w]} by {h}={values[h]}"
+              for w in spec.hidden for h in spec.heads if values[w] % values[h]]
+    if uneven:
+        raise RankmixError(f"{hub_id}: WIDTH_DIVISOR={WIDTH_DIVISOR} leaves widths the heads do not divide "
+                           f"({'; '.join(uneven)})")
+    return _config(spec, values)
+
+
+# -- tokenizers -----------------------------------------------------------------------------------------
+_NAMES = ["Anna", "Ben", "Carla", "David", "Emma", "Frank", "Grace", "Henry", "Iris", "Jack", "Lena", "Mark"]
+_NOUNS = ["man", "woman", "child", "dog", "cat", "horse", "bird", "car", "bus", "train", "bicycle", "table",
+          "chair", "window", "door", "tree", "flower", "river", "mountain", "street", "kitchen", "plate",
+          "pizza", "apple", "banana", "sandwich", "book", "phone", "computer", "ball", "kite", "boat", "sign",
+          "shirt", "hat", "umbrella", "clock", "bed", "road", "building", "question", "answer", "picture"]
+_ADJECTIVES = ["red", "blue", "green", "yellow", "white", "black", "small", "large", "old", "young", "happy",
+               "wooden", "bright", "dark", "quiet", "busy", "empty", "tall", "short", "beautiful"]
+_VERBS = ["holds", "watches", "carries", "finds", "likes", "opens", "paints", "reads", "sees", "throws",
+          "cleans", "follows", "buys", "sells", "builds", "moves"]
+_PLACES = ["in the park", "on the beach", "near the station", "at the market", "under the bridge",
+           "in the kitchen", "on the table", "by the window", "across the street", "behind the house"]
+_TEMPLATES = [
+    "The {adj} {noun} {verb} the {noun2} {place}.",
+    "A {adj} {noun} is standing {place}.",
+    "{name} {verb} a {adj} {noun} every {day}.",
+    "What color is the {noun} {place}?",
+    "How many {noun}s are there in the picture? There are {num}.",
+    "Is the {noun} {adj}? Yes, it is.",
+    "Is there a {noun} {place}? No, there is not.",
+    "On {day}, {name} paid ${num}.{cents} for {num2} {noun}s.",
+    "Question: which {noun} {verb} the {noun2}? Answer: the {adj} one.",
+    "\"Look at the {noun}!\" said {name}; the {noun2} was {adj}, too.",
+    "In {year}, {num2} people (and {num} dogs) lived {place}.",
+    "{name}'s {noun} isn't {adj} - it's very {adj2}.",
+]
+_DAYS = ["Monday", "Tuesday", "Wednesday", "Thursday", "Friday", "Saturday", "Sunday"]
+_CORPUS_SIZE = 400
+_TRAIN_VOCAB = 8000  # an upper bound: training stops when no pair occurs twice
+_LLAMA3_PATTERN = (r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}"
+                   r"| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+")
+_LLAMA3_CHAT_TEMPLATE = (
+    "{% set loop_messages = messages %}{% for message in loop_messages %}"
+    "{% set content = '<|start_header_id|>' + message['role'] + '<|end_header_id|>\n\n'"
+    "+ message['content'] | trim + '<|eot_id|>' %}"
+    "{% if loop.index0 == 0 %}{% set content = bos_token + content %}{% endif %}{{ content }}{% endfor %}"
+    "{% if add_generation_prompt %}{{ '<|start_header_id|>assistant<|end_header_id|>\n\n' }}{% endif %}"
+)
+_LLAMA3_SPECIALS = {
+    128000: "<|begin_of_text|>", 128001: "<|end_of_text|>",
+    **{128002 + k: f"<|reserved_special_token_{k}|>" for k in range(4)},
+    128006: "<|start_header_id|>", 128007: "<|end_header_id|>", 128008: "<|reserved_special_token_4|>",
+    128009: "<|eot_id|>", **{128010 + k: f"<|reserved_special_token_{5 + k}|>" for k in range(246)},
+}
+
+
+def corpus() -> list[str]:
+    """The built-in English text the stand-in tokenizers are trained on (fixed): lines of one to three made-up
+    sentences, then the digits and the ASCII punctuation."""
+    rng = random.Random(SEED)
+    lines = [" ".join(_sentence(rng) for _ in range(rng.randint(1, 3))) for _ in range(_CORPUS_SIZE)]
+    return [*lines, "0 1 2 3 4 5 6 7 8 9 10 100 1000", " ".join("!\"#$%&'()*+,-./:;<=>?@[\\]^_`{|}~")]
+
+
+def _sentence(rng: random.Random) -> str:
+    return rng.choice(_TEMPLATES).format(
+        name=rng.choice(_NAMES), noun=rng.choice(_NOUNS), noun2=rng.choice(_NOUNS),
+        adj=rng.choice(_ADJECTIVES), adj2=rng.choice(_ADJECTIVES), verb=rng.choice(_VERBS),
+        place=rng.choice(_PLACES), day=rng.choice(_DAYS),
+        num=rng.randint(2, 99), num2=rng.randint(2, 999), cents=f"{rng.randint(0, 99):02d}",
+        year=rng.randint(1900, 2024))
+
+
+def _train_bpe(pre_tokenizer, alphabet: list[str]) -> tuple[list[str], list[tuple[str, str]]]:
+    """The tokens (by id) and merges of a BPE trained on ``corpus()`` after ``pre_tokenizer``."""
+    from tokenizers import Tokenizer, models, trainers
+
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizer
+    tok.train_from_iterator(corpus(), trainers.BpeTrainer(
+        vocab_size=_TRAIN_VOCAB, min_frequency=2, initial_alphabet=alphabet, show_progress=False))
+    model = json.loads(tok.to_str())["model"]
+    merges = [tuple(m.split(" ")) if isinstance(m, str) else tuple(m) for m in model["merges"]]
+    return sorted(model["vocab"], key=model["vocab"].get), merges
+
+
+def _layout(fixed: dict[int, str], tokens: list[str], size: int) -> dict[str, int]:
+    """``fixed`` tokens at their ids, ``tokens`` in order in the other ids, then unreachable filler up to
+    ``size``."""
+    taken = set(fixed.values())
+    free = iter([t for t in tokens if t not in taken])
+    n = max(size, len(fixed) + len(tokens))
+    return {(fixed[i] if i in fixed else next(free, f"<filler_{i}>")): i for i in range(n)}
+
+
+def _llama2_tokenizer(out: Path) -> None:
+    """Llama-2's: sentencepiece-style BPE with byte fallback, ``<unk> <s> </s>``, ``<0x00>``…``<0xFF>``."""
+    from tokenizers import pre_tokenizers
+    from transformers import LlamaTokenizer
+
+    fixed = dict(enumerate(["<unk>", "<s>", "</s>", *(f"<0x{b:02X}>" for b in range(256))]))
+    words = pre_tokenizers.Sequence([  # merges within words, as sentencepiece's
+        pre_tokenizers.Metaspace(replacement="▁", prepend_scheme="first", split=True),
+        pre_tokenizers.Punctuation()])
+    tokens, merges = _train_bpe(words, [])
+    # tokenizer_config.json of the Llama-2 repos: add_bos_token, no eos, legacy false, padding right, no pad
+    LlamaTokenizer(vocab=_layout(fixed, tokens, 0), merges=merges, add_bos_token=True, add_eos_token=False,
+                   legacy=False, padding_side="right", clean_up_tokenization_spaces=False,
+                   model_max_length=NO_LENGTH_LIMIT).save_pretrained(out)
+
+
+def _llama3_tokenizer(out: Path) -> None:
+    """Meta-Llama-3-Instruct's: byte-level BPE, 128000 base ids, then the 256 special tokens; bos added by the
+    post-processor; the chat template inside tokenizer_config.json, whose tokenizer_class is
+    PreTrainedTokenizerFast, as in the repo."""
+    from tokenizers import AddedToken, Regex, Tokenizer, decoders, models, pre_tokenizers, processors
+    from transformers import PreTrainedTokenizerFast
+
+    pre = pre_tokenizers.Sequence([
+        pre_tokenizers.Split(Regex(_LLAMA3_PATTERN), behavior="isolated", invert=False),
+        pre_tokenizers.ByteLevel(add_prefix_space=False, trim_offsets=True, use_regex=False)])
+    tokens, merges = _train_bpe(pre, pre_tokenizers.ByteLevel.alphabet())
+    vocab = _layout({}, tokens, min(_LLAMA3_SPECIALS))
+    tok = Tokenizer(models.BPE(vocab=vocab, merges=merges, ignore_merges=True))
+    tok.pre_tokenizer = pre
+    tok.add_special_tokens([AddedToken(t, special=True, normalized=False) for t in _LLAMA3_SPECIALS.values()])
+    bos = _LLAMA3_SPECIALS[128000]
+    tok.post_processor = processors.Sequence([
+        processors.ByteLevel(add_prefix_space=True, trim_offsets=False, use_regex=True),
+        processors.TemplateProcessing(single=f"{bos}:0 $A:0", pair=f"{bos}:0 $A:0 {bos}:1 $B:1",
+                                      special_tokens=[(bos, 128000)])])
+    tok.decoder = decoders.ByteLevel(add_prefix_space=True, trim_offsets=True, use_regex=True)
+    PreTrainedTokenizerFast(tokenizer_object=tok, bos_token=bos, eos_token="<|eot_id|>",
+                            chat_template=_LLAMA3_CHAT_TEMPLATE, clean_up_tokenization_spaces=True,
+                            model_input_names=["input_ids", "attention_mask"],
+                            model_max_length=NO_LENGTH_LIMIT).save_pretrained(out, save_jinja_files=False)
+    config_file = out / "tokenizer_config.json"
+    config = json.loads(config_file.read_text())
+    config_file.write_text(json.dumps({**config, "tokenizer_class": "PreTrainedTokenizerFast"}, indent=2))
+
+
+def _byte_level_bpe() -> tuple[list[str], list[tuple[str, str]]]:
+    from tokenizers import pre_tokenizers
+
+    return _train_bpe(pre_tokenizers.ByteLevel(add_prefix_space=False), pre_tokenizers.ByteLevel.alphabet())
+
+
+def _gpt2_tokenizer(out: Path) -> None:
+    """GPT-2's: byte-level BPE, ``<|endoftext|>`` (50256) as bos, eos and unk; adds no special tokens."""
+    from transformers import GPT2Tokenizer
+
+    tokens, merges = _byte_level_bpe()
+    GPT2Tokenizer(vocab=_layout({50256: "<|endoftext|>"}, tokens, 50257), merges=merges,
+                  model_max_length=1024).save_pretrained(out)
+
+
+def _roberta_tokenizer(out: Path) -> None:
+    """RoBERTa's (and BART's): byte-level BPE, ``<s> <pad> </s> <unk>`` at 0–3, ``<mask>`` at 50264;
+    ``<s> $A </s>``.
+
+    The real repos ship no tokenizer_config.json, so the length limit is transformers' default."""
+    from tokenizers import AddedToken
+    from transformers import RobertaTokenizer
+
+    tokens, merges = _byte_level_bpe()
+    fixed = {0: "<s>", 1: "<pad>", 2: "</s>", 3: "<unk>", 50264: "<mask>"}
+    mask = AddedToken("<mask>", lstrip=True, rstrip=False, normalized=False)
+    RobertaTokenizer(vocab=_layout(fixed, tokens, 50265), merges=merges, mask_token=mask).save_pretrained(out)
+
+
+# tokenizer kind -> a function that saves that tokenizer in a directory
+TOKENIZERS = {"llama2": _llama2_tokenizer, "llama3": _llama3_tokenizer, "gpt2": _gpt2_tokenizer,
+              "roberta": _roberta_tokenizer}
+
+
+# -- building -------------------------------------------------------------------------------------------
+def _standin_dir(hub_id: str, cache_dir: Path = Path(".cache/rehearse"), width: str = "reduced") -> Path:
+    """Where ``build_standin`` puts ``hub_id``'s stand-in: named by hub id, width and a hash of the spec."""
+    spec = _spec(hub_id)
+    key = json.dumps({"spec": asdict(spec), "width": width, "divisor": WIDTH_DIVISOR, "layers": LAYERS,
+                      "seed": SEED, "corpus": corpus()}, sort_keys=True)
+    digest = hashlib.sha256(key.encode()).hexdigest()[:10]
+    return Path(cache_dir) / "models" / f"{hub_id.replace('/', '--')}-{width}-{digest}"
+
+
+def build_standin(hub_id: str, cache_dir: Path = Path(".cache/rehearse"), width: str = "reduced") -> Path:
+    """The directory of ``hub_id``'s stand-in (see module docstring), built once and reused when present."""
+    config = standin_config(hub_id, width)
+    path = _standin_dir(hub_id, cache_dir, width)
+    if path.is_dir():
+        return path
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    _write(STANDINS[hub_id], config, tmp)
+    try:
+        tmp.rename(path)
+    except OSError:  # another process finished the same stand-in first
+        shutil.rmtree(tmp)
+    return path
+
+
+def _write(spec: Standin, config: PretrainedConfig, out: Path) -> None:
+    import transformers
+
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(SEED)
+        model = getattr(transformers, spec.architecture)(config)
+    model.to(config.dtype).save_pretrained(out)
+    if spec.generation:  # written also beside a checkpoint class that cannot generate (BartModel)
+        transformers.GenerationConfig(**spec.generation).save_pretrained(out)
+    if spec.tokenizer:
+        TOKENIZERS[spec.tokenizer](out)
+    if spec.image_processor:
+        transformers.ViTImageProcessor(**spec.image_processor).save_pretrained(out)

@@ -1,0 +1,75 @@
+"""The rehearsal of the paper path: row selection, overrides (only paths and length), projections, and the
+``rehearse``-marked run of one row per table family on stand-ins and real-layout data."""
+
+from __future__ import annotations
+
+from rankmix.rehearsal import run as rr
+
+HUB_7B = "meta-llama/Llama-2-7b-hf"
+
+
+def _row(table="smora-1", exp="smora/1/smora_64_8", family="SMoRA FLAN", method="smora", task="flan"):
+    return rr.Row(table, exp, family, method, "llama2_7b", task)
+
+
+def test_readme_paper_commands_are_found():
+    args = rr.readme_args()
+    assert {"smora-1", "moslora-4", "routing-1", "routing-4"} <= set(args)
+    assert all("trainer=gpu" in a for a in args.values())
+    assert "task.paper.datamodule.source.test_file=/data/combined_test.json" in args["smora-1"]
+
+
+def test_row_overrides_change_only_paths_device_and_length():
+    data = {"task.paper.datamodule.source.test_file": "/r/combined_test.json",
+            "task.paper.datamodule.source.train_dir": "/r/train"}
+    out = rr.row_overrides(_row(), {"name_or_path": HUB_7B}, {HUB_7B: "/s/llama"}, data, rr.readme_args(), gpu=False)
+    assert "trainer=cpu" in out and "trainer=gpu" not in out
+    assert "task.paper.datamodule.source.test_file=/r/combined_test.json" in out
+    assert "task.paper.datamodule.source.train_dir=/r/train" in out
+    assert "backbone.paper.name_or_path=/s/llama" in out
+    assert not any("/data/" in o for o in out)
+    length = rr.length_overrides("flan")
+    assert out[-len(length):] == length and all(o.startswith(("++trainer.", "++task.datamodule.max_eval")) for o in length)
+    extra = [o for o in out if o not in length and not o.startswith(("trainer=", "backbone.paper.", "task."))]
+    assert extra == []
+
+
+def test_gpu_rows_keep_the_readme_device():
+    out = rr.row_overrides(_row(), {}, {}, {}, rr.readme_args(), gpu=True)
+    assert "trainer=gpu" in out
+
+
+def test_pretrained_parts_of_a_vision_text_backbone():
+    cfg = rr.compose_paper(rr.Row("routing-1", "routing/1/lora_64_none", "VQA", "routing", "vit_roberta", "vqa"))
+    assert rr.pretrained_parts(cfg["backbone"]) == {"vision.name_or_path": "google/vit-base-patch16-224-in21k",
+                                                     "text.name_or_path": "FacebookAI/roberta-base"}
+
+
+def test_family_selection_takes_the_papers_method():
+    rows = [_row(exp="smora/1/lora_64", method="lora"), _row(), _row(exp="smora/1/moslora", method="moslora"),
+            rr.Row("smola-a1", "smola/a1/frozen", "SMoLA", "none", "clip_bart", "vl_multitask"),
+            rr.Row("smola-a1", "smola/a1/smola_o_4", "SMoLA", "smola", "clip_bart", "vl_multitask")]
+    assert [r.experiment for r in rr.select(rows, "family")] == ["smora/1/smora_64_8", "smola/a1/smola_o_4"]
+    assert len(rr.select(rows, "one")) == 5 and len(rr.select(rows, "all")) == 5
+
+
+def test_the_error_line_is_the_one_that_says_what_went_wrong():
+    log = "Epoch 0: 100%\nTraceback (most recent call last):\n  File x\nKeyError: 'inputs'\nSet HYDRA_FULL_ERROR=1\n"
+    assert rr.last_error(log) == "KeyError: 'inputs'"
+    assert rr.last_error("x\nrankmix: error: method.r=0: must be a positive integer\n").startswith("rankmix: error:")
+
+
+def test_half_precision_on_a_cpu_runs_in_fp32_with_a_notice(capsys):
+    from rankmix.config import compose_run
+    from rankmix.train import cpu_fallback
+
+    cfg = compose_run(["experiment=smora/1/smora_64_8", "scale=paper"])
+    assert cfg.trainer.precision == "bf16-mixed" and cfg.backbone.dtype == "bfloat16"
+    assert cpu_fallback(cfg) == {"trainer.precision": ["bf16-mixed", "32-true"],
+                                 "backbone.dtype": ["bfloat16", "float32"]}
+    assert cfg.trainer.precision == "32-true" and cfg.backbone.dtype == "float32"
+    assert "bf16-mixed -> 32-true" in capsys.readouterr().err
+    gpu = compose_run(["experiment=smora/1/smora_64_8", "scale=paper", "trainer=gpu"])
+    assert cpu_fallback(gpu) == {} and gpu.trainer.precision == "bf16-mixed"
+    tiny = compose_run(["experiment=smora/1/smora_64_8"])
+    assert cpu_fallback(tiny) == {}

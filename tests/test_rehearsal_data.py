@@ -1,0 +1,174 @@
+"""Rehearsal data (rankmix.rehearsal.data): the real layouts written with made-up content, read back by the
+suite's own loaders through the overrides each writer returns, composed as a paper-scale run composes them."""
+
+import json
+import re
+from pathlib import Path
+
+import h5py
+import pytest
+from hydra.utils import instantiate
+from PIL import Image
+
+from rankmix.backbones import word_level_tokenizer
+from rankmix.config import compose_run
+from rankmix.data import commonsense, flan
+from rankmix.data.sources import build_splits
+from rankmix.metrics.flan import CLUSTERS
+from rankmix.rehearsal import data as rdata
+
+COCO_NAME = re.compile(r"COCO_(train|val)2014_\d{12}")
+PAPER = {"flan": ["task=flan"], "commonsense": ["task=commonsense"], "vqa": ["task=vqa", "backbone=vit_roberta"],
+         "coco_caption": ["task=coco_caption", "backbone=vit_gpt2"],
+         "vl_multitask": ["task=vl_multitask", "backbone=clip_bart"]}
+
+
+def paper_datamodule_config(task: str, overrides: dict[str, str]):
+    """The task's data module config of a paper-scale run given the writer's overrides."""
+    cfg = compose_run([*PAPER[task], "scale=paper", *(f"{k}={v}" for k, v in overrides.items())])
+    return cfg.task.datamodule
+
+
+def read(path: Path):
+    return json.loads(path.read_text())
+
+
+@pytest.fixture(scope="module")
+def vl(tmp_path_factory):
+    """The CLIP-BART bundle, written once (feature extraction is the slow part), features kept in a cache."""
+    base = tmp_path_factory.mktemp("vl")
+    return base, rdata.write_vl_multitask(base / "root", cache_dir=base / "cache")
+
+
+def test_flan_has_smoras_48_tasks_and_the_training_files(tmp_path):
+    overrides = rdata.write_flan(tmp_path)
+    source = paper_datamodule_config("flan", overrides).source
+    test_file, train_dir = Path(source.test_file), Path(source.train_dir)
+    assert test_file.relative_to(tmp_path).as_posix() == "smora/datasets/combined_test.json"
+    records = flan.load_test(test_file)
+    assert len({r["task"] for r in records}) == 48 and all(r["task"].endswith("_10templates") for r in records)
+    assert {r["domain"] for r in records} == set(CLUSTERS) and {r["metric"] for r in records} <= set(flan.METRICS)
+    assert {(flan.base_task(r["task"]), r["domain"], r["metric"]) for r in records} == set(rdata.FLAN_TASKS)
+    for r in records:  # an option task's target is one of its options
+        if "OPTIONS:\n- " in r["inputs"]:
+            assert r["targets"] in r["inputs"].split("OPTIONS:\n- ")[1].split("\n- ")
+    rows = [json.loads(line) for line in (train_dir / "copa_10templates_train.jsonl").read_text().splitlines()]
+    assert len(rows) == 12 and set(rows[0]) == {"inputs", "targets", "task"} and rows[0]["task"] == "copa_10templates"
+    splits = build_splits(source)  # the paper source: 1,000 + 10 per task asked, all 12 there taken
+    assert {len({r["task"] for r in splits[s]}) for s in splits} == {48}
+    assert len(splits["validation"]) == 480 and len(splits["train"]) == 96 and len(splits["test"]) == 96
+
+
+@pytest.mark.parametrize("writer", [rdata.write_flan, rdata.write_vqa])
+def test_writers_are_deterministic_and_skip_a_complete_copy(writer, tmp_path):
+    first = writer(tmp_path / "a", seed=3)
+    stamp = tmp_path / "a" / rdata.STAMP
+    mtime = stamp.stat().st_mtime_ns
+    assert writer(tmp_path / "a", seed=3) == first and stamp.stat().st_mtime_ns == mtime
+    writer(tmp_path / "b", seed=3)
+    for key in first:
+        a, b = Path(first[key]), tmp_path / "b" / Path(first[key]).relative_to(tmp_path / "a")
+        files = sorted(p.relative_to(a) for p in a.rglob("*") if p.is_file()) if a.is_dir() else [Path()]
+        assert files and all((a / f).read_bytes() == (b / f).read_bytes() for f in files)
+
+
+def test_a_writer_rewrites_for_new_settings_and_keeps_to_its_root(tmp_path):
+    first = rdata.write_flan(tmp_path / "a", seed=3)
+    rdata.write_flan(tmp_path / "a", seed=4, n_test=1)
+    assert len(read(Path(first["task.paper.datamodule.source.test_file"]))) == 48
+    with pytest.raises(ValueError, match="holds the rehearsal data of 'flan'"):
+        rdata.write_commonsense(tmp_path / "a")
+    with pytest.raises(ValueError, match="unknown split or source 'valid'"):
+        rdata.write_vqa(tmp_path / "c", n_images={"valid": 2})
+
+
+def test_commonsense_files_read_by_the_llm_adapters_loaders(tmp_path):
+    source = paper_datamodule_config("commonsense", rdata.write_commonsense(tmp_path)).source
+    assert Path(source.train_file).relative_to(tmp_path).as_posix() == "LLM-Adapters/ft-training_set/commonsense_170k.json"
+    train = commonsense.load_train(source.train_file)
+    assert len(train) == 200 and set(train[0]) == set(commonsense.FIELDS)
+    for name in commonsense.DATASETS:
+        recs = commonsense.load_test(source.test_dir, name)
+        assert len(recs) == 8 and all(commonsense.extract_answer(name, r["output"]) == r["answer"] for r in recs)
+    splits = build_splits(source)
+    assert [len(splits[s]) for s in ("train", "validation", "test")] == [80, 120, 64]
+
+
+def test_vqa_bundle_and_coco_images_load_into_a_training_batch(tmp_path):
+    dm_cfg = paper_datamodule_config("vqa", rdata.write_vqa(tmp_path))
+    bundle, images = Path(dm_cfg.data_dir), Path(dm_cfg.images_dir)
+    train, test = (read(bundle / "vqa" / f"karpathy_{s}.json") for s in ("train", "test"))
+    assert all(COCO_NAME.fullmatch(r["img_id"]) for r in train + test)
+    assert {r["img_id"][:9] for r in train} == {"COCO_trai", "COCO_val2"}  # Karpathy train holds restval images
+    assert {r["answer_type"] for r in test} == {"yes/no", "number", "other"}
+    val_anns = read(bundle / "vqa" / "v2_mscoco_val2014_annotations.json")
+    assert val_anns["data_subtype"] == "val2014" and {a["question_id"] for a in val_anns["annotations"]} >= {
+        r["question_id"] for r in test}
+    assert all(r["question_id"] // 1000 == int(r["img_id"][-12:]) for r in train)
+    files = sorted(images.rglob("*.jpg"))
+    assert all(p.parent.name == p.stem.split("_")[1] for p in files) and len(files) == 16
+    assert {Image.open(p).size for p in files} == {(224, 224), (640, 480)}
+    dm = instantiate(dm_cfg, cache_dir=str(tmp_path / "cache"))
+    dm.check_paths()
+    dm.set_tokenizer(word_level_tokenizer([r["sent"] for r in train + test], tmp_path / "tok", split_punctuation=True))
+    dm.setup()
+    batch = next(iter(dm.train_dataloader()))
+    assert batch["pixel_values"].shape[1:] == (3, 224, 224) and batch["target"].sum() > 0
+
+
+def test_karpathy_file_and_images_load_into_a_training_batch(tmp_path):
+    dm_cfg = paper_datamodule_config("coco_caption", rdata.write_karpathy(tmp_path))
+    data = read(Path(dm_cfg.data_dir) / "COCO" / "dataset_coco.json")
+    assert data["dataset"] == "coco" and {im["split"] for im in data["images"]} == {"train", "restval", "val", "test"}
+    for im in data["images"]:
+        assert set(im) == {"filepath", "sentids", "filename", "imgid", "split", "sentences", "cocoid"}
+        assert im["filename"] == f"COCO_{im['filepath']}_{im['cocoid']:012d}.jpg" and len(im["sentences"]) == 5
+        assert (im["filepath"] == "train2014") == (im["split"] == "train")
+        assert im["sentids"] == [s["sentid"] for s in im["sentences"]] and im["sentences"][0]["imgid"] == im["imgid"]
+    dm = instantiate(dm_cfg, cache_dir=str(tmp_path / "cache"))
+    dm.check_paths()
+    dm.set_tokenizer(word_level_tokenizer(dm.caption_texts(), tmp_path / "tok", split_punctuation=True))
+    dm.setup()
+    assert [len(dm.examples[s]) for s in ("train", "val", "test")] == [40, 4, 4]
+    assert next(iter(dm.train_dataloader()))["pixel_values"].shape[1:] == (3, 224, 224)
+
+
+def test_vl_bundle_and_clip_features_load_into_every_tasks_batch(vl, tmp_path):
+    base, overrides = vl
+    dm_cfg = paper_datamodule_config("vl_multitask", overrides)
+    bundle = Path(dm_cfg.data_dir)
+    gqa = {s: read(bundle / "GQA" / f"{s}.json") for s in ("train", "valid", "testdev")}
+    assert all(r["img_id"].startswith("n") == (s == "testdev") for s, recs in gqa.items() for r in recs)
+    assert all(re.fullmatch(r"\d{8}", r["question_id"]) for recs in gqa.values() for r in recs)
+    nlvr = {s: read(bundle / "nlvr" / f"{s}.json") for s in ("train", "valid", "test")}
+    for (file, recs), split in zip(nlvr.items(), ("train", "dev", "test1"), strict=True):
+        assert recs and {r["label"] for r in recs} == {0, 1}, file
+        assert all(re.fullmatch(rf"{split}-\d+-\d-\d", r["identifier"]) and r["img1"] == r["identifier"][:-2] + "-img1"
+                   for r in recs)
+    images = {"coco": set(), "gqa": {r["img_id"] for recs in gqa.values() for r in recs},
+              "nlvr": {r[k] for recs in nlvr.values() for r in recs for k in ("img0", "img1")}}
+    images["coco"] = {Path(im["filename"]).stem for im in read(bundle / "COCO" / "dataset_coco.json")["images"]}
+    assert sum(map(len, images.values())) <= 48
+    for source, ids in images.items():
+        with h5py.File(dm_cfg.features[source], "r") as f:
+            assert set(f) == ids and all(f[f"{i}/features"].shape == (49, 2048) for i in ids)
+    dm = instantiate(dm_cfg, cache_dir=str(tmp_path / "cache"))
+    dm.check_paths()
+    dm.setup()
+    dm.set_tokenizer(word_level_tokenizer(dm.texts(), tmp_path / "tok", split_punctuation=True))
+    batches = {b["task"]: b for b in dm.train_dataloader()}
+    assert set(batches) == {"vqa", "gqa", "nlvr", "caption"}
+    assert batches["nlvr"]["visual"].shape[1:] == (72, 2048) and batches["vqa"]["visual"].shape[1:] == (36, 2048)
+
+
+def test_vl_features_come_from_the_cache_for_the_same_images(vl, tmp_path, monkeypatch):
+    base, first = vl
+
+    def no_encoder(*args, **kwargs):
+        raise AssertionError("features were extracted again")
+
+    monkeypatch.setattr("rankmix.data.clip_features.grid_encoder", no_encoder)
+    second = rdata.write_vl_multitask(tmp_path, cache_dir=base / "cache")
+    for source in ("coco", "gqa", "nlvr"):
+        key = f"++task.datamodule.features.{source}"
+        assert Path(second[key]).read_bytes() == Path(first[key]).read_bytes()
