@@ -79,3 +79,60 @@ def test_gpt2_fused_qkv_conv1d_is_wrapped_correctly():
     expected = x @ w + layer.base_layer.bias + x @ layer.lora_A.weight.T @ layer.lora_B.weight.T
     torch.testing.assert_close(layer(x), expected)
     assert layer.out_features == 96  # q, k and v fused
+
+
+def t5():
+    from transformers import T5Config, T5ForConditionalGeneration
+
+    return T5ForConditionalGeneration(T5Config(vocab_size=50, d_model=32, d_kv=8, d_ff=64, num_layers=2,
+                                               num_heads=4, decoder_start_token_id=0))
+
+
+def qwen2():
+    from transformers import Qwen2Config, Qwen2ForCausalLM
+
+    return Qwen2ForCausalLM(Qwen2Config(vocab_size=50, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                                        num_attention_heads=4, num_key_value_heads=2))
+
+
+@pytest.mark.parametrize("method", ["lora", "smora"])
+def test_t5_and_qwen2_have_default_targets_and_t5_feed_forward_reads_the_wrapped_weight(method):
+    torch.manual_seed(0)
+    t = t5()
+    # T5's feed-forward reads ``wo.weight.dtype``: an adapter on it must answer like the layer it wraps
+    report = inject(t, {"name": method, "r": 4, "target_modules": ["q", "v", "wo"]})
+    assert len(report.wrapped) == 16   # q and v of the 6 attentions (2 encoder, 2 + 2 decoder), wo of the 4 blocks
+    wo = t.encoder.block[0].layer[1].DenseReluDense.wo
+    assert wo.weight is wo.base_layer.weight and wo.bias is None
+    ids = torch.randint(3, 50, (2, 5))
+    t(input_ids=ids, decoder_input_ids=ids).logits.sum().backward()
+    q = qwen2()
+    assert len(inject(q, {"name": method, "r": 4}).wrapped) == 4   # q_proj, v_proj by default
+    assert torch.isfinite(run(q, "llama")).all()
+
+
+def test_merge_and_unload_gives_back_the_plain_model_with_the_update_folded_in(tmp_path):
+    from transformers import AutoModelForCausalLM
+
+    from rankmix.adapters import merge_and_unload
+    from rankmix.errors import NotMergeableError
+
+    torch.manual_seed(0)
+    model = gpt2()
+    inject(model, {"name": "moslora", "r": 4})
+    for p in model.parameters():
+        if p.requires_grad:
+            torch.nn.init.normal_(p, std=0.1)   # a trained-looking update, not the zero init
+    model.eval()
+    before = run(model, "gpt2")
+    merged = merge_and_unload(model)
+    assert adapter_layers(merged) == {} and type(merged.transformer.h[0].attn.c_attn).__name__ == "Conv1D"
+    torch.testing.assert_close(run(merged, "gpt2"), before, atol=1e-5, rtol=1e-4)
+    merged.save_pretrained(tmp_path)
+    reloaded = AutoModelForCausalLM.from_pretrained(tmp_path).eval()   # plain transformers, nothing re-initialised
+    torch.testing.assert_close(run(reloaded, "gpt2"), before, atol=1e-5, rtol=1e-4)
+    routed = gpt2()
+    inject(routed, {"name": "smora", "r": 8, "k": 2})
+    with pytest.raises(NotMergeableError, match="smora cannot be merged"):
+        merge_and_unload(routed)
+    assert adapter_layers(routed)   # refused before anything changed

@@ -3,6 +3,10 @@
 
 from __future__ import annotations
 
+import re
+
+import pytest
+
 from rankmix.rehearsal import run as rr
 
 HUB_7B = "meta-llama/Llama-2-7b-hf"
@@ -73,3 +77,56 @@ def test_half_precision_on_a_cpu_runs_in_fp32_with_a_notice(capsys):
     assert cpu_fallback(gpu) == {} and gpu.trainer.precision == "bf16-mixed"
     tiny = compose_run(["experiment=smora/1/smora_64_8"])
     assert cpu_fallback(tiny) == {}
+
+
+def test_every_readme_paper_command_has_its_paths_pointed_at_written_files(tmp_path):
+    from rankmix.rehearsal.data import WRITERS
+    from rankmix.tables import experiment_tables
+
+    for table, args in rr.readme_args().items():
+        first = experiment_tables()[table][0]
+        task = rr.compose_paper(rr.Row(table, first, "", "", "", ""))["task"]["name"]
+        data = WRITERS[task](tmp_path / task) if task in WRITERS else {}
+        row = rr.Row(table, first, "", "", "", task)
+        out = rr.row_overrides(row, {}, {}, data, {table: args}, gpu=False)
+        paths = [a for a in args if "/data/" in a]
+        assert all(a.split("=", 1)[0] in data for a in paths), (table, paths, list(data))
+        assert not any("/data/" in o for o in out), (table, out)
+
+
+# One table of each family; those with a README paper command run with its arguments.
+CI_TABLES = ["smora-1", "moslora-4", "routing-1", "routing-4", "routing-7", "smola-a1"]
+CHANGED_BY_REHEARSAL = re.compile(
+    r"^(paths\.|rerun$|data_fingerprint|callbacks\.\w+\.dirpath$|callbacks\.progress\.|logger\.\w+\.save_dir$"
+    r"|trainer\.(max_steps|limit_\w+_batches)$|task\.datamodule\.max_eval_samples"
+    r"|.*name_or_path$|task\.datamodule\.(data_dir|images_dir|features(\.\w+)?|source\.(test_file|train_dir|train_file"
+    r"|test_dir))$)")
+
+
+def _flat(d: dict, prefix: str = "") -> dict:
+    out = {}
+    for k, v in d.items():
+        out.update(_flat(v, f"{prefix}{k}.") if isinstance(v, dict) and v else {f"{prefix}{k}": v})
+    return out
+
+
+@pytest.mark.slow
+@pytest.mark.rehearse
+def test_one_row_per_table_family_runs_at_paper_scale_on_stand_ins(tmp_path):
+    rows = rr.select(rr.all_rows(CI_TABLES), "family")
+    assert sorted(r.family for r in rows) == sorted(
+        ["SMoRA FLAN", "MoSLoRA commonsense", "VQA", "COCO", "CLIP-BART", "SMoLA"])
+    out = rr.rehearse(rows, "reduced", tmp_path / "cpu.md", tmp_path / "work", steps=1, examples=4, batches=2)
+    text = out.read_text()
+    assert [r.result["status"] for r in rows] == ["pass"] * len(rows), text
+    for r in rows:  # what ran is the paper's row but for paths, length and the CPU's fp32
+        run = r.result["run"]
+        ran, paper = _flat(run["config"]), _flat(rr.compose_paper(r))
+        fallback = run["train"].get("cpu_fallback", {})
+        changed = {k for k in ran.keys() | paper.keys() if ran.get(k) != paper.get(k)} - set(fallback)
+        assert not {k for k in changed if not CHANGED_BY_REHEARSAL.match(k)}, r.experiment
+        assert all(paper[k] == requested and ran[k] == used for k, (requested, used) in fallback.items())
+        assert run["train"]["global_step"] == 1 and run["params"]["trainable"] > 0
+    assert "| `[INST] {inputs} [/INST]` |" in text and "bf16-mixed (CPU: 32-true)" in text
+    smora = next(r for r in rows if r.family == "SMoRA FLAN").result["projection"]
+    assert smora["total"] > 6.7e9 and 0 < smora["activated"] < smora["trainable"]   # Llama-2-7b, top-k of the ranks

@@ -29,6 +29,7 @@ from rankmix.adapters.inject import (
     check_context,
     inject,
     merge_adapters,
+    merge_and_unload,
     unmerge_adapters,
 )
 from rankmix.adapters.io import export_peft, load_adapter, save_adapter
@@ -38,5 +39,5 @@ from rankmix.adapters.routing import routing_context
 __all__ = [
     "AdapterLayer", "DEFAULT_TARGETS", "adapter_context", "InjectionReport", "METHODS", "adapter_layers", "adapter_state_dict",
     "build", "candidate_names", "check_context", "export_peft", "get_method", "inject", "load_adapter", "merge_adapters",
-    "method_names", "method_options", "register", "routing_context", "save_adapter", "unmerge_adapters",
+    "merge_and_unload", "method_names", "method_options", "register", "routing_context", "save_adapter", "unmerge_adapters",
 ]

@@ -100,6 +100,16 @@ class AdapterLayer(nn.Module):
             return y
         return y + self.delta(x).to(y.dtype)
 
+    @property
+    def weight(self) -> torch.Tensor:
+        """The base layer's weight: code that reads ``layer.weight`` (T5's feed-forward reads its dtype) sees the
+        layer it wrapped."""
+        return self.base_layer.weight
+
+    @property
+    def bias(self) -> torch.Tensor | None:
+        return getattr(self.base_layer, "bias", None)
+
     def _base_weight_as_out_in(self) -> torch.Tensor:
         w = self.base_layer.weight
         return w.T if isinstance(self.base_layer, Conv1D) else w

@@ -12,12 +12,14 @@ from torch import nn
 from rankmix.adapters.base import SUPPORTED_BASE_LAYERS, AdapterLayer
 from rankmix.adapters.peft_methods import PEFT_METHODS, inject_peft, is_peft_adapter_param
 from rankmix.adapters.registry import FROZEN, build, get_method
-from rankmix.errors import ConfigError
+from rankmix.errors import ConfigError, NotMergeableError
 
 # Used when a method config leaves target_modules empty, keyed by the HF config's model_type.
 DEFAULT_TARGETS: dict[str, list[str]] = {
     "llama": ["q_proj", "v_proj"],
     "mistral": ["q_proj", "v_proj"],
+    "qwen2": ["q_proj", "v_proj"],
+    "t5": ["q", "v"],
     "roberta": ["query", "value"],
     "bert": ["query", "value"],
     "gpt2": ["c_attn"],
@@ -151,3 +153,25 @@ def merge_adapters(model: nn.Module) -> None:
 def unmerge_adapters(model: nn.Module) -> None:
     for layer in adapter_layers(model).values():
         layer.unmerge()
+
+
+def merge_and_unload(model: nn.Module) -> nn.Module:
+    """W0 ← W0 + ΔW in every adapter layer, then the plain base modules back in their places: the model is the
+    backbone alone again, and its ``save_pretrained`` reloads in plain transformers. A model with a method whose
+    update depends on the input (routing, mixtures) has no fixed ΔW: it is refused before anything changes."""
+    layers = adapter_layers(model)
+    routed = set()
+    for layer in layers.values():
+        try:
+            layer.delta_weight()
+        except NotMergeableError:
+            routed.add(layer.method)
+    if routed:
+        raise NotMergeableError(
+            f"merge_and_unload: {', '.join(sorted(routed))} cannot be merged (the update depends on the input, "
+            "so there is no fixed ΔW); keep the adapters and save them with rankmix.adapters.save_adapter")
+    for name, layer in layers.items():
+        layer.merge()
+        parent_name, _, child = name.rpartition(".")
+        setattr(model.get_submodule(parent_name) if parent_name else model, child, layer.base_layer)
+    return model
