@@ -136,3 +136,27 @@ def test_merge_and_unload_gives_back_the_plain_model_with_the_update_folded_in(t
     with pytest.raises(NotMergeableError, match="smora cannot be merged"):
         merge_and_unload(routed)
     assert adapter_layers(routed)   # refused before anything changed
+
+
+@pytest.mark.parametrize("method", [
+    {"name": "routing", "fn": "add", "base": "lora", "r": 4},
+    {"name": "multi_adapter", "tasks": ["a", "b"], "r": 4, "fns": {"a": "mul"}, "target_modules": ["c_proj"]}])
+def test_beam_search_expands_the_per_example_context_as_generate_expands_the_inputs(method):
+    from rankmix.adapters import adapter_context
+
+    torch.manual_seed(0)
+    model = gpt2()
+    inject(model, method)
+    for p in model.parameters():
+        if p.requires_grad:
+            torch.nn.init.normal_(p, std=0.2)
+    model.eval()
+    ids = torch.randint(3, 50, (2, 4))
+    ctx = {"x_r": torch.randn(2, 32), "task_ids": torch.tensor([0, 1])}
+    with adapter_context(model, **ctx):
+        beams = model.generate(ids, num_beams=3, max_new_tokens=4, do_sample=False, pad_token_id=0)
+    assert beams.shape == (2, 8)
+    for i in range(2):   # each example's beams used its own context: the same as generating it alone
+        with adapter_context(model, **{k: v[i:i + 1] for k, v in ctx.items()}):
+            alone = model.generate(ids[i:i + 1], num_beams=3, max_new_tokens=4, do_sample=False, pad_token_id=0)
+        assert torch.equal(beams[i:i + 1], alone)

@@ -7,13 +7,16 @@ adapter layers through a context set around the forward pass::
     with adapter_context(model, x_r=pooled_image, attention_mask=mask):
         out = model(input_ids=ids, attention_mask=mask)
 
-Every ``AdapterLayer`` of ``model`` sees the values in ``self.context`` during the call.
+Every ``AdapterLayer`` of ``model`` sees the values in ``self.context`` during the call. Inside
+``generate(num_beams=n)`` (or ``num_return_sequences``) the model runs on B·n rows, each example repeated n times
+in a row (transformers' ``repeat_interleave``); ``per_example`` expands a per-example value the same way.
 """
 
 from __future__ import annotations
 
 from contextlib import contextmanager
 
+import torch
 from torch import nn
 
 
@@ -30,3 +33,12 @@ def adapter_context(model: nn.Module, **values):
     finally:
         for layer, ctx in zip(layers, saved, strict=True):
             layer.context = ctx
+
+
+def per_example(value, batch: int):
+    """A per-example context value (first dim B) for a call on ``batch`` rows: as it is when B = ``batch``,
+    repeated ``batch / B`` times per example when ``generate`` expanded the batch for beams or samples."""
+    value = torch.as_tensor(value)
+    if value.dim() and value.shape[0] != batch and value.shape[0] and batch % value.shape[0] == 0:
+        return value.repeat_interleave(batch // value.shape[0], dim=0)
+    return value

@@ -22,6 +22,7 @@ from torch import nn
 
 from rankmix.adapters.adapter import BottleneckLayer, bottleneck, dropout_module, make_activation
 from rankmix.adapters.base import choice, positive_int
+from rankmix.adapters.context import per_example
 from rankmix.adapters.registry import register
 from rankmix.adapters.routing import ROUTING_FUNCTIONS, route, visual_input
 from rankmix.errors import ConfigError
@@ -70,7 +71,7 @@ class MultiAdapterLayer(BottleneckLayer):
                 "`with rankmix.adapters.adapter_context(model, task_ids=ids):` with ids of shape (B,), "
                 f"indices into tasks {self.tasks}"
             )
-        ids = torch.as_tensor(ids, device=h.device)
+        ids = per_example(ids, h.shape[0]).to(h.device)
         if ids.shape != h.shape[:1] or ids.is_floating_point() or ids.min() < 0 or ids.max() >= len(self.tasks):
             raise RuntimeError(
                 f"multi_adapter: context task_ids must be integers in [0, {len(self.tasks)}) of shape "

@@ -68,7 +68,7 @@ from torch import nn
 
 from rankmix.adapters.adapter import INITS, BottleneckLayer, bottleneck, dropout_module, make_activation
 from rankmix.adapters.base import AdapterLayer, choice, positive_int, real
-from rankmix.adapters.context import adapter_context
+from rankmix.adapters.context import adapter_context, per_example
 from rankmix.adapters.registry import register
 from rankmix.errors import ConfigError
 
@@ -98,6 +98,7 @@ def visual_input(layer: AdapterLayer, h: torch.Tensor) -> torch.Tensor:
             "call in `with rankmix.adapters.adapter_context(model, x_r=features):` (features of shape (B, d) "
             "or (B, Lv, d)), or use rankmix.adapters.routing.routing_context(model, features)"
         )
+    x_r = per_example(x_r, h.shape[0])
     if x_r.dim() not in (2, 3) or x_r.shape[0] != h.shape[0] or x_r.shape[-1] != h.shape[-1]:
         raise RuntimeError(
             f"{layer.method}: context x_r has shape {tuple(x_r.shape)}; expected (B, d) or (B, Lv, d) with "
