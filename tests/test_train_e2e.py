@@ -166,6 +166,9 @@ def test_wandb_offline_writes_a_local_run(tmp_path):
     run_dirs = list((tmp_path / "runs" / "default").glob("*/wandb/offline-run-*"))
     assert run_dirs, "no offline wandb run was written"
     assert not list((tmp_path / "runs").rglob("*.ckpt.wandb"))  # no model files logged
+    record = next(run_dirs[0].glob("run-*.wandb")).read_bytes()   # the run's config, as the dashboard shows it
+    for entry in (b"run_key", b'"trainable":', b'{"lr":0.003,', b'"name":"lora","r":8'):
+        assert entry in record, entry
 
 
 def test_smora_run_records_routing_statistics(tmp_path):

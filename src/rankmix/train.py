@@ -164,6 +164,10 @@ def fit_and_test(cfg: DictConfig, run_dir: Path, chash: str) -> tuple[dict, dict
     else:  # the rows logged after the checkpoint are logged again by the resumed steps
         truncate_log(run_dir / "csv" / "metrics.csv", torch.load(resume, map_location="cpu", weights_only=True)["global_step"])
     trainer = build_trainer(cfg, run_dir)
+    for logger in trainer.loggers:  # the dashboard compares runs by these (wandb's config, the CSV's hparams.yaml)
+        logger.log_hyperparams({"run_key": run_key(HydraConfig.get().job.override_dirname),
+                                "params": {"trainable": report.trainable_parameters, "total": report.total_parameters},
+                                **OmegaConf.to_container(cfg, resolve=True)})
     if resume is None:  # the adapters as initialised: ΔW = trained − initial (routing Fig. B8)
         torch.save(adapter_state_dict(model), run_dir / "adapter_init.pt")
     set_training_modes(module, cfg.backbone.get("frozen_dropout", True))
