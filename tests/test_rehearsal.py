@@ -98,7 +98,7 @@ def test_every_readme_paper_command_has_its_paths_pointed_at_written_files(tmp_p
 CI_TABLES = ["smora-1", "moslora-4", "routing-1", "routing-4", "routing-7", "smola-a1"]
 CHANGED_BY_REHEARSAL = re.compile(
     r"^(paths\.|rerun$|data_fingerprint|callbacks\.\w+\.dirpath$|callbacks\.progress\.|logger\.\w+\.save_dir$"
-    r"|trainer\.(max_steps|limit_\w+_batches)$|task\.datamodule\.max_eval_samples"
+    r"|trainer\.(max_steps|limit_\w+_batches)$|task\.datamodule\.max_eval_samples|method\.total_step$"
     r"|.*name_or_path$|task\.datamodule\.(data_dir|images_dir|features(\.\w+)?|source\.(test_file|train_dir|train_file"
     r"|test_dir))$)")
 
@@ -130,3 +130,10 @@ def test_one_row_per_table_family_runs_at_paper_scale_on_stand_ins(tmp_path):
     assert "| `[INST] {inputs} [/INST]` |" in text and "bf16-mixed (CPU: 32-true)" in text
     smora = next(r for r in rows if r.family == "SMoRA FLAN").result["projection"]
     assert smora["total"] > 6.7e9 and 0 < smora["activated"] < smora["trainable"]   # Llama-2-7b, top-k of the ranks
+
+
+def test_a_schedule_spanning_the_run_gets_the_shortest_length_its_phases_allow():
+    method = rr.compose_paper(rr.Row("moslora-4", "moslora/4/adalora", "", "adalora", "", "commonsense"))["method"]
+    out = rr.length_overrides("commonsense", method=method)
+    assert f"method.total_step={method['tinit'] + method['tfinal'] + 1}" in out
+    assert not any("total_step" in o for o in rr.length_overrides("flan", method={"name": "lora"}))

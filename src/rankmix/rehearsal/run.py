@@ -32,13 +32,18 @@ REPO = Path(__file__).resolve().parents[3]
 INSTRUCTION_TASKS = ("flan", "commonsense", "generated")   # InstructionDataModule: an example limit of its own
 
 
-def length_overrides(task: str, steps: int = 2, examples: int = 8, batches: int | None = None) -> list[str]:
+def length_overrides(task: str, steps: int = 2, examples: int = 8, batches: int | None = None,
+                     method: dict | None = None) -> list[str]:
     """The rehearsal's length: ``steps`` optimizer steps, one validation and one test batch, at most
     ``examples`` evaluation records where the data module can cut them, and with ``batches`` that many training
-    batches per epoch (an optimizer step then ends the epoch, however many batches the row accumulates)."""
+    batches per epoch (an optimizer step then ends the epoch, however many batches the row accumulates). A
+    schedule that spans the run (AdaLoRA's ``total_step: auto``) is given the shortest length its phases allow
+    (tinit + tfinal + 1), of which the rehearsal runs the first ``steps``."""
     out = [f"++trainer.max_steps={steps}", "++trainer.limit_val_batches=1", "++trainer.limit_test_batches=1"]
     if batches:
         out.append(f"++trainer.limit_train_batches={batches}")
+    if method and method.get("total_step") == "auto":
+        out.append(f"method.total_step={int(method['tinit']) + int(method['tfinal']) + 1}")
     if task in INSTRUCTION_TASKS:
         out.append(f"++task.datamodule.max_eval_samples={{validation:{examples},test:{examples}}}")
     return out
@@ -238,7 +243,7 @@ def rehearse(rows: list[Row], width: str, out: Path, work: Path, timeout: int = 
                 written = rdata.WRITERS[row.task](cache / "data" / row.task) if row.task in rdata.WRITERS else {}
                 data[row.task] = {k: (own or {}).get(k, v) for k, v in written.items()}
             overrides = row_overrides(row, parts, standins, data[row.task], readme, gpu,
-                                      length_overrides(row.task, steps, examples, batches))
+                                      length_overrides(row.task, steps, examples, batches, composed["method"]))
             row.result = run_row(row, overrides, work / f"{i:03d}", timeout)
             config = compose_paper(row, overrides)   # as requested (a CPU runs half precision in fp32)
             row.result["settings"] = settings(config)
@@ -248,7 +253,23 @@ def rehearse(rows: list[Row], width: str, out: Path, work: Path, timeout: int = 
         print(f"rankmix: rehearse {row.experiment}: {row.result['status']}"
               + (f": {row.result['error']}" if row.result["status"] == "fail" else ""), flush=True)
     out.parent.mkdir(parents=True, exist_ok=True)
+    rows = merged(rows, out.with_suffix(".json"))
     out.write_text(report(rows, width, length_overrides("flan", steps, examples, batches)))
+    return out
+
+
+def merged(rows: list[Row], path: Path) -> list[Row]:
+    """``rows`` with the rows of earlier rehearsals kept in ``path`` (a rehearsal of some tables updates
+    their rows of the report, the others stay); the union is written back to ``path``."""
+    from dataclasses import asdict
+
+    fresh = {(r.table, r.experiment) for r in rows}
+    kept = [Row(**r) for r in json.loads(path.read_text())] if path.is_file() else []
+    out = sorted([r for r in kept if (r.table, r.experiment) not in fresh] + rows, key=lambda r: (r.table, r.experiment))
+    slim = [{**asdict(r), "result": {k: v for k, v in r.result.items() if k != "run"}
+             | ({"run": {k: r.result["run"][k] for k in ("train", "params")}} if "run" in r.result else {})}
+            for r in out]
+    path.write_text(json.dumps(slim, indent=1, default=str) + "\n")
     return out
 
 
