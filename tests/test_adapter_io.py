@@ -159,3 +159,21 @@ def test_peft_export_writes_complete_metadata_and_per_layer_ranks(tmp_path):
     assert set(meta["rank_pattern"].values()) == {2} and set(meta["alpha_pattern"].values()) == {2}
     loaded = AutoPeftModelForCausalLM.from_pretrained(tmp_path / "adapter").eval()
     torch.testing.assert_close(loaded(IDS).logits, expected, atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("name", ["dora", "loha", "lokr", "adalora"])
+def test_peft_backed_baselines_export_through_peft_and_load_back_exactly(tmp_path, name):
+    model = tiny_llama()
+    extra = {"total_step": 10} if name == "adalora" else {}
+    inject(model, {"name": name, "r": 4, "alpha": 8, "target_modules": ["q_proj", "v_proj"], **extra})
+    torch.manual_seed(1)
+    with torch.no_grad():
+        for p in model.parameters():
+            if p.requires_grad:
+                p.normal_(std=0.2)
+    expected = model(IDS).logits
+    export_peft(model, tmp_path, base_model_name_or_path="made-up/tiny-llama")
+    config = json.loads((tmp_path / "adapter_config.json").read_text())
+    assert config["task_type"] == "CAUSAL_LM" and config["base_model_name_or_path"] == "made-up/tiny-llama"
+    loaded = PeftModel.from_pretrained(tiny_llama(), tmp_path).eval()
+    torch.testing.assert_close(loaded(IDS).logits, expected, atol=1e-5, rtol=1e-5)

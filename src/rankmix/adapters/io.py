@@ -1,4 +1,5 @@
-"""Saving and loading adapter weights, and exporting LoRA/MoSLoRA in peft's ``save_pretrained`` format.
+"""Saving and loading adapter weights, and exporting LoRA/MoSLoRA (and the peft-backed baselines) in peft's
+``save_pretrained`` format.
 
 ``save_adapter`` writes ``adapter.safetensors`` (adapter weights and buffers only) and ``adapter.json``
 (the method config); ``load_adapter`` puts them back into a model injected with the same config.
@@ -63,6 +64,8 @@ def export_peft(model: nn.Module, directory: str | Path, base_model_name_or_path
     from transformers.pytorch_utils import Conv1D
 
     layers = adapter_layers(model)
+    if not layers and "default" in (getattr(model, "peft_config", None) or {}):
+        return _export_peft_injected(model, Path(directory), base_model_name_or_path)
     methods = {layer.method for layer in layers.values()}
     if not layers or not methods <= set(PEFT_EXPORTABLE):
         raise RankmixError(f"peft export supports {', '.join(PEFT_EXPORTABLE)}; this model has {sorted(methods) or 'none'}")
@@ -87,4 +90,23 @@ def export_peft(model: nn.Module, directory: str | Path, base_model_name_or_path
         state[f"base_model.model.{name}.lora_A.weight"] = a.detach().contiguous().cpu()
         state[f"base_model.model.{name}.lora_B.weight"] = layer.lora_B.weight.detach().contiguous().cpu()
     save_file(state, d / "adapter_model.safetensors", metadata={"format": "pt"})
+    return d
+
+
+def _export_peft_injected(model: nn.Module, d: Path, base_model_name_or_path: str | None) -> Path:
+    """The peft-backed baselines (dora, loha, lokr, adalora): peft's own config and state dict
+    (``get_peft_model_state_dict``), with the task type and base model filled in as ``export_peft`` does."""
+    import copy
+
+    from peft import get_peft_model_state_dict
+
+    config = copy.deepcopy(model.peft_config["default"])
+    config.task_type = peft_task_type(model)
+    config.base_model_name_or_path = (base_model_name_or_path
+                                      or getattr(getattr(model, "config", None), "_name_or_path", None) or None)
+    config.inference_mode = True
+    config.save_pretrained(d)
+    state = get_peft_model_state_dict(model, adapter_name="default")
+    save_file({f"base_model.model.{k}": v.detach().contiguous().cpu() for k, v in state.items()},
+              d / "adapter_model.safetensors", metadata={"format": "pt"})
     return d
