@@ -160,3 +160,25 @@ def test_beam_search_expands_the_per_example_context_as_generate_expands_the_inp
         with adapter_context(model, **{k: v[i:i + 1] for k, v in ctx.items()}):
             alone = model.generate(ids[i:i + 1], num_beams=3, max_new_tokens=4, do_sample=False, pad_token_id=0)
         assert torch.equal(beams[i:i + 1], alone)
+
+
+def test_merging_lora_on_a_tied_lm_head_unties_it_and_leaves_the_embeddings_alone(tmp_path):
+    from transformers import AutoModelForCausalLM
+
+    from rankmix.adapters import merge_and_unload
+
+    torch.manual_seed(0)
+    model = gpt2()
+    embeddings = model.transformer.wte.weight.detach().clone()
+    inject(model, {"name": "lora", "r": 4, "target_modules": ["c_attn", "lm_head"]})
+    for p in model.parameters():
+        if p.requires_grad:
+            torch.nn.init.normal_(p, std=0.1)
+    model.eval()
+    before = run(model, "gpt2")
+    merged = merge_and_unload(model)
+    assert torch.equal(merged.transformer.wte.weight, embeddings) and not merged.config.tie_word_embeddings
+    torch.testing.assert_close(run(merged, "gpt2"), before, atol=1e-5, rtol=1e-4)
+    merged.save_pretrained(tmp_path)
+    torch.testing.assert_close(run(AutoModelForCausalLM.from_pretrained(tmp_path).eval(), "gpt2"), before,
+                               atol=1e-5, rtol=1e-4)

@@ -157,8 +157,10 @@ def unmerge_adapters(model: nn.Module) -> None:
 
 def merge_and_unload(model: nn.Module) -> nn.Module:
     """W0 ← W0 + ΔW in every adapter layer, then the plain base modules back in their places: the model is the
-    backbone alone again, and its ``save_pretrained`` reloads in plain transformers. A model with a method whose
-    update depends on the input (routing, mixtures) has no fixed ΔW: it is refused before anything changes."""
+    backbone alone again, and its ``save_pretrained`` reloads in plain transformers. A wrapped weight that is tied
+    to another (an LM head tied to the input embeddings) is untied first, so the update reaches the head only. A
+    model with a method whose update depends on the input (routing, mixtures) has no fixed ΔW: it is refused
+    before anything changes."""
     layers = adapter_layers(model)
     routed = set()
     for layer in layers.values():
@@ -170,7 +172,13 @@ def merge_and_unload(model: nn.Module) -> nn.Module:
         raise NotMergeableError(
             f"merge_and_unload: {', '.join(sorted(routed))} cannot be merged (the update depends on the input, "
             "so there is no fixed ΔW); keep the adapters and save them with rankmix.adapters.save_adapter")
+    shared = {id(p) for n, p in model.named_parameters(remove_duplicate=False)
+              if not n.endswith("base_layer.weight")}   # weights also used elsewhere (a head tied to embeddings)
     for name, layer in layers.items():
+        if id(layer.base_layer.weight) in shared:   # the update is the head's alone: untie before merging
+            layer.base_layer.weight = nn.Parameter(layer.base_layer.weight.detach().clone(), requires_grad=False)
+            if getattr(getattr(model, "config", None), "tie_word_embeddings", False):
+                model.config.tie_word_embeddings = False
         layer.merge()
         parent_name, _, child = name.rpartition(".")
         setattr(model.get_submodule(parent_name) if parent_name else model, child, layer.base_layer)
