@@ -198,10 +198,9 @@ def warm_start(model: torch.nn.Module, tokenizer, texts: list[str], spec: Mappin
 
 def warm_start_path(model: torch.nn.Module, texts: list[str], spec: Mapping, cache_dir: Path) -> Path:
     """Where ``warm_start`` caches the weights for this model config, these texts and these settings."""
-    import hashlib
+    from rankmix.config import digest
 
-    key = hashlib.sha256(json.dumps([model.config.to_dict(), sorted(texts), dict(spec)], sort_keys=True,
-                                    default=str).encode()).hexdigest()[:16]
+    key = digest([model.config.to_dict(), sorted(texts), dict(spec)])
     return Path(cache_dir) / "warm_start" / f"{model.config.model_type}-{key}.pt"
 
 

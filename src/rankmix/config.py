@@ -95,6 +95,12 @@ LABELS = ("table", "optimized_metric")
 LABELS_BACKBONE = ("name", "paper_label")
 
 
+def digest(obj, length: int = 16) -> str:
+    """The suite's one content hash: SHA-256 of ``obj`` as canonical JSON (sorted keys, ``str()`` for values JSON
+    lacks), cut to ``length`` hex digits. Config hashes, prepared-data and cache keys, stand-in names use it."""
+    return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:length]
+
+
 def computation_hash(config: dict) -> str:
     """Hash of a resolved config (a run JSON's ``config``) without paths, device layout, table or labels."""
     data = json.loads(json.dumps(config, default=str))
@@ -104,7 +110,7 @@ def computation_hash(config: dict) -> str:
         data.get("trainer", {}).pop(k, None)
     for k in LABELS_BACKBONE:
         data.get("backbone", {}).pop(k, None)
-    return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:16]
+    return digest(data)
 
 
 def config_hash(cfg: DictConfig) -> str:
@@ -117,7 +123,7 @@ def config_hash(cfg: DictConfig) -> str:
         data.pop(k, None)
     for k in UNHASHED_TRAINER:
         data.get("trainer", {}).pop(k, None)
-    return hashlib.sha256(json.dumps(data, sort_keys=True, default=str).encode()).hexdigest()[:16]
+    return digest(data)
 
 
 def run_key(override_dirname: str) -> str:

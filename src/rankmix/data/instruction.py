@@ -14,8 +14,6 @@ uninterrupted one.
 
 from __future__ import annotations
 
-import hashlib
-import json
 from pathlib import Path
 
 import datasets
@@ -24,6 +22,7 @@ import torch
 from torch.utils.data import DataLoader
 
 from rankmix.adapters.base import choice
+from rankmix.config import digest
 from rankmix.data import commonsense
 from rankmix.data.files import check_jsonl, data_paths, fingerprint, write_jsonl_atomic
 from rankmix.data.loading import seeded_loader
@@ -105,8 +104,7 @@ class InstructionDataModule(pl.LightningDataModule):
         files = fingerprint(data_paths(self.source))
         if files is not None:
             keyed["_files"] = files
-        key = hashlib.sha256(json.dumps(keyed, sort_keys=True).encode()).hexdigest()[:10]
-        return self.cache_dir / "prepared" / f"{self.source.get('kind', 'symbolic')}-{key}"
+        return self.cache_dir / "prepared" / f"{self.source.get('kind', 'symbolic')}-{digest(keyed, 10)}"
 
     def check_paths(self) -> None:
         """Fail before training when a user-given data directory or split file is missing."""

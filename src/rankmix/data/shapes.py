@@ -29,13 +29,14 @@ asks its questions about).
 
 from __future__ import annotations
 
-import hashlib
 import json
 import random
 from collections import Counter
 from pathlib import Path
 
 import numpy as np
+
+from rankmix.config import digest
 
 SHAPES = ("square", "circle", "triangle")
 COLOURS = {"red": (220, 40, 40), "green": (40, 190, 60), "blue": (50, 80, 230), "yellow": (230, 210, 40)}
@@ -155,8 +156,7 @@ def generate_shapes(root: Path, n_images: dict[str, int], size: int = 32, seed: 
 
 def prepared_root(cache_dir: Path, source: dict) -> Path:
     """Where the set generated from ``source`` (``n_train, n_val, n_test, size, seed, noise``) lives in the cache."""
-    key = hashlib.sha256(json.dumps(dict(source), sort_keys=True).encode()).hexdigest()[:10]
-    return Path(cache_dir) / "prepared" / f"shapes-{key}"
+    return Path(cache_dir) / "prepared" / f"shapes-{digest(dict(source), 10)}"
 
 
 def generate_from_source(root: Path, source: dict) -> Path:

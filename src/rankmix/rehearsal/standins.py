@@ -12,7 +12,6 @@ unreachable filler entries. The ViT stand-ins get the real ``preprocessor_config
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import random
@@ -23,6 +22,7 @@ from pathlib import Path
 import torch
 from transformers import AutoConfig, PretrainedConfig
 
+from rankmix.config import digest
 from rankmix.errors import RankmixError
 
 WIDTH_DIVISOR = 16  # every model and feed-forward width is divided by this; head counts are kept
@@ -367,10 +367,9 @@ TOKENIZERS = {"llama2": _llama2_tokenizer, "llama3": _llama3_tokenizer, "gpt2": 
 def _standin_dir(hub_id: str, cache_dir: Path = Path(".cache/rehearse"), width: str = "reduced") -> Path:
     """Where ``build_standin`` puts ``hub_id``'s stand-in: named by hub id, width and a hash of the spec."""
     spec = _spec(hub_id)
-    key = json.dumps({"spec": asdict(spec), "width": width, "divisor": WIDTH_DIVISOR, "layers": LAYERS,
-                      "seed": SEED, "corpus": corpus()}, sort_keys=True)
-    digest = hashlib.sha256(key.encode()).hexdigest()[:10]
-    return Path(cache_dir) / "models" / f"{hub_id.replace('/', '--')}-{width}-{digest}"
+    key = digest({"spec": asdict(spec), "width": width, "divisor": WIDTH_DIVISOR, "layers": LAYERS, "seed": SEED,
+                  "corpus": corpus()}, 10)
+    return Path(cache_dir) / "models" / f"{hub_id.replace('/', '--')}-{width}-{key}"
 
 
 def build_standin(hub_id: str, cache_dir: Path = Path(".cache/rehearse"), width: str = "reduced") -> Path:
