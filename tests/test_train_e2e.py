@@ -321,3 +321,24 @@ def test_a_table_sweep_with_failed_rows_exits_non_zero(tmp_path):
     r = run_train(tmp_path, *FAST, "experiment=rankmix/ranks/r4,rankmix/ranks/r8", "method.r=-1", multirun=True)
     assert r.returncode == 1 and "2 run(s) of this sweep failed" in r.stderr, r.stderr[-2000:]
     assert len(list((tmp_path / "results" / "rankmix-ranks" / "failed").glob("*.json"))) == 2
+
+
+def test_a_new_method_is_one_module_and_one_yaml(tmp_path):
+    """In a scratch copy of the package and configs: lora.py copied under a new name and registered as such, and
+    conf/method/lora.yaml copied with that name; nothing else is edited, and ``method=<name>`` trains."""
+    import shutil
+
+    scratch = tmp_path / "scratch"
+    shutil.copytree(REPO / "src", scratch / "src", ignore=shutil.ignore_patterns("__pycache__", "*.egg-info"))
+    shutil.copytree(REPO / "conf", scratch / "conf")
+    adapters = scratch / "src" / "rankmix" / "adapters"
+    (adapters / "lora_copy.py").write_text((adapters / "lora.py").read_text()
+                                           .replace('@register("lora")', '@register("lora_copy")'))
+    (scratch / "conf" / "method" / "lora_copy.yaml").write_text(
+        (scratch / "conf" / "method" / "lora.yaml").read_text().replace("name: lora", "name: lora_copy"))
+    env = {**os.environ, **OFFLINE_ENV, "PYTHONPATH": str(scratch / "src")}
+    proc = subprocess.run(train_cmd(tmp_path, *FAST, "method=lora_copy"), cwd=scratch, capture_output=True,
+                          text=True, timeout=600, env=env)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    result = json.loads(next((tmp_path / "results" / "default" / "runs").glob("*.json")).read_text())
+    assert result["config"]["method"]["name"] == "lora_copy" and result["params"]["trainable"] > 0

@@ -4,20 +4,9 @@ Public API: ``build(name, base_layer, **cfg)`` wraps one linear layer; ``inject(
 wraps every target layer of a model and freezes the rest.
 """
 
-# importing a method module registers it
-from rankmix.adapters import (  # noqa: F401
-    adapter,
-    flora,
-    hydralora,
-    lora,
-    lora_moe,
-    moslora,
-    multi_adapter,
-    routing,
-    smear,
-    smola,
-    smora,
-)
+import importlib
+import pkgutil
+
 from rankmix.adapters.base import AdapterLayer
 from rankmix.adapters.context import adapter_context
 from rankmix.adapters.inject import (
@@ -35,6 +24,11 @@ from rankmix.adapters.inject import (
 from rankmix.adapters.io import export_peft, load_adapter, save_adapter
 from rankmix.adapters.registry import METHODS, build, get_method, method_names, method_options, register
 from rankmix.adapters.routing import routing_context
+
+# Every module of this package is imported, so a method module registers itself by being here: adding a method
+# is one file (plus its conf/method yaml), no import list to edit.
+for _module in pkgutil.iter_modules(__path__):
+    importlib.import_module(f"{__name__}.{_module.name}")
 
 __all__ = [
     "AdapterLayer", "DEFAULT_TARGETS", "adapter_context", "InjectionReport", "METHODS", "adapter_layers", "adapter_state_dict",

@@ -83,7 +83,6 @@ class BottleneckLayer(AdapterLayer):
 
 @register("adapter")
 class AdapterBottleneckLayer(BottleneckLayer):
-    method = "adapter"
     sequential = True
 
     def __init__(self, base_layer: nn.Module, r: int = 64, activation: str = "gelu", dropout: float = 0.0,
@@ -104,7 +103,6 @@ class AdapterBottleneckLayer(BottleneckLayer):
 
 @register("parallel_adapter")
 class ParallelAdapterLayer(AdapterBottleneckLayer):
-    method = "parallel_adapter"
     sequential = False
 
     def __init__(self, base_layer: nn.Module, r: int = 64, activation: str = "gelu", dropout: float = 0.0,

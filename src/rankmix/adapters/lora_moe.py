@@ -27,7 +27,6 @@ ROUTINGS = ("top1", "top2", "topk", "soft")
 
 @register("lora_moe")
 class LoRAMoELayer(ExpertBankLayer):
-    method = "lora_moe"
 
     def __init__(self, base_layer: nn.Module, num_experts: int = 8, r: int = 8, alpha: float = 16.0,
                  dropout: float = 0.0, routing: str = "top1", k: int = 2, tau: float = 0.1):

@@ -33,7 +33,6 @@ def butterfly_mixer(r: int) -> torch.Tensor:
 
 @register("moslora")
 class MoSLoRALayer(LoRALayer):
-    method = "moslora"
 
     def __init__(self, base_layer: nn.Module, r: int = 8, alpha: float = 16.0, dropout: float = 0.0,
                  mixer_init: str = "kaiming"):
@@ -76,8 +75,6 @@ class MoSLoRALayer(LoRALayer):
 @register("ts_mixing")
 class TSMixingLayer(MoSLoRALayer):
     """Two-subspace mixing (MoSLoRA §2.2, Eq. 3/6): MoSLoRA with the fixed, untrained butterfly mixer."""
-
-    method = "ts_mixing"
 
     def __init__(self, base_layer: nn.Module, r: int = 8, alpha: float = 16.0, dropout: float = 0.0):
         if isinstance(r, int) and r % 2:

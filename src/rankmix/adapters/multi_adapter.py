@@ -38,7 +38,6 @@ class TaskAdapter(nn.Module):
 
 @register("multi_adapter")
 class MultiAdapterLayer(BottleneckLayer):
-    method = "multi_adapter"
     sequential = True
 
     def __init__(self, base_layer: nn.Module, tasks=("vqa", "gqa", "nlvr", "caption"), r: int = 96,

@@ -13,11 +13,12 @@ FROZEN = "none"  # the frozen backbone: nothing injected (the baseline that adap
 
 
 def register(name: str):
-    """Class decorator: make an ``AdapterLayer`` subclass buildable by ``name``."""
+    """Class decorator: make an ``AdapterLayer`` subclass buildable by ``name`` (which it keeps as ``method``)."""
 
     def deco(cls):
         if name in METHODS:
             raise ValueError(f"adapter method {name!r} is registered twice")
+        cls.method = name
         METHODS[name] = cls
         return cls
 

@@ -57,7 +57,6 @@ def maxvio(counts: torch.Tensor) -> float:
 
 @register("smora")
 class SMoRALayer(AdapterLayer):
-    method = "smora"
 
     def __init__(self, base_layer: nn.Module, r: int = 16, k: int = 4, alpha: float = 16.0, dropout: float = 0.0,
                  gate: str = "sigmoid", rank_partition: int = 1, bias_update: str = "per_forward",
