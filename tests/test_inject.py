@@ -76,3 +76,12 @@ def test_method_yaml_defaults_are_the_constructors():
             default = params[key].default
             default = list(default) if isinstance(default, tuple) else ({} if default is None and value == {} else default)
             assert default == value, f"{name}.{key}: constructor {params[key].default!r}, yaml {value!r}"
+
+
+def test_the_methods_with_a_router_say_so_and_the_others_report_no_routing():
+    from rankmix.adapters import METHODS, build
+
+    routed = {n for n, cls in METHODS.items() if cls.routes()}
+    assert {"smora", "smola", "lora_moe", "smear"} <= routed
+    assert not routed & {"lora", "moslora", "ts_mixing", "flora", "adapter", "routing"}
+    assert build("lora", torch.nn.Linear(8, 8), r=2).routing_stats() == {}

@@ -68,7 +68,7 @@ class AdapterRouting(pl.Callback):
     def _routed(pl_module):
         from rankmix.adapters import adapter_layers
 
-        return {n: m for n, m in adapter_layers(pl_module).items() if hasattr(m, "routing_stats")}
+        return {n: m for n, m in adapter_layers(pl_module).items() if m.routes()}
 
     def _reset(self, pl_module):
         for layer in self._routed(pl_module).values():

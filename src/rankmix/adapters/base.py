@@ -143,6 +143,19 @@ class AdapterLayer(nn.Module):
     def trainable_parameters(self) -> int:
         return sum(p.numel() for n, p in self.named_parameters() if p.requires_grad and not n.startswith("base_layer."))
 
+    def routing_stats(self) -> dict:
+        """What the router did since ``reset_routing_stats()`` (loads, MaxVio, gate entropy); methods without a
+        router have none (``routes()`` is False)."""
+        return {}
+
+    def reset_routing_stats(self) -> None:
+        """Start counting the router's statistics afresh (every epoch; before the test)."""
+
+    @classmethod
+    def routes(cls) -> bool:
+        """Whether this method routes (overrides ``routing_stats``)."""
+        return cls.routing_stats is not AdapterLayer.routing_stats
+
     def on_optimizer_step(self) -> None:
         """Called after every optimizer step (e.g. SMoRA's per-step balancing-bias update); default: nothing."""
 
