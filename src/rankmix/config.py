@@ -180,7 +180,7 @@ def _check(cond: bool, key: str, value, problem: str) -> None:
 
 def validate(cfg: DictConfig) -> None:
     """Checks that need no model: fail before any work with one line naming the key."""
-    from rankmix.adapters import method_names, method_options
+    from rankmix.adapters import METHODS, method_names, method_options
 
     m = cfg.method
     _check(m.get("name") in method_names(), "method.name", m.get("name"),
@@ -192,11 +192,11 @@ def validate(cfg: DictConfig) -> None:
         if key in m:
             v = m[key]
             _check(isinstance(v, int) and not isinstance(v, bool) and v > 0, f"method.{key}", v, "must be a positive integer")
-    if m.name == "smora" and "k" in m and "r" in m:
-        _check(m.k <= m.r, "method.k", m.k, f"must be at most method.r={m.r} (k ranks are active out of r)")
-    if m.name == "lora_moe" and m.get("routing") == "topk" and "k" in m and "num_experts" in m:
-        _check(m.k <= m.num_experts, "method.k", m.k,
-               f"must be at most method.num_experts={m.num_experts} (k experts are active per token)")
+    if m.name in METHODS:  # the method's own rules (e.g. SMoRA's k <= r)
+        try:
+            METHODS[m.name].check_options(OmegaConf.to_container(m, resolve=True))
+        except ConfigError as e:
+            raise e.prefixed("method") from None
     check_table_id(cfg)
     opt = cfg.optimizer
     _check(isinstance(opt.lr, (int, float)) and opt.lr > 0, "optimizer.lr", opt.lr, "must be a positive number")

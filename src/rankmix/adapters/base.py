@@ -71,6 +71,11 @@ class AdapterLayer(nn.Module):
         self.context: dict = {}  # per-call inputs, see rankmix.adapters.context
 
     @classmethod
+    def check_options(cls, options: dict) -> None:
+        """Raise ``ConfigError`` (key relative to ``method``) for options that are wrong together, before any
+        model is built (default: nothing to check)."""
+
+    @classmethod
     def check_target(cls, model: nn.Module, name: str, options: dict) -> None:
         """Raise ``ConfigError`` if this method must not wrap layer ``name`` of ``model`` (default: any is fine)."""
 

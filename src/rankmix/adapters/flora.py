@@ -20,7 +20,6 @@ from rankmix.adapters.registry import register
 
 @register("flora")
 class FLoRALayer(MoSLoRALayer):
-
     def __init__(self, base_layer: nn.Module, r: int = 8, alpha: float = 16.0, dropout: float = 0.0):
         super().__init__(base_layer, r=r, alpha=alpha, dropout=dropout, mixer_init="zero")
         with torch.no_grad():

@@ -19,7 +19,6 @@ from rankmix.adapters.registry import register
 
 @register("hydralora")
 class HydraLoRALayer(AdapterLayer):
-
     def __init__(self, base_layer: nn.Module, r: int = 8, num_experts: int = 4, alpha: float = 16.0,
                  dropout: float = 0.0):
         super().__init__(base_layer)

@@ -17,7 +17,6 @@ from rankmix.adapters.registry import register
 
 @register("lora")
 class LoRALayer(AdapterLayer):
-
     def __init__(self, base_layer: nn.Module, r: int = 8, alpha: float = 16.0, dropout: float = 0.0):
         super().__init__(base_layer)
         self.r = positive_int("r", r)

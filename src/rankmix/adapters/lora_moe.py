@@ -27,6 +27,11 @@ ROUTINGS = ("top1", "top2", "topk", "soft")
 
 @register("lora_moe")
 class LoRAMoELayer(ExpertBankLayer):
+    @classmethod
+    def check_options(cls, options: dict) -> None:
+        k, n = options.get("k", 2), options.get("num_experts", 8)
+        if options.get("routing", "top1") == "topk" and isinstance(k, int) and isinstance(n, int) and k > n:
+            raise ConfigError("k", k, f"must be at most method.num_experts={n} (k experts are active per token)")
 
     def __init__(self, base_layer: nn.Module, num_experts: int = 8, r: int = 8, alpha: float = 16.0,
                  dropout: float = 0.0, routing: str = "top1", k: int = 2, tau: float = 0.1):

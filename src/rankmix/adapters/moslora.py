@@ -33,7 +33,6 @@ def butterfly_mixer(r: int) -> torch.Tensor:
 
 @register("moslora")
 class MoSLoRALayer(LoRALayer):
-
     def __init__(self, base_layer: nn.Module, r: int = 8, alpha: float = 16.0, dropout: float = 0.0,
                  mixer_init: str = "kaiming"):
         if mixer_init not in MIXER_INITS:

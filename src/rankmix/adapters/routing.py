@@ -122,7 +122,6 @@ def cross_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.
 
 @register("routing")
 class RoutingLayer(BottleneckLayer):
-
     def __init__(self, base_layer: nn.Module, fn: str = "proj", base: str = "lora", r: int = 64,
                  alpha: float | None = None, activation: str = "gelu", dropout: float = 0.0,
                  init: str = "zero_up", scale: float = 1.0, separate_mapping: bool = False,

@@ -18,7 +18,6 @@ from rankmix.adapters.registry import register
 
 @register("smear")
 class SMEARLayer(ExpertBankLayer):
-
     def __init__(self, base_layer: nn.Module, num_experts: int = 8, r: int = 8, alpha: float = 16.0,
                  dropout: float = 0.0):
         super().__init__(base_layer, num_experts, r, alpha, dropout)

@@ -94,7 +94,6 @@ def soft_mixture(block: nn.Module, x: torch.Tensor, mask: torch.Tensor) -> tuple
 
 @register("smola")
 class SMoLALayer(AdapterLayer):
-
     def __init__(self, base_layer: nn.Module, num_experts: int = 4, r: int = 4, variant: str = "mm",
                  allow_causal: bool = False):
         super().__init__(base_layer)

@@ -57,6 +57,11 @@ def maxvio(counts: torch.Tensor) -> float:
 
 @register("smora")
 class SMoRALayer(AdapterLayer):
+    @classmethod
+    def check_options(cls, options: dict) -> None:
+        r, k = options.get("r", 16), options.get("k", 4)
+        if isinstance(r, int) and isinstance(k, int) and k > r:
+            raise ConfigError("k", k, f"must be at most method.r={r} (k ranks are active out of r)")
 
     def __init__(self, base_layer: nn.Module, r: int = 16, k: int = 4, alpha: float = 16.0, dropout: float = 0.0,
                  gate: str = "sigmoid", rank_partition: int = 1, bias_update: str = "per_forward",
