@@ -1,0 +1,5 @@
+import sys
+
+from rankmix.figures import main
+
+sys.exit(main())
