@@ -177,3 +177,32 @@ def test_peft_backed_baselines_export_through_peft_and_load_back_exactly(tmp_pat
     assert config["task_type"] == "CAUSAL_LM" and config["base_model_name_or_path"] == "made-up/tiny-llama"
     loaded = PeftModel.from_pretrained(tiny_llama(), tmp_path).eval()
     torch.testing.assert_close(loaded(IDS).logits, expected, atol=1e-5, rtol=1e-5)
+
+
+def test_a_named_head_trains_and_saves_with_the_adapter(tmp_path):
+    from transformers import RobertaConfig, RobertaForSequenceClassification
+
+    def classifier(seed):
+        torch.manual_seed(seed)   # the same backbone for a seed
+        return RobertaForSequenceClassification(RobertaConfig(
+            vocab_size=40, hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=64,
+            max_position_embeddings=40, num_labels=3)).eval()
+
+    cfg = {"name": "lora", "r": 4, "target_modules": ["query", "value"], "modules_to_save": ["classifier"]}
+    model = classifier(0)
+    inject(model, cfg)
+    assert all(p.requires_grad for p in model.classifier.parameters())
+    assert not model.roberta.embeddings.word_embeddings.weight.requires_grad
+    _randomise(model)
+    ids = torch.randint(3, 40, (2, 6), generator=torch.Generator().manual_seed(0))
+    expected = model(ids).logits
+    save_adapter(model, tmp_path, cfg)
+    fresh = classifier(0)
+    torch.manual_seed(1)
+    for p in fresh.classifier.parameters():   # another head: only the saved head gives the same logits
+        torch.nn.init.normal_(p, std=0.5)
+    inject(fresh, cfg)
+    load_adapter(fresh, tmp_path)
+    torch.testing.assert_close(fresh(ids).logits, expected)
+    with pytest.raises(RankmixError, match="modules_to_save"):
+        inject(classifier(0), {**cfg, "modules_to_save": ["score"]})

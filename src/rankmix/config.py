@@ -181,11 +181,12 @@ def _check(cond: bool, key: str, value, problem: str) -> None:
 def validate(cfg: DictConfig) -> None:
     """Checks that need no model: fail before any work with one line naming the key."""
     from rankmix.adapters import METHODS, method_names, method_options
+    from rankmix.adapters.inject import INJECTION_KEYS
 
     m = cfg.method
     _check(m.get("name") in method_names(), "method.name", m.get("name"),
            f"unknown method; registered: {', '.join(method_names())}")
-    allowed = set(method_options(m.name)) | {"name", "target_modules", "exclude_modules"}
+    allowed = set(method_options(m.name)) | set(INJECTION_KEYS)
     for key in m:
         _check(key in allowed, f"method.{key}", m[key], f"not an option of {m.name}; options: {', '.join(sorted(allowed))}")
     for key in ("r", "k", "num_experts"):

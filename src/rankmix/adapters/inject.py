@@ -28,7 +28,8 @@ DEFAULT_TARGETS: dict[str, list[str]] = {
 }
 
 # Keys of a method config that steer injection rather than the layer itself.
-INJECTION_KEYS = ("name", "target_modules", "exclude_modules")
+INJECTION_KEYS = ("name", "target_modules", "exclude_modules", "modules_to_save")
+SAVED_WHOLE = "_rankmix_saved_whole"   # marks a module trained and saved whole (``modules_to_save``)
 
 
 @dataclass
@@ -73,8 +74,9 @@ def inject(model: nn.Module, method_cfg: Mapping) -> InjectionReport:
     """Wrap every matching layer of ``model`` with the configured method; freeze everything else.
 
     ``method_cfg`` holds ``name``, ``target_modules`` (names, or ``re:<regex>`` on full names; empty =
-    per-architecture default), optional ``exclude_modules``, and the method's own options. Method ``none``
-    wraps nothing: the whole model is frozen (the baseline of the frozen backbone).
+    per-architecture default), optional ``exclude_modules``, optional ``modules_to_save`` (modules trained whole
+    and saved with the adapter, e.g. a new classifier head, as peft's option of that name), and the method's own
+    options. Method ``none`` wraps nothing: the whole model is frozen (the baseline of the frozen backbone).
     """
     cfg = dict(method_cfg)
     name = cfg.get("name")
@@ -110,9 +112,22 @@ def inject(model: nn.Module, method_cfg: Mapping) -> InjectionReport:
             parent_name, _, child = full_name.rpartition(".")
             parent = model.get_submodule(parent_name) if parent_name else model
             setattr(parent, child, build(name, getattr(parent, child), **options))
+    _train_whole(model, [str(m) for m in (cfg.get("modules_to_save") or [])])
     report.trainable_parameters = sum(p.numel() for p in model.parameters() if p.requires_grad)
     report.total_parameters = sum(p.numel() for p in model.parameters())
     return report
+
+
+def _train_whole(model: nn.Module, names: list[str]) -> None:
+    """Unfreeze the modules named in ``modules_to_save`` and mark them for ``adapter_state_dict``."""
+    for pattern in names:
+        found = [m for n, m in model.named_modules() if n and _matches(n, pattern)]
+        if not found:
+            raise ConfigError("method.modules_to_save", pattern,
+                              f"matches no module of {type(model).__name__}; name a module it has (e.g. its head)")
+        for module in found:
+            module.requires_grad_(True)
+            setattr(module, SAVED_WHOLE, True)
 
 
 def check_context(model: nn.Module, provided) -> None:
@@ -133,9 +148,13 @@ def adapter_layers(model: nn.Module) -> dict[str, AdapterLayer]:
 def adapter_state_dict(model: nn.Module, prefix: str = "") -> dict[str, torch.Tensor]:
     """State entries of all adapter layers (weights and buffers), keyed by their full names in ``model``.
 
-    Layers injected through peft (dora, loha, lokr) contribute their adapter weights.
+    Layers injected through peft (dora, loha, lokr) contribute their adapter weights, and modules named in
+    ``modules_to_save`` their whole state.
     """
     out = {}
+    for name, module in model.named_modules():
+        if getattr(module, SAVED_WHOLE, False):
+            out.update({f"{prefix}{name}.{k}": v for k, v in module.state_dict().items()})
     for name, layer in adapter_layers(model).items():
         for k, v in layer.adapter_state_dict().items():
             out[f"{prefix}{name}.{k}"] = v
