@@ -182,3 +182,11 @@ def test_merging_lora_on_a_tied_lm_head_unties_it_and_leaves_the_embeddings_alon
     merged.save_pretrained(tmp_path)
     torch.testing.assert_close(run(AutoModelForCausalLM.from_pretrained(tmp_path).eval(), "gpt2"), before,
                                atol=1e-5, rtol=1e-4)
+
+
+def test_llama_targets_on_roberta_are_refused_naming_its_default_targets():
+    from rankmix.errors import ConfigError
+
+    with pytest.raises(ConfigError, match=r"default targets are query, value \(method.target_modules=\[\] uses them\)"):
+        inject(roberta(), {"name": "smora", "r": 8, "k": 2, "target_modules": ["q_proj", "v_proj"]})
+    assert len(inject(roberta(), {"name": "smora", "r": 8, "k": 2, "target_modules": []}).wrapped) == 4

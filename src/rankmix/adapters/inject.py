@@ -97,9 +97,12 @@ def inject(model: nn.Module, method_cfg: Mapping) -> InjectionReport:
         and any(_matches(n, t) for t in targets) and not any(_matches(n, e) for e in excludes)
     ]
     if not chosen:
+        default = DEFAULT_TARGETS.get(getattr(getattr(model, "config", None), "model_type", None))
+        hint = (f"; its architecture's default targets are {', '.join(default)} (method.target_modules=[] "
+                "uses them)" if default and cfg.get("target_modules") else "")
         raise ConfigError(
             "method.target_modules", targets,
-            f"matches no layer of {type(model).__name__}; layers it has: {', '.join(candidate_names(model))}",
+            f"matches no layer of {type(model).__name__}; layers it has: {', '.join(candidate_names(model))}{hint}",
         )
     report = InjectionReport(method=name, wrapped=list(chosen))
     if name in PEFT_METHODS:
