@@ -92,7 +92,7 @@ def test_makefile_help_lists_every_target():
 
     out = subprocess.run(["make", "-s", "help"], cwd=REPO, capture_output=True, text=True, check=True).stdout
     for target in ("setup", "run", "test", "list-tables", "reproduce-table-%", "reproduce-figure-%", "figures", "sync-wandb",
-                   "show-row"):
+                   "show-row", "rehearse"):
         assert f"  {target} " in out
 
 
