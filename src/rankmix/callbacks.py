@@ -122,6 +122,19 @@ class AdapterRouting(pl.Callback):
             write_json_atomic(Path(trainer.default_root_dir) / "routing_stats.json", stats)
 
 
+class LogRunConfig(pl.Callback):
+    """Give every logger the run's resolved config, run key and parameter counts when fitting starts (after the
+    processes of a distributed run are set up; rank 0 writes): the wandb dashboard compares runs by these, and the
+    CSV logger keeps them in ``hparams.yaml``."""
+
+    def __init__(self, params: dict):
+        self.params = params
+
+    def on_fit_start(self, trainer, pl_module):
+        for logger in trainer.loggers:
+            logger.log_hyperparams(self.params)
+
+
 class TrainingModes(pl.Callback):
     """How many submodules are in train and in eval mode during the first training step (HF models apply dropout by
     their module's mode): ``{"train": n, "eval": m}``, written to the run's JSON as ``train.module_modes``. Read after

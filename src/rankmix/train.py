@@ -49,7 +49,7 @@ def _now() -> str:
     return datetime.now(UTC).isoformat(timespec="seconds")
 
 
-def build_trainer(cfg: DictConfig, run_dir: Path) -> pl.Trainer:
+def build_trainer(cfg: DictConfig, run_dir: Path, extra_callbacks: list | None = None) -> pl.Trainer:
     """Lightning's Trainer from ``cfg.trainer``, the callbacks and loggers; with ``task.select_best`` (a paper's
     checkpoint selection, e.g. MoSLoRA's ``load_best_model_at_end``) also validation every ``every_n_steps``
     optimizer steps and a ModelCheckpoint that keeps the weights with the best ``monitor``."""
@@ -59,6 +59,7 @@ def build_trainer(cfg: DictConfig, run_dir: Path) -> pl.Trainer:
     from rankmix.distributed import build_strategy
 
     callbacks = [instantiate(c) for c in (cfg.get("callbacks") or {}).values() if c] + [TrainingModes()]
+    callbacks += extra_callbacks or []
     loggers = [instantiate(lg) for lg in (cfg.get("logger") or {}).values() if lg]
     kwargs = OmegaConf.to_container(cfg.trainer, resolve=True)
     kwargs.pop("_target_", None)
@@ -128,7 +129,7 @@ def selected_checkpoint(cfg: DictConfig, trainer: pl.Trainer) -> tuple[str | Non
 def fit_and_test(cfg: DictConfig, run_dir: Path, chash: str) -> tuple[dict, dict, pl.Trainer]:
     from rankmix.adapters import adapter_layers, adapter_state_dict, check_context, inject
     from rankmix.backbones import build_backbone, load_tokenizer
-    from rankmix.callbacks import TrainingModes
+    from rankmix.callbacks import LogRunConfig, TrainingModes
     from rankmix.data.loading import prepared_datamodule
     from rankmix.modules.causal_lm import CausalLMModule
     from rankmix.modules.training import set_training_modes
@@ -163,11 +164,10 @@ def fit_and_test(cfg: DictConfig, run_dir: Path, chash: str) -> tuple[dict, dict
         (run_dir / "csv" / "metrics.csv").unlink(missing_ok=True)
     else:  # the rows logged after the checkpoint are logged again by the resumed steps
         truncate_log(run_dir / "csv" / "metrics.csv", torch.load(resume, map_location="cpu", weights_only=True)["global_step"])
-    trainer = build_trainer(cfg, run_dir)
-    for logger in trainer.loggers:  # the dashboard compares runs by these (wandb's config, the CSV's hparams.yaml)
-        logger.log_hyperparams({"run_key": run_key(HydraConfig.get().job.override_dirname),
-                                "params": {"trainable": report.trainable_parameters, "total": report.total_parameters},
-                                **OmegaConf.to_container(cfg, resolve=True)})
+    trainer = build_trainer(cfg, run_dir, [LogRunConfig({
+        "run_key": run_key(HydraConfig.get().job.override_dirname),
+        "params": {"trainable": report.trainable_parameters, "total": report.total_parameters},
+        **OmegaConf.to_container(cfg, resolve=True)})])
     if resume is None:  # the adapters as initialised: ΔW = trained − initial (routing Fig. B8)
         torch.save(adapter_state_dict(model), run_dir / "adapter_init.pt")
     set_training_modes(module, cfg.backbone.get("frozen_dropout", True))
