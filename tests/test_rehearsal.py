@@ -116,7 +116,7 @@ def test_one_row_per_table_family_runs_at_paper_scale_on_stand_ins(tmp_path):
     rows = rr.select(rr.all_rows(CI_TABLES), "family")
     assert sorted(r.family for r in rows) == sorted(
         ["SMoRA FLAN", "MoSLoRA commonsense", "VQA", "COCO", "CLIP-BART", "SMoLA"])
-    out = rr.rehearse(rows, "reduced", tmp_path / "cpu.md", tmp_path / "work", steps=1, examples=4, batches=2)
+    out = rr.rehearse(rows, "reduced", tmp_path / "cpu.md", tmp_path / "work", steps=1, examples=2, batches=1)
     text = out.read_text()
     assert [r.result["status"] for r in rows] == ["pass"] * len(rows), text
     for r in rows:  # what ran is the paper's row but for paths, length and the CPU's fp32

@@ -58,10 +58,15 @@ def test_checkpoint_holds_adapter_weights_only(tmp_path):
 def test_rerun_skips_up_to_date_and_reruns_on_request(tmp_path):
     first = run_train(tmp_path, *FAST)
     assert first.returncode == 0
+    a = first.result()
     again = run_train(tmp_path, *FAST)
     assert again.returncode == 0 and "up to date" in again.stdout
     forced = run_train(tmp_path, *FAST, "rerun=true")
-    assert forced.returncode == 0 and "up to date" not in forced.stdout
+    assert forced.returncode == 0 and "up to date" not in forced.stdout, forced.stderr[-2000:]
+    b = forced.result()   # rerun=true trains again from scratch, to the same numbers
+    assert b["train"]["resumed_from"] is None and b["train"]["final_train_loss"] is not None
+    assert b["train"]["global_step"] == a["train"]["global_step"] and b["run"]["started_at"] >= a["run"]["finished_at"]
+    assert b["metrics"] == a["metrics"]  # the same seeded computation
 
 
 def test_a_run_listed_in_two_tables_is_trained_once(tmp_path):
@@ -229,18 +234,6 @@ def test_a_failure_of_another_configuration_never_replaces_a_finished_result(tmp
     assert json.loads((result.parent.parent / "failed" / result.name).read_text())["status"] == "failed"
     table = (tmp_path / "results" / "default" / "table.md").read_text()
     assert "1 finished runs" in table and "Failed runs" in table
-
-
-def test_rerun_trains_again_from_scratch(tmp_path):
-    first = run_train(tmp_path, *FAST)
-    assert first.returncode == 0
-    a = first.result()
-    again = run_train(tmp_path, *FAST, "rerun=true")
-    assert again.returncode == 0, again.stderr[-2000:]
-    b = again.result()
-    assert b["train"]["resumed_from"] is None and b["train"]["final_train_loss"] is not None
-    assert b["train"]["global_step"] == a["train"]["global_step"] and b["run"]["started_at"] >= a["run"]["finished_at"]
-    assert b["metrics"] == a["metrics"]  # the same seeded computation
 
 
 def test_a_read_only_results_folder_is_refused_before_training(tmp_path):
