@@ -28,12 +28,11 @@ def compose(experiment: str, scale: str, overrides: list[str]):
     from hydra import compose as hydra_compose
     from hydra import initialize_config_dir
 
-    from rankmix.config import apply_scale, register_resolvers
+    from rankmix.config import register_resolvers
 
     register_resolvers()
     with initialize_config_dir(config_dir=str(REPO / "conf"), version_base=None):
         cfg = hydra_compose("train", overrides=[f"experiment={experiment}", f"scale={scale}", *overrides])
-    apply_scale(cfg)
     return cfg
 
 

@@ -24,9 +24,9 @@ if not torch.cuda.is_available():
 # A small, fast version of the default run for tests (the default itself is asserted in test_default_run).
 FAST_SETTINGS = {
     "trainer.max_epochs": 2,
-    "task.tiny.datamodule.source.n_train": 24,
-    "task.tiny.datamodule.source.n_test": 4,
-    "task.tiny.datamodule.max_eval_samples.validation": 12,
+    "task.datamodule.source.n_train": 24,
+    "task.datamodule.source.n_test": 4,
+    "task.datamodule.max_eval_samples.validation": 12,
 }
 
 

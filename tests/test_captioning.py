@@ -163,8 +163,8 @@ def test_tiny_captioning_runs_table_and_figures(tmp_path):
 
     # ++: a sweep first composes without the swept experiment, where these keys do not exist yet
     r = run_train(tmp_path, "experiment=routing/4/lora_64_none,routing/4/lora_64_proj", "trainer.max_epochs=1",
-                  "++task.tiny.datamodule.source.n_train=12", "++task.tiny.datamodule.source.n_val=2",
-                  "++task.tiny.datamodule.source.n_test=4", "++backbone.tiny.language.warm_start.epochs=1",
+                  "++task.datamodule.source.n_train=12", "++task.datamodule.source.n_val=2",
+                  "++task.datamodule.source.n_test=4", "++backbone.language.warm_start.epochs=1",
                   multirun=True)
     assert r.returncode == 0, r.stderr[-3000:]
     runs = [json.loads(p.read_text()) for p in (tmp_path / "results" / "routing-4" / "runs").glob("*.json")]

@@ -1,6 +1,7 @@
 """Bad configs fail before training with one clear line naming the key (no traceback)."""
 
 import pytest
+import yaml
 
 from conftest import FAST, OFFLINE_ENV, run_train
 
@@ -14,7 +15,7 @@ CASES = [
      "q_proj, up_proj, v_proj"),
     (["method=routing", "method.fn=mul"], "rankmix: error: method.name='routing': reads x_r from each batch",
      "provides: attention_mask"),
-    (["scale=huge"], "rankmix: error: scale='huge': must be one of tiny, paper", None),
+    (["scale=huge"], "Could not find 'scale/huge'", "Available options in 'scale'"),
     (["scale=paper"], "rankmix: error: backbone.name_or_path='meta-llama/Llama-2-7b-hf': could not be loaded",
      "hf download"),
 ]
@@ -22,14 +23,22 @@ CASES = [
 
 @pytest.mark.parametrize(("overrides", "message", "detail"), CASES, ids=[c[0][0] for c in CASES])
 def test_bad_config_gives_one_clear_line(tmp_path, overrides, message, detail):
-    fast = [o for o in FAST if ".tiny." not in o] if "scale=paper" in overrides else FAST  # tiny keys are refused there
-    r = run_train(tmp_path, *fast, *overrides, timeout=180)
+    r = run_train(tmp_path, *FAST, *overrides, timeout=180)
     assert r.returncode != 0
     assert message in r.stderr
     if detail:
         assert detail in r.stderr
     assert "Traceback" not in r.stderr
     assert not list(tmp_path.glob("runs/**/checkpoints/*.ckpt"))  # failed before training
+
+
+def test_the_resolved_config_of_a_paper_row_prints_before_anything_runs(tmp_path):
+    r = run_train(tmp_path, "experiment=routing/7/adapter_mul", "scale=paper", "--cfg", "job", "--resolve")
+    assert r.returncode == 0, r.stderr[-2000:]
+    cfg = yaml.safe_load(r.stdout)
+    assert cfg["trainer"]["max_epochs"] == 20 and cfg["scale"] == "paper"  # ${task.max_epochs}, resolved
+    assert (cfg["method"]["activation"], cfg["backbone"]["unfreeze"]) == ("gelu_new", "vl_adapter")  # ${by_scale:…}
+    assert not list(tmp_path.glob("runs/*"))
 
 
 def test_multirun_with_relaunching_ddp_is_refused(tmp_path):

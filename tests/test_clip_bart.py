@@ -135,9 +135,9 @@ def test_unfreeze_refuses_an_unknown_part():
 
 def test_tiny_multitask_run(tmp_path):
     r = run_train(tmp_path, "experiment=routing/7/lora_proj", "trainer.max_epochs=1",
-                  "task.tiny.datamodule.source.n_train=16", "task.tiny.datamodule.source.n_val=2",
-                  "task.tiny.datamodule.source.n_test=4", "backbone.tiny.language.warm_start.epochs=1",
-                  "backbone.tiny.caption_warm_start.epochs=1")
+                  "task.datamodule.source.n_train=16", "task.datamodule.source.n_val=2",
+                  "task.datamodule.source.n_test=4", "backbone.language.warm_start.epochs=1",
+                  "backbone.caption_warm_start.epochs=1")
     assert r.returncode == 0, r.stderr[-3000:]
     m = r.result("routing-7")["metrics"]
     assert {"test/vqa/accuracy", "test/gqa/accuracy", "test/nlvr/accuracy", "test/caption/CIDEr", "test/average"} <= set(m)

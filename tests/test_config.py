@@ -1,17 +1,13 @@
 """The config tree: every group option composes, scale selection, validation, run identity."""
 
 import pytest
+from hydra.errors import MissingConfigException
 from omegaconf import OmegaConf, open_dict
 
 from conftest import REPO, compose
-from rankmix.config import apply_scale, config_hash, run_key, validate
+from rankmix.config import config_hash, run_key, validate
 from rankmix.distributed import build_strategy
 from rankmix.errors import ConfigError
-
-
-def _resolved(cfg):
-    apply_scale(cfg)
-    return cfg
 
 
 @pytest.mark.parametrize("group", ["method", "backbone", "task", "trainer", "logger", "callbacks", "paths"])
@@ -19,15 +15,15 @@ def test_every_option_composes(group):
     options = sorted(p.stem for p in (REPO / "conf" / group).glob("*.yaml") if p.stem != "default" or group == "paths")
     for opt in options:
         for scale in ("tiny", "paper"):
-            cfg = _resolved(compose(f"{group}={opt}", f"scale={scale}"))
+            cfg = (compose(f"{group}={opt}", f"scale={scale}"))
             with open_dict(cfg):
                 cfg.pop("hydra")
             OmegaConf.to_container(cfg, resolve=True)  # every interpolation resolves
 
 
-def test_scale_selects_the_block():
-    tiny = _resolved(compose("scale=tiny"))
-    paper = _resolved(compose("scale=paper"))
+def test_scale_selects_the_scaled_configs():
+    tiny = (compose("scale=tiny"))
+    paper = (compose("scale=paper"))
     assert tiny.backbone.source == "config" and tiny.backbone.config.hidden_size == 128
     assert paper.backbone.source == "pretrained" and paper.backbone.name_or_path == "meta-llama/Llama-2-7b-hf"
     assert paper.backbone.tokenizer.name_or_path == "meta-llama/Llama-2-7b-hf"
@@ -37,12 +33,33 @@ def test_scale_selects_the_block():
 
 
 def test_unknown_scale_is_refused():
-    with pytest.raises(ConfigError, match="scale='huge': must be one of tiny, paper"):
-        apply_scale(compose("scale=huge"))
+    with pytest.raises(MissingConfigException, match="scale/huge"):
+        compose("scale=huge")
+
+
+def test_a_key_has_one_spelling_at_either_scale():
+    cfg = compose("backbone=llama2_7b", "scale=paper", "backbone.name_or_path=/models/llama-2-7b")
+    assert cfg.backbone.name_or_path == cfg.backbone.tokenizer.name_or_path == "/models/llama-2-7b"
+    assert compose("task=flan", "scale=paper", "task.datamodule.source.test_file=/d/t.json"
+                   ).task.datamodule.source.test_file == "/d/t.json"
+    assert compose("task.max_epochs=3").trainer.max_epochs == 3  # the trainer reads the task's epochs
+
+
+@pytest.mark.parametrize("override", ["++task.paper.max_epochs=3", "++optimizer.tiny.lr=0.1"])
+def test_a_leftover_scale_block_is_refused(override):
+    with pytest.raises(ConfigError, match=r"scale blocks are not read: set (task|optimizer)\.<key>"):
+        validate(compose(override))
+
+
+def test_by_scale_picks_the_running_scale():
+    tiny, paper = (compose("experiment=smora/1/lora_64", f"scale={s}") for s in ("tiny", "paper"))
+    assert (tiny.optimizer.lr, paper.optimizer.lr) == (3e-3, 1e-4)
+    assert (tiny.trainer.precision, paper.trainer.precision) == ("32-true", "bf16-mixed")
+    assert compose("experiment=smora/1/lora_64", "scale=paper", "optimizer.lr=2e-4").optimizer.lr == 2e-4
 
 
 def test_experiment_is_a_global_diff():
-    cfg = _resolved(compose("experiment=rankmix/ranks/r4"))
+    cfg = (compose("experiment=rankmix/ranks/r4"))
     assert cfg.method.r == 4 and cfg.method.alpha == 8 and cfg.table.id == "rankmix-ranks"
 
 
@@ -55,21 +72,21 @@ def test_experiment_is_a_global_diff():
     (["method=smora", "method.k=9", "method.r=8"], "method.k"),
 ])
 def test_validation_names_the_key(overrides, key):
-    cfg = _resolved(compose(*overrides))
+    cfg = (compose(*overrides))
     with pytest.raises(ConfigError) as e:
         validate(cfg)
     assert e.value.key == key
 
 
 def test_k_within_r_passes():
-    validate(_resolved(compose("method=smora", "method.k=8", "method.r=8")))
+    validate(compose("method=smora", "method.k=8", "method.r=8"))
 
 
 def test_hash_ignores_where_and_how_a_run_executes():
-    base = config_hash(_resolved(compose()))
-    assert config_hash(_resolved(compose("trainer=ddp_sim", "logger=wandb", "paths.runs_dir=/elsewhere"))) == base
-    assert config_hash(_resolved(compose("method.r=4"))) != base
-    assert config_hash(_resolved(compose("seed=1"))) != base
+    base = config_hash(compose())
+    assert config_hash(compose("trainer=ddp_sim", "logger=wandb", "paths.runs_dir=/elsewhere")) == base
+    assert config_hash(compose("method.r=4")) != base
+    assert config_hash(compose("seed=1")) != base
 
 
 @pytest.mark.parametrize(("dirname", "key"), [
@@ -91,7 +108,7 @@ def test_fsdp_strategy_is_built_with_wrap_classes():
     from lightning.pytorch.strategies import FSDPStrategy
     from transformers.models.llama.modeling_llama import LlamaDecoderLayer
 
-    cfg = _resolved(compose("trainer=fsdp"))
+    cfg = (compose("trainer=fsdp"))
     strategy = build_strategy(OmegaConf.to_container(cfg.trainer.strategy))
     assert isinstance(strategy, FSDPStrategy)
     assert strategy.kwargs["use_orig_params"] is True
@@ -138,19 +155,16 @@ def test_run_keys_lead_with_the_row_and_normalise_values():
 @pytest.mark.parametrize("bad", ["../../x", "a/b", ".hidden", "x..y"])
 def test_table_id_must_be_a_plain_name(bad):
     cfg = compose(f"table.id={bad}")
-    apply_scale(cfg)
     with pytest.raises(ConfigError, match="table.id=.*must be a plain name"):
         validate(cfg)
 
 
 def test_k_is_checked_against_what_it_counts():
     ok = compose("method=lora_moe", "method.routing=topk", "method.k=4", "method.r=2")  # k experts, rank 2: fine
-    apply_scale(ok)
     validate(ok)
     for overrides, bound in ((["method=smora", "method.r=4", "method.k=8"], "method.r=4"),
                              (["method=lora_moe", "method.routing=topk", "method.k=9"], "method.num_experts=8")):
         cfg = compose(*overrides)
-        apply_scale(cfg)
         with pytest.raises(ConfigError, match=f"method.k=.*must be at most {bound}"):
             validate(cfg)
 

@@ -4,7 +4,7 @@ import pytest
 from omegaconf import OmegaConf, open_dict
 
 from conftest import REPO, compose
-from rankmix.config import apply_scale, validate
+from rankmix.config import validate
 from rankmix.tables import _number, experiment_tables, paper_rows, paper_value
 
 ROWS = [(table, row) for table, rows in experiment_tables().items() for row in rows]
@@ -12,7 +12,6 @@ ROWS = [(table, row) for table, rows in experiment_tables().items() for row in r
 
 def _resolved(row, scale):
     cfg = compose(f"experiment={row}", f"scale={scale}")
-    apply_scale(cfg)
     validate(cfg)
     with open_dict(cfg):
         cfg.pop("hydra")

@@ -121,18 +121,18 @@ def test_choosing_a_device_changes_no_paper_setting(name):
 
 
 # -- command-line overrides at paper scale ------------------------------------------------------------------------
-def test_a_command_line_value_beats_the_scale_block():
+def test_a_command_line_value_beats_the_scaled_config():
     c = row("smora/1/lora_64", "paper", "optimizer.lr=1e-5", "trainer.precision=32-true",
-            "trainer.accumulate_grad_batches=2", "++task.datamodule.batch_size=2", "+backbone.name_or_path=/models/l")
+            "trainer.accumulate_grad_batches=2", "++task.datamodule.batch_size=2", "backbone.name_or_path=/models/l")
     assert (c["optimizer"]["lr"], c["trainer"]["precision"], c["trainer"]["accumulate_grad_batches"]) == (1e-5, "32-true", 2)
     assert c["task"]["datamodule"]["batch_size"] == 2
     assert c["backbone"]["name_or_path"] == c["backbone"]["tokenizer"]["name_or_path"] == "/models/l"
-    assert row("smora/1/lora_64", "paper", "task.paper.datamodule.batch_size=3")["task"]["datamodule"]["batch_size"] == 3
+    assert row("smora/1/lora_64", "paper", "task.datamodule.batch_size=3")["task"]["datamodule"]["batch_size"] == 3
 
 
-def test_an_override_of_the_unused_scale_is_refused():
-    with pytest.raises(ConfigError, match=r"task\.paper\.datamodule\.batch_size.*scale=tiny does not use"):
-        compose_run(["experiment=smora/1/lora_64", "scale=tiny", "task.paper.datamodule.batch_size=3"])
+def test_a_value_written_in_an_old_scale_block_is_refused():
+    with pytest.raises(ConfigError, match=r"task\.paper=.*scale blocks are not read: set task\.<key>"):
+        compose_run(["experiment=smora/1/lora_64", "scale=paper", "++task.paper.datamodule.batch_size=3"])
 
 
 # -- the README's paper commands and the keys error messages name -------------------------------------------------
@@ -158,10 +158,10 @@ def test_every_readme_paper_command_composes_as_its_multirun_would():
 
 
 @pytest.mark.parametrize(("name", "key"), [
-    ("smora/1/lora_64", "task.paper.datamodule.source.test_file"),
-    ("smora/1/lora_64", "task.paper.datamodule.source.train_dir"),
-    ("moslora/4/moslora", "task.paper.datamodule.source.test_dir"),
-    ("moslora/4/moslora", "task.paper.datamodule.source.train_file"),
+    ("smora/1/lora_64", "task.datamodule.source.test_file"),
+    ("smora/1/lora_64", "task.datamodule.source.train_dir"),
+    ("moslora/4/moslora", "task.datamodule.source.test_dir"),
+    ("moslora/4/moslora", "task.datamodule.source.train_file"),
     ("moslora/4/moslora", "task.datamodule.data_dir"),
     ("routing/1/lora_64_proj", "task.datamodule.images_dir"),
     ("routing/4/lora_64_proj", "task.datamodule.data_dir"),
@@ -201,6 +201,6 @@ def test_the_protocol_document_covers_every_table():
     assert not missing, f"docs/protocol.md has no section for {missing}"
 
 
-def test_an_override_of_a_scale_blocks_key_is_used_not_dropped():
-    c = OmegaConf.to_container(compose_run(["+task.max_epochs=1"]), resolve=True)  # Hydra's own suggestion
+def test_an_override_of_a_scaled_key_is_used_not_dropped():
+    c = OmegaConf.to_container(compose_run(["task.max_epochs=1"]), resolve=True)
     assert (c["task"]["max_epochs"], c["trainer"]["max_epochs"]) == (1, 1)

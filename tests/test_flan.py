@@ -124,7 +124,7 @@ def test_missing_files_say_where_to_get_them(tmp_path):
         flan.load_test(tmp_path / "combined_test.json")
     with pytest.raises(DataError, match="Muennighoff/flan"):
         flan.sample_train(tmp_path, ["snli"], 2, 0)
-    with pytest.raises(ConfigError, match="task.paper.datamodule.source.test_file"):
+    with pytest.raises(ConfigError, match="task.datamodule.source.test_file"):
         build_splits({"kind": "flan", "test_file": None, "train_dir": "x", "n_train": 1})
 
 

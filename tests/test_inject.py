@@ -20,7 +20,8 @@ def test_only_adapter_parameters_train(tiny_llama):
 
 def test_default_targets_by_model_type(tiny_llama):
     report = inject(tiny_llama, {"name": "lora", "r": 2, "target_modules": None})
-    assert {n.rsplit(".", 1)[-1] for n in report.wrapped} == {"q_proj", "v_proj"}
+    assert {n.rsplit(".", 1)[-1] for n in report.wrapped} == {"q_proj", "k_proj", "v_proj", "o_proj", "gate_proj",
+                                                              "up_proj", "down_proj"}  # every linear of the block
 
 
 def test_regex_targets_and_excludes(tiny_llama):

@@ -107,7 +107,7 @@ def test_t5_and_qwen2_have_default_targets_and_t5_feed_forward_reads_the_wrapped
     ids = torch.randint(3, 50, (2, 5))
     t(input_ids=ids, decoder_input_ids=ids).logits.sum().backward()
     q = qwen2()
-    assert len(inject(q, {"name": method, "r": 4}).wrapped) == 4   # q_proj, v_proj by default
+    assert len(inject(q, {"name": method, "r": 4}).wrapped) == 14   # by default every linear layer of its 2 blocks
     assert torch.isfinite(run(q, "llama")).all()
 
 

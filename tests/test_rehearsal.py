@@ -20,21 +20,21 @@ def test_readme_paper_commands_are_found():
     args = rr.readme_args()
     assert {"smora-1", "moslora-4", "routing-1", "routing-4"} <= set(args)
     assert all("trainer=gpu" in a for a in args.values())
-    assert "task.paper.datamodule.source.test_file=/data/combined_test.json" in args["smora-1"]
+    assert "task.datamodule.source.test_file=/data/combined_test.json" in args["smora-1"]
 
 
 def test_row_overrides_change_only_paths_device_and_length():
-    data = {"task.paper.datamodule.source.test_file": "/r/combined_test.json",
-            "task.paper.datamodule.source.train_dir": "/r/train"}
+    data = {"task.datamodule.source.test_file": "/r/combined_test.json",
+            "task.datamodule.source.train_dir": "/r/train"}
     out = rr.row_overrides(_row(), {"name_or_path": HUB_7B}, {HUB_7B: "/s/llama"}, data, rr.readme_args(), gpu=False)
     assert "trainer=cpu" in out and "trainer=gpu" not in out
-    assert "task.paper.datamodule.source.test_file=/r/combined_test.json" in out
-    assert "task.paper.datamodule.source.train_dir=/r/train" in out
-    assert "backbone.paper.name_or_path=/s/llama" in out
+    assert "task.datamodule.source.test_file=/r/combined_test.json" in out
+    assert "task.datamodule.source.train_dir=/r/train" in out
+    assert "backbone.name_or_path=/s/llama" in out
     assert not any("/data/" in o for o in out)
     length = rr.length_overrides("flan")
     assert out[-len(length):] == length and all(o.startswith(("++trainer.", "++task.datamodule.max_eval")) for o in length)
-    extra = [o for o in out if o not in length and not o.startswith(("trainer=", "backbone.paper.", "task."))]
+    extra = [o for o in out if o not in length and not o.startswith(("trainer=", "backbone.", "task."))]
     assert extra == []
 
 

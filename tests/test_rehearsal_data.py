@@ -75,7 +75,7 @@ def test_writers_are_deterministic_and_skip_a_complete_copy(writer, tmp_path):
 def test_a_writer_rewrites_for_new_settings_and_keeps_to_its_root(tmp_path):
     first = rdata.write_flan(tmp_path / "a", seed=3)
     rdata.write_flan(tmp_path / "a", seed=4, n_test=1)
-    assert len(read(Path(first["task.paper.datamodule.source.test_file"]))) == 48
+    assert len(read(Path(first["task.datamodule.source.test_file"]))) == 48
     with pytest.raises(ValueError, match="holds the rehearsal data of 'flan'"):
         rdata.write_commonsense(tmp_path / "a")
     with pytest.raises(ValueError, match="unknown split or source 'valid'"):

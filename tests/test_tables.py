@@ -96,6 +96,21 @@ def test_makefile_help_lists_every_target():
         assert f"  {target} " in out
 
 
+def test_make_run_trains_on_a_fresh_clone():
+    """No result of the default run is committed (it would make ``make run`` print "up to date"), and what a run
+    writes stays out of git."""
+    import subprocess
+
+    git = ["git", "-C", str(REPO)]
+    if subprocess.run([*git, "rev-parse"], capture_output=True).returncode != 0:
+        pytest.skip("not a git checkout")
+    assert subprocess.run([*git, "ls-files", "results/default", "runs"], capture_output=True, text=True,
+                          check=True).stdout == ""
+    ignored = subprocess.run([*git, "check-ignore", "results/default/runs/default.json", "runs/default/default/x"],
+                             capture_output=True, text=True).stdout.split()
+    assert ignored == ["results/default/runs/default.json", "runs/default/default/x"]
+
+
 def test_cells_in_paper_units_and_other_columns(tmp_path):
     paper = tmp_path / "paper"
     paper.mkdir()

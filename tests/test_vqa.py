@@ -128,9 +128,10 @@ def test_the_image_reaches_the_answer_through_prefix_and_routing():
 
 
 def test_tiny_vqa_run(tmp_path):
-    r = run_train(tmp_path, "task=vqa", "backbone=vit_roberta", "method=routing", "method.r=8", "trainer.max_epochs=1",
-                  "task.tiny.datamodule.source.n_train=16", "task.tiny.datamodule.source.n_val=2",
-                  "task.tiny.datamodule.source.n_test=4", "optimized_metric=test/accuracy")
+    r = run_train(tmp_path, "task=vqa", "backbone=vit_roberta", "method=smora", "method.r=8", "method.k=2",
+                  "trainer.max_epochs=1",
+                  "task.datamodule.source.n_train=16", "task.datamodule.source.n_val=2",
+                  "task.datamodule.source.n_test=4", "optimized_metric=test/accuracy")
     assert r.returncode == 0, r.stderr[-3000:]
     m = r.result()["metrics"]
     assert 0 <= m["test/accuracy"] <= 100 and {"test/accuracy/yes/no", "test/question_type/how many"} <= set(m)
@@ -143,3 +144,8 @@ def test_tiny_vqa_run(tmp_path):
     vit = AutoModel.from_config(AutoConfig.for_model(**r.result()["config"]["backbone"]["vision"]["config"]))
     modes = r.result()["train"]["module_modes"]
     assert modes["eval"] == len(list(vit.modules())) and modes["train"] > 0
+    # the checkpoint keeps SMoRA's balancing bias (a buffer, not a trainable weight) with the trained weights
+    (ckpt,) = (tmp_path / "runs" / "default").glob("*/checkpoints/last.ckpt")
+    state = torch.load(ckpt, weights_only=True)["state_dict"]
+    biases = [v for k, v in state.items() if k.endswith("router_bias")]
+    assert biases and all(b.abs().sum() > 0 for b in biases)

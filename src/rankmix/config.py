@@ -1,8 +1,10 @@
 """Config handling shared by every entry point: scale selection, validation, run identity.
 
-Scale: a config node (backbone, task, optimizer, trainer, method, table) may hold ``tiny:`` and ``paper:`` blocks beside
-shared keys;
-``apply_scale`` replaces the node by ``shared ∪ block[scale]`` so the rest of the code sees one flat node.
+Scale is a Hydra config group (``conf/scale/{tiny,paper}.yaml``). What a scale changes in a backbone, task or
+table comes through the defaults list (``conf/scaled/<group>/<scale>/<option>.yaml``, merged over
+``conf/<group>/<option>.yaml``); a paper row's scale-specific values read ``${by_scale:<tiny value>,<paper value>}``
+(Hydra cannot interpolate the scale into the nested defaults of an experiment). A key has one spelling at either
+scale, and ``python -m rankmix.train --cfg job --resolve`` shows what a run will use.
 """
 
 from __future__ import annotations
@@ -16,8 +18,6 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 from rankmix.errors import ConfigError
 
 SCALES = ("tiny", "paper")
-SCALED_GROUPS = ("backbone", "task", "optimizer", "trainer", "method", "table")
-REQUIRE_BOTH_SCALES = ("backbone", "task")  # the others may set only the keys one scale changes
 # Keys that change where or how a run is executed, not what it computes: left out of the run's hash.
 UNHASHED = ("paths", "logger", "callbacks", "hydra", "rerun")
 MAX_KEY_LEN = 120
@@ -25,68 +25,24 @@ TABLE_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
 UNHASHED_TRAINER = ("accelerator", "devices", "num_nodes", "strategy", "enable_progress_bar", "log_every_n_steps")
 
 
-def apply_scale(cfg: DictConfig, overrides: list[str] | None = None) -> None:
-    """Replace each scaled node by ``shared ∪ block[scale]``, then re-apply the command-line ``overrides``.
-
-    ``overrides`` default to the Hydra job's own (``hydra.overrides.task``). A command-line value always wins
-    over the scale block (``optimizer.lr=1e-4`` at ``scale=paper`` runs at 1e-4), and an override inside the
-    block of the scale that is not running (``task.paper.…`` at ``scale=tiny``) is refused: the run would not
-    use it.
-    """
-    scale = cfg.get("scale")
+def by_scale(tiny, paper, *, _root_):
+    """``${by_scale:<tiny>,<paper>}``: the value for the run's ``scale``."""
+    scale = _root_.get("scale")
     if scale not in SCALES:
         raise ConfigError("scale", scale, f"must be one of {', '.join(SCALES)}")
-    if overrides is None:  # a run's task function gets no hydra node: its overrides come from HydraConfig
-        from hydra.core.hydra_config import HydraConfig
+    return tiny if scale == "tiny" else paper
 
-        overrides = (list(cfg.hydra.overrides.task) if "hydra" in cfg else
-                     list(HydraConfig.get().overrides.task) if HydraConfig.initialized() else [])
-    parsed = _key_overrides(overrides)
-    other = next(s for s in SCALES if s != scale)
-    for key, value, _ in parsed:
-        parts = key.split(".")
-        if parts[0] in SCALED_GROUPS and other in parts[1:]:
-            raise ConfigError(key, value, f"is in the '{other}:' block, which scale={scale} does not use; "
-                              f"set {'.'.join(p for p in parts if p != other)} (or run with scale={other})")
-    for group in SCALED_GROUPS:
+
+def check_no_scale_blocks(cfg: DictConfig) -> None:
+    """Refuse a ``tiny:``/``paper:`` block left in a config node (the suite before scales were a config group
+    merged them; now nothing reads them, so the run would silently ignore the values)."""
+    for group in ("backbone", "task", "optimizer", "trainer", "method", "table"):
         node = cfg.get(group)
-        if node is None or not any(s in node for s in SCALES):
-            continue
-        if scale not in node and group in REQUIRE_BOTH_SCALES:
-            raise ConfigError(group, node.get("name"), f"has no '{scale}' block; it supports: "
-                              f"{', '.join(s for s in SCALES if s in node)}")
-        shared = {k: v for k, v in node.items() if k not in SCALES}
-        merged = OmegaConf.merge(OmegaConf.create(shared), node.get(scale) or {})
-        with open_dict(cfg):
-            cfg[group] = merged
-    with open_dict(cfg):
-        for key, value, delete in parsed:
-            parts = key.split(".")
-            if parts[0] not in SCALED_GROUPS or len(parts) < 2:
-                continue
-            flat = ".".join(p for p in parts if p != scale)
-            if delete:  # ~key: gone, whichever block set it
-                parent, _, leaf = flat.rpartition(".")
-                node = OmegaConf.select(cfg, parent)
-                if isinstance(node, DictConfig) and leaf in node:
-                    node.pop(leaf)
-            else:  # as Hydra applies it: a dict merges into the node, anything else replaces it
-                OmegaConf.update(cfg, flat, value, merge=isinstance(value, dict), force_add=True)
-
-
-def _key_overrides(overrides: list[str]) -> list[tuple[str, object, bool]]:
-    """``(key, value, is_deletion)`` of the ``key=value`` and ``~key`` overrides (not group choices), ``+``
-    stripped."""
-    from hydra.core.override_parser.overrides_parser import OverridesParser
-
-    out = []
-    for o in OverridesParser.create().parse_overrides(overrides):
-        if o.is_sweep_override() or "." not in o.key_or_group:
-            continue
-        value = None if o.is_delete() else o.value()
-        out.append((o.key_or_group, OmegaConf.to_container(value) if isinstance(value, DictConfig) else value,
-                    o.is_delete()))
-    return out
+        for scale in SCALES:
+            if isinstance(node, DictConfig) and scale in node:
+                raise ConfigError(f"{group}.{scale}", "{...}", f"scale blocks are not read: set {group}.<key> "
+                                  f"(one spelling at either scale), or put the values in "
+                                  f"conf/scaled/{group}/{scale}/<option>.yaml, or use ${{by_scale:<tiny>,<paper>}}")
 
 
 # Keys that name or file a run without changing what it computes: left out of the computation hash, so a run
@@ -163,6 +119,8 @@ def register_resolvers() -> None:
         OmegaConf.register_new_resolver("run_key", run_key)
     if not OmegaConf.has_resolver("safe_name"):
         OmegaConf.register_new_resolver("safe_name", safe_name)
+    if not OmegaConf.has_resolver("by_scale"):
+        OmegaConf.register_new_resolver("by_scale", by_scale)
 
 
 def check_table_id(cfg: DictConfig) -> None:
@@ -183,6 +141,8 @@ def validate(cfg: DictConfig) -> None:
     from rankmix.adapters import METHODS, method_names, method_options
     from rankmix.adapters.inject import INJECTION_KEYS
 
+    _check(cfg.get("scale") in SCALES, "scale", cfg.get("scale"), f"must be one of {', '.join(SCALES)}")
+    check_no_scale_blocks(cfg)
     m = cfg.method
     _check(m.get("name") in method_names(), "method.name", m.get("name"),
            f"unknown method; registered: {', '.join(method_names())}")
@@ -206,7 +166,7 @@ def validate(cfg: DictConfig) -> None:
 
 
 def compose_run(overrides: list[str], conf_dir: str | None = None) -> DictConfig:
-    """The config ``python -m rankmix.train <overrides>`` would run, scale applied and validated, without
+    """The config ``python -m rankmix.train <overrides>`` would run, validated, without
     its ``hydra`` node (what a run's result JSON records as its ``config``)."""
     from pathlib import Path
 
@@ -221,7 +181,6 @@ def compose_run(overrides: list[str], conf_dir: str | None = None) -> DictConfig
     with open_dict(cfg):
         cfg.hydra.runtime.output_dir = OmegaConf.select(cfg, "hydra.run.dir")
     HydraConfig.instance().set_config(cfg)
-    apply_scale(cfg, list(overrides))
     validate(cfg)
     with open_dict(cfg):
         cfg.pop("hydra")

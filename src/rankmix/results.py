@@ -14,8 +14,6 @@ import subprocess
 from importlib import metadata
 from pathlib import Path
 
-import torch
-
 from rankmix.data.files import atomic_open
 
 PACKAGES = ("rankmix", "torch", "transformers", "lightning", "hydra-core", "omegaconf", "datasets", "peft",
@@ -83,6 +81,8 @@ def git_state(cwd: Path) -> dict:
 
 
 def peak_memory_mb() -> dict[str, float]:
+    import torch
+
     out = {"cpu_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0}
     if torch.cuda.is_available():
         out["gpu_allocated_mb"] = torch.cuda.max_memory_allocated() / 2**20
@@ -91,6 +91,8 @@ def peak_memory_mb() -> dict[str, float]:
 
 
 def machine() -> dict:
+    import torch
+
     return {
         "python": platform.python_version(),
         "platform": platform.platform(),

@@ -306,7 +306,7 @@ def multirun_overrides(overrides: list[str]) -> list[str]:
     """The user's overrides as a table's multirun must pass them: ``key=value`` as ``++key=value``.
 
     Hydra composes a multirun's default config (``task=generated``) before any row, and that config lacks the
-    keys only a row's task has (``task.paper.datamodule.source.test_file``); ``++`` sets a key whether or not
+    keys only a row's task has (``task.datamodule.source.test_file``); ``++`` sets a key whether or not
     the config has it. Group choices (``trainer=gpu``), ``hydra.*`` and already prefixed overrides pass as
     they are; the run key drops the prefix, so the runs are the same as one-by-one runs.
     """

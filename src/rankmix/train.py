@@ -15,17 +15,18 @@ import time
 import traceback
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import hydra
-import lightning.pytorch as pl
-import torch
 from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf, open_dict
 
-from rankmix.callbacks import SWEEP_FAILURES
-from rankmix.config import apply_scale, check_table_id, config_hash, register_resolvers, run_key, validate
+if TYPE_CHECKING:
+    import lightning.pytorch as pl
+
+from rankmix.config import check_table_id, config_hash, register_resolvers, run_key, validate
 from rankmix.data.files import atomic_open, stale_temporaries
 from rankmix.errors import ConfigError, RankmixError
 from rankmix.results import (
@@ -39,6 +40,7 @@ from rankmix.results import (
     same_computation,
     write_json_atomic,
 )
+from rankmix.sweep import SWEEP_FAILURES
 
 log = logging.getLogger("rankmix.train")
 CONF_DIR = str(Path(__file__).resolve().parents[2] / "conf")
@@ -53,6 +55,7 @@ def build_trainer(cfg: DictConfig, run_dir: Path, extra_callbacks: list | None =
     """Lightning's Trainer from ``cfg.trainer``, the callbacks and loggers; with ``task.select_best`` (a paper's
     checkpoint selection, e.g. MoSLoRA's ``load_best_model_at_end``) also validation every ``every_n_steps``
     optimizer steps and a ModelCheckpoint that keeps the weights with the best ``monitor``."""
+    import lightning.pytorch as pl
     from lightning.pytorch.callbacks import ModelCheckpoint
 
     from rankmix.callbacks import TrainingModes
@@ -104,7 +107,7 @@ def _dtype_nodes(node: DictConfig, key: str):
     if "dtype" in node:
         yield key, node
     for k, v in node.items():
-        if isinstance(v, DictConfig) and k not in ("tiny", "paper", "tokenizer", "config"):
+        if isinstance(v, DictConfig) and k not in ("tokenizer", "config"):
             yield from _dtype_nodes(v, f"{key}.{k}")
 
 
@@ -127,6 +130,9 @@ def selected_checkpoint(cfg: DictConfig, trainer: pl.Trainer) -> tuple[str | Non
 
 
 def fit_and_test(cfg: DictConfig, run_dir: Path, chash: str) -> tuple[dict, dict, pl.Trainer]:
+    import lightning.pytorch as pl
+    import torch
+
     from rankmix.adapters import adapter_layers, adapter_state_dict, check_context, inject
     from rankmix.backbones import build_backbone, load_tokenizer
     from rankmix.callbacks import LogRunConfig, TrainingModes
@@ -274,6 +280,8 @@ def _resumable_checkpoint(run_dir: Path, chash: str, fresh: bool = False) -> str
     last = ckpt_dir / "last.ckpt"
     if not last.is_file():
         return None
+    import torch
+
     try:
         torch.load(last, map_location="cpu", weights_only=True)
     except Exception as e:  # noqa: BLE001  (any unreadable file means: start over)
@@ -298,7 +306,6 @@ def train(cfg: DictConfig) -> float | None:
     try:
         check_table_id(cfg)
         path = result_path(Path(cfg.paths.results_dir), cfg.table.id, key)
-        apply_scale(cfg)
         validate(cfg)
         check_launch(cfg, multirun)
         fallback = cpu_fallback(cfg)
@@ -349,7 +356,7 @@ def train(cfg: DictConfig) -> float | None:
                                    "folder, then run the same command again (it resumes from last.ckpt)") from None
         failure_path(path).unlink(missing_ok=True)
         return _finish(cfg, metrics, path)
-    except (RankmixError, pl.utilities.exceptions.MisconfigurationException) as e:
+    except (RankmixError, *_lightning_config_errors()) as e:
         _record_failure(path, key, cfg, chash, started, str(e))
         _rebuild_table(cfg)
         print(f"rankmix: error: {e}", file=sys.stderr)
@@ -373,6 +380,12 @@ def train(cfg: DictConfig) -> float | None:
         if lock is not None:
             lock.close()
         release_memory()
+
+
+def _lightning_config_errors() -> tuple[type, ...]:
+    """Lightning's own config error, when Lightning has been imported (a config refused before it never is)."""
+    mod = sys.modules.get("lightning.fabric.utilities.exceptions")
+    return (mod.MisconfigurationException,) if mod else ()
 
 
 def stop_on_sigterm(key: str) -> None:
@@ -480,7 +493,8 @@ def release_memory() -> None:
     import gc
 
     gc.collect()
-    if torch.cuda.is_available():
+    torch = sys.modules.get("torch")  # nothing to free where no run got as far as importing it
+    if torch is not None and torch.cuda.is_available():
         torch.cuda.empty_cache()
 
 

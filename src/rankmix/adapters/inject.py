@@ -14,11 +14,14 @@ from rankmix.adapters.peft_methods import PEFT_METHODS, inject_peft, is_peft_ada
 from rankmix.adapters.registry import FROZEN, build, get_method
 from rankmix.errors import ConfigError, NotMergeableError
 
-# Used when a method config leaves target_modules empty, keyed by the HF config's model_type.
+# Used when a method config leaves target_modules empty, keyed by the HF config's model_type: peft's mapping, except
+# for the Llama-style decoders, where it is every linear layer of the block (LLaMA-Factory's ``lora_target: all``, the
+# setting of SMoRA's and HydraLoRA's runs) rather than peft's q_proj, v_proj.
+LLAMA_BLOCK = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
 DEFAULT_TARGETS: dict[str, list[str]] = {
-    "llama": ["q_proj", "v_proj"],
-    "mistral": ["q_proj", "v_proj"],
-    "qwen2": ["q_proj", "v_proj"],
+    "llama": LLAMA_BLOCK,
+    "mistral": LLAMA_BLOCK,
+    "qwen2": LLAMA_BLOCK,
     "t5": ["q", "v"],
     "roberta": ["query", "value"],
     "bert": ["query", "value"],

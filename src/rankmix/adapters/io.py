@@ -1,5 +1,5 @@
-"""Saving and loading adapter weights, and exporting LoRA/MoSLoRA (and the peft-backed baselines) in peft's
-``save_pretrained`` format.
+"""Saving and loading adapter weights, and exporting LoRA/MoSLoRA, the peft-backed baselines and the routed methods
+(``rankmix.peft``) in peft's ``save_pretrained`` format.
 
 ``save_adapter`` writes ``adapter.safetensors`` (adapter weights and buffers only) and ``adapter.json``
 (the method config); ``load_adapter`` puts them back into a model injected with the same config.
@@ -19,6 +19,7 @@ from torch import nn
 
 from rankmix.adapters.inject import adapter_layers, adapter_state_dict
 from rankmix.errors import RankmixError
+from rankmix.peft import ROUTED_METHODS
 
 PEFT_EXPORTABLE = ("lora", "moslora", "ts_mixing", "flora")
 
@@ -67,15 +68,18 @@ def export_peft(model: nn.Module, directory: str | Path, base_model_name_or_path
     if not layers and "default" in (getattr(model, "peft_config", None) or {}):
         return _export_peft_injected(model, Path(directory), base_model_name_or_path)
     methods = {layer.method for layer in layers.values()}
+    name = base_model_name_or_path or getattr(getattr(model, "config", None), "_name_or_path", None) or None
+    if len(methods) == 1 and methods <= set(ROUTED_METHODS):
+        return _export_routed(model, layers, Path(directory), name)
     if not layers or not methods <= set(PEFT_EXPORTABLE):
-        raise RankmixError(f"peft export supports {', '.join(PEFT_EXPORTABLE)}; this model has {sorted(methods) or 'none'}")
+        raise RankmixError(f"peft export supports {', '.join(PEFT_EXPORTABLE)}, the peft-backed baselines and the "
+                           f"routed {', '.join(ROUTED_METHODS)} (rankmix.peft); this model has {sorted(methods) or 'none'}")
     dropouts = {getattr(layer.dropout, "p", 0.0) for layer in layers.values()}
     if len(dropouts) != 1:
         raise RankmixError(f"peft export needs one dropout for all layers; found {sorted(dropouts)}")
     r, _ = Counter(layer.r for layer in layers.values()).most_common(1)[0]
     alpha, _ = Counter(layer.alpha for layer in layers.values()).most_common(1)[0]
     conv1d = any(isinstance(layer.base_layer, Conv1D) for layer in layers.values())
-    name = base_model_name_or_path or getattr(getattr(model, "config", None), "_name_or_path", None) or None
     config = LoraConfig(
         r=r, lora_alpha=alpha, lora_dropout=dropouts.pop(), target_modules=sorted(layers), fan_in_fan_out=conv1d,
         bias="none", task_type=peft_task_type(model), base_model_name_or_path=name,
@@ -89,6 +93,23 @@ def export_peft(model: nn.Module, directory: str | Path, base_model_name_or_path
         a = layer.absorbed_A() if hasattr(layer, "absorbed_A") else layer.lora_A.weight
         state[f"base_model.model.{name}.lora_A.weight"] = a.detach().contiguous().cpu()
         state[f"base_model.model.{name}.lora_B.weight"] = layer.lora_B.weight.detach().contiguous().cpu()
+    save_file(state, d / "adapter_model.safetensors", metadata={"format": "pt"})
+    return d
+
+
+def _export_routed(model: nn.Module, layers: dict, d: Path, base_model_name_or_path: str | None) -> Path:
+    """A routed method (``rankmix.peft``): peft's file layout, ``peft_type: "RANKMIX"``, every layer's adapter tensors
+    (router, low-rank factors, buffers) under ``base_model.model.<layer>.lora_rankmix.<tensor>``."""
+    from rankmix.peft import MODULE_DICT, routed_adapter_config
+
+    options = [layer.options for layer in layers.values()]
+    if any(o != options[0] for o in options):
+        raise RankmixError("peft export of a routed method needs one set of options for all layers")
+    d.mkdir(parents=True, exist_ok=True)
+    config = routed_adapter_config(layers, options[0], peft_task_type(model), base_model_name_or_path)
+    (d / "adapter_config.json").write_text(json.dumps(config, indent=2, sort_keys=True, default=list) + "\n")
+    state = {f"base_model.model.{name}.{MODULE_DICT}.{k}": v.detach().contiguous().cpu()
+             for name, layer in layers.items() for k, v in layer.adapter_state_dict().items()}
     save_file(state, d / "adapter_model.safetensors", metadata={"format": "pt"})
     return d
 

@@ -58,6 +58,8 @@ def build(name: str, base_layer: nn.Module, **cfg) -> nn.Module:
     if unknown:
         raise ConfigError(f"method.{unknown[0]}", cfg[unknown[0]], f"not an option of {name}; options: {', '.join(allowed)}")
     try:
-        return cls(base_layer, **cfg)
+        layer = cls(base_layer, **cfg)
     except ConfigError as e:
         raise e.prefixed("method") from None
+    layer.options = dict(cfg)  # what rebuilds it (a routed peft export records them)
+    return layer

@@ -28,7 +28,7 @@ from rankmix.errors import DataError
 log = logging.getLogger(__name__)
 
 TRAIN_WHERE = ("download ft-training_set/commonsense_170k.json of github.com/AGI-Edgerunners/LLM-Adapters (or the "
-               "hub dataset zwhe99/commonsense_170k) and set task.paper.datamodule.source.train_file to its path")
+               "hub dataset zwhe99/commonsense_170k) and set task.datamodule.source.train_file to its path")
 
 # name → (records in LLM-Adapters' dataset/<name>/test.json, answer pattern)
 DATASETS: dict[str, tuple[int, str]] = {
@@ -115,7 +115,7 @@ def load_test(root: Path, dataset: str) -> list[dict]:
     path = Path(root) / dataset / "test.json"
     if not path.is_file():
         raise DataError(f"{path}: not found; use LLM-Adapters' dataset/{dataset}/test.json "
-                        "(github.com/AGI-Edgerunners/LLM-Adapters) and point task.paper.datamodule.source.test_dir at its dataset/ folder")
+                        "(github.com/AGI-Edgerunners/LLM-Adapters) and point task.datamodule.source.test_dir at its dataset/ folder")
     records = check_records(path, read_records(path))
     expected = DATASETS[dataset][0] if dataset in DATASETS else None
     if expected is not None and len(records) != expected:

@@ -21,7 +21,7 @@ TEST_FIELDS = ("inputs", "targets", "task", "domain", "metric")
 METRICS = ("em", "bleu", "rouge")
 SUFFIX = "_10templates"
 WHERE_TO_GET = ("download datasets/combined_test.json from github.com/StyxXuan/smora (or dataset/combined_test.json "
-                "of LoraRetriever) and set task.paper.datamodule.source.test_file to its path")
+                "of LoraRetriever) and set task.datamodule.source.test_file to its path")
 
 
 def base_task(name: str) -> str:
@@ -49,7 +49,7 @@ def sample_train(train_dir: Path, tasks: list[str], n_per_task: int, seed: int) 
         path = inside(Path(train_dir), f"{task}{SUFFIX}_train.jsonl", "task name", "the FLAN test file")
         if not path.is_file():
             raise DataError(f"{path}: FLAN training file not found; download train/{task}{SUFFIX}_train.jsonl "
-                            "of the HF dataset Muennighoff/flan into the folder task.paper.datamodule.source.train_dir")
+                            "of the HF dataset Muennighoff/flan into the folder task.datamodule.source.train_dir")
         rows = check_fields(path, read_records(path), ("inputs", "targets"), "FLAN training records")
         picked = rng.sample(rows, min(n_per_task, len(rows)))
         out += [{"inputs": r["inputs"], "targets": r["targets"], "task": task} for r in picked]

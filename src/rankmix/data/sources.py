@@ -56,7 +56,7 @@ def _splits(source: Mapping) -> dict[str, list[dict]]:
     if kind == "flan":
         for key in ("test_file", "train_dir"):
             if not source.get(key):
-                raise ConfigError(f"task.paper.datamodule.source.{key}", source.get(key), f"is required for the FLAN files; {flan.WHERE_TO_GET}"
+                raise ConfigError(f"task.datamodule.source.{key}", source.get(key), f"is required for the FLAN files; {flan.WHERE_TO_GET}"
                                   if key == "test_file" else "a folder with Muennighoff/flan's train/*_train.jsonl")
         test = [{**r, "task": flan.base_task(r["task"])} for r in flan.load_test(source["test_file"])]
         tasks = sorted({r["task"] for r in test})
@@ -85,12 +85,12 @@ def _commonsense_files(source: Mapping) -> dict[str, list[dict]]:
     for key, why in (("train_file", commonsense.TRAIN_WHERE),
                      ("test_dir", "a folder holding LLM-Adapters' dataset/<name>/test.json for the 8 test sets")):
         if not source.get(key):
-            raise ConfigError(f"task.paper.datamodule.source.{key}", source.get(key), f"is required; {why}")
+            raise ConfigError(f"task.datamodule.source.{key}", source.get(key), f"is required; {why}")
     train = [commonsense.to_instruction(r, commonsense.TRAIN_TASK) for r in commonsense.load_train(source["train_file"])]
     n_val = int(source.get("n_validation") or 0)
     if n_val and len(train) <= n_val:
         raise DataError(f"{source['train_file']}: {len(train)} training records; {n_val} are held out for validation "
-                        "(task.paper.datamodule.source.n_validation), so it needs more")
+                        "(task.datamodule.source.n_validation), so it needs more")
     validation: list[dict] = []
     if n_val:  # finetune.py: train_test_split(test_size=val_set_size, shuffle=True, seed=42)
         parts = datasets.Dataset.from_list(train).train_test_split(test_size=n_val, shuffle=True, seed=source["seed"])

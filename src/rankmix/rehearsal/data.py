@@ -275,8 +275,8 @@ def write_flan(root: Path, n_train: int = 12, n_test: int = 2, seed: int = 0) ->
                 json.dumps({"inputs": i, "targets": t, "task": task + SUFFIX}) + "\n" for i, t in rows))
 
     _once(root, "flan", {"n_train": n_train, "n_test": n_test, "seed": seed}, ["smora", "flan"], write)
-    return {"task.paper.datamodule.source.test_file": str(test_file),
-            "task.paper.datamodule.source.train_dir": str(train_dir)}
+    return {"task.datamodule.source.test_file": str(test_file),
+            "task.datamodule.source.train_dir": str(train_dir)}
 
 
 # -- commonsense ---------------------------------------------------------------------------------------------
@@ -298,8 +298,8 @@ def write_commonsense(root: Path, n_train: int = 200, n_test: int = 8, seed: int
             _dump(test_dir / name / "test.json", recs, indent=4)
 
     _once(root, "commonsense", {"n_train": n_train, "n_test": n_test, "seed": seed}, ["LLM-Adapters"], write)
-    return {"task.paper.datamodule.source.train_file": str(train_file),
-            "task.paper.datamodule.source.test_dir": str(test_dir)}
+    return {"task.datamodule.source.train_file": str(train_file),
+            "task.datamodule.source.test_dir": str(test_dir)}
 
 
 # -- COCO images, VQA and Karpathy files ---------------------------------------------------------------------

@@ -127,7 +127,7 @@ def pretrained_parts(backbone: dict, prefix: str = "") -> dict[str, str]:
     if backbone.get("source") == "pretrained" and not str(backbone.get("name_or_path", "")).startswith("pkg:"):
         out[prefix + "name_or_path"] = backbone["name_or_path"]
     for k, v in backbone.items():
-        if isinstance(v, dict) and k not in ("tokenizer", "config", "tiny", "paper"):
+        if isinstance(v, dict) and k not in ("tokenizer", "config"):
             out.update(pretrained_parts(v, f"{prefix}{k}."))
     return out
 
@@ -158,7 +158,7 @@ def row_overrides(row: Row, parts: dict[str, str], standins: dict[str, Path], da
     args += [f"{k}={v}" for k, v in data.items() if k not in given]
     if not any(a.startswith("trainer=") for a in args) and gpu:
         args.append("trainer=gpu")
-    args += [f"backbone.paper.{key}={standins[hub]}" for key, hub in parts.items()]
+    args += [f"backbone.{key}={standins[hub]}" for key, hub in parts.items()]
     return args + (length_overrides(row.task) if length is None else length)
 
 
@@ -337,7 +337,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--timeout", type=int, default=900, help="seconds per row")
     ap.add_argument("--set", action="append", default=[], metavar="KEY=PATH",
                     help="a data path of your own in place of the written one, e.g. "
-                         "task.paper.datamodule.source.test_file=/data/combined_test.json (the real SMoRA file)")
+                         "task.datamodule.source.test_file=/data/combined_test.json (the real SMoRA file)")
     ap.add_argument("--steps", type=int, default=2, help="optimizer steps per row")
     ap.add_argument("--examples", type=int, default=8, help="evaluation records per row (instruction tasks)")
     ap.add_argument("--batches", type=int, help="training batches per epoch (default: as many as the steps need)")
