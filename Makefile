@@ -30,11 +30,13 @@ $(VENV)/.installed: pyproject.toml
 run: ## train the embedded default (LoRA, tiny Llama, generated tasks, CPU); prints the results path
 	$(PY) -m rankmix.train $(ARGS)
 
-test: ## run the test suite (offline, wandb disabled)
-	$(OFFLINE) $(PY) -m pytest $(ARGS)
+JOBS ?= 2
+
+test: ## run the test suite (offline, wandb disabled), JOBS=2 test processes side by side (JOBS=0: one)
+	$(OFFLINE) $(PY) -m pytest -n $(JOBS) --dist worksteal $(ARGS)
 
 test-fast: ## the tests without the end-to-end training runs
-	$(OFFLINE) $(PY) -m pytest -m "not slow" $(ARGS)
+	$(OFFLINE) $(PY) -m pytest -n $(JOBS) --dist worksteal -m "not slow" $(ARGS)
 
 lint: ## ruff on the package, scripts, kernels and tests
 	$(VENV)/bin/ruff check src scripts kernels tests

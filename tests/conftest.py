@@ -17,6 +17,11 @@ OFFLINE_ENV = {
     "WANDB_MODE": "disabled", "PBAR_REFRESH": "0",
 }
 os.environ.update(OFFLINE_ENV)
+# Test processes side by side (make test: pytest-xdist) each compute on one thread, as do the runs they start.
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    os.environ["OMP_NUM_THREADS"] = "1"
+    torch.set_num_threads(1)
+
 # Without a GPU, Triton kernels run in Triton's CPU interpreter; it must be chosen before they are imported.
 if not torch.cuda.is_available():
     os.environ.setdefault("TRITON_INTERPRET", "1")
