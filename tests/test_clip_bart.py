@@ -151,7 +151,7 @@ def test_tiny_multitask_run(tmp_path):
 def test_multitask_warm_start_trains_every_task_and_then_loads_from_its_cache(tmp_path, monkeypatch):
     from rankmix.backbones import word_level_tokenizer
     from rankmix.data.vl_multitask import VLMultitaskDataModule
-    from rankmix.modules import clip_bart
+    from rankmix.modules import warm_start
 
     source = {"n_train": 6, "n_val": 1, "n_test": 1, "size": 32, "seed": 1, "noise": 0.0}
     dm = VLMultitaskDataModule(None, str(tmp_path / "data"), source=source, batch_size=6, feature_image_size=96,
@@ -174,11 +174,11 @@ def test_multitask_warm_start_trains_every_task_and_then_loads_from_its_cache(tm
     monkeypatch.setattr(CLIPBart, "loss", lambda self, batch: (seen.update([batch["task"]]), loss(self, batch))[1])
     spec = {"epochs": 2, "lr": 1e-3, "batch_size": 6, "seed": 0}
     model, before = fresh(), fresh().state_dict()
-    clip_bart.multitask_warm_start(model, dm, spec, tmp_path / "cache")
+    warm_start.multitask_warm_start(model, dm, spec, tmp_path / "cache")
     assert set(seen) == set(TASKS)  # every task's batches, at its ratio
     assert not torch.equal(model.bart.model.shared.weight, before["bart.model.shared.weight"])
     assert len(list((tmp_path / "cache" / "warm_start").glob("clip_bart-multitask-*.pt"))) == 1
     seen.clear()
     again = fresh()
-    clip_bart.multitask_warm_start(again, dm, spec, tmp_path / "cache")
+    warm_start.multitask_warm_start(again, dm, spec, tmp_path / "cache")
     assert not seen and torch.equal(again.visual_embedding.feat.weight, model.visual_embedding.feat.weight)

@@ -154,25 +154,22 @@ def test_gate_entropy_is_tracked():
     assert 0.0 < h <= torch.log(torch.tensor(4.0)).item() + 1e-6
 
 
-def test_vl_checkpoints_keep_the_balancing_bias():
-    """The VQA / captioning / CLIP-BART modules save trainable weights and every adapter buffer: a resumed SMoRA
-    run keeps its router_bias."""
-    import lightning.pytorch as pl
-
+def test_checkpoints_keep_the_balancing_bias():
+    """Every task's module (rankmix.modules.base.AdapterModule) saves trainable weights and every adapter buffer:
+    a resumed SMoRA run keeps its router_bias; a checkpoint without an adapter tensor is refused."""
     from rankmix.adapters import inject
-    from rankmix.modules.training import TrainableCheckpoint
+    from rankmix.errors import RankmixError
+    from rankmix.modules.base import AdapterModule
 
-    class Module(TrainableCheckpoint, pl.LightningModule):
-        def __init__(self):
-            super().__init__()
-            self.model = torch.nn.Sequential(torch.nn.Linear(8, 8), torch.nn.Linear(8, 2))
-            inject(self.model, {"name": "smora", "r": 4, "k": 2, "target_modules": ["0"]})
-            self.model[1].requires_grad_(True)  # a trainable head beside the adapter
-
-    m = Module()
+    model = torch.nn.Sequential(torch.nn.Linear(8, 8), torch.nn.Linear(8, 2))
+    inject(model, {"name": "smora", "r": 4, "k": 2, "target_modules": ["0"]})
+    model[1].requires_grad_(True)  # a trainable head beside the adapter
+    m = AdapterModule(model, {"lr": 1e-3})
     m.model[0].router_bias.fill_(0.25)
     checkpoint = {"state_dict": m.state_dict()}
     m.on_save_checkpoint(checkpoint)
     saved = checkpoint["state_dict"]
     assert saved["model.0.router_bias"].eq(0.25).all()
+    with pytest.raises(RankmixError, match="checkpoint lacks 1 adapter tensors .first: model.0.router_bias"):
+        m.on_load_checkpoint({"state_dict": {k: v for k, v in saved.items() if "router_bias" not in k}})
     assert "model.0.base_layer.weight" not in saved and "model.1.weight" in saved and "model.0.lora_B.weight" in saved

@@ -24,7 +24,7 @@ from pathlib import Path
 import torch
 from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, PreTrainedTokenizerFast
 
-from rankmix.errors import ConfigError, RankmixError
+from rankmix.errors import ConfigError
 
 SPECIAL_TOKENS = {"pad_token": "<pad>", "bos_token": "<s>", "eos_token": "</s>", "unk_token": "<unk>"}
 
@@ -167,62 +167,3 @@ def build_backbone(spec: Mapping, tokenizer, auto_class=AutoModelForCausalLM, ex
         raise ConfigError("backbone.source", source, "must be config or pretrained")
     model.generation_config.pad_token_id = tokenizer.pad_token_id
     return model
-
-
-def warm_start(model: torch.nn.Module, tokenizer, texts: list[str], spec: Mapping, cache_dir: Path,
-               cached_only: bool = False) -> torch.nn.Module:
-    """Pre-train a random-init causal LM on ``texts`` (full training, no adapters) so the tiny scale, like the
-    paper's pretrained GPT-2, starts from a model that knows the language but not the task's inputs.
-
-    ``spec``: ``epochs``, ``lr``, ``batch_size``, ``seed``. Each text is trained as ``bos text eos``. The weights
-    are cached under ``cache_dir`` by a hash of the model config, the texts and ``spec``; the global random state
-    is left untouched (forked), so a run draws the same adapter init whether the cache existed or not.
-    ``cached_only``: refuse to train (rebuilding a finished run's model), raising when the cache lacks the weights.
-    """
-    path = warm_start_path(model, texts, spec, cache_dir)
-    if path.is_file():
-        model.load_state_dict(torch.load(path, map_location="cpu"))
-        return model
-    if cached_only:
-        raise RankmixError(f"{path}: the warm-started weights are not in the cache (the run that used them wrote "
-                           "them; run it again with rerun=true)")
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(int(spec.get("seed", 0)))
-        _train_lm(model, tokenizer, texts, spec)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
-    torch.save(model.state_dict(), tmp)
-    tmp.replace(path)
-    return model
-
-
-def warm_start_path(model: torch.nn.Module, texts: list[str], spec: Mapping, cache_dir: Path) -> Path:
-    """Where ``warm_start`` caches the weights for this model config, these texts and these settings."""
-    from rankmix.config import digest
-
-    key = digest([model.config.to_dict(), sorted(texts), dict(spec)])
-    return Path(cache_dir) / "warm_start" / f"{model.config.model_type}-{key}.pt"
-
-
-def _train_lm(model: torch.nn.Module, tokenizer, texts: list[str], spec: Mapping) -> None:
-    from tqdm import tqdm
-
-    gen = torch.Generator().manual_seed(int(spec.get("seed", 0)))
-    seqs = [[tokenizer.bos_token_id, *tokenizer(t, add_special_tokens=False)["input_ids"], tokenizer.eos_token_id]
-            for t in texts]
-    opt = torch.optim.AdamW(model.parameters(), lr=float(spec.get("lr", 1e-3)))
-    bs, epochs = int(spec.get("batch_size", 32)), int(spec.get("epochs", 3))
-    model.train()
-    for _ in tqdm(range(epochs), desc="warm start", disable=None):
-        for idx in torch.randperm(len(seqs), generator=gen).split(bs):
-            batch = [seqs[i] for i in idx.tolist()]
-            n = max(map(len, batch))
-            ids = torch.full((len(batch), n), tokenizer.pad_token_id, dtype=torch.long)
-            mask = torch.zeros_like(ids)
-            for i, s in enumerate(batch):
-                ids[i, :len(s)], mask[i, :len(s)] = torch.tensor(s), 1
-            loss = model(input_ids=ids, attention_mask=mask, labels=ids.masked_fill(mask == 0, -100)).loss
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
-    model.eval()

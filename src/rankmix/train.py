@@ -133,36 +133,13 @@ def fit_and_test(cfg: DictConfig, run_dir: Path, chash: str) -> tuple[dict, dict
     import lightning.pytorch as pl
     import torch
 
-    from rankmix.adapters import adapter_layers, adapter_state_dict, check_context, inject
-    from rankmix.backbones import build_backbone, load_tokenizer
+    from rankmix.adapters import adapter_layers, adapter_state_dict, check_context
     from rankmix.callbacks import LogRunConfig, TrainingModes
-    from rankmix.data.loading import prepared_datamodule
-    from rankmix.modules.causal_lm import CausalLMModule
+    from rankmix.modules import build
     from rankmix.modules.training import set_training_modes
 
     pl.seed_everything(cfg.seed, workers=True, verbose=False)
-    kind = cfg.task.get("kind", "causal_lm")
-    if kind in ("vqa", "caption", "vl_multitask"):
-        from rankmix.modules.captioning import build_captioning
-        from rankmix.modules.clip_bart import build_vl_multitask
-        from rankmix.modules.vqa import build_vqa
-
-        build = {"vqa": build_vqa, "caption": build_captioning, "vl_multitask": build_vl_multitask}[kind]
-        module, dm, report, model = build(cfg, run_dir)
-    else:
-        dm = prepared_datamodule(cfg)
-        tokenizer = load_tokenizer(cfg.backbone.tokenizer, [dm.files()["train"]], run_dir / "tokenizer",
-                                   dm.template_text(), model_name=cfg.backbone.get("name_or_path"))
-        model = build_backbone(cfg.backbone, tokenizer)
-        report = inject(model, OmegaConf.to_container(cfg.method, resolve=True))
-        dm.set_tokenizer(tokenizer)
-        module = CausalLMModule(model, tokenizer, max_new_tokens=cfg.task.datamodule.max_new_tokens,
-                                num_beams=cfg.task.get("num_beams", 1),
-                                validation_generates=(cfg.task.get("select_best") or {}).get("generate", True),
-                                scorer=cfg.task.get("scorer", "generic"),
-                                scorer_options=OmegaConf.to_container(cfg.task.scorer_options, resolve=True)
-                                if cfg.task.get("scorer_options") else {},
-                                predictions_path=str(run_dir / "predictions.jsonl"), **cfg.optimizer)
+    module, dm, report, model = build(cfg, run_dir)
     log.info(str(report))
     check_context(model, cfg.task.get("context", []))
     resume = _resumable_checkpoint(run_dir, chash, fresh=bool(cfg.rerun))

@@ -256,7 +256,7 @@ class VLMultitaskDataModule(pl.LightningDataModule):
         order = torch.cat([torch.full((f.shape[0],), i, dtype=torch.long) for i, f in enumerate(feats)])
         return torch.cat(feats), order
 
-    def _collate(self, batch: list[dict]) -> dict:
+    def collate(self, batch: list[dict]) -> dict:
         """One task's batch: prompt + text ids, visual tokens and their image order, target ids (-100 padding)
         and what evaluation needs."""
         tok, task = self.tokenizer, batch[0]["_task"]
@@ -294,7 +294,7 @@ class VLMultitaskDataModule(pl.LightningDataModule):
         batch_sizes = {t: max(1, int(base * self.ratios[t])) if train else base for t in self.tasks}
         sampler = MultitaskBatchSampler(sizes, batch_sizes, shuffle=train, seed=self.seed, world=world, rank=rank)
         return DataLoader(TaskExamples(self, stage), batch_sampler=sampler, num_workers=self.num_workers,
-                          collate_fn=self._collate)
+                          collate_fn=self.collate)
 
     def train_dataloader(self) -> DataLoader:
         return self._loader("train")

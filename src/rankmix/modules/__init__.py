@@ -1,0 +1,24 @@
+"""The LightningModules, one per kind of benchmark (``task.kind``), each on ``base.AdapterModule``, and the builder of
+each: ``build(cfg, run_dir)`` gives (LightningModule, data module, injection report, the adapted model)."""
+
+from __future__ import annotations
+
+import importlib
+
+BUILDERS = {  # task.kind -> "module:function"
+    "causal_lm": "rankmix.modules.causal_lm:build_causal_lm",
+    "vqa": "rankmix.modules.vqa:build_vqa",
+    "caption": "rankmix.modules.captioning:build_captioning",
+    "vl_multitask": "rankmix.modules.clip_bart:build_vl_multitask",
+}
+
+
+def build(cfg, run_dir):
+    """The task's model, data and LightningModule, by ``cfg.task.kind`` (``causal_lm`` when unset)."""
+    from rankmix.errors import ConfigError
+
+    kind = cfg.task.get("kind", "causal_lm")
+    if kind not in BUILDERS:
+        raise ConfigError("task.kind", kind, f"unknown; kinds: {', '.join(BUILDERS)}")
+    module, _, function = BUILDERS[kind].partition(":")
+    return getattr(importlib.import_module(module), function)(cfg, run_dir)

@@ -11,17 +11,16 @@ Java start-up), all five and their mean on the PTB tokenizer's output at test.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from pathlib import Path
 
-import lightning.pytorch as pl
 import torch
 from torch import nn
 
 from rankmix.adapters import adapter_context
 from rankmix.adapters.base import choice
 from rankmix.metrics.captioning import CHEAP, FIVE, score_captions
-from rankmix.modules.evaluation import ScoredEvaluation
-from rankmix.modules.training import SCHEDULES, TrainableCheckpoint, adamw_with_warmup, trainable
+from rankmix.modules.base import AdapterModule
 from rankmix.modules.vision_prefix import X_R, check_widths, visual_features
 
 
@@ -55,20 +54,12 @@ class VisionPrefixCaptioner(nn.Module):
                                     pad_token_id=pad_token_id)
 
 
-class CaptioningModule(TrainableCheckpoint, ScoredEvaluation, pl.LightningModule):
-    def __init__(self, model: VisionPrefixCaptioner, tokenizer, lr: float, weight_decay: float = 0.0,
-                 warmup_ratio: float = 0.0, warmup_steps: int | None = None, betas=(0.9, 0.999),
-                 schedule: str = "linear", eps: float = 1e-8, max_new_tokens: int = 50, num_beams: int = 1,
-                 predictions_path: str | None = None):
-        super().__init__()
-        self.model, self.tokenizer = model, tokenizer
-        self.lr, self.weight_decay, self.warmup_ratio, self.betas = lr, weight_decay, warmup_ratio, tuple(betas)
-        self.warmup_steps = warmup_steps  # when set, overrides warmup_ratio (§4: 5,000 steps)
-        self.schedule = choice("optimizer.schedule", schedule, tuple(SCHEDULES))
-        self.eps = eps
+class CaptioningModule(AdapterModule):
+    def __init__(self, model: VisionPrefixCaptioner, tokenizer, optimizer: Mapping, max_new_tokens: int = 50,
+                 num_beams: int = 1, predictions_path: str | None = None):
+        super().__init__(model, optimizer, predictions_path)
+        self.tokenizer = tokenizer
         self.max_new_tokens, self.num_beams = max_new_tokens, num_beams
-        self._init_evaluation(predictions_path)
-        self.strict_loading = False
 
     def _loss(self, batch) -> torch.Tensor:
         logits = self.model(batch["pixel_values"], batch["input_ids"], batch["attention_mask"])
@@ -79,10 +70,6 @@ class CaptioningModule(TrainableCheckpoint, ScoredEvaluation, pl.LightningModule
         loss = self._loss(batch)
         self.log("train/loss", loss, prog_bar=True, on_step=True, on_epoch=True, batch_size=batch["input_ids"].shape[0])
         return loss
-
-    def configure_optimizers(self):
-        return adamw_with_warmup(self.trainer, trainable(self.trainer), self.lr, self.weight_decay, self.betas,
-                                 self.warmup_ratio, self.warmup_steps, self.schedule, eps=self.eps)
 
     def score(self, records: list[dict], stage: str) -> dict[str, float]:
         test = stage == "test"
@@ -106,8 +93,9 @@ def build_captioning(cfg, run_dir: Path, cached_only: bool = False):
     from omegaconf import OmegaConf
 
     from rankmix.adapters import inject
-    from rankmix.backbones import build_backbone, build_encoder, text_tokenizer, warm_start
+    from rankmix.backbones import build_backbone, build_encoder, text_tokenizer
     from rankmix.data.loading import prepared_datamodule
+    from rankmix.modules.warm_start import warm_start
 
     dm = prepared_datamodule(cfg)
     spec, texts = cfg.backbone.language, dm.caption_texts()
@@ -119,7 +107,7 @@ def build_captioning(cfg, run_dir: Path, cached_only: bool = False):
         lm = warm_start(lm, tokenizer, texts, spec.warm_start, Path(cfg.paths.cache_dir), cached_only=cached_only)
     report = inject(lm, OmegaConf.to_container(cfg.method, resolve=True))
     model = VisionPrefixCaptioner(vision, lm, x_r=cfg.task.get("x_r", "image"))
-    module = CaptioningModule(model, tokenizer, max_new_tokens=cfg.task.max_new_tokens,
-                              num_beams=cfg.task.get("num_beams", 1),
-                              predictions_path=str(run_dir / "predictions.jsonl"), **cfg.optimizer)
+    module = CaptioningModule(model, tokenizer, OmegaConf.to_container(cfg.optimizer, resolve=True),
+                              max_new_tokens=cfg.task.max_new_tokens, num_beams=cfg.task.get("num_beams", 1),
+                              predictions_path=str(run_dir / "predictions.jsonl"))
     return module, dm, report, lm

@@ -6,16 +6,17 @@ task's scorer: ``generic`` (``rankmix.metrics.text``: per task, then the mean ov
 (``rankmix.metrics.flan``: SMoRA's FLAN protocol, clusters and average) or ``commonsense``
 (``rankmix.data.commonsense``: LLM-Adapters' answer extraction from the text after the first "### Response:"
 of the decoded prompt + generation, accuracy per test set and average).
-Checkpoints hold only the adapter weights; the frozen backbone is rebuilt from its config.
+Checkpoints hold the adapter weights and buffers (``rankmix.modules.base``); the frozen backbone is rebuilt from its
+config.
 """
 
 from __future__ import annotations
 
 import inspect
+from collections.abc import Mapping
+from pathlib import Path
 
-import lightning.pytorch as pl
-
-from rankmix.adapters import adapter_context, adapter_state_dict
+from rankmix.adapters import adapter_context
 from rankmix.adapters.base import choice
 from rankmix.adapters.peft_methods import peft_tuner
 from rankmix.data.commonsense import prediction as commonsense_prediction
@@ -24,27 +25,19 @@ from rankmix.data.instruction import RECORD_KEYS
 from rankmix.errors import ConfigError
 from rankmix.metrics.flan import score_flan
 from rankmix.metrics.text import score_generations
-from rankmix.modules.evaluation import ScoredEvaluation
-from rankmix.modules.training import SCHEDULES, adamw_with_warmup, trainable
+from rankmix.modules.base import AdapterModule
 
 SCORERS = {"generic": score_generations, "flan": score_flan, "commonsense": score_commonsense}
 # Scorers whose protocol reads its prediction out of the decoded prompt + generation (LLM-Adapters'
 # evaluator: the text after the first "### Response:"); the others read the generated tokens only.
 FROM_FULL_TEXT = {"commonsense": commonsense_prediction}
 
-class CausalLMModule(ScoredEvaluation, pl.LightningModule):
-    def __init__(self, model, tokenizer, lr: float, weight_decay: float = 0.0, warmup_ratio: float = 0.0,
-                 warmup_steps: int | None = None,
-                 betas: tuple[float, float] = (0.9, 0.999), schedule: str = "linear", max_new_tokens: int = 16,
-                 num_beams: int = 1, validation_generates: bool = True, scorer: str = "generic",
-                 scorer_options: dict | None = None,
+class CausalLMModule(AdapterModule):
+    def __init__(self, model, tokenizer, optimizer: Mapping, max_new_tokens: int = 16, num_beams: int = 1,
+                 validation_generates: bool = True, scorer: str = "generic", scorer_options: dict | None = None,
                  predictions_path: str | None = None):
-        super().__init__()
-        self.model = model
+        super().__init__(model, optimizer, predictions_path)
         self.tokenizer = tokenizer
-        self.lr, self.weight_decay, self.warmup_ratio, self.betas = lr, weight_decay, warmup_ratio, tuple(betas)
-        self.warmup_steps = warmup_steps  # when set, overrides warmup_ratio (LLM-Adapters: warmup_steps=100)
-        self.schedule = choice("optimizer.schedule", schedule, tuple(SCHEDULES))
         self.scorer = choice("task.scorer", scorer, tuple(SCORERS))
         self.scorer_options = dict(scorer_options or {})  # e.g. flan: {rouge_package: rouge}
         accepted = [p for p in inspect.signature(SCORERS[self.scorer]).parameters if p != "records"]
@@ -55,8 +48,6 @@ class CausalLMModule(ScoredEvaluation, pl.LightningModule):
         self.max_new_tokens = max_new_tokens
         self.num_beams = num_beams
         self.validation_generates = validation_generates  # False: validation computes the loss only (HF Trainer)
-        self._init_evaluation(predictions_path)
-        self.strict_loading = False  # checkpoints hold adapter weights only
 
     # -- training ------------------------------------------------------------------------------
     def _lm(self, batch):
@@ -69,10 +60,6 @@ class CausalLMModule(ScoredEvaluation, pl.LightningModule):
         loss = self._lm(batch).loss
         self.log("train/loss", loss, prog_bar=True, on_step=True, on_epoch=True, batch_size=batch["input_ids"].shape[0])
         return loss
-
-    def configure_optimizers(self):
-        return adamw_with_warmup(self.trainer, trainable(self.trainer), self.lr, self.weight_decay, self.betas,
-                                 self.warmup_ratio, self.warmup_steps, self.schedule)
 
     # -- evaluation ----------------------------------------------------------------------------
     def score(self, records: list[dict], stage: str) -> dict[str, float]:
@@ -97,13 +84,26 @@ class CausalLMModule(ScoredEvaluation, pl.LightningModule):
             self._records.append({"idx": int(batch["idx"][i]), "prediction": text.strip(),
                                       **{k: batch[k][i] for k in RECORD_KEYS}})
 
-    # -- adapter-only checkpoints --------------------------------------------------------------
-    def on_save_checkpoint(self, checkpoint):
-        checkpoint["state_dict"] = adapter_state_dict(self.model, prefix="model.")
 
-    def on_load_checkpoint(self, checkpoint):
-        expected = set(adapter_state_dict(self.model, prefix="model."))
-        missing = sorted(expected - set(checkpoint["state_dict"]))
-        if missing:
-            raise RuntimeError(f"checkpoint lacks {len(missing)} adapter tensors (first: {missing[0]}); "
-                               "was it written with another method or target_modules?")
+def build_causal_lm(cfg, run_dir: Path):
+    """(LightningModule, data module, injection report, the adapted LM) for an instruction-tuning config."""
+    from omegaconf import OmegaConf
+
+    from rankmix.adapters import inject
+    from rankmix.backbones import build_backbone, load_tokenizer
+    from rankmix.data.loading import prepared_datamodule
+
+    dm = prepared_datamodule(cfg)
+    tokenizer = load_tokenizer(cfg.backbone.tokenizer, [dm.files()["train"]], run_dir / "tokenizer",
+                               dm.template_text(), model_name=cfg.backbone.get("name_or_path"))
+    model = build_backbone(cfg.backbone, tokenizer)
+    report = inject(model, OmegaConf.to_container(cfg.method, resolve=True))
+    dm.set_tokenizer(tokenizer)
+    module = CausalLMModule(model, tokenizer, OmegaConf.to_container(cfg.optimizer, resolve=True),
+                            max_new_tokens=cfg.task.datamodule.max_new_tokens, num_beams=cfg.task.get("num_beams", 1),
+                            validation_generates=(cfg.task.get("select_best") or {}).get("generate", True),
+                            scorer=cfg.task.get("scorer", "generic"),
+                            scorer_options=OmegaConf.to_container(cfg.task.scorer_options, resolve=True)
+                            if cfg.task.get("scorer_options") else {},
+                            predictions_path=str(run_dir / "predictions.jsonl"))
+    return module, dm, report, model

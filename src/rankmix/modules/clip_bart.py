@@ -21,9 +21,9 @@ exact match; NLVR2 by the first decoder step's logit of "true" against "false"; 
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from pathlib import Path
 
-import lightning.pytorch as pl
 import torch
 from torch import nn
 
@@ -33,8 +33,7 @@ from rankmix.errors import ConfigError
 from rankmix.metrics.captioning import FIVE, score_captions
 from rankmix.metrics.vl_tasks import gqa_accuracy, nlvr_accuracy, nlvr_predictions
 from rankmix.metrics.vqa import score_vqa
-from rankmix.modules.evaluation import ScoredEvaluation
-from rankmix.modules.training import SCHEDULES, TrainableCheckpoint, adamw_with_warmup
+from rankmix.modules.base import AdapterModule
 
 X_R_DECODER = ("encoder_mean", "visual")
 ACCURACY_TASKS = ("vqa", "gqa", "nlvr")
@@ -106,34 +105,26 @@ class CLIPBart(nn.Module):
             return self.bart(encoder_outputs=enc, attention_mask=mask, decoder_input_ids=start).logits[:, -1]
 
 
-class VLMultitaskModule(TrainableCheckpoint, ScoredEvaluation, pl.LightningModule):
-    def __init__(self, model: CLIPBart, tokenizer, lr: float, weight_decay: float = 0.01, warmup_ratio: float = 0.1,
-                 betas=(0.9, 0.999), eps: float = 1e-6, answer_max_tokens: int = 10, caption_beams: int = 5,
-                 caption_max_tokens: int = 20, predictions_path: str | None = None, warmup_steps: int | None = None,
-                 schedule: str = "linear"):
-        super().__init__()
-        self.model, self.tokenizer = model, tokenizer
-        self.lr, self.weight_decay, self.warmup_ratio, self.betas, self.eps = lr, weight_decay, warmup_ratio, tuple(betas), eps
-        self.warmup_steps = warmup_steps
-        self.schedule = choice("optimizer.schedule", schedule, tuple(SCHEDULES))
+class VLMultitaskModule(AdapterModule):
+    def __init__(self, model: CLIPBart, tokenizer, optimizer: Mapping, answer_max_tokens: int = 10,
+                 caption_beams: int = 5, caption_max_tokens: int = 20, predictions_path: str | None = None):
+        super().__init__(model, optimizer, predictions_path)
+        self.tokenizer = tokenizer
         self.answer_max_tokens, self.caption_beams, self.caption_max_tokens = answer_max_tokens, caption_beams, caption_max_tokens
         (self.true_id, self.false_id), self.answer_prefix = _answer_tokens(tokenizer, model.bart.config)
-        self._init_evaluation(predictions_path)
-        self.strict_loading = False
 
     def training_step(self, batch, batch_idx):
         loss = self.model.loss(batch)
         self.log("train/loss", loss, prog_bar=True, on_step=True, on_epoch=True, batch_size=batch["input_ids"].shape[0])
         return loss
 
-    def configure_optimizers(self):
+    def param_groups(self) -> list:
         decay, no_decay = [], []  # VL-Adapter: no weight decay on biases and LayerNorm weights
         for n, p in self.trainer.model.named_parameters():
             if p.requires_grad:
                 (no_decay if n.endswith("bias") or "norm" in n.lower() else decay).append(p)
-        groups = [{"params": decay, "weight_decay": self.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
-        return adamw_with_warmup(self.trainer, groups, self.lr, self.weight_decay, self.betas, self.warmup_ratio,
-                                 self.warmup_steps, self.schedule, eps=self.eps)
+        return [{"params": decay, "weight_decay": self.optimizer_settings.weight_decay},
+                {"params": no_decay, "weight_decay": 0.0}]
 
     def _eval_step(self, batch, stage):
         task = batch["task"]
@@ -226,8 +217,9 @@ def build_vl_multitask(cfg, run_dir: Path):
     from omegaconf import OmegaConf
 
     from rankmix.adapters import inject
-    from rankmix.backbones import build_seq2seq, text_tokenizer, warm_start
+    from rankmix.backbones import build_seq2seq, text_tokenizer
     from rankmix.data.loading import prepared_datamodule
+    from rankmix.modules.warm_start import caption_warm_start, multitask_warm_start, warm_start
 
     dm = prepared_datamodule(cfg)
     spec, texts = cfg.backbone.language, dm.texts()
@@ -246,85 +238,8 @@ def build_vl_multitask(cfg, run_dir: Path):
     report.trainable_parameters += unfreeze(bart, cfg.backbone.get("unfreeze") or [], cfg.method)
     report.trainable_parameters += sum(p.numel() for p in model.visual_embedding.parameters())
     report.total_parameters += sum(p.numel() for p in model.visual_embedding.parameters())
-    module = VLMultitaskModule(model, tokenizer, answer_max_tokens=cfg.task.answer_max_tokens,
-                               caption_beams=cfg.task.caption_beams, caption_max_tokens=cfg.task.caption_max_tokens,
-                               predictions_path=str(run_dir / "predictions.jsonl"), **cfg.optimizer)
+    module = VLMultitaskModule(model, tokenizer, OmegaConf.to_container(cfg.optimizer, resolve=True),
+                               answer_max_tokens=cfg.task.answer_max_tokens, caption_beams=cfg.task.caption_beams,
+                               caption_max_tokens=cfg.task.caption_max_tokens,
+                               predictions_path=str(run_dir / "predictions.jsonl"))
     return module, dm, report, bart
-
-
-def caption_warm_start(model: CLIPBart, dm, spec, cache_dir: Path) -> None:
-    """Tiny scale: train the whole CLIP-BART (BART and the visual embedding; before any adapter exists) to caption
-    the training images — VL-T5's captioning pre-training in small, so the tiny backbone, like a pretrained one,
-    reads visual tokens — and keep the visual embedding it learnt. ``spec``: ``epochs``, ``lr`` (linear warm-up
-    over the first 10% of steps), ``batch_size``, ``seed``. Cached by a hash of the model, the captions, the
-    feature file and ``spec``, and the starting weights; the global random state is left untouched."""
-    examples = dm.examples["train"]["caption"]
-    bs = int(spec.get("batch_size", 48))
-    gen = torch.Generator().manual_seed(int(spec.get("seed", 0)))
-
-    def batches(_epoch):
-        for idx in torch.randperm(len(examples), generator=gen).split(bs):
-            yield dm._collate([{**examples[i], "_task": "caption", "_idx": i} for i in idx.tolist()])
-
-    fingerprint = [[(e["images"], e["target"]) for e in examples], str(dm.feature_file("coco")), dict(spec)]
-    _train_whole(model, "captions", fingerprint, batches, -(-len(examples) // bs), spec, cache_dir)
-
-
-def multitask_warm_start(model: CLIPBart, dm, spec, cache_dir: Path) -> None:
-    """Fine-tune the whole CLIP-BART on the training mixture (every task, VL-Adapter's batch ratios) before any
-    adapter exists: the fine-tuned model that Omni-SMoLA adds its experts to (PaLI-3_FT in App. A.1), and that
-    its baseline is. ``spec`` and caching as ``caption_warm_start``."""
-    from rankmix.data.vl_multitask import MultitaskBatchSampler, TaskExamples
-
-    train = dm.examples["train"]
-    bs = int(spec.get("batch_size", 48))
-    sampler = MultitaskBatchSampler({t: len(train[t]) for t in dm.tasks},
-                                    {t: max(1, int(bs * dm.ratios[t])) for t in dm.tasks}, shuffle=True,
-                                    seed=int(spec.get("seed", 0)))
-    data = TaskExamples(dm, "train")
-
-    def batches(epoch):
-        sampler.set_epoch(epoch)
-        for keys in sampler:
-            yield dm._collate([data[k] for k in keys])
-
-    fingerprint = [{t: [len(train[t]), train[t][0], train[t][-1]] for t in dm.tasks}, str(dm.feature_file("coco")),
-                   dict(spec)]
-    _train_whole(model, "multitask", fingerprint, batches, len(sampler), spec, cache_dir)
-
-
-def _train_whole(model: CLIPBart, name: str, fingerprint, batches, steps_per_epoch: int, spec, cache_dir: Path) -> None:
-    """Train every weight of ``model`` on ``batches(epoch)`` (AdamW, linear warm-up over 10% of the steps, gradient
-    clipping 5), or load the result cached under a hash of ``fingerprint`` and the starting weights."""
-    import hashlib
-    import json
-
-    from tqdm import tqdm
-
-    digest = hashlib.sha256(json.dumps(fingerprint, sort_keys=True, default=str).encode())
-    for p in model.state_dict().values():
-        digest.update(p.detach().cpu().contiguous().numpy().tobytes())
-    path = Path(cache_dir) / "warm_start" / f"clip_bart-{name}-{digest.hexdigest()[:16]}.pt"
-    if path.is_file():
-        model.load_state_dict(torch.load(path, map_location="cpu"))
-        return
-    params = list(model.parameters())
-    epochs = int(spec.get("epochs", 10))
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(int(spec.get("seed", 0)))
-        total = epochs * steps_per_epoch
-        opt = torch.optim.AdamW(params, lr=float(spec.get("lr", 1e-3)))
-        sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / max(1, 0.1 * total)))
-        model.train()
-        for epoch in tqdm(range(epochs), desc=f"{name} warm start", disable=None):
-            for batch in batches(epoch):
-                loss = model.loss(batch)
-                opt.zero_grad()
-                loss.backward()
-                torch.nn.utils.clip_grad_norm_(params, 5.0)
-                opt.step()
-                sched.step()
-        model.eval()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    torch.save(model.state_dict(), path.with_suffix(".tmp"))
-    path.with_suffix(".tmp").replace(path)

@@ -1,4 +1,4 @@
-"""What the training modules share: AdamW with a warm-up schedule, and checkpoints of the trainable weights only."""
+"""Training helpers the modules share: AdamW with a warm-up schedule, and the modules' train/eval modes."""
 
 from __future__ import annotations
 
@@ -33,18 +33,3 @@ def set_training_modes(module: torch.nn.Module, frozen_dropout: bool = True) -> 
         for m in module.modules():
             if isinstance(m, torch.nn.Dropout) and id(m) not in own:
                 m.eval()
-
-
-def trainable(trainer) -> list[torch.nn.Parameter]:
-    return [p for p in trainer.model.parameters() if p.requires_grad]
-
-
-class TrainableCheckpoint:
-    """LightningModule mixin: checkpoints hold the trainable weights (adapters, heads, unfrozen backbone parts) and
-    every adapter buffer (SMoRA's balancing bias), not the frozen backbone."""
-
-    def on_save_checkpoint(self, checkpoint):
-        from rankmix.adapters import adapter_state_dict
-
-        keep = {n for n, p in self.named_parameters() if p.requires_grad} | set(adapter_state_dict(self))
-        checkpoint["state_dict"] = {k: v for k, v in checkpoint["state_dict"].items() if k in keep}

@@ -13,17 +13,16 @@ noise the paper's accuracy falls to the no-routing level, not below it).
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
 from pathlib import Path
 
-import lightning.pytorch as pl
 import torch
 from torch import nn
 
 from rankmix.adapters import adapter_context
 from rankmix.adapters.base import choice
 from rankmix.metrics.vqa import score_vqa
-from rankmix.modules.evaluation import ScoredEvaluation
-from rankmix.modules.training import SCHEDULES, TrainableCheckpoint, adamw_with_warmup, trainable
+from rankmix.modules.base import AdapterModule
 from rankmix.modules.vision_prefix import X_R, check_widths, visual_features
 
 
@@ -48,17 +47,11 @@ class VisionPrefixClassifier(nn.Module):
         return self.classifier(hidden[:, 1])
 
 
-class VQAModule(TrainableCheckpoint, ScoredEvaluation, pl.LightningModule):
-    def __init__(self, model: VisionPrefixClassifier, label2ans: list[str], lr: float, weight_decay: float = 0.0,
-                 warmup_ratio: float = 0.0, warmup_steps: int | None = None, betas=(0.9, 0.999),
-                 schedule: str = "linear", eps: float = 1e-8, predictions_path: str | None = None):
-        super().__init__()
-        self.model, self.label2ans = model, label2ans
-        self.lr, self.weight_decay, self.warmup_ratio, self.betas = lr, weight_decay, warmup_ratio, tuple(betas)
-        self.warmup_steps, self.eps = warmup_steps, eps
-        self.schedule = choice("optimizer.schedule", schedule, tuple(SCHEDULES))
-        self._init_evaluation(predictions_path)
-        self.strict_loading = False
+class VQAModule(AdapterModule):
+    def __init__(self, model: VisionPrefixClassifier, label2ans: list[str], optimizer: Mapping,
+                 predictions_path: str | None = None):
+        super().__init__(model, optimizer, predictions_path)
+        self.label2ans = label2ans
 
     def _loss(self, batch):
         logits = self.model(batch["pixel_values"], batch["input_ids"], batch["attention_mask"])
@@ -70,10 +63,6 @@ class VQAModule(TrainableCheckpoint, ScoredEvaluation, pl.LightningModule):
         _, loss = self._loss(batch)
         self.log("train/loss", loss, prog_bar=True, on_step=True, on_epoch=True, batch_size=batch["target"].shape[0])
         return loss
-
-    def configure_optimizers(self):
-        return adamw_with_warmup(self.trainer, trainable(self.trainer), self.lr, self.weight_decay, self.betas,
-                                 self.warmup_ratio, self.warmup_steps, self.schedule, eps=self.eps)
 
     def score(self, records: list[dict], stage: str) -> dict[str, float]:
         return score_vqa(records)
@@ -111,5 +100,6 @@ def build_vqa(cfg, run_dir: Path):
     ans2label = json.loads(dm.ans2label_path().read_text())
     label2ans = [a for a, _ in sorted(ans2label.items(), key=lambda kv: kv[1])]
     model = VisionPrefixClassifier(vision, text, len(label2ans), x_r=cfg.task.get("x_r", "image"))
-    module = VQAModule(model, label2ans, predictions_path=str(run_dir / "predictions.jsonl"), **cfg.optimizer)
+    module = VQAModule(model, label2ans, OmegaConf.to_container(cfg.optimizer, resolve=True),
+                       predictions_path=str(run_dir / "predictions.jsonl"))
     return module, dm, report, text
