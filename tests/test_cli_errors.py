@@ -32,12 +32,22 @@ def test_bad_config_gives_one_clear_line(tmp_path, overrides, message, detail):
     assert not list(tmp_path.glob("runs/**/checkpoints/*.ckpt"))  # failed before training
 
 
-def test_the_resolved_config_of_a_paper_row_prints_before_anything_runs(tmp_path):
-    r = run_train(tmp_path, "experiment=routing/7/adapter_mul", "scale=paper", "--cfg", "job", "--resolve")
+@pytest.mark.parametrize(("overrides", "expected"), [
+    ([], {("trainer", "max_epochs"): 12, ("scale",): "tiny"}),  # ${task.max_epochs} of the tiny generated task
+    (["experiment=smora/1/lora_64", "scale=paper"], {("optimizer", "lr"): 1e-4, ("trainer", "precision"): "bf16-mixed",
+                                                     ("backbone", "name_or_path"): "meta-llama/Llama-2-7b-hf"}),
+    (["experiment=routing/7/adapter_mul", "scale=paper"], {("trainer", "max_epochs"): 20, ("method", "activation"):
+                                                           "gelu_new", ("backbone", "unfreeze"): "vl_adapter"}),
+], ids=["default", "smora-1 paper", "routing-7 paper"])
+def test_the_resolved_config_prints_before_anything_runs(tmp_path, overrides, expected):
+    r = run_train(tmp_path, *overrides, "--cfg", "job", "--resolve")
     assert r.returncode == 0, r.stderr[-2000:]
     cfg = yaml.safe_load(r.stdout)
-    assert cfg["trainer"]["max_epochs"] == 20 and cfg["scale"] == "paper"  # ${task.max_epochs}, resolved
-    assert (cfg["method"]["activation"], cfg["backbone"]["unfreeze"]) == ("gelu_new", "vl_adapter")  # ${by_scale:…}
+    for path, value in expected.items():
+        node = cfg
+        for key in path:
+            node = node[key]
+        assert node == value, path
     assert not list(tmp_path.glob("runs/*"))
 
 

@@ -51,6 +51,22 @@ def test_a_leftover_scale_block_is_refused(override):
         validate(compose(override))
 
 
+def test_the_run_key_leaves_out_what_the_hash_leaves_out():
+    """conf/train.yaml's run-key exclusions are config-group choices or keys of config.EXECUTION (one list of what
+    does not change a run), and every EXECUTION key a command line sets is excluded."""
+    from rankmix.config import EXECUTION
+
+    excluded = OmegaConf.load(REPO / "conf" / "train.yaml").hydra.job.config.override_dirname.exclude_keys
+    groups = {p.name for p in (REPO / "conf").iterdir() if p.is_dir()} | {"hydra/launcher"}
+    for key in excluded:
+        assert key in groups or any(key == e or key.startswith(e + ".") for e in EXECUTION), key
+    for key in EXECUTION:
+        if key.startswith("trainer."):
+            assert key in excluded, key
+    cfg = compose("trainer.devices=1", "paths.cache_dir=/elsewhere", "logger=wandb")
+    assert config_hash(cfg) == config_hash(compose())
+
+
 def test_by_scale_picks_the_running_scale():
     tiny, paper = (compose("experiment=smora/1/lora_64", f"scale={s}") for s in ("tiny", "paper"))
     assert (tiny.optimizer.lr, paper.optimizer.lr) == (3e-3, 1e-4)

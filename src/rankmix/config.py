@@ -18,11 +18,15 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 from rankmix.errors import ConfigError
 
 SCALES = ("tiny", "paper")
-# Keys that change where or how a run is executed, not what it computes: left out of the run's hash.
-UNHASHED = ("paths", "logger", "callbacks", "hydra", "rerun")
+# What does not change a run's numbers, in one place (conf/train.yaml's run-key exclusions are tested against it):
+# EXECUTION: where and how a run executes; in neither hash, and not in the run key when given on the command line.
+EXECUTION = ("paths", "logger", "callbacks", "hydra", "rerun", "trainer.accelerator", "trainer.devices",
+             "trainer.num_nodes", "trainer.strategy", "trainer.enable_progress_bar", "trainer.log_every_n_steps")
+# LABELS: how a run is named and filed; in config_hash (its result file), not in computation_hash, so a run listed
+# in two tables (SMoRA Tab. 1 and its full Tab. 5) is trained once.
+LABELS = ("table", "optimized_metric", "backbone.name", "backbone.paper_label")
 MAX_KEY_LEN = 120
 TABLE_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
-UNHASHED_TRAINER = ("accelerator", "devices", "num_nodes", "strategy", "enable_progress_bar", "log_every_n_steps")
 
 
 def by_scale(tiny, paper, *, _root_):
@@ -45,41 +49,36 @@ def check_no_scale_blocks(cfg: DictConfig) -> None:
                                   f"conf/scaled/{group}/{scale}/<option>.yaml, or use ${{by_scale:<tiny>,<paper>}}")
 
 
-# Keys that name or file a run without changing what it computes: left out of the computation hash, so a run
-# listed in two tables (SMoRA Tab. 1 and its full Tab. 5) is trained once.
-LABELS = ("table", "optimized_metric")
-LABELS_BACKBONE = ("name", "paper_label")
-
-
 def digest(obj, length: int = 16) -> str:
     """The suite's one content hash: SHA-256 of ``obj`` as canonical JSON (sorted keys, ``str()`` for values JSON
     lacks), cut to ``length`` hex digits. Config hashes, prepared-data and cache keys, stand-in names use it."""
     return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:length]
 
 
+def _without(data: dict, keys: tuple[str, ...]) -> dict:
+    """``data`` (a plain config) without the dotted ``keys``."""
+    for key in keys:
+        *parents, leaf = key.split(".")
+        node = data
+        for part in parents:
+            node = node.get(part) if isinstance(node, dict) else None
+        if isinstance(node, dict):
+            node.pop(leaf, None)
+    return data
+
+
 def computation_hash(config: dict) -> str:
-    """Hash of a resolved config (a run JSON's ``config``) without paths, device layout, table or labels."""
-    data = json.loads(json.dumps(config, default=str))
-    for k in (*UNHASHED, *LABELS):
-        data.pop(k, None)
-    for k in UNHASHED_TRAINER:
-        data.get("trainer", {}).pop(k, None)
-    for k in LABELS_BACKBONE:
-        data.get("backbone", {}).pop(k, None)
-    return digest(data)
+    """Hash of a resolved config (a run JSON's ``config``) without how it executes or how it is filed."""
+    return digest(_without(json.loads(json.dumps(config, default=str)), EXECUTION + LABELS))
 
 
 def config_hash(cfg: DictConfig) -> str:
-    """Hash of everything that determines a run's numbers (not paths, loggers or device layout)."""
+    """Hash of everything that determines a run's numbers and where its result is filed (not paths, loggers or
+    device layout)."""
     cfg = cfg.copy()
     with open_dict(cfg):
         cfg.pop("hydra", None)
-    data = OmegaConf.to_container(cfg, resolve=True)
-    for k in UNHASHED:
-        data.pop(k, None)
-    for k in UNHASHED_TRAINER:
-        data.get("trainer", {}).pop(k, None)
-    return digest(data)
+    return digest(_without(OmegaConf.to_container(cfg, resolve=True), EXECUTION))
 
 
 def run_key(override_dirname: str) -> str:
