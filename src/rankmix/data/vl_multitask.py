@@ -293,8 +293,10 @@ class VLMultitaskDataModule(pl.LightningDataModule):
         base = self.batch_size if train else self.eval_batch_size
         batch_sizes = {t: max(1, int(base * self.ratios[t])) if train else base for t in self.tasks}
         sampler = MultitaskBatchSampler(sizes, batch_sizes, shuffle=train, seed=self.seed, world=world, rank=rank)
+        # its own generator: making an iterator then draws no global random number, which would shift the dropout
+        # of the epoch after a resume (EpochReseed seeds the global RNGs at each epoch start)
         return DataLoader(TaskExamples(self, stage), batch_sampler=sampler, num_workers=self.num_workers,
-                          collate_fn=self.collate)
+                          collate_fn=self.collate, generator=torch.Generator().manual_seed(self.seed))
 
     def train_dataloader(self) -> DataLoader:
         return self._loader("train")
