@@ -82,7 +82,7 @@ def test_karpathy_loader_reads_the_fixture(tmp_path):
     dm.setup()
     assert [len(dm.examples[s]) for s in ("train", "val", "test")] == [4, 1, 1]
     assert all(len(x["input_ids"]) <= 6 and x["input_ids"][-1] == dm.tokenizer.eos_token_id for x in dm.examples["train"])
-    batch = dm._collate(dm.examples["val"])
+    batch = dm.collate(dm.examples["val"])
     assert batch["pixel_values"].shape == (1, 3, 8, 8) and len(batch["references"][0]) == 3
     assert batch["image_id"] == [73]
 

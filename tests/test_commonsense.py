@@ -170,7 +170,7 @@ def test_data_module_encodes_the_moslora_wrappers(tmp_path):
     assert tok.decode(ex["prompt_ids"], skip_special_tokens=True).split() == eval_prompt(rec["inputs"]).split()
     scored = [tok.convert_ids_to_tokens(i) for i, lab in zip(ex["input_ids"], ex["labels"], strict=True) if lab != -100]
     assert scored == [*rec["targets"].split(), "</s>"]  # loss_on_prompt=False: the response and EOS only
-    batch = dm._collate_eval(dm.examples["test"])
+    batch = dm.collate_eval(dm.examples["test"])
     assert batch["answer"] == [r["answer"] for r in read_records(dm.files()["test"])]
 
 
@@ -211,7 +211,7 @@ def test_batched_beam_search_with_left_padding_matches_one_by_one(tmp_path):
     torch.manual_seed(0)
     model = LlamaForCausalLM(LlamaConfig(vocab_size=len(tok), hidden_size=32, intermediate_size=64,
                                          num_hidden_layers=2, num_attention_heads=4, initializer_range=0.2)).eval()
-    batch = dm._collate_eval(dm.examples["test"])
+    batch = dm.collate_eval(dm.examples["test"])
     assert len({int(m.sum()) for m in batch["prompt_mask"]}) > 1  # prompts of different lengths: padding matters
     kw = dict(max_new_tokens=6, num_beams=4, do_sample=False, pad_token_id=tok.pad_token_id, eos_token_id=-1)
     n = batch["prompt_ids"].shape[1]

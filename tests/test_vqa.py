@@ -73,7 +73,7 @@ def test_loader_reads_the_vl_t5_fixtures(tokenizer, tmp_path):
     dm.set_tokenizer(tokenizer)
     dm.setup()
     assert [len(dm.examples[s]) for s in ("train", "val", "test")] == [1, 1, 2]
-    batch = dm._collate(dm.examples["test"])
+    batch = dm.collate(dm.examples["test"])
     assert batch["pixel_values"].shape == (2, 3, 8, 8)
     assert batch["target"].tolist() == [[0.0, 1.0, 0.0], [0.0, 0.0, 1.0]]  # "3" is out of the vocabulary: dropped
     assert batch["answers"][1] == ["2"] * 7 + ["two", "3", "3"]

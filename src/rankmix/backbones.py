@@ -56,11 +56,11 @@ def build_encoder(key: str, spec: Mapping) -> torch.nn.Module:
         try:  # ``config`` overrides attributes, e.g. num_hidden_layers: 2 keeps the first two layers
             return AutoModel.from_pretrained(name, **dict(spec.get("config") or {}))
         except (OSError, ValueError) as e:
-            raise _not_loadable(f"{key}.name_or_path", spec["name_or_path"], e) from None
+            raise not_loadable(f"{key}.name_or_path", spec["name_or_path"], e) from None
     raise ConfigError(f"{key}.source", spec.get("source"), "must be config or pretrained")
 
 
-def _not_loadable(key: str, name: str, err: Exception) -> ConfigError:
+def not_loadable(key: str, name: str, err: Exception) -> ConfigError:
     reason = str(err).strip().splitlines()[0][:160] if str(err).strip() else type(err).__name__
     return ConfigError(
         key, name,
@@ -113,7 +113,7 @@ def load_tokenizer(spec: Mapping, corpus_files: Iterable[Path], cache_dir: Path,
         try:
             tok = AutoTokenizer.from_pretrained(name)
         except (OSError, ValueError) as e:
-            raise _not_loadable(key, name, e) from None
+            raise not_loadable(key, name, e) from None
     else:
         raise ConfigError("backbone.tokenizer.source", kind, "must be word_level or pretrained")
     if tok.pad_token is None:
@@ -162,7 +162,7 @@ def build_backbone(spec: Mapping, tokenizer, auto_class=AutoModelForCausalLM, ex
         try:
             model = auto_class.from_pretrained(name, dtype=dtype)
         except (OSError, ValueError) as e:
-            raise _not_loadable("backbone.name_or_path", name, e) from None
+            raise not_loadable("backbone.name_or_path", name, e) from None
     else:
         raise ConfigError("backbone.source", source, "must be config or pretrained")
     model.generation_config.pad_token_id = tokenizer.pad_token_id

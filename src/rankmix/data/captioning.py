@@ -127,7 +127,7 @@ class CaptionDataModule(SeededSplitLoaders, pl.LightningDataModule):
         self.examples, self.pixels = by_split, pixels
 
     # -- batches -------------------------------------------------------------------------------
-    def _collate(self, batch: list[dict]) -> dict:
+    def collate(self, batch: list[dict]) -> dict:
         out = {"pixel_values": torch.stack([self.pixels[b["image"]] for b in batch]),
                "idx": torch.tensor([b["idx"] for b in batch])}
         if "input_ids" in batch[0]:

@@ -179,7 +179,7 @@ class InstructionDataModule(pl.LightningDataModule):
                 "answer": rec.get("answer") or ""}
 
     # -- batches -------------------------------------------------------------------------------
-    def _collate_train(self, batch: list[dict]) -> dict:
+    def collate_train(self, batch: list[dict]) -> dict:
         n = max(len(b["input_ids"]) for b in batch)
         pad = self.tokenizer.pad_token_id
         ids = torch.full((len(batch), n), pad, dtype=torch.long)
@@ -192,8 +192,8 @@ class InstructionDataModule(pl.LightningDataModule):
             mask[i, :k] = 1
         return {"input_ids": ids, "attention_mask": mask, "labels": labels}
 
-    def _collate_eval(self, batch: list[dict]) -> dict:
-        out = self._collate_train(batch)
+    def collate_eval(self, batch: list[dict]) -> dict:
+        out = self.collate_train(batch)
         n = max(len(b["prompt_ids"]) for b in batch)
         prompt = torch.full((len(batch), n), self.tokenizer.pad_token_id, dtype=torch.long)
         pmask = torch.zeros((len(batch), n), dtype=torch.long)
@@ -206,7 +206,7 @@ class InstructionDataModule(pl.LightningDataModule):
         return out
 
     def _loader(self, split: str, train: bool) -> DataLoader:
-        return seeded_loader(self, self.examples[split], train, self._collate_train if train else self._collate_eval)
+        return seeded_loader(self, self.examples[split], train, self.collate_train if train else self.collate_eval)
 
     def train_dataloader(self) -> DataLoader:
         return self._loader("train", train=True)

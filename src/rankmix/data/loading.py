@@ -40,11 +40,11 @@ def pad_right(seqs: list[list[int]], pad_value: int) -> tuple[torch.Tensor, torc
 
 
 class SeededSplitLoaders:
-    """LightningDataModule mixin: train / val / test loaders over ``self.examples[split]`` with ``self._collate``
+    """LightningDataModule mixin: train / val / test loaders over ``self.examples[split]`` with ``self.collate``
     (``seeded_loader``; training shuffled)."""
 
     def _loader(self, split: str, train: bool) -> DataLoader:
-        return seeded_loader(self, self.examples[split], train, self._collate)
+        return seeded_loader(self, self.examples[split], train, self.collate)
 
     def train_dataloader(self) -> DataLoader:
         return self._loader("train", True)

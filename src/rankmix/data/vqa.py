@@ -127,7 +127,7 @@ class VQADataModule(SeededSplitLoaders, pl.LightningDataModule):
         self.images = images
 
     # -- batches -------------------------------------------------------------------------------
-    def _collate(self, batch: list[dict]) -> dict:
+    def collate(self, batch: list[dict]) -> dict:
         ids, mask = pad_right([b["input_ids"] for b in batch], self.tokenizer.pad_token_id)
         return {"input_ids": ids, "attention_mask": mask, "pixel_values": torch.stack([self.images[b["img_id"]] for b in batch]),
                 "target": self._targets(batch), "idx": torch.tensor([b["idx"] for b in batch]),

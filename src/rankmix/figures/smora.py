@@ -132,7 +132,7 @@ def smora_fig4(src: Sources) -> Drawn:
     with torch.no_grad():
         for t in tasks:
             routed.reset_routing_stats()
-            batch = dm._collate_train(by_task[t])
+            batch = dm.collate_train(by_task[t])
             with adapter_context(model, attention_mask=batch["attention_mask"]):
                 model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"])
             load = np.asarray(routed.routing_stats()["load"], dtype=float)

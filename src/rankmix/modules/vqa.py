@@ -83,7 +83,7 @@ def build_vqa(cfg, run_dir: Path):
     from transformers import AutoTokenizer
 
     from rankmix.adapters import inject
-    from rankmix.backbones import _not_loadable, build_encoder, resolve_name
+    from rankmix.backbones import build_encoder, not_loadable, resolve_name
     from rankmix.data.loading import prepared_datamodule
 
     dm = prepared_datamodule(cfg)
@@ -92,7 +92,7 @@ def build_vqa(cfg, run_dir: Path):
     try:
         tokenizer = AutoTokenizer.from_pretrained(name)
     except (OSError, ValueError) as e:
-        raise _not_loadable("backbone.text.name_or_path", str(name), e) from None
+        raise not_loadable("backbone.text.name_or_path", str(name), e) from None
     dm.set_tokenizer(tokenizer)
     vision = build_encoder("backbone.vision", cfg.backbone.vision)
     text = build_encoder("backbone.text", text_spec)
