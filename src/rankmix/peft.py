@@ -105,6 +105,8 @@ def from_pretrained(base_model: nn.Module, path: str | Path, adapter_name: str =
     from peft import LoraConfig
     from safetensors.torch import load_file
 
+    from rankmix.adapters.io import load_fitting
+
     d = Path(path)
     config_file = d / "adapter_config.json"
     if not config_file.is_file():
@@ -125,12 +127,7 @@ def from_pretrained(base_model: nn.Module, path: str | Path, adapter_name: str =
     saved = load_file(d / "adapter_model.safetensors")
     marker = f".{MODULE_DICT}."
     state = {k.replace(marker, f"{marker}{adapter_name}.", 1): v for k, v in saved.items()}
-    expected = {k for k in model.state_dict() if f"{marker}{adapter_name}." in k}
-    missing, unexpected = sorted(expected - set(state)), sorted(set(state) - expected)
-    if missing or unexpected:
-        raise RankmixError(f"{d}: adapter does not fit this model ({len(missing)} tensors missing, {len(unexpected)} "
-                           f"unexpected; first: {(missing or unexpected)[0]})")
-    model.load_state_dict(state, strict=False)
+    load_fitting(model, state, {k for k in model.state_dict() if f"{marker}{adapter_name}." in k}, d)
     if not is_trainable:  # as peft's own from_pretrained: inference, nothing trainable
         model.requires_grad_(False)
         model.eval()

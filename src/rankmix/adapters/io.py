@@ -35,11 +35,15 @@ def save_adapter(model: nn.Module, directory: str | Path, method_cfg: Mapping) -
 
 def load_adapter(model: nn.Module, directory: str | Path) -> None:
     """Load weights saved by ``save_adapter`` into ``model`` (already injected with the same method)."""
-    state = load_file(Path(directory) / "adapter.safetensors")
-    expected = set(adapter_state_dict(model))
+    load_fitting(model, load_file(Path(directory) / "adapter.safetensors"), set(adapter_state_dict(model)), directory)
+
+
+def load_fitting(model: nn.Module, state: Mapping, expected: set[str], source) -> None:
+    """Load ``state`` into ``model`` (non-strict) when its keys are exactly ``expected``; else refuse, naming
+    ``source`` and the first missing or unexpected tensor."""
     missing, unexpected = sorted(expected - set(state)), sorted(set(state) - expected)
     if missing or unexpected:
-        raise RankmixError(f"{directory}: adapter does not fit this model ({len(missing)} tensors missing, "
+        raise RankmixError(f"{source}: adapter does not fit this model ({len(missing)} tensors missing, "
                            f"{len(unexpected)} unexpected; first: {(missing or unexpected)[0]})")
     model.load_state_dict(state, strict=False)
 
