@@ -10,8 +10,9 @@ A name ``pkg:<module>`` is a model shipped inside a Python package (``pkg:gt_all
 pretrained MiniLM that loads offline): its ``get_model_path()``. Vision-text backbones (``build_encoder``) load
 ``AutoModel`` encoders the same ways.
 
-The tokenizer is either ``pretrained`` (same loading rules) or ``word_level``: a whitespace word-level
-tokenizer built with ``tokenizers`` from the training files, saved next to the data and loaded back with
+The tokenizer is ``pretrained`` (same loading rules), ``word_level`` (a whitespace word-level tokenizer) or
+``byte_bpe`` (a byte-level BPE of ``vocab_size`` tokens, as GPT-2's: it keeps spaces and newlines, which code needs),
+the latter two built with ``tokenizers`` from the training files, saved next to the data and loaded back with
 ``AutoTokenizer.from_pretrained`` like any other.
 """
 
@@ -100,6 +101,26 @@ def build_word_level_tokenizer(corpus_files: Iterable[Path], out_dir: Path,
     return word_level_tokenizer(texts, out_dir)
 
 
+def byte_bpe_tokenizer(corpus_files: Iterable[Path], out_dir: Path, vocab_size: int,
+                       extra_text: str = "") -> PreTrainedTokenizerFast:
+    """Byte-level BPE of ``vocab_size`` tokens trained on the records' text fields (and ``extra_text``)."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+
+    texts = [extra_text]
+    for path in corpus_files:
+        with open(path, encoding="utf-8") as f:
+            texts += [t for line in f for t in (json.loads(line)["inputs"], json.loads(line)["targets"])]
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    tok.train_from_iterator(texts, trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=list(SPECIAL_TOKENS.values()),
+                                                       initial_alphabet=pre_tokenizers.ByteLevel.alphabet()))
+    fast = PreTrainedTokenizerFast(tokenizer_object=tok, **SPECIAL_TOKENS)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    fast.save_pretrained(out_dir)
+    return AutoTokenizer.from_pretrained(out_dir)
+
+
 def load_tokenizer(spec: Mapping, corpus_files: Iterable[Path], cache_dir: Path, extra_text: str = "",
                    model_name: str | None = None):
     """The task's tokenizer; ``model_name``: the backbone's ``name_or_path``. A tokenizer read from the model's own
@@ -107,6 +128,8 @@ def load_tokenizer(spec: Mapping, corpus_files: Iterable[Path], cache_dir: Path,
     kind = spec.get("source")
     if kind == "word_level":
         tok = build_word_level_tokenizer(corpus_files, cache_dir, extra_text)
+    elif kind == "byte_bpe":
+        tok = byte_bpe_tokenizer(corpus_files, cache_dir, int(spec.get("vocab_size", 1024)), extra_text)
     elif kind == "pretrained":
         key = "backbone.name_or_path" if spec["name_or_path"] == model_name else "backbone.tokenizer.name_or_path"
         name = resolve_name(key, spec["name_or_path"])
@@ -115,7 +138,7 @@ def load_tokenizer(spec: Mapping, corpus_files: Iterable[Path], cache_dir: Path,
         except (OSError, ValueError) as e:
             raise not_loadable(key, name, e) from None
     else:
-        raise ConfigError("backbone.tokenizer.source", kind, "must be word_level or pretrained")
+        raise ConfigError("backbone.tokenizer.source", kind, "must be word_level, byte_bpe or pretrained")
     if tok.pad_token is None:
         tok.pad_token = tok.eos_token
     return tok

@@ -49,7 +49,7 @@ def atomic_open(path: Path) -> Iterator:
         raise
 
 
-DATA_KEYS = ("data_dir", "images_dir", "test_file", "train_dir", "train_file", "test_dir")
+DATA_KEYS = ("data_dir", "images_dir", "test_file", "train_dir", "train_file", "test_dir", "mixed_dir")
 HASHED_BYTES = 64 << 20  # files up to this size are keyed by their contents, larger ones by size and mtime
 HASHED_TOTAL = 1 << 30   # at most this much is read per fingerprint (an image folder is keyed by sizes and mtimes)
 

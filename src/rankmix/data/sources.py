@@ -9,6 +9,7 @@
   scale of the MoSLoRA tables), in the LLM-Adapters record format.
 - ``commonsense``: MoSLoRA's commonsense data from files (``rankmix.data.commonsense``): commonsense_170k
   (a file or hub id), ``n_validation`` records split off it as LLM-Adapters does, and the 8 test sets.
+- ``multidomain``: SMoRA Tab. 2's training mixture (``rankmix.data.multidomain``), ``val_size`` held out.
 
 ``train_fraction`` (default 1) keeps that fraction of the training split, drawn with ``seed``; smaller
 fractions are subsets of larger ones (MoSLoRA Fig. 4).
@@ -20,13 +21,13 @@ import random
 from collections import defaultdict
 from collections.abc import Mapping
 
-from rankmix.data import commonsense, flan
+from rankmix.data import commonsense, flan, multidomain
 from rankmix.data.commonsense_like import generate_commonsense_like
 from rankmix.data.flan_like import generate_flan_like
 from rankmix.data.synthetic import generate_records
 from rankmix.errors import ConfigError, DataError
 
-KINDS = ("symbolic", "flan_like", "flan", "commonsense_like", "commonsense")
+KINDS = ("symbolic", "flan_like", "flan", "commonsense_like", "commonsense", "multidomain")
 
 
 def build_splits(source: Mapping) -> dict[str, list[dict]]:
@@ -76,6 +77,8 @@ def _splits(source: Mapping) -> dict[str, list[dict]]:
                 for i, (split, n) in enumerate(sizes.items())}
     if kind == "commonsense":
         return _commonsense_files(source)
+    if kind == "multidomain":
+        return multidomain.splits(source)
     raise ConfigError("task.source.kind", kind, f"must be one of {', '.join(KINDS)}")
 
 

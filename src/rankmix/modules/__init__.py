@@ -10,6 +10,7 @@ BUILDERS = {  # task.kind -> "module:function"
     "vqa": "rankmix.modules.vqa:build_vqa",
     "caption": "rankmix.modules.captioning:build_captioning",
     "vl_multitask": "rankmix.modules.clip_bart:build_vl_multitask",
+    "benchmark_lm": "rankmix.modules.benchmark_lm:build_benchmark_lm",
 }
 
 

