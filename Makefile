@@ -13,7 +13,7 @@ ROW ?=
 ROWS ?= all
 WIDTH ?= reduced
 
-.PHONY: help setup run rehearse show-row test test-fast test-kernels bench-kernels bench-e2e lint list-tables figures sync-wandb clean
+.PHONY: help setup run rehearse rate show-row test test-fast test-kernels bench-kernels bench-e2e lint list-tables figures sync-wandb clean
 
 help: ## list the targets with one line each
 	@grep -hE '^[a-zA-Z0-9_%-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-22s %s\n", $$1, $$2}'
@@ -49,6 +49,9 @@ rehearse: ## every table's rows at scale=paper on stand-ins of the real backbone
 
 reproduce-table-%: ## run table <paper>-<id>'s multirun (missing/stale runs only), then write results/<paper>-<id>/table.md; SCALE=paper for the paper's setting
 	$(PY) -m rankmix.tables reproduce $* scale=$(SCALE) $(ARGS)
+
+rate: ## the blind rating page of a table's two methods for one rater: make rate TABLE=moslora-6 RATER=ann (answers → results/<table>/ratings/<rater>.csv)
+	$(PY) -m rankmix.rating serve $(TABLE) --rater $(RATER)
 
 show-row: ## print one row's fully resolved config: make show-row TABLE=smora-1 ROW=lora_64 SCALE=paper
 	@$(PY) -m rankmix.tables show $(TABLE) $(ROW) scale=$(SCALE) $(ARGS)

@@ -147,6 +147,37 @@ def table_rows(run: dict, paper_dir: Path, baseline: dict | None = None) -> list
             for k, v in sorted(run["metrics"].items())]
 
 
+OUTCOMES = {"Win": "win", "Tie": "tie", "Loss": "loss", "Delta": "delta"}
+
+
+def rating_rows(out_dir: Path, spec: dict, paper_dir: Path, scale: str) -> list[dict]:
+    """A ``ratings`` table's cells (MoSLoRA Tab. 6): Win/Tie/Loss/Delta % per criterion from the raters' CSVs
+    (``rankmix.rating``), and each criterion's rater agreement (no paper value)."""
+    from rankmix.rating import summarise
+
+    ratings = spec["ratings"]
+    summary = summarise(out_dir / "ratings", ratings["criteria"])
+    run = f"{ratings['first']['method']} vs {ratings['second']['method']}"
+    hint = f"no ratings yet: rate on the page (python -m rankmix.rating serve {spec['id']} --rater NAME)"
+    rows = []
+    for c in ratings["criteria"]:
+        s = summary[c["name"]]
+        for printed_as, key in OUTCOMES.items():
+            match = {"metric": c["name"], "outcome": printed_as}
+            paper = printed(_one(paper_rows(paper_dir, spec["paper_csv"], match), paper_dir / spec["paper_csv"], match))
+            ours = s[key] if s["votes"] else f"missing: {hint}"
+            paper_num = _number(paper, None)
+            rows.append({"run": run, "scale": scale, "cell": f"{c['label']} {printed_as}", "metric": f"{c['name']} "
+                         f"{key} %", "paper": paper, "ours": ours, "diff": ours - paper_num if isinstance(ours, float)
+                         and paper_num is not None else None})
+        kappa = s["kappa"] if s["kappa"] is not None else (
+            f"missing: {'needs two raters who answered the same pairs' if s['votes'] else hint}")
+        rows.append({"run": run, "scale": scale, "cell": f"{c['label']} agreement (Fleiss' kappa, {s['raters']} "
+                     f"raters, {s['votes']} votes)", "metric": f"{c['name']} kappa", "paper": "", "ours": kappa,
+                     "diff": None})
+    return rows
+
+
 def build_table(table_id: str, results_dir: Path, paper_dir: Path) -> Path:
     """Write ``results/<id>/table.{md,csv}`` from the finished runs' JSONs; returns the markdown path."""
     out_dir = Path(results_dir) / table_id
@@ -154,6 +185,8 @@ def build_table(table_id: str, results_dir: Path, paper_dir: Path) -> Path:
     failed = [r for p in sorted((out_dir / "failed").glob("*.json")) if (r := read_json(p))]
     spec = runs[0]["config"].get("table", {}) if runs else {}
     rows = [row for r in runs for row in table_rows(r, Path(paper_dir), _baseline_run(runs, spec.get("baseline"), r))]
+    if spec.get("ratings") and runs:
+        rows += rating_rows(out_dir, spec, Path(paper_dir), runs[0]["run"]["scale"])
     baselines = {r["run"]["scale"]: _baseline_run(runs, spec.get("baseline"), r) for r in runs}
     columns = COLUMNS
     if spec.get("seeds"):
@@ -382,6 +415,11 @@ def reproduce(table_id: str, overrides: list[str], results_dir: Path) -> int:
         cmd.append(f"hydra/launcher={spec['launcher']}")
     print("rankmix: " + " ".join(cmd))
     rc = subprocess.call(cmd)
+    if spec.get("ratings") and rc == 0:  # the pairs the rating page shows (rankmix.rating)
+        from rankmix.rating import write_pairs
+
+        pairs = write_pairs(results_dir / table_id, spec["ratings"])
+        print(f"rankmix: rating pairs: {pairs}; rate with python -m rankmix.rating serve {table_id} --rater NAME")
     md = build_table(table_id, results_dir, results_dir / "paper")
     print(f"rankmix: table: {md}")
     return rc

@@ -21,7 +21,7 @@ from rankmix.adapters.inject import (
     merge_and_unload,
     unmerge_adapters,
 )
-from rankmix.adapters.io import export_peft, load_adapter, save_adapter
+from rankmix.adapters.io import export_diffusers, export_peft, load_adapter, save_adapter
 from rankmix.adapters.registry import METHODS, build, get_method, method_names, method_options, register
 from rankmix.adapters.routing import routing_context
 
@@ -32,6 +32,6 @@ for _module in pkgutil.iter_modules(__path__):
 
 __all__ = [
     "AdapterLayer", "DEFAULT_TARGETS", "adapter_context", "InjectionReport", "METHODS", "adapter_layers", "adapter_state_dict",
-    "build", "candidate_names", "check_context", "export_peft", "get_method", "inject", "load_adapter", "merge_adapters",
+    "build", "candidate_names", "check_context", "export_diffusers", "export_peft", "get_method", "inject", "load_adapter", "merge_adapters",
     "merge_and_unload", "method_names", "method_options", "register", "routing_context", "save_adapter", "unmerge_adapters",
 ]

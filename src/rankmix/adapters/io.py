@@ -101,6 +101,27 @@ def export_peft(model: nn.Module, directory: str | Path, base_model_name_or_path
     return d
 
 
+def export_diffusers(unet: nn.Module, directory: str | Path) -> Path:
+    """A UNet's LoRA/MoSLoRA adapters as a diffusers LoRA file, ``<directory>/pytorch_lora_weights.safetensors`` with
+    keys ``unet.<layer>.lora_A.weight`` / ``unet.<layer>.lora_B.weight``, which diffusers' ``load_lora_weights``
+    (pipelines) and ``load_lora_adapter(..., prefix="unet")`` (a UNet) read. The mixer is absorbed into A (A' = M A)
+    and the scaling α/r into B, so diffusers' rank-r LoRA at its default α = r computes the same update."""
+    layers = adapter_layers(unet)
+    methods = {layer.method for layer in layers.values()}
+    if not layers or not methods <= set(PEFT_EXPORTABLE):
+        raise RankmixError(f"diffusers export supports {', '.join(PEFT_EXPORTABLE)}; this UNet has "
+                           f"{sorted(methods) or 'no adapters'}")
+    state = {}
+    for name, layer in layers.items():
+        a = layer.absorbed_A() if hasattr(layer, "absorbed_A") else layer.lora_A.weight
+        state[f"unet.{name}.lora_A.weight"] = a.detach().contiguous().cpu()
+        state[f"unet.{name}.lora_B.weight"] = (layer.lora_B.weight * layer.scaling).detach().contiguous().cpu()
+    d = Path(directory)
+    d.mkdir(parents=True, exist_ok=True)
+    save_file(state, d / "pytorch_lora_weights.safetensors", metadata={"format": "pt"})
+    return d
+
+
 def _export_routed(model: nn.Module, layers: dict, d: Path, base_model_name_or_path: str | None) -> Path:
     """A routed method (``rankmix.peft``): peft's file layout, ``peft_type: "RANKMIX"``, every layer's adapter tensors
     (router, low-rank factors, buffers) under ``base_model.model.<layer>.lora_rankmix.<tensor>``."""

@@ -11,6 +11,7 @@ BUILDERS = {  # task.kind -> "module:function"
     "caption": "rankmix.modules.captioning:build_captioning",
     "vl_multitask": "rankmix.modules.clip_bart:build_vl_multitask",
     "benchmark_lm": "rankmix.modules.benchmark_lm:build_benchmark_lm",
+    "dreambooth": "rankmix.modules.dreambooth:build_dreambooth",
 }
 
 

@@ -3,9 +3,14 @@
 from __future__ import annotations
 
 import torch
-from transformers import get_cosine_schedule_with_warmup, get_linear_schedule_with_warmup
+from transformers import (
+    get_constant_schedule_with_warmup,
+    get_cosine_schedule_with_warmup,
+    get_linear_schedule_with_warmup,
+)
 
-SCHEDULES = {"linear": get_linear_schedule_with_warmup, "cosine": get_cosine_schedule_with_warmup}
+SCHEDULES = {"linear": get_linear_schedule_with_warmup, "cosine": get_cosine_schedule_with_warmup,
+             "constant": lambda opt, warmup, total: get_constant_schedule_with_warmup(opt, warmup)}
 
 
 def adamw_with_warmup(trainer, params, lr: float, weight_decay: float, betas, warmup_ratio: float,

@@ -566,5 +566,27 @@ def write_codealpaca(root: Path, seed: int = 0) -> dict[str, str]:
             "task.benchmarks.ds1000.problems": str(suite["ds1000"])}
 
 
+# -- MoSLoRA Tab. 6 ------------------------------------------------------------------------------------------
+def write_subject(root: Path, seed: int = 0) -> dict[str, str]:
+    """A subject folder in the layout of MoSLoRA's ``subject_driven_generation/cat``: five JPEGs ``00.jpg``-``04.jpg``."""
+    from PIL import Image
+
+    from rankmix.data.subjects import write_shape_subject
+
+    root = Path(root).resolve()
+    folder = root / "subject"
+
+    def write():
+        png = write_shape_subject(root / "png", 5, 64, seed)
+        folder.mkdir(parents=True)
+        for p in sorted(png.glob("*.png")):
+            Image.open(p).save(folder / f"{p.stem}.jpg", quality=95)
+        shutil.rmtree(png)
+
+    _once(root, "subject", {"seed": seed}, ["subject", "png"], write)
+    return {"task.datamodule.instance_dir": str(folder)}
+
+
 WRITERS = {"flan": write_flan, "commonsense": write_commonsense, "vqa": write_vqa, "coco_caption": write_karpathy,
-           "vl_multitask": write_vl_multitask, "multidomain": write_multidomain, "codealpaca": write_codealpaca}
+           "vl_multitask": write_vl_multitask, "multidomain": write_multidomain, "codealpaca": write_codealpaca,
+           "dreambooth": write_subject}

@@ -1,0 +1,123 @@
+"""DreamBooth data (MoSLoRA Tab. 6): a subject's instance images and prompt for training, and the evaluation prompts.
+
+``instance_dir`` holds the subject's photos (the DreamBooth dataset's ``dataset/<subject>/``, MoSLoRA's own
+``subject_driven_generation/cat/``); with ``instance_dir: null`` a generated subject is written under ``cache_dir``:
+a few images of one coloured shape in different places (``write_shape_subject``). Training images go through
+diffusers' SDXL DreamBooth transforms (resize to ``resolution``, random crop, no flip, scaled to [-1, 1]) and carry
+their original size and crop corner, SDXL's extra conditioning. Evaluation batches are the prompts
+``templates`` × ``subject`` (MoSLoRA's ``infer.py``), each with its index.
+"""
+
+from __future__ import annotations
+
+import random
+from pathlib import Path
+
+import lightning.pytorch as pl
+import numpy as np
+import torch
+from torch.utils.data import DataLoader
+
+from rankmix.data.loading import seeded_loader
+from rankmix.errors import ConfigError, DataError
+
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp")
+
+
+def write_shape_subject(root: Path, n_images: int, size: int, seed: int) -> Path:
+    """``n_images`` PNGs of one red circle (the subject) at different places and scales on a plain background."""
+    from PIL import Image, ImageDraw
+
+    rng = random.Random(seed)
+    root.mkdir(parents=True, exist_ok=True)
+    for i in range(n_images):
+        image = Image.new("RGB", (size, size), tuple(rng.randint(180, 255) for _ in range(3)))
+        r = rng.randint(size // 6, size // 3)
+        x, y = rng.randint(r, size - r), rng.randint(r, size - r)
+        ImageDraw.Draw(image).ellipse((x - r, y - r, x + r, y + r), fill=(200, 30, 30))
+        image.save(root / f"{i:02d}.png")
+    return root
+
+
+class SubjectDataModule(pl.LightningDataModule):
+    def __init__(self, instance_dir: str | None, instance_prompt: str, subject: str, templates: list[str],
+                 resolution: int, batch_size: int, cache_dir: str, seed: int = 0, generate: dict | None = None,
+                 num_workers: int = 0):
+        super().__init__()
+        self.instance_dir = Path(instance_dir) if instance_dir else None
+        self.instance_prompt, self.subject, self.templates = instance_prompt, subject, list(templates)
+        self.resolution, self.batch_size, self.eval_batch_size = resolution, batch_size, 1
+        self.cache_dir, self.seed, self.generate, self.num_workers = Path(cache_dir), seed, dict(generate or {}), num_workers
+        self.images: list[dict] = []
+
+    def folder(self) -> Path:
+        if self.instance_dir is not None:
+            return self.instance_dir
+        g = self.generate
+        return self.cache_dir / "subjects" / f"shape-{g['n_images']}-{g['size']}-{g['seed']}"
+
+    def prompts(self) -> list[str]:
+        """The evaluation prompts, in order."""
+        return [t.format(self.subject) for t in self.templates]
+
+    def check_paths(self) -> None:
+        if self.instance_dir is not None and not self.instance_dir.is_dir():
+            raise ConfigError("task.datamodule.instance_dir", str(self.instance_dir),
+                              "directory not found; point it at the subject's images (e.g. DreamBooth's dataset/cat)")
+
+    def prepare_data(self) -> None:
+        if self.instance_dir is None and not self.folder().is_dir():
+            write_shape_subject(self.folder(), int(self.generate["n_images"]), int(self.generate["size"]),
+                                int(self.generate["seed"]))
+        if not self._files():
+            raise DataError(f"{self.folder()}: no images ({', '.join(IMAGE_SUFFIXES)}) of the subject")
+
+    def reference_images(self) -> list[Path]:
+        return self._files()
+
+    def _files(self) -> list[Path]:
+        return sorted(p for p in self.folder().iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+
+    def setup(self, stage: str | None = None) -> None:
+        from PIL import Image
+
+        if self.images:
+            return
+        for path in self._files():
+            try:
+                image = Image.open(path).convert("RGB")
+            except OSError as e:
+                raise DataError(f"{path}: not a readable image ({e})") from None
+            self.images.append({"image": image, "path": str(path)})
+
+    def collate_train(self, batch: list[dict]) -> dict:
+        """diffusers' SDXL DreamBooth transforms: resize the short side, random crop, [-1, 1]."""
+        from PIL import Image
+
+        pixels, original, crops = [], [], []
+        for item in batch:
+            image = item["image"]
+            original.append((image.height, image.width))
+            scale = self.resolution / min(image.size)
+            image = image.resize((max(self.resolution, round(image.width * scale)),
+                                  max(self.resolution, round(image.height * scale))), Image.BILINEAR)
+            top = int(torch.randint(0, image.height - self.resolution + 1, (1,)))
+            left = int(torch.randint(0, image.width - self.resolution + 1, (1,)))
+            image = image.crop((left, top, left + self.resolution, top + self.resolution))
+            crops.append((top, left))
+            pixels.append(torch.from_numpy(np.asarray(image, dtype=np.float32) / 127.5 - 1.0).permute(2, 0, 1))
+        return {"pixel_values": torch.stack(pixels), "original_size": torch.tensor(original),
+                "crop_top_left": torch.tensor(crops), "prompt": [self.instance_prompt] * len(batch)}
+
+    def collate_prompts(self, batch: list[dict]) -> dict:
+        return {"prompt": [b["prompt"] for b in batch], "idx": torch.tensor([b["idx"] for b in batch])}
+
+    def train_dataloader(self) -> DataLoader:
+        return seeded_loader(self, self.images, True, self.collate_train)
+
+    def val_dataloader(self) -> DataLoader:
+        return seeded_loader(self, self.images, False, self.collate_train)
+
+    def test_dataloader(self) -> DataLoader:
+        prompts = [{"prompt": p, "idx": i} for i, p in enumerate(self.prompts())]
+        return seeded_loader(self, prompts, False, self.collate_prompts)

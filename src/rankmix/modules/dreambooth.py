@@ -1,0 +1,116 @@
+"""DreamBooth fine-tuning of an SDXL UNet with an adapter method (MoSLoRA Tab. 6), after diffusers'
+``train_dreambooth_lora_sdxl.py`` (which MoSLoRA's ``subject_driven_generation/`` forks).
+
+Training (epsilon prediction): the instance images are encoded by the frozen VAE (``latent_dist.sample()`` times
+its scaling factor), noised at a uniform timestep of the DDPM schedule built from the pipeline scheduler's config,
+and the adapted UNet predicts the noise from the instance prompt's embeddings (both frozen text encoders,
+``encode_prompt``) and SDXL's time ids (original size, crop corner, target size); the loss is the MSE. Validation
+computes the same loss on the instance images. Test generates ``images_per_prompt`` images for every evaluation
+prompt (the pipeline's sampler, ``num_inference_steps``, ``guidance_scale``, seeds ``seed + i``), written as
+``<run>/images/<prompt index>_<i>.png`` with ``<run>/images/index.json`` (prompt and file of each image, and the
+subject's images): what the rating page (``rankmix.rating``) shows. A LoRA or MoSLoRA UNet adapter is also written
+as a diffusers LoRA file (``<run>/diffusers_lora/``, ``rankmix.adapters.export_diffusers``).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+from rankmix.adapters import adapter_layers
+from rankmix.modules.base import AdapterModule
+
+
+class DreamBoothModule(AdapterModule):
+    def __init__(self, pipe, optimizer: Mapping, resolution: int, out_dir: str, references: list[str],
+                 images_per_prompt: int = 1, num_inference_steps: int = 50, guidance_scale: float = 5.0, seed: int = 0):
+        super().__init__(pipe.unet, optimizer)
+        from diffusers import DDPMScheduler
+
+        self.vae, self.text_encoder, self.text_encoder_2 = pipe.vae, pipe.text_encoder, pipe.text_encoder_2
+        self.pipe = pipe
+        self.noise_scheduler = DDPMScheduler.from_config(pipe.scheduler.config)
+        self.resolution = resolution
+        self.out_dir = Path(out_dir)
+        self.images_per_prompt, self.num_inference_steps = images_per_prompt, num_inference_steps
+        self.guidance_scale, self.seed = guidance_scale, seed
+        self.references = list(references)
+
+    def _loss(self, batch) -> torch.Tensor:
+        pixels = batch["pixel_values"].to(self.vae.dtype)
+        with torch.no_grad():
+            latents = self.vae.encode(pixels).latent_dist.sample() * self.vae.config.scaling_factor
+            embeds, _, pooled, _ = self.pipe.encode_prompt(batch["prompt"], device=self.device, num_images_per_prompt=1,
+                                                           do_classifier_free_guidance=False)
+        noise = torch.randn_like(latents)
+        steps = torch.randint(0, self.noise_scheduler.config.num_train_timesteps, (latents.shape[0],),
+                              device=latents.device)
+        noisy = self.noise_scheduler.add_noise(latents, noise, steps)
+        target = torch.tensor([self.resolution, self.resolution], device=latents.device)
+        time_ids = torch.cat([batch["original_size"], batch["crop_top_left"], target.expand(latents.shape[0], 2)], 1)
+        pred = self.model(noisy, steps, embeds, added_cond_kwargs={"text_embeds": pooled, "time_ids": time_ids.to(
+            embeds.dtype)}).sample
+        return F.mse_loss(pred.float(), noise.float())
+
+    def training_step(self, batch, batch_idx):
+        loss = self._loss(batch)
+        self.log("train/loss", loss, prog_bar=True, on_step=True, on_epoch=True, batch_size=len(batch["prompt"]))
+        return loss
+
+    def _eval_step(self, batch, stage: str):
+        if stage == "val":
+            self.log("val/loss", self._loss(batch), on_epoch=True, batch_size=len(batch["prompt"]), sync_dist=True)
+            return
+        folder = self.out_dir / "images"
+        folder.mkdir(parents=True, exist_ok=True)
+        for prompt, idx in zip(batch["prompt"], batch["idx"].tolist(), strict=True):
+            for i in range(self.images_per_prompt):
+                generator = torch.Generator(device="cpu").manual_seed(self.seed + i)
+                with self.timed_inference():
+                    image = self.pipe(prompt, num_inference_steps=self.num_inference_steps, height=self.resolution,
+                                      width=self.resolution, guidance_scale=self.guidance_scale, generator=generator,
+                                      ).images[0]
+                name = f"{idx:03d}_{i}.png"
+                image.save(folder / name)
+                self._records.append({"idx": idx * self.images_per_prompt + i, "prompt": prompt, "file": name,
+                                      "prompt_index": idx, "seed": self.seed + i})
+
+    def score(self, records: list[dict], stage: str) -> dict[str, float]:
+        if stage == "test" and self.global_rank == 0:
+            from rankmix.adapters import export_diffusers
+            from rankmix.adapters.io import PEFT_EXPORTABLE
+
+            if {layer.method for layer in adapter_layers(self.model).values()} <= set(PEFT_EXPORTABLE):
+                export_diffusers(self.model, self.out_dir / "diffusers_lora")  # pipe.load_lora_weights(<dir>)
+            index = {"references": self.references, "images": records}
+            (self.out_dir / "images" / "index.json").write_text(json.dumps(index, indent=1) + "\n")
+            return {"images": float(len(records))}
+        return {}
+
+
+def build_dreambooth(cfg, run_dir: Path):
+    """(LightningModule, data module, injection report, the adapted UNet) for a DreamBooth config."""
+    from omegaconf import OmegaConf
+
+    from rankmix.adapters import inject
+    from rankmix.data.loading import prepared_datamodule
+    from rankmix.diffusion import build_sdxl
+
+    dm = prepared_datamodule(cfg)
+    pipe = build_sdxl(OmegaConf.to_container(cfg.backbone, resolve=True), [dm.instance_prompt, *dm.prompts()],
+                      run_dir)
+    pipe.set_progress_bar_config(disable=True)
+    for part in (pipe.vae, pipe.text_encoder, pipe.text_encoder_2):
+        part.requires_grad_(False)
+    report = inject(pipe.unet, OmegaConf.to_container(cfg.method, resolve=True))
+    task = cfg.task
+    module = DreamBoothModule(pipe, OmegaConf.to_container(cfg.optimizer, resolve=True),
+                              resolution=task.datamodule.resolution, out_dir=str(run_dir),
+                              references=[str(p) for p in dm.reference_images()],
+                              images_per_prompt=task.images_per_prompt, num_inference_steps=task.num_inference_steps,
+                              guidance_scale=task.guidance_scale, seed=int(cfg.seed))
+    return module, dm, report, pipe.unet
