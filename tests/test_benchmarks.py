@@ -159,3 +159,22 @@ def test_completions_per_prompt_through_each_wrap(lm):
     assert module.complete(prompts, {"max_new_tokens": 4, "wrap": "chat"}, n=3, sample=sample) == sampled  # seeded
     with pytest.raises(Exception, match="wrap"):
         module.complete(prompts, {"max_new_tokens": 4, "wrap": "system"}, n=1, sample=None)
+
+
+def test_gsm8k_with_opencompass_prompt_is_lm_eval_with_its_examples(suite, lm, tmp_path):
+    import json
+
+    import lm_eval
+    import yaml
+
+    metrics = harness.gsm8k(lm, {"dataset_path": str(suite["gsm8k"]), "prompt": "opencompass", "num_fewshot": 4,
+                                 "max_gen_toks": 4, "limit": 2}, tmp_path)
+    assert set(metrics) == {"gsm8k/accuracy", "gsm8k/strict"}
+    spec = yaml.safe_load((tmp_path / "gsm8k.yaml").read_text())
+    assert spec["include"].endswith("lm_eval/tasks/gsm8k/gsm8k.yaml") and lm_eval.__file__
+    assert spec["doc_to_text"] == "Question: {{question}}\nLet's think step by step\nAnswer:"
+    samples = spec["fewshot_config"]["samples"]
+    assert len(samples) == 4 and samples[3]["answer"].endswith("The answer is 146\n")
+    assert json.dumps(spec["filter_list"]).count("group_select") == 1
+    with pytest.raises(Exception, match="task.benchmarks.gsm8k.prompt"):
+        harness.gsm8k(lm, {"dataset_path": str(suite["gsm8k"]), "prompt": "cot"}, tmp_path)

@@ -8,13 +8,17 @@ or the generated tiny suite) and hands the model to lm-eval through ``lm_eval.mo
   log-likelihood of each option letter after "The following are multiple choice questions (with answers) about
   {subject}.\\n\\n{question}\\nA. …\\nAnswer:"): lm-eval's ``mmlu_<subject>`` tasks, the same prompt. Overall, law
   and medical are lm-eval's group mean (``aggregate_subtask_metrics``, weighted by subject size) over their subjects.
-- **GSM8K** (OpenCompass ``gsm8k_gen_1d7fe4``: 4-shot, greedy, the last number of the answer against the number
-  after "####"): lm-eval's ``gsm8k`` with ``num_fewshot`` examples, greedy, scored by its ``flexible-extract``
-  filter (the last number of the generation), i.e. final-answer exact match.
+- **GSM8K**: lm-eval's ``gsm8k`` task, greedy, ``num_fewshot`` examples, scored by exact match of the number its
+  filter extracts against the number after "####". ``prompt: opencompass`` gives it SMoRA's OpenCompass prompt
+  (``gsm8k_gen_1d7fe4``): the 4 fixed worked examples of that config (``gsm8k_opencompass.json``), each question as
+  "Question: …\nLet's think step by step\nAnswer:", the turns joined by "\n" as OpenCompass joins a base model's
+  prompt, and the last number of the generation (``gsm8k_postprocess``: ``-?\\d+\\.\\d+|-?\\d+``) as the answer.
+  ``prompt: lm_eval`` keeps lm-eval's own ("Question: …\nAnswer:", examples from the training split).
 """
 
 from __future__ import annotations
 
+import json
 import logging
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -41,13 +45,28 @@ def mmlu_subjects() -> list[str]:
     return sorted(p.stem.removeprefix("mmlu_") for p in folder.glob("mmlu_*.yaml"))
 
 
-def overlay(task: str, out_dir: Path, dataset_path: str | None) -> str:
+def opencompass_gsm8k() -> dict:
+    """The keys that give lm-eval's ``gsm8k`` OpenCompass's ``gsm8k_gen_1d7fe4`` prompt and answer rule."""
+    examples = json.loads((Path(__file__).with_name("gsm8k_opencompass.json")).read_text())
+    return {"doc_to_text": "Question: {{question}}\nLet's think step by step\nAnswer:", "target_delimiter": "\n",
+            "fewshot_delimiter": "\n", "fewshot_config": {"sampler": "first_n", "samples": examples},
+            "filter_list": [{"name": "flexible-extract", "filter": [
+                {"function": "regex", "regex_pattern": r"(-?\d+\.\d+|-?\d+)", "group_select": -1},
+                {"function": "take_first"}]},
+                {"name": "strict-match", "filter": [
+                    {"function": "regex", "regex_pattern": r"#### (\-?[0-9\.\,]+)"}, {"function": "take_first"}]}]}
+
+
+PROMPTS = {"lm_eval": dict, "opencompass": opencompass_gsm8k}
+
+
+def overlay(task: str, out_dir: Path, dataset_path: str | None, extra: dict | None = None) -> str:
     """A YAML that is lm-eval's ``task`` with its data read from ``dataset_path`` (a hub id or a local copy in the
-    hub's layout); its path is what lm-eval loads."""
+    hub's layout) and ``extra`` keys; its path is what lm-eval loads."""
     import yaml
 
     out_dir.mkdir(parents=True, exist_ok=True)
-    spec = {"include": str(lm_eval_task_file(task)), "task": task}
+    spec = {"include": str(lm_eval_task_file(task)), "task": task, **(extra or {})}
     if dataset_path:
         spec["dataset_path"] = dataset_path
     path = out_dir / f"{task}.yaml"
@@ -96,7 +115,10 @@ def mmlu(lm, settings: Mapping, out_dir: Path) -> dict[str, float]:
 
 def gsm8k(lm, settings: Mapping, out_dir: Path) -> dict[str, float]:
     """``gsm8k/accuracy`` (flexible-extract: the last number) and ``gsm8k/strict`` ("#### n"), in percent."""
-    files = [overlay("gsm8k", out_dir, settings.get("dataset_path"))]
+    prompt = settings.get("prompt", "lm_eval")
+    if prompt not in PROMPTS:
+        raise ConfigError("task.benchmarks.gsm8k.prompt", prompt, f"must be one of {', '.join(PROMPTS)}")
+    files = [overlay("gsm8k", out_dir, settings.get("dataset_path"), PROMPTS[prompt]())]
     gen = f"max_gen_toks={int(settings['max_gen_toks'])}" if settings.get("max_gen_toks") else None
     results, _ = evaluate(lm, files, int(settings.get("num_fewshot", 4)), settings.get("limit"), gen)
     r = results["gsm8k"]
