@@ -28,12 +28,11 @@ Here pass@1 is in percent, and ``ds1000/average`` is the unweighted mean of the 
 
 from __future__ import annotations
 
-import gzip
 import importlib.util
-import json
 from pathlib import Path
 
 from rankmix.benchmarks.sandbox import SandboxSettings, run_programs
+from rankmix.data.files import jsonl_lines
 from rankmix.errors import DataError
 
 LIBRARIES = ("Pandas", "Numpy", "Matplotlib", "Scipy", "Sklearn", "Pytorch", "Tensorflow")
@@ -74,17 +73,7 @@ def load_problems(path_or_id: str) -> list[dict]:
     if path.is_file() or path.name.endswith((".jsonl", ".jsonl.gz")):
         if not path.is_file():
             raise DataError(f"{path}: file not found; {WHERE}")
-        opener = gzip.open if path.name.endswith(".gz") else open
-        problems = []
-        with opener(path, "rt", encoding="utf-8") as f:
-            for lineno, line in enumerate(f, 1):
-                if not line.strip():
-                    continue
-                try:
-                    rec = json.loads(line)
-                except json.JSONDecodeError as e:
-                    raise DataError(f"{path}:{lineno}: not valid JSON ({e.msg}); one record a line") from None
-                problems.append(_check(f"{path}:{lineno}", rec))
+        problems = [_check(f"{path}:{lineno}", rec) for lineno, rec in jsonl_lines(path)]
     else:
         import datasets
 

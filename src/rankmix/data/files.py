@@ -142,6 +142,22 @@ def check_fields(source, records: list, fields: tuple[str, ...], what: str) -> l
     return records
 
 
+def jsonl_lines(path: Path) -> Iterator[tuple[int, object]]:
+    """``(line number, parsed value)`` of each non-blank line of a JSON-lines file (``.gz`` read compressed); a line
+    that is not JSON raises ``DataError`` naming the file and line."""
+    import gzip
+
+    opener = gzip.open if Path(path).name.endswith(".gz") else open
+    with opener(path, "rt", encoding="utf-8") as f:
+        for lineno, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            try:
+                yield lineno, json.loads(line)
+            except json.JSONDecodeError as e:
+                raise DataError(f"{path}:{lineno}: not valid JSON ({e.msg}); each line must be one JSON object") from None
+
+
 def check_jsonl(path: Path, required: tuple[str, ...]) -> int:
     """Validate that every line of ``path`` is a JSON object with the ``required`` string fields.
 
@@ -150,22 +166,15 @@ def check_jsonl(path: Path, required: tuple[str, ...]) -> int:
     if not path.is_file():
         raise DataError(f"{path}: file not found")
     n = 0
-    with open(path, encoding="utf-8") as f:
-        for lineno, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                rec = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise DataError(f"{path}:{lineno}: not valid JSON ({e.msg}); each line must be one JSON object") from None
-            if not isinstance(rec, dict):
-                raise DataError(f"{path}:{lineno}: expected a JSON object, got {type(rec).__name__}")
-            for key in required:
-                if key not in rec:
-                    raise DataError(f"{path}:{lineno}: missing field {key!r}; records need {', '.join(required)}")
-                if not isinstance(rec[key], str):
-                    raise DataError(f"{path}:{lineno}: field {key!r} must be a string, got {type(rec[key]).__name__}")
-            n += 1
+    for lineno, rec in jsonl_lines(path):
+        if not isinstance(rec, dict):
+            raise DataError(f"{path}:{lineno}: expected a JSON object, got {type(rec).__name__}")
+        for key in required:
+            if key not in rec:
+                raise DataError(f"{path}:{lineno}: missing field {key!r}; records need {', '.join(required)}")
+            if not isinstance(rec[key], str):
+                raise DataError(f"{path}:{lineno}: field {key!r} must be a string, got {type(rec[key]).__name__}")
+        n += 1
     if n == 0:
         raise DataError(f"{path}: no records")
     return n

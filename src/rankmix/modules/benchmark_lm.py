@@ -29,7 +29,7 @@ import torch
 from rankmix.benchmarks import ds1000, harness, humaneval
 from rankmix.benchmarks.sandbox import SandboxSettings, check_isolation, settings_record
 from rankmix.errors import ConfigError
-from rankmix.modules.causal_lm import CausalLMModule
+from rankmix.modules.causal_lm import CausalLMModule, adapted_lm
 
 log = logging.getLogger(__name__)
 BENCHMARKS = ("mmlu", "gsm8k", "humaneval", "ds1000")
@@ -179,9 +179,6 @@ def build_benchmark_lm(cfg, run_dir: Path):
     """(LightningModule, data module, injection report, the adapted LM) for a mixture-plus-benchmarks config."""
     from omegaconf import OmegaConf
 
-    from rankmix.adapters import inject
-    from rankmix.backbones import build_backbone, load_tokenizer
-    from rankmix.data.loading import prepared_datamodule
     from rankmix.data.multidomain_like import write_multidomain_like
 
     task = OmegaConf.to_container(cfg.task, resolve=True)
@@ -190,12 +187,7 @@ def build_benchmark_lm(cfg, run_dir: Path):
         paths = write_multidomain_like(run_dir / "suite", **suite)
         task = resolve_suite(task, {k: str(v) for k, v in paths.items()})
         cfg = OmegaConf.merge(cfg, {"task": {"datamodule": task["datamodule"]}})
-    dm = prepared_datamodule(cfg)
-    tokenizer = load_tokenizer(cfg.backbone.tokenizer, [dm.files()["train"]], run_dir / "tokenizer",
-                               dm.template_text(), model_name=cfg.backbone.get("name_or_path"))
-    model = build_backbone(cfg.backbone, tokenizer)
-    report = inject(model, OmegaConf.to_container(cfg.method, resolve=True))
-    dm.set_tokenizer(tokenizer)
+    dm, tokenizer, model, report = adapted_lm(cfg, run_dir)
     module = BenchmarkLMModule(model, tokenizer, OmegaConf.to_container(cfg.optimizer, resolve=True),
                                benchmarks=task["benchmarks"], sandbox=task.get("sandbox") or {},
                                prompt_template=task["datamodule"]["prompt_template"], out_dir=str(run_dir),

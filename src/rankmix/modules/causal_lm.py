@@ -85,8 +85,9 @@ class CausalLMModule(AdapterModule):
                                       **{k: batch[k][i] for k in RECORD_KEYS}})
 
 
-def build_causal_lm(cfg, run_dir: Path):
-    """(LightningModule, data module, injection report, the adapted LM) for an instruction-tuning config."""
+def adapted_lm(cfg, run_dir: Path):
+    """(data module, tokenizer, the adapted LM, injection report) of an instruction-tuning config: the data prepared,
+    the tokenizer read or built from its training file, the backbone built and the method injected."""
     from omegaconf import OmegaConf
 
     from rankmix.adapters import inject
@@ -99,6 +100,14 @@ def build_causal_lm(cfg, run_dir: Path):
     model = build_backbone(cfg.backbone, tokenizer)
     report = inject(model, OmegaConf.to_container(cfg.method, resolve=True))
     dm.set_tokenizer(tokenizer)
+    return dm, tokenizer, model, report
+
+
+def build_causal_lm(cfg, run_dir: Path):
+    """(LightningModule, data module, injection report, the adapted LM) for an instruction-tuning config."""
+    from omegaconf import OmegaConf
+
+    dm, tokenizer, model, report = adapted_lm(cfg, run_dir)
     module = CausalLMModule(model, tokenizer, OmegaConf.to_container(cfg.optimizer, resolve=True),
                             max_new_tokens=cfg.task.datamodule.max_new_tokens, num_beams=cfg.task.get("num_beams", 1),
                             validation_generates=(cfg.task.get("select_best") or {}).get("generate", True),
