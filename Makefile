@@ -25,6 +25,7 @@ $(VENV)/.installed: pyproject.toml
 	$(VENV)/bin/pip install --upgrade --quiet pip
 	$(VENV)/bin/pip install torch==2.14.1 torchvision==0.29.1
 	$(VENV)/bin/pip install -e '.[dev]'
+	$(VENV)/bin/pip install --no-deps 'lmms-eval==0.7.3'   # MoSLoRA Tab. 5's benchmarks (pyproject.toml: why no deps)
 	touch $@
 
 run: ## train the embedded default (LoRA, tiny Llama, generated tasks, CPU); prints the results path

@@ -60,3 +60,21 @@ def test_bad_mixtures_name_the_file_record_and_fix(tmp_path):
         multidomain.mixture({"sources": {"dolly": {"domain": "general", "format": "sharegpt", "train_file": bad}}})
     with pytest.raises(ConfigError, match="sources.dolly.domain"):
         multidomain.mixture({"sources": {"dolly": {"format": "dolly", "train_file": bad}}})
+
+
+def test_two_local_copies_of_the_same_name_are_each_read_as_they_are(tmp_path):
+    """datasets 5 caches a README-configured folder under its name and patterns: without a cache of its own, the
+    second ``train`` folder would be served the first one's rows."""
+    import datasets
+
+    from rankmix.data.files import write_hub_parquet, write_hub_readme
+    from rankmix.data.multidomain import read_source
+
+    features = datasets.Features({"question": datasets.Value("string"), "answer": datasets.Value("string")})
+    for copy, n in (("one", 2), ("two", 3)):
+        root = tmp_path / copy / "gsm8k"
+        write_hub_parquet(root / "main" / "train-00000-of-00001.parquet",
+                          [{"question": f"{copy} {i}", "answer": "#### 1"} for i in range(n)], features)
+        write_hub_readme(root / "README.md", {"main": {"train": "main/train-*"}}, "test copy")
+    assert [r["question"] for r in read_source(str(tmp_path / "one" / "gsm8k"), "main")] == ["one 0", "one 1"]
+    assert [r["question"] for r in read_source(str(tmp_path / "two" / "gsm8k"), "main")] == ["two 0", "two 1", "two 2"]

@@ -134,7 +134,7 @@ def load_tokenizer(spec: Mapping, corpus_files: Iterable[Path], cache_dir: Path,
         key = "backbone.name_or_path" if spec["name_or_path"] == model_name else "backbone.tokenizer.name_or_path"
         name = resolve_name(key, spec["name_or_path"])
         try:
-            tok = AutoTokenizer.from_pretrained(name)
+            tok = AutoTokenizer.from_pretrained(name, trust_remote_code=bool(spec.get("trust_remote_code", False)))
         except (OSError, ValueError) as e:
             raise not_loadable(key, name, e) from None
     else:

@@ -28,6 +28,9 @@ DEFAULT_TARGETS: dict[str, list[str]] = {
     "gpt2": ["c_attn"],
     "bart": ["q_proj", "v_proj"],
     "vit": ["query", "value", "q_proj", "v_proj"],  # layer names differ across transformers releases
+    # XTuner (MoSLoRA Tab. 5) wraps every linear layer of the CLIP vision tower and of InternLM2 but the head
+    "clip_vision_model": ["q_proj", "k_proj", "v_proj", "out_proj", "fc1", "fc2"],
+    "internlm2": ["wqkv", "wo", "w1", "w2", "w3"],
 }
 
 # Keys of a method config that steer injection rather than the layer itself.

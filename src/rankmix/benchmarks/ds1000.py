@@ -32,7 +32,7 @@ import importlib.util
 from pathlib import Path
 
 from rankmix.benchmarks.sandbox import SandboxSettings, run_programs
-from rankmix.data.files import jsonl_lines
+from rankmix.data.files import jsonl_lines, local_dataset_kwargs
 from rankmix.errors import DataError
 
 LIBRARIES = ("Pandas", "Numpy", "Matplotlib", "Scipy", "Sklearn", "Pytorch", "Tensorflow")
@@ -78,7 +78,7 @@ def load_problems(path_or_id: str) -> list[dict]:
         import datasets
 
         try:
-            rows = list(datasets.load_dataset(path_or_id, split="test"))
+            rows = list(datasets.load_dataset(path_or_id, split="test", **local_dataset_kwargs(path_or_id)))
         except Exception as e:  # noqa: BLE001 -- offline, unknown id, bad format: one message
             reason = (str(e).strip().splitlines() or [type(e).__name__])[0][:160]
             raise DataError(f"{path_or_id}: not a local file and not loadable from the hub ({reason}); "

@@ -62,13 +62,18 @@ PROMPTS = {"lm_eval": dict, "opencompass": opencompass_gsm8k}
 
 def overlay(task: str, out_dir: Path, dataset_path: str | None, extra: dict | None = None) -> str:
     """A YAML that is lm-eval's ``task`` with its data read from ``dataset_path`` (a hub id or a local copy in the
-    hub's layout) and ``extra`` keys; its path is what lm-eval loads."""
+    hub's layout) and ``extra`` keys; its path is what lm-eval loads. A local copy gets a datasets cache of its own
+    (``local_dataset_kwargs``)."""
     import yaml
+
+    from rankmix.data.files import local_dataset_kwargs
 
     out_dir.mkdir(parents=True, exist_ok=True)
     spec = {"include": str(lm_eval_task_file(task)), "task": task, **(extra or {})}
     if dataset_path:
         spec["dataset_path"] = dataset_path
+        if Path(dataset_path).exists():
+            spec["dataset_kwargs"] = local_dataset_kwargs(dataset_path)
     path = out_dir / f"{task}.yaml"
     path.write_text(yaml.safe_dump(spec, sort_keys=False))
     return str(path)

@@ -22,7 +22,7 @@ import logging
 import re
 from pathlib import Path
 
-from rankmix.data.files import check_fields, read_records
+from rankmix.data.files import check_fields, local_dataset_kwargs, read_records
 from rankmix.errors import DataError
 
 log = logging.getLogger(__name__)
@@ -103,7 +103,7 @@ def load_train(source: str) -> list[dict]:
     import datasets
 
     try:
-        rows = list(datasets.load_dataset(source, split="train"))
+        rows = list(datasets.load_dataset(source, split="train", **local_dataset_kwargs(source)))
     except Exception as e:  # noqa: BLE001 -- offline, unknown id, bad format: one message
         reason = (str(e).strip().splitlines() or [type(e).__name__])[0][:160]
         raise DataError(f"{source}: not a local file and not loadable from the hub ({reason}); {TRAIN_WHERE}") from None

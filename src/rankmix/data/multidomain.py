@@ -20,7 +20,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from pathlib import Path
 
-from rankmix.data.files import check_fields, read_records
+from rankmix.data.files import check_fields, local_dataset_kwargs, read_records
 from rankmix.errors import ConfigError, DataError
 
 # record format -> (instruction field, input field or None, response field)
@@ -52,7 +52,7 @@ def read_source(train_file: str, config: str | None = None) -> list[dict]:
     import datasets
 
     try:
-        return list(datasets.load_dataset(train_file, config, split="train"))
+        return list(datasets.load_dataset(train_file, config, split="train", **local_dataset_kwargs(train_file)))
     except Exception as e:  # noqa: BLE001 -- offline, unknown id, bad format: one message
         reason = (str(e).strip().splitlines() or [type(e).__name__])[0][:160]
         raise DataError(f"{train_file}: not a local file and not loadable from the hub ({reason})") from None

@@ -22,7 +22,7 @@ import json
 import random
 from pathlib import Path
 
-from rankmix.data.files import atomic_open
+from rankmix.data.files import atomic_open, write_hub_parquet, write_hub_readme
 
 LAW_SUBJECTS = ("professional_law", "jurisprudence")
 MEDICAL_SUBJECTS = ("clinical_knowledge", "college_medicine")
@@ -288,23 +288,10 @@ def _write_json(path: Path, records: list[dict], lines: bool = False) -> None:
             json.dump(records, f, ensure_ascii=False, indent=2)
 
 
-def _write_parquet(path: Path, rows: list[dict], features) -> None:
-    """``rows`` as a hub parquet file: the arrow table of a ``datasets.Dataset``, its features in the metadata."""
-    import datasets
-    import pyarrow.parquet as pq
-
-    path.parent.mkdir(parents=True, exist_ok=True)
-    pq.write_table(datasets.Dataset.from_list(rows, features=features).data.table, path)
-
-
-def _readme(path: Path, configs: dict[str, list[str]]) -> None:
-    """A hub README whose YAML ``configs`` map each config to ``<config>/<split>-*`` files."""
-    lines = ["---", "configs:"]
-    for name, splits in configs.items():
-        lines += [f"- config_name: {name}", "  data_files:"]
-        lines += [f"  - split: {s}\n    path: \"{name}/{s}-*\"" for s in splits]
-    with atomic_open(path) as f:
-        f.write("\n".join([*lines, "---", "", "A generated tiny stand-in (rankmix.data.multidomain_like).", ""]))
+def _hub_readme(path: Path, configs: dict[str, list[str]]) -> None:
+    """The hub README of ``configs``, each config's splits in ``<config>/<split>-*`` files."""
+    write_hub_readme(path, {name: {s: f"{name}/{s}-*" for s in splits} for name, splits in configs.items()},
+                     "A generated tiny stand-in (rankmix.data.multidomain_like).")
 
 
 def write_multidomain_like(root: Path, seed: int = 0, n_train: int = 60, n_mmlu: int = 12, n_gsm8k: int = 20,
@@ -336,13 +323,13 @@ def write_multidomain_like(root: Path, seed: int = 0, n_train: int = 60, n_mmlu:
         for split, n in (("test", n_mmlu), ("validation", max(5, n_mmlu // 2)), ("dev", 5)):
             facts = subject if subject in _FACTS else OTHER_SUBJECTS[0]
             rows = [{**r, "subject": subject} for r in _mmlu_rows(rng, facts, n)]
-            _write_parquet(root / "mmlu" / subject / f"{split}-00000-of-00001.parquet", rows, mmlu_features)
-    _readme(root / "mmlu" / "README.md", {s: ["test", "validation", "dev"] for s in subjects})
+            write_hub_parquet(root / "mmlu" / subject / f"{split}-00000-of-00001.parquet", rows, mmlu_features)
+    _hub_readme(root / "mmlu" / "README.md", {s: ["test", "validation", "dev"] for s in subjects})
 
     gsm_features = datasets.Features({"question": datasets.Value("string"), "answer": datasets.Value("string")})
     for split, rows in (("train", gsm_train), ("test", gsm_test)):
-        _write_parquet(root / "gsm8k" / "main" / f"{split}-00000-of-00001.parquet", rows, gsm_features)
-    _readme(root / "gsm8k" / "README.md", {"main": ["train", "test"]})
+        write_hub_parquet(root / "gsm8k" / "main" / f"{split}-00000-of-00001.parquet", rows, gsm_features)
+    _hub_readme(root / "gsm8k" / "README.md", {"main": ["train", "test"]})
 
     _write_json(root / "humaneval.jsonl", humaneval, lines=True)
     _write_json(root / "ds1000.jsonl", _ds1000(rng, n_ds1000), lines=True)

@@ -12,6 +12,7 @@ BUILDERS = {  # task.kind -> "module:function"
     "vl_multitask": "rankmix.modules.clip_bart:build_vl_multitask",
     "benchmark_lm": "rankmix.modules.benchmark_lm:build_benchmark_lm",
     "dreambooth": "rankmix.modules.dreambooth:build_dreambooth",
+    "visual_instruction": "rankmix.modules.visual_instruction:build_visual_instruction",
 }
 
 

@@ -1,0 +1,204 @@
+"""The nine benchmarks of MoSLoRA Tab. 5 through lmms-eval's own tasks, on the adapted LLaVA model in memory.
+
+Each benchmark is an lmms-eval task (its prompt, answer parsing and metric); rankmix gives it the model
+(``InMemoryModel``: greedy answers through the training chat template, image first) and the data's location
+(``dataset_path``: a hub id or a local copy in the hub layout; ``dataset_name`` where the hub repo has configs).
+Reported in percent:
+
+========================  ===============================  =====================================================
+cell                      lmms-eval task                   number
+========================  ===============================  =====================================================
+MMBench-EN / -CN          mmbench_en_dev / mmbench_cn_dev  ``gpt_eval_score``: CircularEval accuracy (dev split)
+SEED-Bench                seedbench (image rows)           ``seed_image`` × 100
+AI2D                      ai2d                             ``exact_match`` (flexible-extract) × 100
+SciQA-image               scienceqa_img                    ``exact_match`` × 100
+TextVQA                   textvqa_val                      ``exact_match`` (VQA accuracy) × 100
+MathVista                 mathvista_testmini_format        ``llm_as_judge_eval``: accuracy after a judge's extraction
+MM-Vet                    mmvet                            ``gpt_eval_score``: the judge's mean grade × 100
+MME                       mme                              (perception + cognition) / 2800 × 100 (the paper's scaling)
+========================  ===============================  =====================================================
+
+MathVista and MM-Vet need an LLM judge (MoSLoRA: GPT-4-turbo): with ``judge.model`` set and credentials in the
+environment (``OPENAI_API_KEY``, or ``API_TYPE=local`` with ``LLM_JUDGE_URL`` for an OpenAI-compatible server) they
+run; otherwise their cells are missing with that reason, never scored without the judge (lmms-eval would grade
+every answer 0 without one). MMBench asks the judge only for answers its rules cannot parse; without a judge it
+uses lmms-eval's offline extraction (``mmbench_aggregate_dev_results_static``), noted in the run's JSON.
+Submission-file metrics are left out (no upload target); every answer is written to
+``<run>/benchmarks/<benchmark>.jsonl``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from rankmix.data.files import local_dataset_kwargs
+from rankmix.errors import ConfigError, RankmixError
+
+
+@dataclass(frozen=True)
+class Benchmark:
+    task: str
+    metrics: tuple[str, ...]          # lmms-eval metric names whose values make the cell (summed)
+    scale: float = 100.0              # to percent
+    judge: bool = False               # needs an LLM judge
+    overrides: dict = field(default_factory=dict)
+
+
+def _image_rows(dataset):
+    return dataset.filter(lambda doc: doc["data_type"] == "image")
+
+
+def _mmbench_metric(module: str, judged: bool) -> list[dict]:
+    import importlib
+
+    utils = importlib.import_module(f"lmms_eval.tasks.mmbench.{module}")
+    static = importlib.import_module("lmms_eval.tasks.mmbench.en_utils").mmbench_aggregate_dev_results_static
+    return [{"metric": "gpt_eval_score", "higher_is_better": True,
+             "aggregation": utils.mmbench_aggregate_dev_results_eval if judged else static}]
+
+
+BENCHMARKS: dict[str, Benchmark] = {
+    "mmbench_en": Benchmark("mmbench_en_dev", ("gpt_eval_score",), 1.0),
+    "mmbench_cn": Benchmark("mmbench_cn_dev", ("gpt_eval_score",), 1.0),
+    "seedbench": Benchmark("seedbench", ("seed_image",), overrides={"process_docs": _image_rows}),
+    "ai2d": Benchmark("ai2d", ("exact_match",)),
+    "scienceqa_img": Benchmark("scienceqa_img", ("exact_match",)),
+    "textvqa": Benchmark("textvqa_val", ("exact_match",), overrides={"metric_list": [
+        {"metric": "exact_match", "aggregation": "mean", "higher_is_better": True, "ignore_case": True,
+         "ignore_punctuation": True}]}),
+    "mathvista": Benchmark("mathvista_testmini_format", ("llm_as_judge_eval",), 1.0, judge=True),
+    "mmvet": Benchmark("mmvet", ("gpt_eval_score",), 1.0, judge=True),
+    "mme": Benchmark("mme", ("mme_perception_score", "mme_cognition_score"), 100.0 / 2800.0),
+}
+
+
+def judge_unavailable(judge: Mapping | None) -> str | None:
+    """Why no LLM judge can be asked (None: one can)."""
+    if not judge or not judge.get("model"):
+        return "needs an LLM judge (the paper: GPT-4-turbo); set task.judge.model"
+    api = os.environ.get("API_TYPE", judge.get("api_type", "openai"))
+    if api == "local":
+        return None if os.environ.get("LLM_JUDGE_URL") else "API_TYPE=local needs LLM_JUDGE_URL (an OpenAI-compatible server)"
+    key = "AZURE_API_KEY" if "azure" in api else "OPENAI_API_KEY"
+    return None if os.environ.get(key) else f"needs the judge's credentials: {key} is not set"
+
+
+def _model_class():
+    from lmms_eval.api.model import lmms
+
+    class InMemoryModel(lmms):
+        """lmms-eval's model interface over ``answer(prompts, images, max_new_tokens) -> texts`` (greedy)."""
+
+        def __init__(self, answer: Callable, batch_size: int, max_new_tokens: int | None):
+            super().__init__()
+            self.answer, self.batch_size, self.cap = answer, batch_size, max_new_tokens
+
+        def generate_until(self, requests) -> list[str]:
+            items = []
+            for r in requests:
+                context, gen_kwargs, doc_to_visual, doc_id, task, split = r.args
+                visuals = doc_to_visual(self.task_dict[task][split][doc_id]) or []
+                n = int(gen_kwargs.get("max_new_tokens") or 128)  # a task without a length: lmms-eval's llava default
+                until = gen_kwargs.get("until") or []
+                items.append((context, visuals[0] if visuals else None, min(n, self.cap) if self.cap else n,
+                              [until] if isinstance(until, str) else list(until)))
+            texts: list[str] = []
+            for start in range(0, len(items), self.batch_size):
+                chunk = items[start:start + self.batch_size]
+                out = self.answer([c[0] for c in chunk], [c[1] for c in chunk], max(c[2] for c in chunk))
+                for text, (_, _, _, until) in zip(out, chunk, strict=True):
+                    for stop in until:
+                        text = text.split(stop)[0] if stop else text
+                    texts.append(text)
+            return texts
+
+        def loglikelihood(self, requests):
+            raise NotImplementedError("the Tab. 5 benchmarks generate; none scores log-likelihoods")
+
+        def generate_until_multi_round(self, requests):
+            raise NotImplementedError("the Tab. 5 benchmarks are single-round")
+
+    return InMemoryModel
+
+
+def task_config(name: str, settings: Mapping, judged: bool) -> dict:
+    """The lmms-eval task dict of benchmark ``name``: its task with the data location and rankmix's overrides (a
+    local copy gets a datasets cache of its own: ``rankmix.data.files.local_dataset_kwargs``)."""
+    bench, path = BENCHMARKS[name], str(settings["dataset_path"])
+    cfg = {"task": bench.task, "dataset_path": path, **bench.overrides}
+    if "dataset_name" in settings:
+        cfg["dataset_name"] = settings["dataset_name"]
+    if Path(path).exists():  # a local copy (absolute: lmms-eval runs in the output folder), no hub token
+        cfg.update(dataset_path=str(Path(path).resolve()), dataset_kwargs=local_dataset_kwargs(path))
+    elif path.startswith((".", "/")) or path.count("/") != 1:
+        raise ConfigError(f"task.benchmarks.{name}.dataset_path", path, "no such folder, and not a hub id "
+                          "(owner/name); give a local copy of the benchmark's hub repo or its hub id")
+    if name.startswith("mmbench"):
+        cfg["metric_list"] = _mmbench_metric("en_utils" if name == "mmbench_en" else "cn_utils", judged)
+    return cfg
+
+
+def evaluate(answer: Callable, benchmarks: Mapping[str, Mapping], out_dir: Path, batch_size: int = 8,
+             max_new_tokens: int | None = None, judge: Mapping | None = None
+             ) -> tuple[dict[str, float], dict[str, str], dict[str, str]]:
+    """(metrics in percent by benchmark, missing cells with their reasons, notes) for ``benchmarks``
+    (name → {dataset_path, dataset_name?, limit?})."""
+    unknown = [b for b in benchmarks if b not in BENCHMARKS]
+    if unknown:
+        raise ConfigError("task.benchmarks", unknown, f"unknown benchmarks; known: {', '.join(BENCHMARKS)}")
+    try:
+        import lmms_eval.evaluator as ev
+        from lmms_eval.tasks import TaskManager
+    except ImportError as e:
+        raise RankmixError(f"the Tab. 5 benchmarks run on lmms-eval ({e}): pip install --no-deps lmms-eval==0.7.3 "
+                           "(make setup does); its image tasks need only rankmix's own dependencies") from None
+    no_judge = judge_unavailable(judge)
+    missing = {name: no_judge for name in benchmarks if BENCHMARKS[name].judge and no_judge}
+    notes = {}
+    if no_judge is None:
+        os.environ["MODEL_VERSION"] = str(judge["model"])  # read by lmms-eval's judges when their modules load
+    elif any(n.startswith("mmbench") for n in benchmarks):
+        notes["mmbench"] = f"answers the rules cannot parse: lmms-eval's offline extraction (no judge: {no_judge})"
+    run = [n for n in benchmarks if n not in missing]
+    if not run:
+        return {}, missing, notes
+    # filelock >= 4 has no filelock._api, which lmms-eval's guard against nested load_dataset locks patches; rankmix
+    # never nests load_dataset, so the guard is marked done rather than run
+    ev._enable_reentrant_filelocks._patched = True
+    model = _model_class()(answer, batch_size, max_new_tokens)
+    limits = {benchmarks[n].get("limit") for n in run}
+    if len(limits) > 1:
+        raise ConfigError("task.benchmarks.<name>.limit", sorted(map(str, limits)), "one limit for all benchmarks")
+    tasks = [task_config(n, benchmarks[n], no_judge is None) for n in run]
+    out_dir.mkdir(parents=True, exist_ok=True)
+    with contextlib.chdir(out_dir):  # lmms-eval writes its per-benchmark details under ./submissions
+        res = ev.simple_evaluate(model=model, tasks=tasks,
+                                 task_manager=TaskManager("WARNING"), log_samples=True, bootstrap_iters=0,
+                                 limit=limits.pop(), verbosity="WARNING")
+    metrics = {}
+    for name in run:
+        bench = BENCHMARKS[name]
+        results = res["results"].get(bench.task, {})
+        values = [_metric(results, m) for m in bench.metrics]
+        if any(v is None for v in values) and name != "mathvista":
+            missing[name] = f"lmms-eval returned no {', '.join(bench.metrics)} (results: {sorted(results)})"
+            continue
+        metrics[name] = sum(v or 0.0 for v in values) * bench.scale  # MathVista's aggregate is None at 0 %
+        with open(out_dir / f"{name}.jsonl", "w") as f:
+            for s in res.get("samples", {}).get(bench.task, []):
+                f.write(json.dumps({k: s.get(k) for k in ("doc_id", "target", "filtered_resps", *bench.metrics)},
+                                   default=str) + "\n")
+    return metrics, missing, notes
+
+
+def _metric(results: Mapping, metric: str) -> float | None:
+    """``metric``'s value in lmms-eval's results of one task (keyed ``<metric>,<filter>``)."""
+    for key, value in results.items():
+        if key.split(",")[0] == metric and not key.endswith("_stderr"):
+            return None if value is None else float(value)
+    return None

@@ -1,0 +1,159 @@
+"""Visual instruction tuning of a LLaVA-1.5 model with one adapter method on the language model and another on the
+vision tower (MoSLoRA §4.2, Tab. 5; the official recipe is XTuner's LLaVA fine-tuning stage).
+
+The model is ``rankmix.llava``'s (CLIP ViT, pretrained projector, LLM). ``method`` is injected into the language
+model and ``vision_method`` into the vision tower, each by its own ``target_modules``; the projector trains whole
+(XTuner freezes only the LLM and the vision encoder); the LM head and every base weight stay frozen. The loss is the
+token cross-entropy of the answers (``rankmix.data.llava_instruct``). Validation and test compute it on a fixed
+sample of the training records; at the end of the test epoch the adapted model answers the benchmarks of
+``task.benchmarks`` through lmms-eval (``rankmix.benchmarks.multimodal``), greedily, through the training chat
+template with the image first. Metrics: ``test/<benchmark>`` in percent and ``test/average`` over
+``task.average`` (missing when one of them is).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+import torch
+
+from rankmix.adapters import adapter_context
+from rankmix.data.llava_instruct import encode_text, pixel_values_of, prompt_text, template_markers
+from rankmix.errors import ConfigError
+from rankmix.modules.base import AdapterModule
+
+
+class VisualInstructionModule(AdapterModule):
+    def __init__(self, model, tokenizer, processor, template: Mapping, optimizer: Mapping, benchmarks: Mapping,
+                 out_dir: str, average: Sequence[str] = (), eval_batch_size: int = 8,
+                 max_new_tokens: int | None = None, judge: Mapping | None = None, pad_image_to_square: bool = True):
+        super().__init__(model, optimizer)
+        self.tokenizer, self.processor, self.template = tokenizer, processor, dict(template)
+        self.benchmarks = {k: dict(v) for k, v in benchmarks.items()}
+        self.out_dir, self.average = Path(out_dir), list(average)
+        self.eval_batch_size, self.max_new_tokens, self.judge = eval_batch_size, max_new_tokens, dict(judge or {})
+        self.pad_image_to_square = pad_image_to_square
+        self.stop_ids = [tokenizer.convert_tokens_to_ids(w) for w in self.template["stop_words"]]
+
+    def _loss(self, batch) -> torch.Tensor:
+        inputs = {k: batch[k] for k in ("input_ids", "attention_mask", "labels", "pixel_values") if k in batch}
+        if "pixel_values" in inputs:
+            inputs["pixel_values"] = inputs["pixel_values"].to(self.model.model.vision_tower.dtype)
+        with adapter_context(self.model, attention_mask=batch["attention_mask"]):
+            return self.model(**inputs).loss
+
+    def training_step(self, batch, batch_idx):
+        loss = self._loss(batch)
+        self.log("train/loss", loss, prog_bar=True, on_step=True, on_epoch=True, batch_size=batch["input_ids"].shape[0])
+        return loss
+
+    def _eval_step(self, batch, stage: str):
+        self.log(f"{stage}/loss", self._loss(batch), on_epoch=True, batch_size=batch["input_ids"].shape[0],
+                 sync_dist=True)
+
+    # -- the benchmarks ------------------------------------------------------------------------
+    def score(self, records: list[dict], stage: str) -> dict[str, float]:
+        if stage != "test" or self.global_rank != 0 or not self.benchmarks:
+            return {}
+        from rankmix.benchmarks import multimodal
+
+        was_training = self.model.training
+        self.model.eval()
+        try:
+            with torch.no_grad():
+                metrics, missing, notes = multimodal.evaluate(self.answer, self.benchmarks, self.out_dir / "benchmarks",
+                                                              self.eval_batch_size, self.max_new_tokens, self.judge)
+        finally:
+            self.model.train(was_training)
+        if notes:
+            self.evaluation_notes["benchmarks"] = notes
+        if self.average:
+            absent = [m for m in self.average if m not in metrics]
+            if absent:
+                missing["average"] = f"needs {', '.join(absent)}"
+            else:
+                metrics["average"] = sum(metrics[m] for m in self.average) / len(self.average)
+        if missing:
+            self.evaluation_notes.setdefault("missing", {}).update(missing)
+        return metrics
+
+    def answer(self, questions: Sequence[str], images: Sequence, max_new_tokens: int) -> list[str]:
+        """Greedy answers to ``questions`` (one image or None each): the training template, image first."""
+        tok, image_id = self.tokenizer, self.model.config.image_token_id
+        n_image = self.model.config.image_seq_length
+        ids = []
+        for q, image in zip(questions, images, strict=True):
+            one = [tok.bos_token_id, *encode_text(tok, prompt_text(q, self.template, image is not None), image_id)]
+            ids.append([t for i in one for t in ([i] * n_image if i == image_id else [i])])
+        width = max(len(i) for i in ids)
+        batch = torch.full((len(ids), width), tok.pad_token_id, dtype=torch.long)
+        mask = torch.zeros_like(batch)
+        for row, i in enumerate(ids):  # left padding
+            batch[row, width - len(i):] = torch.tensor(i)
+            mask[row, width - len(i):] = 1
+        device = next(self.model.parameters()).device
+        shown = [pixel_values_of(im, self.processor, self.pad_image_to_square) for im in images if im is not None]
+        extra = {"pixel_values": torch.stack(shown).to(device, self.model.model.vision_tower.dtype)} if shown else {}
+        with self.timed_inference():
+            out = self.model.generate(input_ids=batch.to(device), attention_mask=mask.to(device), **extra,
+                                      max_new_tokens=max_new_tokens, do_sample=False, pad_token_id=tok.pad_token_id,
+                                      eos_token_id=self.stop_ids, suppress_tokens=[image_id])
+        return [t.strip() for t in tok.batch_decode(out[:, width:], skip_special_tokens=True)]
+
+
+def adapted_llava(cfg, run_dir: Path):
+    """(data module, tokenizer, image processor, the adapted LLaVA model, injection report) of a config."""
+    from omegaconf import OmegaConf
+
+    from rankmix.adapters import inject
+    from rankmix.adapters.inject import InjectionReport
+    from rankmix.backbones import load_tokenizer, word_level_tokenizer
+    from rankmix.data.loading import prepared_datamodule
+    from rankmix.llava import build_llava, image_processor
+
+    if cfg.backbone.get("kind") != "llava":
+        raise ConfigError("backbone", cfg.backbone.get("name"), "the visual instruction task needs a LLaVA backbone "
+                          "(backbone=llava_llama3_8b or backbone=llava_internlm2_7b)")
+    if cfg.get("vision_method") is None:
+        raise ConfigError("vision_method", None, "a LLaVA task adapts the vision tower too: choose its method "
+                          "(+method@vision_method=lora, or method none to keep it frozen)")
+    backbone = OmegaConf.to_container(cfg.backbone, resolve=True)
+    dm = prepared_datamodule(cfg)
+    spec = backbone["tokenizer"]
+    if spec.get("source") == "word_level":
+        tokenizer = word_level_tokenizer(dm.texts(), run_dir / "tokenizer")
+        tokenizer.add_special_tokens({"additional_special_tokens": template_markers(dm.template)})
+    else:
+        tokenizer = load_tokenizer(spec, [], run_dir / "tokenizer", model_name=backbone["llm"].get("name_or_path"))
+    model = build_llava(backbone, tokenizer)
+    processor = image_processor(backbone["vision"])
+    model.requires_grad_(False)
+    reports = {"llm": inject(model.model.language_model, OmegaConf.to_container(cfg.method, resolve=True)),
+               "vision": inject(model.model.vision_tower, OmegaConf.to_container(cfg.vision_method, resolve=True))}
+    model.model.multi_modal_projector.requires_grad_(True)
+    report = InjectionReport(method=f"{reports['llm'].method} (LLM) + {reports['vision'].method} (vision)",
+                             wrapped=[f"model.language_model.{n}" for n in reports["llm"].wrapped]
+                             + [f"model.vision_tower.{n}" for n in reports["vision"].wrapped])
+    report.trainable_parameters = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    report.total_parameters = sum(p.numel() for p in model.parameters())
+    dm.set_model_inputs(tokenizer, processor, model.config.image_token_id, model.config.image_seq_length)
+    return dm, tokenizer, processor, model, report
+
+
+def build_visual_instruction(cfg, run_dir: Path):
+    """(LightningModule, data module, injection report, the adapted model) for a visual-instruction config."""
+    from omegaconf import OmegaConf
+
+    from rankmix.modules.benchmark_lm import resolve_suite
+
+    dm, tokenizer, processor, model, report = adapted_llava(cfg, run_dir)
+    task = OmegaConf.to_container(cfg.task, resolve=True)
+    benchmarks = resolve_suite(task.get("benchmarks") or {}, dm.suite) if dm.suite else task.get("benchmarks") or {}
+    module = VisualInstructionModule(model, tokenizer, processor, dm.template,
+                                     OmegaConf.to_container(cfg.optimizer, resolve=True), benchmarks=benchmarks,
+                                     out_dir=str(run_dir), average=task.get("average") or (),
+                                     eval_batch_size=task["datamodule"]["eval_batch_size"],
+                                     max_new_tokens=task.get("max_new_tokens"), judge=task.get("judge"),
+                                     pad_image_to_square=task["datamodule"].get("pad_image_to_square", True))
+    return module, dm, report, model
