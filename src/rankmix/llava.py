@@ -17,7 +17,8 @@ A backbone config (``kind: llava``) names its three parts:
   keys are ``[projector.]model.{0,2}.{weight,bias}``), or ``init_seed`` (random init: the tiny scale).
 
 The tokenizer gains the special token ``<image>``; the language model's embeddings grow by that row, which the image
-features always replace (it never reaches the loss or the output: generation suppresses it).
+features always replace (it never reaches the loss or the output: generation suppresses it). The frozen parts are in
+``dtype``; the projector, trained whole, and the adapters are fp32 (mixed precision computes in half).
 """
 
 from __future__ import annotations
@@ -110,10 +111,15 @@ def build_llm(spec: Mapping, tokenizer, dtype: torch.dtype) -> nn.Module:
         quant = quantization_config(spec.get("quantization"))
         extra = {"quantization_config": quant} if quant is not None else {}
         try:
-            return AutoModelForCausalLM.from_pretrained(name, dtype=dtype, trust_remote_code=bool(
+            llm = AutoModelForCausalLM.from_pretrained(name, dtype=dtype, trust_remote_code=bool(
                 spec.get("trust_remote_code", False)), **extra)
         except (OSError, ValueError) as e:
             raise not_loadable("backbone.llm.name_or_path", name, e) from None
+        if quant is not None:  # QLoRA's step, as XTuner's _prepare_llm_for_lora: the unquantised weights in fp32
+            from peft import prepare_model_for_kbit_training
+
+            llm = prepare_model_for_kbit_training(llm, use_gradient_checkpointing=False)
+        return llm
     raise ConfigError("backbone.llm.source", spec.get("source"), "must be config or pretrained")
 
 
@@ -183,6 +189,6 @@ def build_llava(spec: Mapping, tokenizer) -> nn.Module:
         _seeded(int((spec.get("projector") or {}).get("init_seed", 0)), init)
     else:
         projector.load_state_dict(state)
-    projector.to(dtype)
+    projector.float()  # trained whole: fp32 weights under mixed precision (XTuner's DeepSpeed keeps fp32 masters)
     model.generation_config.pad_token_id = tokenizer.pad_token_id
     return model

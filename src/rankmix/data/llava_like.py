@@ -3,7 +3,8 @@
 
 Each training image gets one record of two or three turns: open questions ("What color is the circle?" → "Red."),
 multiple-choice questions in LLaVA-1.5's format (options "A. red" ..., then "Answer with the option's letter from
-the given choices directly." → "B"), and short answers ("Is there a red circle in the image?\nAnswer the question using a single word or phrase." → "Yes").
+the given choices directly." → "B"), and short answers ("Is there a red circle in the image?" + "Answer the
+question using a single word or phrase." → "Yes").
 A few records are text only (no ``image`` key), as in the mix. Deterministic from ``seed``.
 """
 
@@ -16,6 +17,7 @@ from pathlib import Path
 from rankmix.config import digest
 from rankmix.data.shapes import CELLS, COLOURS, SHAPES, generate_shapes
 
+FORMAT = 2   # bumped whenever what is written changes: the folder name (and so the cache) follows it
 MC_SUFFIX = "Answer with the option's letter from the given choices directly."
 SHORT_SUFFIX = "Answer the question using a single word or phrase."
 LETTERS = "ABCD"
@@ -54,7 +56,8 @@ def write_llava_like(root: Path, n_train: int, n_test: int, size: int = 32, seed
                      ) -> dict[str, str]:
     """Write the set under ``root/llava-<digest>/`` (once): {``train_file``, ``images_dir``, ``benchmarks``: {name:
     folder} (``write_vl_benchmarks``, about the test images)}."""
-    settings = {"n_train": n_train, "n_test": n_test, "size": size, "seed": seed, "text_only": text_only}
+    settings = {"n_train": n_train, "n_test": n_test, "size": size, "seed": seed, "text_only": text_only,
+                "format": FORMAT}
     base = Path(root) / f"llava-{digest(settings, 10)}"
     shapes = generate_shapes(base / "shapes", {"train": n_train, "val": 0, "test": n_test}, size=size, seed=seed,
                              noise=0.0)
