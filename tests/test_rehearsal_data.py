@@ -172,3 +172,23 @@ def test_vl_features_come_from_the_cache_for_the_same_images(vl, tmp_path, monke
     for source in ("coco", "gqa", "nlvr"):
         key = f"++task.datamodule.features.{source}"
         assert Path(second[key]).read_bytes() == Path(first[key]).read_bytes()
+
+
+def test_llava_files_in_xtuners_layout_and_a_projector_stand_in_the_model_reads(tmp_path):
+    from rankmix.data.llava_instruct import read_records
+    from rankmix.llava import projector_state
+    from rankmix.rehearsal.data import write_llava
+    from rankmix.rehearsal.standins import build_projector_standin, build_standin
+
+    paths = write_llava(tmp_path / "llava")
+    train, images = Path(paths["task.datamodule.train_file"]), Path(paths["task.datamodule.images_dir"])
+    assert train.parts[-2:] == ("LLaVA-Instruct-150K", "llava_v1_5_mix665k.json") and images.name == "llava_images"
+    records = read_records(train, images)   # every image found where the record says
+    assert any("image" not in r for r in records)
+    assert all(r["image"].startswith("coco/train2017/") for r in records if "image" in r)
+    assert all(Path(paths[f"task.benchmarks.{b}.dataset_path"], "README.md").is_file() for b in ("mme", "mathvista"))
+    vision = build_standin("openai/clip-vit-large-patch14-336", tmp_path / "cache")
+    llm = build_standin("meta-llama/Meta-Llama-3-8B-Instruct", tmp_path / "cache")
+    folder = build_projector_standin("xtuner/llava-llama-3-8b-pretrain", "iter_2181.pth", vision, llm, tmp_path / "cache")
+    state = projector_state({"name_or_path": str(folder), "file": "iter_2181.pth"})
+    assert state["linear_1.weight"].shape == (4096 // 16, 1024 // 16)   # vision width -> LLM width, both ÷ 16

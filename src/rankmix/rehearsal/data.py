@@ -587,6 +587,43 @@ def write_subject(root: Path, seed: int = 0) -> dict[str, str]:
     return {"task.datamodule.instance_dir": str(folder)}
 
 
+# -- MoSLoRA Tab. 5 ------------------------------------------------------------------------------------------
+def write_llava(root: Path, seed: int = 0) -> dict[str, str]:
+    """LLaVA-1.5's files in XTuner's layout: ``llava_data/LLaVA-Instruct-150K/llava_v1_5_mix665k.json`` with its
+    images as COCO-named JPEGs under ``llava_data/llava_images/coco/train2017/`` (and one text-only record), and the
+    nine benchmarks as local copies of their hub repos (``rankmix.data.llava_like``)."""
+    from PIL import Image
+
+    from rankmix.benchmarks.multimodal import BENCHMARKS
+    from rankmix.data.llava_like import write_llava_like
+
+    root = Path(root).resolve()
+    data, settings = root / "llava_data", {"n_train": 6, "n_test": 2, "size": 64, "seed": seed, "text_only": 1}
+
+    def write():
+        files = write_llava_like(root / "generated", **settings)
+        records = json.loads(Path(files["train_file"]).read_text())
+        images = data / "llava_images" / "coco" / "train2017"
+        images.mkdir(parents=True)
+        for i, r in enumerate(records):
+            if r.get("image"):
+                name = f"{100000 + i:012d}.jpg"
+                Image.open(Path(files["images_dir"]) / r["image"]).convert("RGB").save(images / name, quality=95)
+                r["image"] = f"coco/train2017/{name}"
+        _dump(data / "LLaVA-Instruct-150K" / "llava_v1_5_mix665k.json", records, indent=1)
+        shutil.copytree(Path(files["benchmarks"]["mme"]).parent, root / "benchmarks")
+        shutil.rmtree(root / "generated")
+
+    _once(root, "llava", settings, ["llava_data", "generated", "benchmarks"], write)
+    folders = {"mmbench_en": "MMBench", "mmbench_cn": "MMBench", "seedbench": "SEED-Bench", "ai2d": "ai2d",
+               "scienceqa_img": "ScienceQA", "textvqa": "textvqa", "mathvista": "MathVista", "mmvet": "MMVet",
+               "mme": "MME"}
+    assert set(folders) == set(BENCHMARKS)
+    return {"task.datamodule.train_file": str(data / "LLaVA-Instruct-150K" / "llava_v1_5_mix665k.json"),
+            "task.datamodule.images_dir": str(data / "llava_images"),
+            **{f"task.benchmarks.{b}.dataset_path": str(root / "benchmarks" / f) for b, f in folders.items()}}
+
+
 WRITERS = {"flan": write_flan, "commonsense": write_commonsense, "vqa": write_vqa, "coco_caption": write_karpathy,
            "vl_multitask": write_vl_multitask, "multidomain": write_multidomain, "codealpaca": write_codealpaca,
-           "dreambooth": write_subject}
+           "dreambooth": write_subject, "visual_instruction": write_llava}

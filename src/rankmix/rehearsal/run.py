@@ -31,7 +31,10 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[3]
 INSTRUCTION_TASKS = ("flan", "commonsense", "generated")   # InstructionDataModule: an example limit of its own
-BENCHMARKS = {"multidomain": ("mmlu", "gsm8k", "humaneval"), "codealpaca": ("ds1000",)}  # scored after training
+BENCHMARKS = {"multidomain": ("mmlu", "gsm8k", "humaneval"), "codealpaca": ("ds1000",),  # scored after training
+              "visual_instruction": ("mmbench_en", "mmbench_cn", "seedbench", "ai2d", "scienceqa_img", "textvqa",
+                                     "mathvista", "mmvet", "mme")}
+BENCHMARK_LIMIT = {"visual_instruction": 2}   # MME's questions come in pairs (one image, a yes and a no)
 
 
 def length_overrides(task: str, steps: int = 2, examples: int = 8, batches: int | None = None,
@@ -48,13 +51,14 @@ def length_overrides(task: str, steps: int = 2, examples: int = 8, batches: int 
         out.append(f"method.total_step={int(method['tinit']) + int(method['tfinal']) + 1}")
     if task in INSTRUCTION_TASKS:
         out.append(f"++task.datamodule.max_eval_samples={{validation:{examples},test:{examples}}}")
-    out += [f"++task.benchmarks.{name}.limit=1" for name in BENCHMARKS.get(task, ())]  # one item of each benchmark
+    limit = BENCHMARK_LIMIT.get(task, 1)   # one item (or pair) of each benchmark
+    out += [f"++task.benchmarks.{name}.limit={limit}" for name in BENCHMARKS.get(task, ())]
     return out
 
 
 FAMILIES = {"flan": "SMoRA FLAN", "multidomain": "SMoRA multi-domain", "codealpaca": "SMoRA code",
             "commonsense": "MoSLoRA commonsense", "vqa": "VQA", "coco_caption": "COCO",
-            "vl_multitask": "CLIP-BART", "generated": "generated tasks"}
+            "vl_multitask": "CLIP-BART", "generated": "generated tasks", "visual_instruction": "LLaVA"}
 OFFLINE = {"HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "WANDB_MODE": "disabled"}
 
 
@@ -135,6 +139,18 @@ def pretrained_parts(backbone: dict, prefix: str = "") -> dict[str, str]:
         if isinstance(v, dict) and k not in ("tokenizer", "config"):
             out.update(pretrained_parts(v, f"{prefix}{k}."))
     return out
+
+
+def projector_override(backbone: dict, parts: dict[str, str], standins: dict[str, Path], cache: Path) -> list[str]:
+    """A LLaVA backbone's pretrained projector, replaced by a stand-in that fits its parts' stand-ins."""
+    from rankmix.rehearsal.standins import build_projector_standin
+
+    projector = backbone.get("projector") or {}
+    if not projector.get("name_or_path"):
+        return []
+    folder = build_projector_standin(projector["name_or_path"], projector["file"],
+                                     standins[parts["vision.name_or_path"]], standins[parts["llm.name_or_path"]], cache)
+    return [f"backbone.projector.name_or_path={folder}"]
 
 
 def compose_paper(row: Row, overrides: list[str] = ()) -> dict:
@@ -249,6 +265,7 @@ def rehearse(rows: list[Row], width: str, out: Path, work: Path, timeout: int = 
                 data[row.task] = {k: (own or {}).get(k, v) for k, v in written.items()}
             overrides = row_overrides(row, parts, standins, data[row.task], readme, gpu,
                                       length_overrides(row.task, steps, examples, batches, composed["method"]))
+            overrides += projector_override(composed["backbone"], parts, standins, cache)
             row.result = run_row(row, overrides, work / f"{i:03d}", timeout)
             config = compose_paper(row, overrides)   # as requested (a CPU runs half precision in fp32)
             row.result["settings"] = settings(config)

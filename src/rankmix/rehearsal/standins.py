@@ -102,6 +102,25 @@ def _vit(hidden: int, layers: int, heads: int, intermediate: int) -> Standin:
     )
 
 
+def _clip_vision_large_336() -> Standin:
+    """CLIP ViT-L/14 at 336 px: the vision tower of ``openai/clip-vit-large-patch14-336`` (whose checkpoint is a
+    whole ``CLIPModel``; rankmix reads only its vision tower, ``CLIPVisionModel``), with its preprocessor_config.json."""
+    return Standin(
+        "CLIPVisionModel", "AutoModel",
+        {"model_type": "clip_vision_model", "hidden_size": 1024, "intermediate_size": 4096, "num_hidden_layers": 24,
+         "num_attention_heads": 16, "image_size": 336, "patch_size": 14, "num_channels": 3, "projection_dim": 768,
+         "hidden_act": "quick_gelu", "layer_norm_eps": 1e-5, "attention_dropout": 0.0, "dropout": 0.0,
+         "initializer_range": 0.02, "initializer_factor": 1.0, "torch_dtype": "float32"},
+        hidden=("hidden_size",), ffn=("intermediate_size",), heads=("num_attention_heads",),
+        layers=("num_hidden_layers",),
+        image_processor={"image_processor_type": "CLIPImageProcessor", "do_resize": True, "size": 336,
+                         "resample": 3, "do_center_crop": True, "crop_size": 336, "do_rescale": True,
+                         "rescale_factor": 1 / 255, "do_normalize": True,
+                         "image_mean": [0.48145466, 0.4578275, 0.40821073],
+                         "image_std": [0.26862954, 0.26130258, 0.27577711]},
+    )
+
+
 def _roberta(hidden: int, layers: int, heads: int, intermediate: int) -> Standin:
     return Standin(
         "RobertaForMaskedLM", "AutoModel",  # AutoModel reads the RobertaModel inside (the pooler is new)
@@ -161,6 +180,7 @@ STANDINS: dict[str, Standin] = {
     "openai-community/gpt2": _gpt2(768, 12, 12),
     "openai-community/gpt2-medium": _gpt2(1024, 24, 16),
     "facebook/bart-base": _bart_base(),
+    "openai/clip-vit-large-patch14-336": _clip_vision_large_336(),
 }
 
 
@@ -400,4 +420,27 @@ def _write(spec: Standin, config: PretrainedConfig, out: Path) -> None:
     if spec.tokenizer:
         TOKENIZERS[spec.tokenizer](out)
     if spec.image_processor:
-        transformers.ViTImageProcessor(**spec.image_processor).save_pretrained(out)
+        values = dict(spec.image_processor)
+        getattr(transformers, values.pop("image_processor_type", "ViTImageProcessor"))(**values).save_pretrained(out)
+
+
+def build_projector_standin(hub_id: str, file: str, vision: Path, llm: Path,
+                            cache_dir: Path = Path(".cache/rehearse")) -> Path:
+    """A stand-in of an XTuner pretrain-stage checkpoint (``xtuner/llava-llama-3-8b-pretrain``): a folder with
+    ``file`` holding ``{"state_dict": {projector.model.{0,2}.{weight,bias}}}`` from the ``vision`` stand-in's width to
+    the ``llm`` stand-in's, random (seed ``SEED``); the real file holds the rest of the training state too."""
+    d_v = AutoConfig.from_pretrained(vision).hidden_size
+    d_t = AutoConfig.from_pretrained(llm).hidden_size
+    path = Path(cache_dir) / "models" / f"{hub_id.replace('/', '--')}-{digest([file, d_v, d_t, SEED], 10)}"
+    if (path / file).is_file():
+        return path
+    gen = torch.Generator().manual_seed(SEED)
+    state = {"projector.model.0.weight": torch.randn(d_t, d_v, generator=gen) * 0.02,
+             "projector.model.0.bias": torch.zeros(d_t),
+             "projector.model.2.weight": torch.randn(d_t, d_t, generator=gen) * 0.02,
+             "projector.model.2.bias": torch.zeros(d_t)}
+    path.mkdir(parents=True, exist_ok=True)
+    tmp = path / f".{file}.{os.getpid()}.tmp"
+    torch.save({"meta": {"stand-in": hub_id}, "state_dict": state}, tmp)
+    tmp.rename(path / file)
+    return path
