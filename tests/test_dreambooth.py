@@ -75,4 +75,29 @@ def test_a_tiny_dreambooth_run_writes_images_and_a_diffusers_lora(tmp_path):
     assert [r["prompt"] for r in index["images"]] == ["A picture of a ikat cat in the snow", "A picture of a wet ikat cat"]
     assert all((folder / r["file"]).is_file() for r in index["images"]) and len(index["references"]) == 5
     assert (folder.parent / "diffusers_lora" / "pytorch_lora_weights.safetensors").is_file()
-    assert run.result("moslora-6")["train"]["global_step"] == 4
+    result = run.result("moslora-6")
+    assert result["train"]["global_step"] == 4
+    assert all(-1.0 <= result["metrics"][f"test/{m}"] <= 1.0 for m in ("dino", "clip_i", "clip_t"))
+
+
+def test_dino_and_clip_scores_are_cosines_and_an_unloadable_encoder_is_missing_with_why(tmp_path):
+    from PIL import Image
+
+    from rankmix.backbones import word_level_tokenizer
+    from rankmix.metrics.subject_fidelity import subject_scores
+
+    encoders = OmegaConf.to_container(compose("experiment=moslora/6/moslora").task.auto_scores, resolve=True)
+    same = tmp_path / "same.png"
+    Image.new("RGB", (40, 40), (200, 30, 30)).save(same)
+    other = tmp_path / "other.png"
+    Image.new("RGB", (40, 40), (20, 90, 230)).save(other)
+    tok = word_level_tokenizer(["a red circle"], tmp_path / "tok")
+    tok.model_max_length = 8
+    scores, missing = subject_scores([same, same], ["a red circle"] * 2, [same], encoders, tokenizer=tok)
+    assert missing == {} and scores["dino"] == pytest.approx(1.0) and scores["clip_i"] == pytest.approx(1.0)
+    assert -1.0 <= scores["clip_t"] <= 1.0
+    apart, _ = subject_scores([other], ["a red circle"], [same], encoders, tokenizer=tok)
+    assert apart["dino"] < 1.0 - 1e-4 and apart["clip_i"] < 1.0 - 1e-4
+    gone = {"dino": {"source": "pretrained", "name_or_path": str(tmp_path / "no-such-dino")}}
+    scores, missing = subject_scores([same], ["x"], [same], gone)
+    assert scores == {} and "task.auto_scores.dino.name_or_path" in missing["dino"]

@@ -9,7 +9,8 @@ computes the same loss on the instance images. Test generates ``images_per_promp
 prompt (the pipeline's sampler, ``num_inference_steps``, ``guidance_scale``, seeds ``seed + i``), written as
 ``<run>/images/<prompt index>_<i>.png`` with ``<run>/images/index.json`` (prompt and file of each image, and the
 subject's images): what the rating page (``rankmix.rating``) shows. A LoRA or MoSLoRA UNet adapter is also written
-as a diffusers LoRA file (``<run>/diffusers_lora/``, ``rankmix.adapters.export_diffusers``).
+as a diffusers LoRA file (``<run>/diffusers_lora/``, ``rankmix.adapters.export_diffusers``). With
+``task.auto_scores`` the test also gives DreamBooth's DINO, CLIP-I and CLIP-T (``rankmix.metrics.subject_fidelity``).
 """
 
 from __future__ import annotations
@@ -27,7 +28,8 @@ from rankmix.modules.base import AdapterModule
 
 class DreamBoothModule(AdapterModule):
     def __init__(self, pipe, optimizer: Mapping, resolution: int, out_dir: str, references: list[str],
-                 images_per_prompt: int = 1, num_inference_steps: int = 50, guidance_scale: float = 5.0, seed: int = 0):
+                 images_per_prompt: int = 1, num_inference_steps: int = 50, guidance_scale: float = 5.0, seed: int = 0,
+                 auto_scores: Mapping | None = None):
         super().__init__(pipe.unet, optimizer)
         from diffusers import DDPMScheduler
 
@@ -39,6 +41,7 @@ class DreamBoothModule(AdapterModule):
         self.images_per_prompt, self.num_inference_steps = images_per_prompt, num_inference_steps
         self.guidance_scale, self.seed = guidance_scale, seed
         self.references = list(references)
+        self.auto_scores = dict(auto_scores or {})
 
     def _loss(self, batch) -> torch.Tensor:
         pixels = batch["pixel_values"].to(self.vae.dtype)
@@ -88,7 +91,17 @@ class DreamBoothModule(AdapterModule):
                 export_diffusers(self.model, self.out_dir / "diffusers_lora")  # pipe.load_lora_weights(<dir>)
             index = {"references": self.references, "images": records}
             (self.out_dir / "images" / "index.json").write_text(json.dumps(index, indent=1) + "\n")
-            return {"images": float(len(records))}
+            metrics = {"images": float(len(records))}
+            if self.auto_scores:
+                from rankmix.metrics.subject_fidelity import subject_scores
+
+                scores, missing = subject_scores([self.out_dir / "images" / r["file"] for r in records],
+                                                 [r["prompt"] for r in records], self.references, self.auto_scores,
+                                                 tokenizer=self.pipe.tokenizer)
+                metrics |= scores
+                if missing:
+                    self.evaluation_notes.setdefault("missing", {}).update(missing)
+            return metrics
         return {}
 
 
@@ -112,5 +125,7 @@ def build_dreambooth(cfg, run_dir: Path):
                               resolution=task.datamodule.resolution, out_dir=str(run_dir),
                               references=[str(p) for p in dm.reference_images()],
                               images_per_prompt=task.images_per_prompt, num_inference_steps=task.num_inference_steps,
-                              guidance_scale=task.guidance_scale, seed=int(cfg.seed))
+                              guidance_scale=task.guidance_scale, seed=int(cfg.seed),
+                              auto_scores=OmegaConf.to_container(task.auto_scores, resolve=True)
+                              if task.get("auto_scores") else None)
     return module, dm, report, pipe.unet
