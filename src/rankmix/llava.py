@@ -90,7 +90,7 @@ def quantization_config(spec: Mapping | None):
         import bitsandbytes  # noqa: F401
     except ImportError:
         raise ConfigError("backbone.llm.quantization", dict(spec),
-                          "4-bit loading needs bitsandbytes: pip install bitsandbytes") from None
+                          "4-bit loading needs bitsandbytes: pip install -e '.[qlora]'") from None
     from transformers import BitsAndBytesConfig
 
     kwargs = {k: (getattr(torch, v) if k.endswith("_dtype") else v) for k, v in spec.items()}
