@@ -78,6 +78,10 @@ def test_bad_records_name_the_file_the_record_and_the_fix(tmp_path):
     path.write_text(json.dumps([{"id": "c", "conversations": [{"from": "user", "value": "q"}]}]))
     with pytest.raises(DataError, match=r"record 0 \(id 'c'\): conversations\[0\] must be \{from: human\|gpt"):
         read_records(path, tmp_path / "img")
+    path.write_text(json.dumps([{"id": "e", "conversations": [{"from": "human", "value": "<image>\nq"},
+                                                              {"from": "gpt", "value": "a"}]}]))
+    with pytest.raises(DataError, match=r"record 0 \(id 'e'\): 1 <image> placeholders.*text-only record none"):
+        read_records(path, tmp_path / "img")
     path.write_text('[{"id": "d",}')
     with pytest.raises(DataError, match="line 1: not JSON"):
         read_records(path, tmp_path / "img")

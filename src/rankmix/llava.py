@@ -169,6 +169,12 @@ def build_llava(spec: Mapping, tokenizer) -> nn.Module:
     image_token_id = add_image_token(tokenizer)
     vision = build_vision(spec["vision"], dtype)
     llm = build_llm(spec["llm"], tokenizer, dtype)
+    from transformers.models.auto.modeling_auto import MODEL_MAPPING_NAMES
+
+    if llm.config.model_type not in MODEL_MAPPING_NAMES or not hasattr(llm, "lm_head"):
+        raise ConfigError("backbone.llm.name_or_path", spec["llm"].get("name_or_path"),
+                          f"a {llm.config.model_type} model (repository code) does not fit transformers' LLaVA "
+                          "classes yet: only LLMs transformers implements itself (Llama, ...) are supported")
     if llm.get_input_embeddings().num_embeddings < len(tokenizer):
         llm.resize_token_embeddings(len(tokenizer), mean_resizing=False)
     patches = (vision.config.image_size // vision.config.patch_size) ** 2

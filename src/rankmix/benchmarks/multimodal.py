@@ -103,18 +103,22 @@ def _model_class():
             for r in requests:
                 context, gen_kwargs, doc_to_visual, doc_id, task, split = r.args
                 visuals = doc_to_visual(self.task_dict[task][split][doc_id]) or []
-                n = int(gen_kwargs.get("max_new_tokens") or 128)  # a task without a length: lmms-eval's llava default
+                n = int(gen_kwargs.get("max_new_tokens") or 1024)  # a task without a length: lmms-eval's llava default
                 until = gen_kwargs.get("until") or []
                 items.append((context, visuals[0] if visuals else None, min(n, self.cap) if self.cap else n,
                               [until] if isinstance(until, str) else list(until)))
-            texts: list[str] = []
-            for start in range(0, len(items), self.batch_size):
-                chunk = items[start:start + self.batch_size]
-                out = self.answer([c[0] for c in chunk], [c[1] for c in chunk], max(c[2] for c in chunk))
-                for text, (_, _, _, until) in zip(out, chunk, strict=True):
-                    for stop in until:
-                        text = text.split(stop)[0] if stop else text
-                    texts.append(text)
+            texts: list[str] = [""] * len(items)
+            order = sorted(range(len(items)), key=lambda i: items[i][2])  # a batch shares one answer length
+            for start in range(0, len(order), self.batch_size):
+                chunk = order[start:start + self.batch_size]
+                lengths = {items[i][2] for i in chunk}
+                groups = [[i for i in chunk if items[i][2] == n] for n in sorted(lengths)]
+                for group in groups:
+                    out = self.answer([items[i][0] for i in group], [items[i][1] for i in group], items[group[0]][2])
+                    for i, text in zip(group, out, strict=True):
+                        for stop in items[i][3]:
+                            text = text.split(stop)[0] if stop else text
+                        texts[i] = text
             return texts
 
         def loglikelihood(self, requests):
@@ -162,6 +166,7 @@ def evaluate(answer: Callable, benchmarks: Mapping[str, Mapping], out_dir: Path,
     notes = {}
     if no_judge is None:
         os.environ["MODEL_VERSION"] = str(judge["model"])  # read by lmms-eval's judges when their modules load
+        os.environ.setdefault("API_TYPE", str(judge.get("api_type", "openai")))
     elif any(n.startswith("mmbench") for n in benchmarks):
         notes["mmbench"] = f"answers the rules cannot parse: lmms-eval's offline extraction (no judge: {no_judge})"
     run = [n for n in benchmarks if n not in missing]
@@ -185,10 +190,11 @@ def evaluate(answer: Callable, benchmarks: Mapping[str, Mapping], out_dir: Path,
         bench = BENCHMARKS[name]
         results = res["results"].get(bench.task, {})
         values = [_metric(results, m) for m in bench.metrics]
-        if any(v is None for v in values) and name != "mathvista":
+        present = all(any(k.split(",")[0] == m for k in results) for m in bench.metrics)
+        if not present or (any(v is None for v in values) and name != "mathvista"):
             missing[name] = f"lmms-eval returned no {', '.join(bench.metrics)} (results: {sorted(results)})"
             continue
-        metrics[name] = sum(v or 0.0 for v in values) * bench.scale  # MathVista's aggregate is None at 0 %
+        metrics[name] = sum(v or 0.0 for v in values) * bench.scale  # MathVista's aggregate (present) is None at 0 %
         with open(out_dir / f"{name}.jsonl", "w") as f:
             for s in res.get("samples", {}).get(bench.task, []):
                 f.write(json.dumps({k: s.get(k) for k in ("doc_id", "target", "filtered_resps", *bench.metrics)},

@@ -165,6 +165,10 @@ def read_records(path: Path, images_dir: Path) -> list[dict]:
                 raise DataError(f"{where}: conversations[{j}] must be {{from: human|gpt, value: <text>}}, got {m!r}")
         if not turns(r):
             raise DataError(f"{where}: no gpt answer after a human message: nothing to learn")
+        shown = sum(m["value"].count(IMAGE_TOKEN) for m in conv if m["from"] == "human")
+        if shown != (1 if r.get("image") is not None else 0):
+            raise DataError(f"{where}: {shown} {IMAGE_TOKEN} placeholders in its human messages; a record with an "
+                            f"image has exactly one, a text-only record none")
         if r.get("image") is not None and not (images_dir / r["image"]).is_file():
             raise DataError(f"{where}: image {r['image']!r} not found under images_dir {images_dir}")
     return records

@@ -56,6 +56,11 @@ class VisualInstructionModule(AdapterModule):
     def score(self, records: list[dict], stage: str) -> dict[str, float]:
         if stage != "test" or self.global_rank != 0 or not self.benchmarks:
             return {}
+        if self.trainer.world_size > 1:  # lmms-eval's evaluator waits at a barrier the other ranks never reach
+            why = (f"lmms-eval runs in one process and this test ran in {self.trainer.world_size}: test the "
+                   "checkpoint on one device (trainer=gpu)")
+            self.evaluation_notes.setdefault("missing", {}).update(dict.fromkeys([*self.benchmarks, "average"], why))
+            return {}
         from rankmix.benchmarks import multimodal
 
         was_training = self.model.training
@@ -95,7 +100,8 @@ class VisualInstructionModule(AdapterModule):
         device = next(self.model.parameters()).device
         shown = [pixel_values_of(im, self.processor, self.pad_image_to_square) for im in images if im is not None]
         extra = {"pixel_values": torch.stack(shown).to(device, self.model.model.vision_tower.dtype)} if shown else {}
-        with self.timed_inference():
+        dtype = self.model.model.vision_tower.dtype   # the frozen parts' dtype: the fp32 projector computes in it
+        with self.timed_inference(), torch.autocast(device.type, dtype=dtype, enabled=dtype != torch.float32):
             out = self.model.generate(input_ids=batch.to(device), attention_mask=mask.to(device), **extra,
                                       max_new_tokens=max_new_tokens, do_sample=False, pad_token_id=tok.pad_token_id,
                                       eos_token_id=self.stop_ids, suppress_tokens=[image_id])
