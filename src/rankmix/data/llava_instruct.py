@@ -29,7 +29,7 @@ import lightning.pytorch as pl
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from rankmix.data.loading import seeded_loader
+from rankmix.data.loading import pad_right, seeded_loader
 from rankmix.errors import ConfigError, DataError
 
 IGNORE_INDEX = -100
@@ -246,15 +246,9 @@ class LlavaInstructDataModule(pl.LightningDataModule):
         self.examples["test"] = self.examples["val"]
 
     def collate(self, items: list[dict]) -> dict:
-        width = max(len(it["input_ids"]) for it in items)
-        pad = self.tokenizer.pad_token_id
-        batch = {
-            "idx": torch.tensor([it["idx"] for it in items]),
-            "input_ids": torch.tensor([it["input_ids"] + [pad] * (width - len(it["input_ids"])) for it in items]),
-            "labels": torch.tensor([it["labels"] + [IGNORE_INDEX] * (width - len(it["labels"])) for it in items]),
-            "attention_mask": torch.tensor([[1] * len(it["input_ids"]) + [0] * (width - len(it["input_ids"]))
-                                            for it in items]),
-        }
+        ids, mask = pad_right([it["input_ids"] for it in items], self.tokenizer.pad_token_id)
+        batch = {"idx": torch.tensor([it["idx"] for it in items]), "input_ids": ids, "attention_mask": mask,
+                 "labels": pad_right([it["labels"] for it in items], IGNORE_INDEX)[0]}
         images = [it["pixel_values"] for it in items if "pixel_values" in it]
         if images:  # one per record that shows its image, in batch order: what LLaVA's placeholders take
             batch["pixel_values"] = torch.stack(images)

@@ -39,6 +39,18 @@ def pad_right(seqs: list[list[int]], pad_value: int) -> tuple[torch.Tensor, torc
     return ids, mask
 
 
+def pad_left(seqs: list[list[int]], pad_value: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(ids (B, longest) padded on the left with ``pad_value``, attention mask: 1 on the real tokens): the layout
+    of batched generation, whose new tokens all start at the same column."""
+    n = max(len(s) for s in seqs)
+    ids = torch.full((len(seqs), n), pad_value, dtype=torch.long)
+    mask = torch.zeros((len(seqs), n), dtype=torch.long)
+    for i, s in enumerate(seqs):
+        ids[i, n - len(s):] = torch.tensor(s, dtype=torch.long)
+        mask[i, n - len(s):] = 1
+    return ids, mask
+
+
 class SeededSplitLoaders:
     """LightningDataModule mixin: train / val / test loaders over ``self.examples[split]`` with ``self.collate``
     (``seeded_loader``; training shuffled)."""

@@ -28,6 +28,7 @@ import torch
 
 from rankmix.benchmarks import ds1000, harness, humaneval
 from rankmix.benchmarks.sandbox import SandboxSettings, check_isolation, settings_record
+from rankmix.data.loading import pad_left
 from rankmix.errors import ConfigError
 from rankmix.modules.causal_lm import CausalLMModule, adapted_lm
 
@@ -136,12 +137,8 @@ class BenchmarkLMModule(CausalLMModule):
         texts: list[list[str]] = []
         for start in range(0, len(prompts), self.eval_batch_size):
             ids = [self._prompt_ids(p, wrap) for p in prompts[start:start + self.eval_batch_size]]
-            width = max(len(i) for i in ids)
-            batch = torch.full((len(ids), width), tok.pad_token_id, dtype=torch.long)
-            mask = torch.zeros_like(batch)
-            for row, i in enumerate(ids):  # left padding
-                batch[row, width - len(i):] = torch.tensor(i)
-                mask[row, width - len(i):] = 1
+            batch, mask = pad_left(ids, tok.pad_token_id)
+            width = batch.shape[1]
             kwargs = ({"do_sample": True, "temperature": float(sample["temperature"]), "top_p": float(sample["top_p"])}
                       if sample else {"do_sample": False})
             generated = self.model.generate(input_ids=batch.to(device), attention_mask=mask.to(device),

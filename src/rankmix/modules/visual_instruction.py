@@ -20,6 +20,7 @@ import torch
 
 from rankmix.adapters import adapter_context
 from rankmix.data.llava_instruct import encode_text, pixel_values_of, prompt_text, template_markers
+from rankmix.data.loading import pad_left
 from rankmix.errors import ConfigError
 from rankmix.modules.base import AdapterModule
 
@@ -91,16 +92,12 @@ class VisualInstructionModule(AdapterModule):
         for q, image in zip(questions, images, strict=True):
             one = [tok.bos_token_id, *encode_text(tok, prompt_text(q, self.template, image is not None), image_id)]
             ids.append([t for i in one for t in ([i] * n_image if i == image_id else [i])])
-        width = max(len(i) for i in ids)
-        batch = torch.full((len(ids), width), tok.pad_token_id, dtype=torch.long)
-        mask = torch.zeros_like(batch)
-        for row, i in enumerate(ids):  # left padding
-            batch[row, width - len(i):] = torch.tensor(i)
-            mask[row, width - len(i):] = 1
+        batch, mask = pad_left(ids, tok.pad_token_id)
+        width = batch.shape[1]
         device = next(self.model.parameters()).device
-        shown = [pixel_values_of(im, self.processor, self.pad_image_to_square) for im in images if im is not None]
-        extra = {"pixel_values": torch.stack(shown).to(device, self.model.model.vision_tower.dtype)} if shown else {}
         dtype = self.model.model.vision_tower.dtype   # the frozen parts' dtype: the fp32 projector computes in it
+        shown = [pixel_values_of(im, self.processor, self.pad_image_to_square) for im in images if im is not None]
+        extra = {"pixel_values": torch.stack(shown).to(device, dtype)} if shown else {}
         with self.timed_inference(), torch.autocast(device.type, dtype=dtype, enabled=dtype != torch.float32):
             out = self.model.generate(input_ids=batch.to(device), attention_mask=mask.to(device), **extra,
                                       max_new_tokens=max_new_tokens, do_sample=False, pad_token_id=tok.pad_token_id,
