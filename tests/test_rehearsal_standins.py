@@ -29,7 +29,7 @@ AUTO = {"AutoModelForCausalLM": AutoModelForCausalLM, "AutoModel": AutoModel,
         "AutoModelForSeq2SeqLM": AutoModelForSeq2SeqLM}
 # the real tokenizers' special ids: bos, eos, pad, unk
 SPECIAL_IDS = {"llama2": (1, 2, None, 0), "llama3": (128000, 128009, None, None),
-               "gpt2": (50256, 50256, None, 50256), "roberta": (0, 2, 1, 3)}
+               "gpt2": (50256, 50256, None, 50256), "roberta": (0, 2, 1, 3), "internlm2": (1, 2, 2, 0)}
 TEXT = "The small dog is standing near the station. What color is the kite? It costs $12.50, isn't it?"
 
 

@@ -144,16 +144,42 @@ def test_the_paper_rows_carry_table_8_per_part():
         assert bool(c["backbone"]["llm"].get("quantization")) == (model == "InternLM2+ViT")
 
 
-def test_the_default_targets_are_every_linear_layer_of_both_parts(tmp_path):
+@pytest.mark.parametrize("llm", ["llama", "internlm2"])
+def test_the_default_targets_are_every_linear_layer_of_both_parts(tmp_path, llm):
     from rankmix.adapters import inject
 
-    model = build_llava(TINY, _tokenizer(tmp_path))
+    spec = {**TINY, "llm": {**TINY["llm"], "config": {**TINY["llm"]["config"], "model_type": llm}}}
+    tok = _tokenizer(tmp_path)
+    model = build_llava(spec, tok)
     model.requires_grad_(False)
-    llm = inject(model.model.language_model, {"name": "lora", "r": 2, "target_modules": []})
+    llm_report = inject(model.model.language_model, {"name": "lora", "r": 2, "target_modules": []})
     vision = inject(model.model.vision_tower, {"name": "moslora", "r": 2, "target_modules": []})
-    assert {n.rsplit(".", 1)[-1] for n in llm.wrapped} == {"q_proj", "k_proj", "v_proj", "o_proj", "gate_proj",
-                                                           "up_proj", "down_proj"}   # Tab. 8: q, k, v, o, up, down, gate
+    # Tab. 8: q, k, v, o, up, down, gate; InternLM2's q, k, v are its one fused wqkv (XTuner's all-linear targets)
+    expected = {"llama": {"q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"},
+                "internlm2": {"wqkv", "wo", "w1", "w2", "w3"}}[llm]
+    assert {n.rsplit(".", 1)[-1] for n in llm_report.wrapped} == expected
     assert {n.rsplit(".", 1)[-1] for n in vision.wrapped} == {"q_proj", "k_proj", "v_proj", "out_proj", "fc1", "fc2"}
+    ids = torch.tensor([[tok.bos_token_id, *[model.config.image_token_id] * 4,
+                         *tok.encode("What is it ?", add_special_tokens=False)]])
+    out = model(input_ids=ids, pixel_values=torch.randn(1, 3, 16, 16), labels=ids)
+    out.loss.backward()   # the image features reach the fused projections' adapters
+    assert all(p.grad is not None for n, p in model.named_parameters() if p.requires_grad and "language_model" in n)
+
+
+def test_records_without_an_answer_token_within_the_cut_are_left_out_as_xtuner_does(tmp_path):
+    from rankmix.data.llava_instruct import answered
+
+    tok, t = _tokenizer(tmp_path), CHAT_TEMPLATES["llama3_chat"]
+    image_id = tok.convert_tokens_to_ids("<image>")
+    short = {"conversations": [{"from": "human", "value": "What is it ?"}, {"from": "gpt", "value": "Yes"}]}
+    long = {"conversations": [{"from": "human", "value": " ".join(["What is it ?"] * 40)},
+                              {"from": "gpt", "value": "Yes"}]}
+    unanswered = {"conversations": [{"from": "human", "value": "What is it ?"}]}
+    prompt_tokens = len(tok.encode(t["instruction"].format(input=turns(long)[0][0]), add_special_tokens=False))
+    assert answered(short, tok, t, 200, image_id) and not answered(unanswered, tok, t, 200, image_id)
+    assert answered(long, tok, t, prompt_tokens + 2, image_id)   # BOS + prompt: the first answer token fits
+    assert not answered(long, tok, t, prompt_tokens + 1, image_id)
+    assert encode(turns(long), tok, t, prompt_tokens + 1, image_id, 4)[1] == [IGNORE_INDEX] * (prompt_tokens + 1)
 
 
 @pytest.mark.slow

@@ -11,7 +11,9 @@ pretrained projector (``backbone.projector``) is read here.
 A backbone config (``kind: llava``) names its three parts:
 
 - ``llm``: the causal LM, ``source: config`` (random init from ``init_seed``) or ``pretrained`` (``name_or_path``;
-  ``quantization``: a ``BitsAndBytesConfig`` mapping for QLoRA's 4-bit base, CUDA only; ``trust_remote_code``);
+  ``quantization``: a ``BitsAndBytesConfig`` mapping for QLoRA's 4-bit base, CUDA only). A Llama or any LLM
+  transformers implements fits, and InternLM2 through ``rankmix.internlm2``; an LLM in its repository's code
+  (``trust_remote_code``) is refused: transformers' LLaVA classes need its decoder and head apart;
 - ``vision``: a ``CLIPVisionModel``, the same two sources;
 - ``projector``: ``name_or_path`` + ``file`` (an XTuner checkpoint, ``.pth`` or ``.safetensors``, whose projector
   keys are ``[projector.]model.{0,2}.{weight,bias}``), or ``init_seed`` (random init: the tiny scale).
@@ -169,12 +171,11 @@ def build_llava(spec: Mapping, tokenizer) -> nn.Module:
     image_token_id = add_image_token(tokenizer)
     vision = build_vision(spec["vision"], dtype)
     llm = build_llm(spec["llm"], tokenizer, dtype)
-    from transformers.models.auto.modeling_auto import MODEL_MAPPING_NAMES
-
-    if llm.config.model_type not in MODEL_MAPPING_NAMES or not hasattr(llm, "lm_head"):
+    if llm.is_remote_code() or not hasattr(llm, "lm_head"):
         raise ConfigError("backbone.llm.name_or_path", spec["llm"].get("name_or_path"),
-                          f"a {llm.config.model_type} model (repository code) does not fit transformers' LLaVA "
-                          "classes yet: only LLMs transformers implements itself (Llama, ...) are supported")
+                          f"a {llm.config.model_type} model in its repository's code does not fit transformers' LLaVA "
+                          "classes: use an LLM transformers implements (Llama, ...) or rankmix does (InternLM2), "
+                          "without trust_remote_code")
     if llm.get_input_embeddings().num_embeddings < len(tokenizer):
         llm.resize_token_embeddings(len(tokenizer), mean_resizing=False)
     patches = (vision.config.image_size // vision.config.patch_size) ** 2

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import json
 import random
+import sys
 from pathlib import Path
 
 import lightning.pytorch as pl
@@ -174,6 +175,19 @@ def read_records(path: Path, images_dir: Path) -> list[dict]:
     return records
 
 
+def answered(record: dict, tokenizer, template: dict, max_length: int, image_token_id: int) -> bool:
+    """Whether an answer token of ``record`` is left after the cut at ``max_length``: XTuner trains only on such
+    records (its filters ``len(conversation) > 0`` and ``any(label >= 0)``). Only a first prompt that could reach
+    the cut is tokenised: a character is at most 4 tokens (UTF-8 bytes), and every answer has its suffix."""
+    record_turns = turns(record)
+    if not record_turns:
+        return False
+    prompt = template["instruction"].format(input=record_turns[0][0])
+    if 4 * len(prompt) + 3 < max_length:
+        return True
+    return 1 + len(encode_text(tokenizer, prompt, image_token_id)) < max_length
+
+
 class ConversationSet(Dataset):
     """The encoded records (encoded when read: 665k conversations are not tokenised up front)."""
 
@@ -206,6 +220,8 @@ class LlavaInstructDataModule(pl.LightningDataModule):
         self.tokenizer = self.processor = None
         self.image_token_id = self.image_tokens = None
         self.examples: dict[str, Dataset] = {}
+        self.records: list[dict] = []
+        self.answered_only = False
         self.suite: dict[str, str] = {}   # the generated benchmarks' folders (tiny scale), by benchmark
 
     def check_paths(self) -> None:
@@ -226,6 +242,7 @@ class LlavaInstructDataModule(pl.LightningDataModule):
             self.train_file, self.images_dir = Path(files["train_file"]), Path(files["images_dir"])
             self.suite = files["benchmarks"]
         self.records = read_records(self.train_file, self.images_dir)
+        self.answered_only = False   # setup leaves out the records without an answer token (it needs the tokenizer)
 
     def set_model_inputs(self, tokenizer, processor, image_token_id: int, image_tokens: int) -> None:
         """What encoding needs from the model: its tokenizer (with ``<image>``), image processor and image length."""
@@ -239,6 +256,17 @@ class LlavaInstructDataModule(pl.LightningDataModule):
             t["instruction"], t["suffix"], t["sep"], *t["stop_words"]]
 
     def setup(self, stage: str | None = None) -> None:
+        if not self.answered_only:
+            kept = [r for r in self.records
+                    if answered(r, self.tokenizer, self.template, self.max_length, self.image_token_id)]
+            if len(kept) < len(self.records):
+                print(f"rankmix: notice: {len(self.records) - len(kept)} of {len(self.records)} records of "
+                      f"{self.train_file} have no answer token within max_length={self.max_length} (no turn, or a "
+                      "first prompt that long): left out, as XTuner leaves them out", file=sys.stderr)
+            if not kept:
+                raise DataError(f"{self.train_file}: no record has an answer token within max_length="
+                                f"{self.max_length}")
+            self.records, self.answered_only = kept, True
         rng = random.Random(self.seed)
         sample = sorted(rng.sample(range(len(self.records)), min(self.val_size, len(self.records))))
         self.examples = {"train": ConversationSet(self.records, self),

@@ -5,7 +5,8 @@ the README's arguments for that table, their paths pointed at the rehearsal file
 overridden: the backbones' ``name_or_path`` (``rankmix.rehearsal.standins``), the data paths
 (``rankmix.rehearsal.data``), a step limit and an evaluation limit (``length_overrides``). Precision, prompts,
 cutoff, decoding, optimizer and schedule stay the paper's (a CPU runs half precision in fp32 with a notice, as any
-run on a CPU does: ``rankmix.train.cpu_fallback``). ``trainer=gpu`` in a README command becomes ``trainer=cpu``
+run on a CPU does: ``rankmix.train.cpu_fallback``; a 4-bit base, which needs CUDA, is trained unquantised there, as
+the report says). ``trainer=gpu`` in a README command becomes ``trainer=cpu``
 on a machine without a GPU (the device choice changes no paper setting).
 
 Rows: ``all``; ``one``: one row per table family, method and backbone; ``family``: one row per table family
@@ -163,6 +164,10 @@ def compose_paper(row: Row, overrides: list[str] = ()) -> dict:
     return OmegaConf.to_container(cfg, resolve=True)
 
 
+# 4-bit loading (QLoRA) needs a CUDA GPU: on a CPU the rehearsal trains the row's base unquantised, and says so
+UNQUANTISED = "~backbone.llm.quantization"
+
+
 def row_overrides(row: Row, parts: dict[str, str], standins: dict[str, Path], data: dict[str, str],
                   readme: dict[str, list[str]], gpu: bool, length: list[str] | None = None) -> list[str]:
     """The row's command-line overrides: the README's ARGS of its table (paths replaced by the rehearsal files,
@@ -266,9 +271,13 @@ def rehearse(rows: list[Row], width: str, out: Path, work: Path, timeout: int = 
             overrides = row_overrides(row, parts, standins, data[row.task], readme, gpu,
                                       length_overrides(row.task, steps, examples, batches, composed["method"]))
             overrides += projector_override(composed["backbone"], parts, standins, cache)
-            row.result = run_row(row, overrides, work / f"{i:03d}", timeout)
+            unquantised = not gpu and bool((composed["backbone"].get("llm") or {}).get("quantization"))
+            run = [*overrides, UNQUANTISED] if unquantised else overrides
+            row.result = run_row(row, run, work / f"{i:03d}", timeout)
             config = compose_paper(row, overrides)   # as requested (a CPU runs half precision in fp32)
             row.result["settings"] = settings(config)
+            if unquantised:
+                row.result["settings"]["quantization"] = "4-bit (CPU: unquantised)"
             row.result["projection"] = projection.project(config, parts)
         except Exception as e:  # noqa: BLE001 -- a row that cannot even be set up is a failed row, reported
             row.result = {**row.result, "status": "fail", "error": f"{type(e).__name__}: {e}".splitlines()[0][:300]}
@@ -319,7 +328,8 @@ def report(rows: list[Row], width: str, length: list[str]) -> str:
         f"stand-ins of the real backbones ({LAYERS} layers, {shape}, random weights, the real tokenizers' special "
         f"tokens) and real-layout made-up data; overridden: the paths and the length (`{' '.join(length)}`). "
         "Seconds per step and peak memory are the stand-in's; on a CPU half precision runs in fp32 (shown as "
-        "`bf16-mixed (CPU: 32-true)`; `rankmix.train.cpu_fallback`). The projection is for the real model at the "
+        "`bf16-mixed (CPU: 32-true)`; `rankmix.train.cpu_fallback`) and a 4-bit base unquantised (4-bit loading "
+        "needs CUDA; shown as `4-bit (CPU: unquantised)`). The projection is for the real model at the "
         "row's settings (`rankmix.rehearsal.projection`: parameter counts exact, memory an upper-bound estimate at "
         "the full cutoff).",
         "",
@@ -332,6 +342,8 @@ def report(rows: list[Row], width: str, length: list[str]) -> str:
         s, p = res.get("settings") or {}, res.get("projection") or {}
         fallback = ((run.get("train") or {}).get("cpu_fallback") or {}).get("trainer.precision")
         precision = f"{fallback[0]} (CPU: {fallback[1]})" if fallback else s.get("precision", "—")
+        if s.get("quantization"):
+            precision += f", {s['quantization']}"
         prompt = str(s.get("prompt", "—")).replace("|", "\\|").replace("\n", "\\n")
         lines.append(
             f"| {r.table} | {r.experiment.rsplit('/', 1)[-1]} | {r.family} | {res.get('status', 'not run')} "

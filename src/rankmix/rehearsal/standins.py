@@ -12,6 +12,7 @@ unreachable filler entries. The ViT stand-ins get the real ``preprocessor_config
 
 from __future__ import annotations
 
+import copy
 import json
 import os
 import random
@@ -22,6 +23,7 @@ from pathlib import Path
 import torch
 from transformers import AutoConfig, PretrainedConfig
 
+from rankmix import internlm2
 from rankmix.config import digest
 from rankmix.errors import RankmixError
 
@@ -37,7 +39,9 @@ class Standin:
     """One backbone. ``config``: its real config.json values; ``hidden``/``ffn``: the model and feed-forward
     width keys (divided by ``WIDTH_DIVISOR``); ``heads``: head-count keys (each must divide every ``hidden``
     width); ``layers``: depth keys; ``generation``: its generation_config.json; ``image_processor``: its
-    preprocessor_config.json; ``tokenizer``: the tokenizer kind (a key of ``TOKENIZERS``)."""
+    preprocessor_config.json; ``tokenizer``: the tokenizer kind (a key of ``TOKENIZERS``); ``repo_code``: config.json
+    keys of a repository-code model, written as they are (its config.json is then the real values, not
+    transformers' serialisation of them)."""
 
     architecture: str
     auto_class: str
@@ -49,6 +53,7 @@ class Standin:
     tokenizer: str | None = None
     generation: dict = field(default_factory=dict)
     image_processor: dict = field(default_factory=dict)
+    repo_code: dict = field(default_factory=dict)
 
 
 def _llama2(hidden: int, intermediate: int, layers: int, heads: int) -> Standin:
@@ -83,6 +88,27 @@ def _llama3_instruct() -> Standin:
         tokenizer="llama3",
         generation={"bos_token_id": 128000, "eos_token_id": [128001, 128009], "do_sample": True,
                     "temperature": 0.6, "top_p": 0.9, "max_length": 4096},
+    )
+
+
+def _internlm2_chat_7b() -> Standin:
+    """InternLM2-chat-7B: its config.json values (``rope_scaling`` dynamic NTK, factor 2); the checkpoint in the repo's
+    key layout (``attention.wqkv``, ``feed_forward.w1``, ``output``), read by ``rankmix.internlm2``."""
+    return Standin(
+        "InternLM2ForCausalLM", "AutoModelForCausalLM",
+        {"model_type": "internlm2", "hidden_size": 4096, "intermediate_size": 14336, "num_hidden_layers": 32,
+         "num_attention_heads": 32, "num_key_value_heads": 8, "vocab_size": 92544, "max_position_embeddings": 32768,
+         "rms_norm_eps": 1e-5, "rope_theta": 1000000, "rope_scaling": {"type": "dynamic", "factor": 2.0},
+         "hidden_act": "silu", "initializer_range": 0.02, "bias": False, "bos_token_id": 1, "eos_token_id": 2,
+         "pad_token_id": 2, "tie_word_embeddings": False, "use_cache": True, "torch_dtype": "bfloat16"},
+        hidden=("hidden_size",), ffn=("intermediate_size",),
+        heads=("num_attention_heads", "num_key_value_heads"), layers=("num_hidden_layers",),
+        tokenizer="internlm2",
+        # config.json's keys for the repository's code, which the suite does not run (rankmix.internlm2)
+        repo_code={"attn_implementation": "eager", "auto_map": {
+            "AutoConfig": "configuration_internlm2.InternLM2Config",
+            "AutoModelForCausalLM": "modeling_internlm2.InternLM2ForCausalLM",
+            "AutoModel": "modeling_internlm2.InternLM2ForCausalLM"}},
     )
 
 
@@ -173,6 +199,7 @@ STANDINS: dict[str, Standin] = {
     "meta-llama/Llama-2-7b-hf": _llama2(4096, 11008, 32, 32),
     "meta-llama/Llama-2-13b-hf": _llama2(5120, 13824, 40, 40),
     "meta-llama/Meta-Llama-3-8B-Instruct": _llama3_instruct(),
+    "internlm/internlm2-chat-7b": _internlm2_chat_7b(),
     "google/vit-base-patch16-224-in21k": _vit(768, 12, 12, 3072),
     "google/vit-large-patch16-224-in21k": _vit(1024, 24, 16, 4096),
     "FacebookAI/roberta-base": _roberta(768, 12, 12, 3072),
@@ -192,7 +219,7 @@ def _spec(hub_id: str) -> Standin:
 
 
 def _config(spec: Standin, values: dict) -> PretrainedConfig:
-    values = dict(values)
+    values = copy.deepcopy(values)  # a config may fill in its nested values (rope_scaling)
     return AutoConfig.for_model(values.pop("model_type"), architectures=[spec.architecture], **values)
 
 
@@ -204,6 +231,11 @@ def real_config(hub_id: str) -> PretrainedConfig:
 
 def standin_config(hub_id: str, width: str = "reduced") -> PretrainedConfig:
     """``hub_id``'s config at ``LAYERS`` layers; ``width``: ``reduced`` (÷ ``WIDTH_DIVISOR``) or ``full``."""
+    return _config(_spec(hub_id), standin_values(hub_id, width))
+
+
+def standin_values(hub_id: str, width: str = "reduced") -> dict:
+    """The config.json values of ``hub_id``'s stand-in (``standin_config``)."""
     spec = _spec(hub_id)
     if width not in WIDTHS:
         raise RankmixError(f"stand-in width {width!r}: must be one of {', '.join(WIDTHS)}")
@@ -215,7 +247,7 @@ def standin_config(hub_id: str, width: str = "reduced") -> PretrainedConfig:
     if uneven:
         raise RankmixError(f"{hub_id}: WIDTH_DIVISOR={WIDTH_DIVISOR} leaves widths the heads do not divide "
                            f"({'; '.join(uneven)})")
-    return _config(spec, values)
+    return values
 
 
 # -- tokenizers -----------------------------------------------------------------------------------------
@@ -378,9 +410,55 @@ def _roberta_tokenizer(out: Path) -> None:
     RobertaTokenizer(vocab=_layout(fixed, tokens, 50265), merges=merges, mask_token=mask).save_pretrained(out)
 
 
+_INTERNLM2_SPECIALS = {92538: "<|plugin|>", 92539: "<|interpreter|>", 92540: "<|action_end|>",
+                       92541: "<|action_start|>", 92542: "<|im_end|>", 92543: "<|im_start|>"}
+_INTERNLM2_CHAT_TEMPLATE = ("{{ bos_token }}{% for message in messages %}{{'<|im_start|>' + message['role'] + '\\n' + "
+                            "message['content'] + '<|im_end|>' + '\\n'}}{% endfor %}{% if add_generation_prompt %}"
+                            "{{ '<|im_start|>assistant\\n' }}{% endif %}")
+
+
+def _internlm2_tokenizer(out: Path) -> None:
+    """InternLM2-chat's: a sentencepiece BPE ``tokenizer.model`` with byte fallback, ``<unk> <s> </s>`` at 0–2 and 92544
+    pieces, whose last six are placeholders that tokenizer_config.json's ``added_tokens_decoder`` names as the chat
+    tokens (``<|im_start|>`` 92543, ``<|im_end|>`` 92542, ...), as in the repo; that file as the repo's (its
+    ``tokenizer_class`` InternLM2Tokenizer, ``auto_map``, chat template). The pieces are trained on ``corpus()``
+    (sentencepiece's defaults but the identity normaliser); ids past them are unused filler."""
+    import io
+
+    import sentencepiece as spm
+    from sentencepiece import sentencepiece_model_pb2 as sp_pb2
+
+    buffer = io.BytesIO()
+    spm.SentencePieceTrainer.train(sentence_iterator=iter(corpus()), model_writer=buffer, model_type="bpe",
+                                   vocab_size=2000, hard_vocab_limit=False, byte_fallback=True, num_threads=1,
+                                   normalization_rule_name="identity", character_coverage=1.0, minloglevel=2)
+    proto = sp_pb2.ModelProto.FromString(buffer.getvalue())
+    size = real_config("internlm/internlm2-chat-7b").vocab_size
+    for i in range(len(proto.pieces), size):
+        piece = proto.pieces.add()
+        piece.piece, piece.score, piece.type = f"[UNUSED_{i}]", 0.0, sp_pb2.ModelProto.SentencePiece.UNUSED
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "tokenizer.model").write_bytes(proto.SerializeToString())
+
+    def entry(content):
+        return {"content": content, "lstrip": False, "normalized": False, "rstrip": False, "single_word": False,
+                "special": True}
+    config = {"add_bos_token": True, "add_eos_token": False,
+              "added_tokens_decoder": {str(i): entry(t) for i, t in
+                                       {0: "<unk>", 1: "<s>", 2: "</s>", **_INTERNLM2_SPECIALS}.items()},
+              "additional_special_tokens": list(_INTERNLM2_SPECIALS.values())[::-1],
+              "auto_map": {"AutoTokenizer": ["tokenization_internlm2.InternLM2Tokenizer",
+                                             "tokenization_internlm2_fast.InternLM2TokenizerFast"]},
+              "bos_token": "<s>", "chat_template": _INTERNLM2_CHAT_TEMPLATE, "clean_up_tokenization_spaces": False,
+              "decode_with_prefix_space": False, "eos_token": "</s>", "model_max_length": NO_LENGTH_LIMIT,
+              "pad_token": "</s>", "sp_model_kwargs": None, "tokenizer_class": "InternLM2Tokenizer",
+              "unk_token": "<unk>"}
+    (out / "tokenizer_config.json").write_text(json.dumps(config, indent=2) + "\n")
+
+
 # tokenizer kind -> a function that saves that tokenizer in a directory
 TOKENIZERS = {"llama2": _llama2_tokenizer, "llama3": _llama3_tokenizer, "gpt2": _gpt2_tokenizer,
-              "roberta": _roberta_tokenizer}
+              "roberta": _roberta_tokenizer, "internlm2": _internlm2_tokenizer}
 
 
 # -- building -------------------------------------------------------------------------------------------
@@ -394,13 +472,14 @@ def _standin_dir(hub_id: str, cache_dir: Path = Path(".cache/rehearse"), width: 
 
 def build_standin(hub_id: str, cache_dir: Path = Path(".cache/rehearse"), width: str = "reduced") -> Path:
     """The directory of ``hub_id``'s stand-in (see module docstring), built once and reused when present."""
-    config = standin_config(hub_id, width)
+    values = standin_values(hub_id, width)
+    config = _config(STANDINS[hub_id], values)
     path = _standin_dir(hub_id, cache_dir, width)
     if path.is_dir():
         return path
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     shutil.rmtree(tmp, ignore_errors=True)
-    _write(STANDINS[hub_id], config, tmp)
+    _write(STANDINS[hub_id], config, tmp, values)
     try:
         tmp.rename(path)
     except OSError:  # another process finished the same stand-in first
@@ -408,13 +487,16 @@ def build_standin(hub_id: str, cache_dir: Path = Path(".cache/rehearse"), width:
     return path
 
 
-def _write(spec: Standin, config: PretrainedConfig, out: Path) -> None:
+def _write(spec: Standin, config: PretrainedConfig, out: Path, values: dict) -> None:
     import transformers
 
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(SEED)
-        model = getattr(transformers, spec.architecture)(config)
+        model = (getattr(transformers, spec.architecture, None) or getattr(internlm2, spec.architecture))(config)
     model.to(config.dtype).save_pretrained(out)
+    if spec.repo_code:
+        raw = {"architectures": [spec.architecture], **spec.repo_code, **values}
+        (out / "config.json").write_text(json.dumps(dict(sorted(raw.items())), indent=2) + "\n")
     if spec.generation:  # written also beside a checkpoint class that cannot generate (BartModel)
         transformers.GenerationConfig(**spec.generation).save_pretrained(out)
     if spec.tokenizer:
