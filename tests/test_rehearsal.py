@@ -47,6 +47,9 @@ def test_pretrained_parts_of_a_vision_text_backbone():
     cfg = rr.compose_paper(rr.Row("routing-1", "routing/1/lora_64_none", "VQA", "routing", "vit_roberta", "vqa"))
     assert rr.pretrained_parts(cfg["backbone"]) == {"vision.name_or_path": "google/vit-base-patch16-224-in21k",
                                                      "text.name_or_path": "FacebookAI/roberta-base"}
+    sdxl = rr.compose_paper(rr.Row("moslora-6", "moslora/6/moslora", "dreambooth", "moslora", "sdxl", "dreambooth"))
+    assert rr.pretrained_parts(sdxl["backbone"]) == {"name_or_path": "stabilityai/stable-diffusion-xl-base-1.0",
+                                                      "vae": "madebyollin/sdxl-vae-fp16-fix"}
 
 
 def test_family_selection_takes_the_papers_method():

@@ -1,5 +1,6 @@
 """Paper-backbone stand-ins: real configs and tokenizer layouts, 2 layers, loaded like the real repos."""
 
+import json
 from pathlib import Path
 
 import pytest
@@ -154,3 +155,37 @@ def test_llama_standin_through_the_suites_own_loaders(dirs, tmp_path):
     batch = tok(["Answer the question: is the dog small?", "yes"], padding=True, return_tensors="pt")
     out = model(**batch, labels=batch["input_ids"])
     assert out.logits.shape[-1] == 32000 and torch.isfinite(out.loss)
+
+
+def test_internlm2_standin_is_the_repos_layout_read_without_its_code(dirs):
+    path = dirs["internlm/internlm2-chat-7b"]
+    raw = json.loads((path / "config.json").read_text())
+    assert raw["auto_map"]["AutoModelForCausalLM"] == "modeling_internlm2.InternLM2ForCausalLM"
+    assert raw["rope_scaling"] == {"type": "dynamic", "factor": 2.0} and raw["bias"] is False
+    with safe_open(path / "model.safetensors", "pt") as f:
+        assert "model.layers.0.attention.wqkv.weight" in f.keys() and "output.weight" in f.keys()
+    tok = AutoTokenizer.from_pretrained(path)
+    assert tok.convert_tokens_to_ids(["<|im_start|>", "<|im_end|>", "<|plugin|>"]) == [92543, 92542, 92538]
+    ids = tok("<|im_start|>user\nWhat is shown?<|im_end|>\n")["input_ids"]
+    assert ids[:2] == [1, 92543] and 92542 in ids
+
+
+def test_sdxl_standins_load_as_the_pipeline_and_vae_with_clips_token_layout(cache):
+    from diffusers import AutoencoderKL, StableDiffusionXLPipeline
+
+    from rankmix.rehearsal.pipelines import PIPELINES, unet_config
+
+    dirs = {hub_id: build_standin(hub_id, cache) for hub_id in PIPELINES}
+    vae = AutoencoderKL.from_pretrained(dirs["madebyollin/sdxl-vae-fp16-fix"])
+    pipe = StableDiffusionXLPipeline.from_pretrained(dirs["stabilityai/stable-diffusion-xl-base-1.0"], vae=vae)
+    assert vae.config.scaling_factor == 0.13025 and vae.config.block_out_channels == [8, 16, 32, 32]
+    assert pipe.unet.config.cross_attention_dim == (pipe.text_encoder.config.hidden_size
+                                                   + pipe.text_encoder_2.config.hidden_size) == 2048 // WIDTH_DIVISOR
+    assert pipe.unet.config.transformer_layers_per_block == [1, 2, 2] == unet_config()["transformer_layers_per_block"]
+    for tok in (pipe.tokenizer, pipe.tokenizer_2):
+        ids = tok("A picture of a ikat cat!")["input_ids"]
+        assert ids[0] == 49406 and ids[-1] == 49407 and len(tok) == 49408 and tok.model_max_length == 77
+        assert tok.unk_token_id not in ids[1:-1]
+    assert (pipe.tokenizer.pad_token_id, pipe.tokenizer_2.pad_token_id) == (49407, 0)   # "!" pads the second
+    image = pipe("a photo of ikat cat", num_inference_steps=1, height=64, width=64, output_type="pt").images
+    assert image.shape == (1, 3, 64, 64) and torch.isfinite(image).all()

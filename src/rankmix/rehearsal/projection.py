@@ -72,6 +72,10 @@ def project(config: dict, parts: dict[str, str]) -> dict:
     hub = parts.get(_language_key(kind))
     if hub is None:
         return {"notes": [f"{config['task']['name']}: no hub backbone to project"]}
+    from rankmix.rehearsal.pipelines import PIPELINES
+
+    if hub in PIPELINES:
+        return {"notes": [f"{config['task']['name']}: a diffusers pipeline ({hub}), not projected"]}
     real = real_config(hub)
     with torch.device("meta"):
         model = _auto_class(kind).from_config(real)

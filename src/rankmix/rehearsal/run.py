@@ -136,6 +136,8 @@ def pretrained_parts(backbone: dict, prefix: str = "") -> dict[str, str]:
     out = {}
     if backbone.get("source") == "pretrained" and not str(backbone.get("name_or_path", "")).startswith("pkg:"):
         out[prefix + "name_or_path"] = backbone["name_or_path"]
+        if backbone.get("vae"):   # an SDXL backbone's separate VAE (MoSLoRA Tab. 6: the fp16-fix VAE)
+            out[prefix + "vae"] = backbone["vae"]
     for k, v in backbone.items():
         if isinstance(v, dict) and k not in ("tokenizer", "config"):
             out.update(pretrained_parts(v, f"{prefix}{k}."))

@@ -214,7 +214,9 @@ STANDINS: dict[str, Standin] = {
 # -- configs --------------------------------------------------------------------------------------------
 def _spec(hub_id: str) -> Standin:
     if hub_id not in STANDINS:
-        raise RankmixError(f"no stand-in for {hub_id!r}; known backbones: {', '.join(STANDINS)}")
+        from rankmix.rehearsal.pipelines import PIPELINES
+
+        raise RankmixError(f"no stand-in for {hub_id!r}; known backbones: {', '.join([*STANDINS, *PIPELINES])}")
     return STANDINS[hub_id]
 
 
@@ -313,14 +315,15 @@ def _sentence(rng: random.Random) -> str:
         year=rng.randint(1900, 2024))
 
 
-def _train_bpe(pre_tokenizer, alphabet: list[str]) -> tuple[list[str], list[tuple[str, str]]]:
-    """The tokens (by id) and merges of a BPE trained on ``corpus()`` after ``pre_tokenizer``."""
+def _train_bpe(pre_tokenizer, alphabet: list[str], normalizer=None, **trainer) -> tuple[list[str], list[tuple[str, str]]]:
+    """The tokens (by id) and merges of a BPE trained on ``corpus()`` after ``normalizer`` and ``pre_tokenizer``
+    (``trainer``: more ``BpeTrainer`` settings, e.g. CLIP's ``end_of_word_suffix``)."""
     from tokenizers import Tokenizer, models, trainers
 
-    tok = Tokenizer(models.BPE())
-    tok.pre_tokenizer = pre_tokenizer
+    tok = Tokenizer(models.BPE(**{k: v for k, v in trainer.items() if k == "end_of_word_suffix"}))
+    tok.pre_tokenizer, tok.normalizer = pre_tokenizer, normalizer
     tok.train_from_iterator(corpus(), trainers.BpeTrainer(
-        vocab_size=_TRAIN_VOCAB, min_frequency=2, initial_alphabet=alphabet, show_progress=False))
+        vocab_size=_TRAIN_VOCAB, min_frequency=2, initial_alphabet=alphabet, show_progress=False, **trainer))
     model = json.loads(tok.to_str())["model"]
     merges = [tuple(m.split(" ")) if isinstance(m, str) else tuple(m) for m in model["merges"]]
     return sorted(model["vocab"], key=model["vocab"].get), merges
@@ -471,7 +474,12 @@ def _standin_dir(hub_id: str, cache_dir: Path = Path(".cache/rehearse"), width: 
 
 
 def build_standin(hub_id: str, cache_dir: Path = Path(".cache/rehearse"), width: str = "reduced") -> Path:
-    """The directory of ``hub_id``'s stand-in (see module docstring), built once and reused when present."""
+    """The directory of ``hub_id``'s stand-in (see module docstring; a diffusers checkpoint's:
+    ``rankmix.rehearsal.pipelines``), built once and reused when present."""
+    from rankmix.rehearsal.pipelines import PIPELINES, build_pipeline_standin
+
+    if hub_id in PIPELINES:
+        return build_pipeline_standin(hub_id, cache_dir, width)
     values = standin_values(hub_id, width)
     config = _config(STANDINS[hub_id], values)
     path = _standin_dir(hub_id, cache_dir, width)
