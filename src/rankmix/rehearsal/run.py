@@ -245,7 +245,7 @@ def settings(config: dict) -> dict:
             "precision": trainer.get("precision"), "prompt": prompt}
 
 
-def rehearse(rows: list[Row], width: str, out: Path, work: Path, timeout: int = 900,
+def rehearse(rows: list[Row], width: str, out: Path, work: Path, timeout: int = 1800,
              own: dict[str, str] | None = None, steps: int = 2, examples: int = 8,
              batches: int | None = None) -> Path:
     """Run ``rows`` and write the report ``out``; returns its path. ``own``: data paths that replace the
@@ -370,7 +370,8 @@ def main(argv: list[str] | None = None) -> int:
                     help="full: the real widths (depth still reduced), for a GPU")
     ap.add_argument("--tables", nargs="*", help="only these table ids (default: every table)")
     ap.add_argument("--out", type=Path, help="the report (default results/rehearse/<device>.md)")
-    ap.add_argument("--timeout", type=int, default=900, help="seconds per row")
+    ap.add_argument("--timeout", type=int, default=1800,
+                    help="seconds per row (an SDXL row at 1024 px took 15 min on 2 busy CPU cores)")
     ap.add_argument("--set", action="append", default=[], metavar="KEY=PATH",
                     help="a data path of your own in place of the written one, e.g. "
                          "task.datamodule.source.test_file=/data/combined_test.json (the real SMoRA file)")
