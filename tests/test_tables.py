@@ -43,6 +43,13 @@ def test_cells_put_ours_beside_the_paper(tmp_path, paper_dir):
     assert "- `broken`: boom" in text
 
 
+def test_a_table_without_paper_numbers_shows_ours_alone(tmp_path, paper_dir):
+    table = {"id": "x-6", "paper_csv": None, "cells": [{"metric": "test/em", "label": "EM", "match": {}}]}
+    write_json_atomic(tmp_path / "results" / "x-6" / "runs" / "a.json", _run("a", {"test/em": 50.0}, table))
+    text = build_table("x-6", tmp_path / "results", paper_dir).read_text()
+    assert "Each entry is ours: the paper prints no numbers" in text and "| EM | 50.00 |" in text
+
+
 def test_a_cell_must_match_one_paper_row(tmp_path, paper_dir):
     table = {"id": "x-2", "paper_csv": "made_up_table.csv", "cells": [{"match": {"method": "LoRA-8"}, "metric": "m"}]}
     write_json_atomic(tmp_path / "r" / "x-2" / "runs" / "a.json", _run("a", {"m": 1.0}, table))

@@ -21,8 +21,8 @@ Two table-level options summarise runs against each other:
 
 ``launcher: joblib`` runs the table's multirun with Hydra's joblib launcher: one run per CPU core, each with
 cores / runs threads (a tiny model gains more from that than from threads), unless the overrides name another.
-A table with ``paper_csv: null`` (one of ours, e.g. a comparison the paper describes without numbers) shows its
-cells with an empty paper column. ``skip_unmatched: true`` drops a row's cell that matches no paper row (a paper that reports, per task, only the
+A table with ``paper_csv: null`` (one of ours, e.g. a comparison the paper describes without numbers) shows only
+ours in its cells, with an empty paper column in the long listing. ``skip_unmatched: true`` drops a row's cell that matches no paper row (a paper that reports, per task, only the
 best routing function) instead of failing.
 
 CLI: ``python -m rankmix.tables build <id>``, ``list``, ``reproduce <id> [overrides...]``, ``show <id> <row>
@@ -205,13 +205,16 @@ def build_table(table_id: str, results_dir: Path, paper_dir: Path) -> Path:
         if spec.get("seeds"):
             md += ["", f"Each entry is ours / the paper's: mean ± std over seeds {spec['seeds']}"
                    + (f"; p: paired t-test against the row with {spec['ttest']}" if spec.get("ttest") else "") + "."]
-        else:
+        elif spec.get("paper_csv"):
             md += ["", "Each entry is ours / the paper's printed value."]
+        else:
+            md += ["", "Each entry is ours: the paper prints no numbers for this table."]
         if spec.get("baseline"):
             found = ", ".join(f"`{b['run']['key']}` at {scale}" if b else f"not finished at {scale}"
                               for scale, b in sorted(baselines.items()))
             md += ["", f"Gain cells: ours minus the baseline run ({spec['baseline']}, {found}) of the same scale."]
-        md += [""] + _pivot(cells, [c.get("label") for c in spec.get("cells", [])])
+        md += [""] + _pivot(cells, [c.get("label") for c in spec.get("cells", [])],
+                            with_paper=bool(spec.get("paper_csv") or spec.get("ratings")))
         md += ["", "`paper` = the paper's printed value; `ours` = this suite's run; `diff` = ours − paper.", "",
                "| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
         md += ["| " + " | ".join(_short(row.get(k, "")) for k in columns) + " |" for row in cells]
@@ -294,14 +297,14 @@ def _short(v) -> str:
     return "missing" if isinstance(v, str) and v.startswith("missing") else _fmt(v)
 
 
-def _pivot(cells: list[dict], order: list[str] | None = None) -> list[str]:
+def _pivot(cells: list[dict], order: list[str] | None = None, with_paper: bool = True) -> list[str]:
     """Markdown: one row per cell label (in ``order``, the table's, then as met), one column per run, entries
-    "ours / paper"."""
+    "ours / paper" (``with_paper``), else "ours"."""
     runs = list(dict.fromkeys(r["run"] for r in cells))
     labels = list(dict.fromkeys([label for label in order or [] if any(r["cell"] == label for r in cells)]
                                 + [r["cell"] for r in cells]))
-    value = {(r["cell"], r["run"]): f"{r.get('shown') or _short(r['ours'])} / {r.get('paper_shown') or r['paper']}"
-             for r in cells}
+    value = {(r["cell"], r["run"]): f"{r.get('shown') or _short(r['ours'])}"
+             + (f" / {r.get('paper_shown') or r['paper']}" if with_paper else "") for r in cells}
     lines = ["| cell | " + " | ".join(runs) + " |", "|" + "---|" * (len(runs) + 1)]
     return lines + ["| " + " | ".join([label, *(value.get((label, run), "") for run in runs)]) + " |" for label in labels]
 
