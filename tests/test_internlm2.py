@@ -143,6 +143,7 @@ def test_the_tokenizer_is_sentencepiece_per_stretch_with_the_chat_tokens_at_thei
     expected = [1, first + 5, *sp.encode("user\nhello  world"), first + 4, *sp.encode("\n")]
     assert tok(text)["input_ids"] == expected   # each stretch through sentencepiece as it is
     assert tok.decode(expected, skip_special_tokens=True) == sp.decode([i for i in expected if 2 < i < first])
+    assert tok.decode(expected).startswith("<s><|im_start|>user\nhello")   # special tokens kept as written
     tok.save_pretrained(tmp_path / "again")
     assert AutoTokenizer.from_pretrained(tmp_path / "again")(text)["input_ids"] == expected
 

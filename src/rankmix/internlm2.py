@@ -149,7 +149,16 @@ class InternLM2Tokenizer(SentencePieceBackend):
         return ids + [self.eos_token_id] * self.add_eos_token
 
     def convert_tokens_to_string(self, tokens: list[str]) -> str:
-        return self.sp_model.decode(tokens)
+        """Sentencepiece's decoding of each stretch between special tokens, which are kept as written (``<s>`` is a
+        control piece that sentencepiece would drop)."""
+        out, stretch = [], []
+        for token in tokens:
+            if token in self.all_special_tokens:
+                out += [self.sp_model.decode(stretch), token]
+                stretch = []
+            else:
+                stretch.append(token)
+        return "".join([*out, self.sp_model.decode(stretch)])
 
 
 def _conversions():
