@@ -20,7 +20,7 @@ from pathlib import Path
 import torch
 
 from rankmix.config import digest
-from rankmix.rehearsal.standins import LAYERS, SEED, WIDTH_DIVISOR, WIDTHS, _layout, _train_bpe, corpus
+from rankmix.rehearsal.standins import LAYERS, SEED, WIDTH_DIVISOR, WIDTHS, corpus, layout_vocab, train_bpe
 
 NORM_GROUPS = 4  # the reduced widths' group norms (the real 32 does not divide them)
 
@@ -97,11 +97,11 @@ def _clip_tokenizer(pad_token: str):
     from transformers import CLIPTokenizer
 
     clip = CLIPTokenizer().backend_tokenizer   # its normaliser and pre-tokeniser, to train the merges with
-    tokens, merges = _train_bpe(clip.pre_tokenizer, pre_tokenizers.ByteLevel.alphabet(), clip.normalizer,
+    tokens, merges = train_bpe(clip.pre_tokenizer, pre_tokenizers.ByteLevel.alphabet(), clip.normalizer,
                                 end_of_word_suffix="</w>")
     chars = _byte_chars()   # CLIP's first ids: the 256 byte characters, then each as a word end
     base = [*chars, *(c + "</w>" for c in chars)]
-    vocab = _layout(CLIP_SPECIALS, [*base, *(t for t in tokens if t not in set(base))], _TEXT["vocab_size"])
+    vocab = layout_vocab(CLIP_SPECIALS, [*base, *(t for t in tokens if t not in set(base))], _TEXT["vocab_size"])
     return CLIPTokenizer(vocab=vocab, merges=merges, pad_token=pad_token,
                          model_max_length=_TEXT["max_position_embeddings"])
 

@@ -315,7 +315,7 @@ def _sentence(rng: random.Random) -> str:
         year=rng.randint(1900, 2024))
 
 
-def _train_bpe(pre_tokenizer, alphabet: list[str], normalizer=None, **trainer) -> tuple[list[str], list[tuple[str, str]]]:
+def train_bpe(pre_tokenizer, alphabet: list[str], normalizer=None, **trainer) -> tuple[list[str], list[tuple[str, str]]]:
     """The tokens (by id) and merges of a BPE trained on ``corpus()`` after ``normalizer`` and ``pre_tokenizer``
     (``trainer``: more ``BpeTrainer`` settings, e.g. CLIP's ``end_of_word_suffix``)."""
     from tokenizers import Tokenizer, models, trainers
@@ -329,7 +329,7 @@ def _train_bpe(pre_tokenizer, alphabet: list[str], normalizer=None, **trainer) -
     return sorted(model["vocab"], key=model["vocab"].get), merges
 
 
-def _layout(fixed: dict[int, str], tokens: list[str], size: int) -> dict[str, int]:
+def layout_vocab(fixed: dict[int, str], tokens: list[str], size: int) -> dict[str, int]:
     """``fixed`` tokens at their ids, ``tokens`` in order in the other ids, then unreachable filler up to
     ``size``."""
     taken = set(fixed.values())
@@ -347,9 +347,9 @@ def _llama2_tokenizer(out: Path) -> None:
     words = pre_tokenizers.Sequence([  # merges within words, as sentencepiece's
         pre_tokenizers.Metaspace(replacement="▁", prepend_scheme="first", split=True),
         pre_tokenizers.Punctuation()])
-    tokens, merges = _train_bpe(words, [])
+    tokens, merges = train_bpe(words, [])
     # tokenizer_config.json of the Llama-2 repos: add_bos_token, no eos, legacy false, padding right, no pad
-    LlamaTokenizer(vocab=_layout(fixed, tokens, 0), merges=merges, add_bos_token=True, add_eos_token=False,
+    LlamaTokenizer(vocab=layout_vocab(fixed, tokens, 0), merges=merges, add_bos_token=True, add_eos_token=False,
                    legacy=False, padding_side="right", clean_up_tokenization_spaces=False,
                    model_max_length=NO_LENGTH_LIMIT).save_pretrained(out)
 
@@ -364,8 +364,8 @@ def _llama3_tokenizer(out: Path) -> None:
     pre = pre_tokenizers.Sequence([
         pre_tokenizers.Split(Regex(_LLAMA3_PATTERN), behavior="isolated", invert=False),
         pre_tokenizers.ByteLevel(add_prefix_space=False, trim_offsets=True, use_regex=False)])
-    tokens, merges = _train_bpe(pre, pre_tokenizers.ByteLevel.alphabet())
-    vocab = _layout({}, tokens, min(_LLAMA3_SPECIALS))
+    tokens, merges = train_bpe(pre, pre_tokenizers.ByteLevel.alphabet())
+    vocab = layout_vocab({}, tokens, min(_LLAMA3_SPECIALS))
     tok = Tokenizer(models.BPE(vocab=vocab, merges=merges, ignore_merges=True))
     tok.pre_tokenizer = pre
     tok.add_special_tokens([AddedToken(t, special=True, normalized=False) for t in _LLAMA3_SPECIALS.values()])
@@ -387,7 +387,7 @@ def _llama3_tokenizer(out: Path) -> None:
 def _byte_level_bpe() -> tuple[list[str], list[tuple[str, str]]]:
     from tokenizers import pre_tokenizers
 
-    return _train_bpe(pre_tokenizers.ByteLevel(add_prefix_space=False), pre_tokenizers.ByteLevel.alphabet())
+    return train_bpe(pre_tokenizers.ByteLevel(add_prefix_space=False), pre_tokenizers.ByteLevel.alphabet())
 
 
 def _gpt2_tokenizer(out: Path) -> None:
@@ -395,7 +395,7 @@ def _gpt2_tokenizer(out: Path) -> None:
     from transformers import GPT2Tokenizer
 
     tokens, merges = _byte_level_bpe()
-    GPT2Tokenizer(vocab=_layout({50256: "<|endoftext|>"}, tokens, 50257), merges=merges,
+    GPT2Tokenizer(vocab=layout_vocab({50256: "<|endoftext|>"}, tokens, 50257), merges=merges,
                   model_max_length=1024).save_pretrained(out)
 
 
@@ -410,7 +410,7 @@ def _roberta_tokenizer(out: Path) -> None:
     tokens, merges = _byte_level_bpe()
     fixed = {0: "<s>", 1: "<pad>", 2: "</s>", 3: "<unk>", 50264: "<mask>"}
     mask = AddedToken("<mask>", lstrip=True, rstrip=False, normalized=False)
-    RobertaTokenizer(vocab=_layout(fixed, tokens, 50265), merges=merges, mask_token=mask).save_pretrained(out)
+    RobertaTokenizer(vocab=layout_vocab(fixed, tokens, 50265), merges=merges, mask_token=mask).save_pretrained(out)
 
 
 _INTERNLM2_SPECIALS = {92538: "<|plugin|>", 92539: "<|interpreter|>", 92540: "<|action_end|>",
