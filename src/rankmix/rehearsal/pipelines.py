@@ -13,14 +13,21 @@ Weights are random (seed ``SEED``) in fp32, as the repos' default files. The tok
 from __future__ import annotations
 
 import copy
-import os
-import shutil
 from pathlib import Path
 
 import torch
 
 from rankmix.config import digest
-from rankmix.rehearsal.standins import LAYERS, SEED, WIDTH_DIVISOR, WIDTHS, corpus, layout_vocab, train_bpe
+from rankmix.rehearsal.standins import (
+    LAYERS,
+    SEED,
+    WIDTH_DIVISOR,
+    WIDTHS,
+    build_once,
+    corpus,
+    layout_vocab,
+    train_bpe,
+)
 
 NORM_GROUPS = 4  # the reduced widths' group norms (the real 32 does not divide them)
 
@@ -144,13 +151,4 @@ def build_pipeline_standin(hub_id: str, cache_dir: Path, width: str = "reduced")
     key = digest({"kind": kind, "unet": unet_config(width), "vae": vae_config(width), "text": text_configs(width),
                   "scheduler": _SCHEDULER, "seed": SEED, "corpus": corpus()}, 10)
     path = Path(cache_dir) / "models" / f"{hub_id.replace('/', '--')}-{width}-{key}"
-    if path.is_dir():
-        return path
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    {"sdxl": _sdxl, "vae": _vae}[kind](tmp, width)
-    try:
-        tmp.rename(path)
-    except OSError:  # another process finished the same stand-in first
-        shutil.rmtree(tmp)
-    return path
+    return build_once(path, lambda tmp: {"sdxl": _sdxl, "vae": _vae}[kind](tmp, width))

@@ -482,12 +482,17 @@ def build_standin(hub_id: str, cache_dir: Path = Path(".cache/rehearse"), width:
         return build_pipeline_standin(hub_id, cache_dir, width)
     values = standin_values(hub_id, width)
     config = _config(STANDINS[hub_id], values)
-    path = _standin_dir(hub_id, cache_dir, width)
+    return build_once(_standin_dir(hub_id, cache_dir, width),
+                      lambda tmp: _write(STANDINS[hub_id], config, tmp, values))
+
+
+def build_once(path: Path, write) -> Path:
+    """``path``, written by ``write(tmp)`` into a temporary sibling renamed into place, unless it exists."""
     if path.is_dir():
         return path
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     shutil.rmtree(tmp, ignore_errors=True)
-    _write(STANDINS[hub_id], config, tmp, values)
+    write(tmp)
     try:
         tmp.rename(path)
     except OSError:  # another process finished the same stand-in first
