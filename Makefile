@@ -6,6 +6,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 SCALE ?= tiny
 ARGS ?=
+JOBS ?= 2
 OFFLINE := HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 HF_DATASETS_OFFLINE=1 WANDB_MODE=disabled
 
 TABLE ?=
@@ -13,25 +14,48 @@ ROW ?=
 ROWS ?= all
 WIDTH ?= reduced
 
-.PHONY: help setup run rehearse rate show-row test test-fast test-kernels bench-kernels bench-e2e lint list-tables figures sync-wandb clean
+.PHONY: help setup lock setup-latest run rehearse rate show-row test test-fast test-kernels test-cluster bench-kernels bench-e2e lint list-tables figures sync-wandb clean
 
 help: ## list the targets with one line each
 	@grep -hE '^[a-zA-Z0-9_%-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-22s %s\n", $$1, $$2}'
 
-setup: $(VENV)/.installed ## create .venv/ in the repo and install rankmix with its test tools
+setup: $(VENV)/.installed ## create .venv/ in the repo and install rankmix with its test tools, exactly as requirements.lock pins them
 
-$(VENV)/.installed: pyproject.toml
+# The lock pins every package `make setup` installs, hashed. It is compiled from pyproject.toml's ranges by uv with
+# --exclude-newer $(LOCK_DATE): the same lock on any later date. Bump on purpose: `make setup-latest` first (the
+# newest releases the ranges allow, tests run there), then `make lock LOCK_DATE=<now>`.
+LOCK := requirements.lock
+LOCK_DATE ?= 2026-12-01T12:00:00Z
+PIP_VERSION := 26.3
+UV_COMPILE = pip compile --universal --python-version 3.11 --exclude-newer $(LOCK_DATE) --generate-hashes --quiet
+
+$(VENV)/.installed: $(LOCK) pyproject.toml
 	$(PYTHON) -m venv $(VENV)
-	$(VENV)/bin/pip install --upgrade --quiet pip
-	$(VENV)/bin/pip install torch==2.14.1 torchvision==0.29.1
-	$(VENV)/bin/pip install -e '.[dev]'
-	$(VENV)/bin/pip install --no-deps 'lmms-eval==0.7.3'   # MoSLoRA Tab. 5's benchmarks (pyproject.toml: why no deps)
+	$(VENV)/bin/pip install --quiet pip==$(PIP_VERSION)
+	$(VENV)/bin/pip install --no-deps --require-hashes -r $(LOCK)   # torch and torchvision come from the local wheels where pip's config has them
+	$(VENV)/bin/pip install --no-deps --no-build-isolation -e .     # rankmix itself, built with the lock's setuptools
+	scripts/system-deps.sh   # Debian packages the tests and the sandbox need (bubblewrap, chromium): installed as root, else one line naming the command
 	touch $@
+
+lock: $(VENV)/.installed ## regenerate requirements.lock from pyproject.toml's ranges as of LOCK_DATE (uv, hashed)
+	$(VENV)/bin/uv $(UV_COMPILE) --upgrade pyproject.toml --extra dev -o $(LOCK)
+	@# lmms-eval is installed without its declared dependencies (pyproject.toml says why): its own hashed pin
+	echo 'lmms-eval==0.7.3' | $(VENV)/bin/uv $(UV_COMPILE) --no-deps --no-header - >> $(LOCK)
+
+LATEST := .venv-latest
+
+setup-latest: ## a separate .venv-latest/ with the newest releases pyproject.toml's ranges allow, then the tests there (before a lock bump)
+	rm -rf $(LATEST)
+	$(PYTHON) -m venv $(LATEST)
+	$(LATEST)/bin/pip install --quiet --upgrade pip
+	$(LATEST)/bin/pip install --upgrade --upgrade-strategy eager -e '.[dev]'
+	$(LATEST)/bin/pip install --no-deps 'lmms-eval==0.7.3'
+	$(LATEST)/bin/pip freeze --exclude-editable > $(LATEST)/freeze.txt
+	@echo "newest versions: $(LATEST)/freeze.txt"
+	$(OFFLINE) $(LATEST)/bin/python -m pytest -n $(JOBS) --dist worksteal $(ARGS)
 
 run: ## train the embedded default (LoRA, tiny Llama, generated tasks, CPU); prints the results path
 	$(PY) -m rankmix.train $(ARGS)
-
-JOBS ?= 2
 
 test: ## run the test suite (offline, wandb disabled), JOBS=2 test processes side by side (JOBS=0: one)
 	$(OFFLINE) $(PY) -m pytest -n $(JOBS) --dist worksteal $(ARGS)
@@ -74,6 +98,9 @@ bench-e2e: ## time to the first generated token (and its peak memory on CUDA) pe
 
 test-kernels: ## the Triton kernel tests only (interpreter on CPU, compiled on a GPU)
 	$(OFFLINE) $(PY) -m pytest -m triton_interpreter $(ARGS)
+
+test-cluster: ## the cluster-path tests only: a submitit sweep, SLURM preemption and requeue, srun-style ranks
+	$(OFFLINE) $(PY) -m pytest -m cluster $(ARGS)
 
 sync-wandb: ## upload offline wandb runs (needs network and `wandb login`)
 	$(VENV)/bin/wandb sync runs/*/*/wandb/offline-run-*

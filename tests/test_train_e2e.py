@@ -1,6 +1,7 @@
 """End-to-end runs of ``python -m rankmix.train`` as a user runs them (subprocesses, offline)."""
 
 import csv
+import hashlib
 import json
 import os
 import signal
@@ -41,6 +42,8 @@ def test_default_run_learns(tmp_path):
     # the result JSON documents the run
     assert t["params"]["trainable"] < t["params"]["total"] and t["params"]["wrapped_layers"] == 14  # the Llama default: 7 linear layers x 2 blocks
     assert t["meta"]["versions"]["torch"] and "commit" in t["meta"]["git"]
+    lock = (REPO / "requirements.lock").read_bytes()
+    assert t["meta"]["environment"]["lock_sha256"] == hashlib.sha256(lock).hexdigest()
     assert t["train"]["wall_time_s"] > 0 and t["train"]["peak_memory"]["cpu_rss_mb"] > 0
     assert t["config"]["method"]["name"] == "lora"
 

@@ -1,11 +1,13 @@
 """One result JSON per run, written atomically: ``results/<table>/runs/<run_key>.json``.
 
 Layout (PEFT ``method_comparison`` style): ``status``, ``run``, ``metrics``, ``params``, ``train``,
-``meta`` (package versions, git commit, machine) and the resolved ``config``.
+``meta`` (package versions, the lock the environment was installed from, git commit, machine) and the resolved
+``config``.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import platform
@@ -67,17 +69,74 @@ def package_versions() -> dict[str, str | None]:
     return out
 
 
+# what a result does not depend on: other runs' outputs (results/, runs/) and the lock (meta.environment has it)
+NOT_CODE = ("results/", "runs/")
+
+
 def git_state(cwd: Path) -> dict:
+    """The commit, and whether the code differs from it: ``dirty`` counts tracked files outside ``results/`` and
+    ``runs/`` (results written by other runs change nothing a run computes), and ``changed`` lists them."""
+
     def git(*args):
         r = subprocess.run(["git", *args], cwd=cwd, capture_output=True, text=True, timeout=10)
-        return r.stdout.strip() if r.returncode == 0 else None
+        return r.stdout if r.returncode == 0 else None
 
     try:
         commit = git("rev-parse", "HEAD")
-        dirty = git("status", "--porcelain", "--untracked-files=no")
+        status = git("status", "--porcelain=v1", "-z", "--untracked-files=no")
     except (OSError, subprocess.TimeoutExpired):
         return {"commit": None, "dirty": None}
-    return {"commit": commit, "dirty": bool(dirty) if dirty is not None else None}
+    if commit is None or status is None:
+        return {"commit": commit and commit.strip(), "dirty": None}
+    changed, entries = [], iter(status.split("\0"))
+    for entry in entries:
+        if not entry:
+            continue
+        code, name = entry[:2], entry[3:]
+        if "R" in code or "C" in code:  # a rename's source path follows as its own entry
+            next(entries, None)
+        if not name.startswith(NOT_CODE):
+            changed.append(name)
+    out = {"commit": commit.strip(), "dirty": bool(changed)}
+    if changed:
+        out["changed"] = sorted(changed)
+    return out
+
+
+def lock_pins(lock: Path) -> dict[str, tuple[str, str | None]]:
+    """``requirements.lock``'s pins: name -> (version, environment marker or None)."""
+    pins = {}
+    for line in lock.read_text().splitlines():
+        if line[:1].isalnum() and "==" in line:
+            req, _, marker = line.rstrip(" \\").partition(";")
+            name, _, version = req.partition("==")
+            pins[name.strip().lower().replace("_", "-")] = (version.strip(), marker.strip() or None)
+    return pins
+
+
+def environment(root: Path) -> dict:
+    """The lock the environment should match (its SHA-256), and whether it does: ``differs`` lists each pinned
+    package that applies to this platform and is installed at another version, or not at all."""
+    lock = root / "requirements.lock"
+    if not lock.is_file():
+        return {"lock": None}
+    from packaging.markers import Marker
+
+    differs = {}
+    for name, (want, marker) in lock_pins(lock).items():
+        if marker and not Marker(marker).evaluate():
+            continue
+        try:
+            have = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            have = None
+        if have != want:
+            differs[name] = {"lock": want, "installed": have}
+    out = {"lock": lock.name, "lock_sha256": hashlib.sha256(lock.read_bytes()).hexdigest(),
+           "matches_lock": not differs}
+    if differs:
+        out["differs"] = differs
+    return out
 
 
 def peak_memory_mb() -> dict[str, float]:

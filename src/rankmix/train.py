@@ -30,6 +30,7 @@ from rankmix.config import check_table_id, config_hash, register_resolvers, run_
 from rankmix.data.files import atomic_open, stale_temporaries
 from rankmix.errors import ConfigError, RankmixError
 from rankmix.results import (
+    environment,
     git_state,
     is_up_to_date,
     machine,
@@ -322,7 +323,8 @@ def train(cfg: DictConfig) -> float | None:
                     "run_dir": str(run_dir), "started_at": started, "finished_at": _now()},
             "metrics": metrics,
             **info,
-            "meta": {"versions": package_versions(), "git": git_state(Path(CONF_DIR).parent), "machine": machine()},
+            "meta": {"versions": package_versions(), "environment": environment(Path(CONF_DIR).parent),
+                     "git": git_state(Path(CONF_DIR).parent), "machine": machine()},
             "config": config,
         }
         for target in (path, run_dir / "result.json"):
