@@ -85,7 +85,7 @@ def test_humaneval_canonical_solutions_pass_and_pass_at_k_is_human_evals(suite):
     problems = humaneval.load_problems(str(suite["humaneval"]))
     settings = SandboxSettings(timeout_s=3.0)
     right = [[p["canonical_solution"]] for p in problems]
-    assert humaneval.score(problems, right, [1], settings)[0] == {"humaneval/pass@1": 100.0}
+    assert humaneval.score(problems, right, [1], settings)[0] == {"humaneval/pass@1": 100.0, "humaneval/suspicious": 0.0}
     wrong = "    return None\n"
     fenced = [["Here it is:\n```python\n" + p["canonical_solution"] + "```\n"] for p in problems]  # first block kept
     assert humaneval.score(problems, fenced, [1], settings)[0]["humaneval/pass@1"] == 100.0

@@ -154,7 +154,8 @@ def test_hanging_solution_fails_within_timeout(scored):
 
 def test_metrics_per_library(scored):
     metrics, missing, _ = scored
-    assert metrics == {"ds1000/numpy": pytest.approx(40.0), "ds1000/pandas": pytest.approx(50.0)}
+    assert metrics == {"ds1000/numpy": pytest.approx(40.0), "ds1000/pandas": pytest.approx(50.0),
+                       "ds1000/suspicious": 0.0}
     assert missing["ds1000/tensorflow"] == "no Tensorflow problems in the problem set"
     assert set(missing) == {f"ds1000/{lib.lower()}" for lib in ds1000.LIBRARIES if lib not in ("Numpy", "Pandas")} | {
         "ds1000/average"}
@@ -176,7 +177,7 @@ def test_library_not_installed(monkeypatch):
     assert ds1000.missing_libraries()["Pandas"] == (
         "module rankmix_no_such_module is not installed (pip install '.[ds1000]')")
     metrics, missing, records = ds1000.score([NUMPY, PANDAS], [NUMPY["reference_code"]] * 2, SETTINGS)
-    assert metrics == {"ds1000/numpy": 100.0}
+    assert metrics == {"ds1000/numpy": 100.0, "ds1000/suspicious": 0.0}
     assert "rankmix_no_such_module is not installed" in missing["ds1000/pandas"]
     assert "ds1000/pandas" in missing["ds1000/average"]
     assert records[1]["status"] == "not run" and "rankmix_no_such_module" in records[1]["detail"]

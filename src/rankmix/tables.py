@@ -8,7 +8,8 @@ converts ours to the unit the paper prints (parameters in millions, seconds to h
 the paper's "28.3M" / "8.0h" / "29G" as numbers; ``column`` reads another column of the paper's row than
 ``value``. A metric the run's evaluation left out (``evaluation.missing`` of its JSON, e.g. SPICE without its
 Java models) shows as "missing: <reason>", never as a number. Runs without cells list their metrics with no
-paper value.
+paper value. A run whose model-written code ran without isolation (``evaluation.sandbox.isolated`` false) or had
+samples flagged suspicious (``<benchmark>/suspicious`` metrics) is named under the table.
 
 Two table-level options summarise runs against each other:
 
@@ -178,6 +179,20 @@ def rating_rows(out_dir: Path, spec: dict, paper_dir: Path, scale: str) -> list[
     return rows
 
 
+def sandbox_notes(runs: list[dict]) -> list[str]:
+    """Markdown lines naming the runs whose model-written code ran unisolated or was flagged suspicious."""
+    lines = []
+    for r in runs:
+        key = r["run"]["key"]
+        if r.get("evaluation", {}).get("sandbox", {}).get("isolated") is False:
+            lines.append(f"- `{key}`: model-written code ran WITHOUT isolation (task.sandbox.allow_unisolated=true)")
+        flagged = {k.split("/")[-2]: int(v) for k, v in r["metrics"].items() if k.endswith("/suspicious") and v}
+        if flagged:
+            lines.append(f"- `{key}`: suspicious samples, not counted as passes: "
+                         + ", ".join(f"{name} {n}" for name, n in sorted(flagged.items())))
+    return ["", "Sandbox (rankmix.benchmarks.sandbox):", "", *lines] if lines else []
+
+
 def build_table(table_id: str, results_dir: Path, paper_dir: Path) -> Path:
     """Write ``results/<id>/table.{md,csv}`` from the finished runs' JSONs; returns the markdown path."""
     out_dir = Path(results_dir) / table_id
@@ -223,6 +238,7 @@ def build_table(table_id: str, results_dir: Path, paper_dir: Path) -> Path:
         if reasons:
             md += ["", "Missing (left out by the evaluation, not substituted):", ""]
             md += [f"- {cell}: {reason}" for cell, reason in reasons]
+    md += sandbox_notes(runs)
     if runs:
         names = sorted({k for r in runs for k in r["metrics"] if k.count("/") == 1})
         md += ["", "Run summary:", "",

