@@ -125,7 +125,7 @@ def test_fsdp_strategy_is_built_with_wrap_classes():
     from transformers.models.llama.modeling_llama import LlamaDecoderLayer
 
     cfg = (compose("trainer=fsdp"))
-    strategy = build_strategy(OmegaConf.to_container(cfg.trainer.strategy))
+    strategy = build_strategy(OmegaConf.to_container(cfg.trainer.strategy, resolve=True))
     assert isinstance(strategy, FSDPStrategy)
     assert strategy.kwargs["use_orig_params"] is True
     assert LlamaDecoderLayer in strategy.kwargs["auto_wrap_policy"]._module_classes

@@ -161,6 +161,71 @@ def build_seq2seq(spec: Mapping, tokenizer) -> torch.nn.Module:
     return build_backbone(spec, tokenizer, AutoModelForSeq2SeqLM, extra)
 
 
+CHECKPOINTING = ("none", "reentrant", "non_reentrant")
+
+
+def block_classes(model: torch.nn.Module) -> list[str]:
+    """The import paths of ``model``'s own transformer blocks: the classes transformers checkpoints one at a time
+    (``GradientCheckpointingLayer``: LlamaDecoderLayer, CLIPEncoderLayer, GPT2Block, ...) and, in a diffusers
+    model, the block classes of its ``_no_split_modules`` (SDXL's UNet: BasicTransformerBlock, ResnetBlock2D).
+    ``backbone.fsdp_blocks`` lists them per backbone for FSDP's wrap policy (conf/trainer/fsdp.yaml); the
+    outermost such modules count, blocks nested in a block do not."""
+    from transformers.modeling_layers import GradientCheckpointingLayer
+
+    found, inside = set(), set()
+    unsplit = {name for m in model.modules() if not hasattr(m, "supports_gradient_checkpointing")
+               for name in getattr(m, "_no_split_modules", None) or ()}   # diffusers' models
+    for module in model.modules():
+        if id(module) in inside:
+            continue
+        if isinstance(module, GradientCheckpointingLayer) or type(module).__name__ in unsplit:
+            found.add(f"{type(module).__module__}.{type(module).__qualname__}")
+            inside.update(id(m) for m in module.modules())
+    return sorted(found)
+
+
+def enable_activation_checkpointing(model: torch.nn.Module, mode: str) -> list[str]:
+    """Activation checkpointing of every model inside ``model`` by its library's own switch (``backbone.
+    activation_checkpointing``): transformers' ``activation_checkpointing_enable`` (each transformer block's
+    forward rerun in backward) on every outermost ``PreTrainedModel`` (a LLaVA model's LLM and vision tower both),
+    diffusers' ``enable_gradient_checkpointing`` on a UNet; models without a trainable parameter are left as they are. ``reentrant`` (``torch.utils.checkpoint`` with
+    ``use_reentrant=True``: LLaMA-Factory's and XTuner's setting) also makes the input embeddings require grad
+    (transformers' ``enable_input_require_grads``), without which a reentrant block of a frozen backbone passes no
+    gradient to its adapters. Returns the class names of the models it switched on."""
+    import functools
+
+    from transformers import PreTrainedModel
+
+    mode = str(mode).lower()
+    if mode not in CHECKPOINTING:
+        raise ConfigError("backbone.activation_checkpointing", mode, f"must be one of {', '.join(CHECKPOINTING)}")
+    if mode == "none":
+        return []
+    reentrant = mode == "reentrant"
+    done, inside = [], set()
+    for module in model.modules():
+        if id(module) in inside or not any(p.requires_grad for p in module.parameters()):
+            continue   # a frozen model (a VQA row's ViT, SDXL's text encoders) keeps no activations for backward
+        if isinstance(module, PreTrainedModel) and module.supports_gradient_checkpointing:
+            module.activation_checkpointing_enable({"use_reentrant": reentrant})
+            if reentrant:
+                module.enable_input_require_grads()
+        elif getattr(module, "_supports_gradient_checkpointing", False):   # a diffusers model
+            if reentrant:   # its blocks' inputs (latents) never require grad: reentrant blocks would pass none
+                raise ConfigError("backbone.activation_checkpointing", mode, f"{type(module).__name__} (diffusers) "
+                                  "checkpoints with non_reentrant only, as diffusers does by default")
+            module.enable_gradient_checkpointing(functools.partial(torch.utils.checkpoint.checkpoint,
+                                                                   use_reentrant=reentrant))
+        else:
+            continue
+        done.append(type(module).__name__)
+        inside.update(id(m) for m in module.modules())
+    if not done:
+        raise ConfigError("backbone.activation_checkpointing", mode,
+                          f"{type(model).__name__} holds no model with its own activation checkpointing; use none")
+    return done
+
+
 def build_backbone(spec: Mapping, tokenizer, auto_class=AutoModelForCausalLM, extra_config: Mapping | None = None
                    ) -> torch.nn.Module:
     """The causal LM (or ``auto_class`` model) described by ``spec`` (see module docstring), in ``spec.dtype``."""

@@ -16,6 +16,7 @@ import torch
 from torch import nn
 from transformers.pytorch_utils import Conv1D
 
+from rankmix.adapters.recompute import recomputing
 from rankmix.errors import ConfigError, NotMergeableError
 
 SUPPORTED_BASE_LAYERS = (nn.Linear, Conv1D)
@@ -69,6 +70,7 @@ class AdapterLayer(nn.Module):
             p.requires_grad_(False)
         self.merged = False
         self.context: dict = {}  # per-call inputs, see rankmix.adapters.context
+        self.forward_values: dict = {}  # what the last forward used, for its recomputation (forward_value)
 
     @classmethod
     def check_options(cls, options: dict) -> None:
@@ -99,6 +101,24 @@ class AdapterLayer(nn.Module):
         return self.trainable_parameters()
 
     # -- shared behaviour ------------------------------------------------------------------------
+    def forward_value(self, key: str, compute):
+        """``compute()`` in a forward, remembered under ``key``; in activation checkpointing's recomputation of
+        that forward (``rankmix.adapters.recompute``) the remembered value, so both runs route alike."""
+        if recomputing() and key in self.forward_values:
+            return self.forward_values[key]
+        self.forward_values[key] = value = compute()
+        return value
+
+    def call_context(self) -> dict:
+        """The per-call inputs of this forward (``self.context``); a recomputation inside backward, which runs
+        after the ``adapter_context`` block has closed, gets those of the forward it recomputes."""
+        return self.forward_value("context", lambda: self.context)
+
+    def updates_state(self) -> bool:
+        """Whether this forward may count tokens and move buffers: not a recomputation, which would count every
+        token a second time."""
+        return not recomputing()
+
     def forward(self, x: torch.Tensor, *args, **kwargs) -> torch.Tensor:
         y = self.base_layer(x, *args, **kwargs)
         if self.merged:

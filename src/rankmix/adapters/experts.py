@@ -12,6 +12,7 @@ import torch
 from torch import nn
 
 from rankmix.adapters.base import AdapterLayer, positive_int, probability
+from rankmix.distributed import data_parallel_sum
 
 
 class ExpertBankLayer(AdapterLayer):
@@ -41,12 +42,18 @@ class ExpertBankLayer(AdapterLayer):
         return torch.einsum("ter,eor->to", h, self.experts_B)
 
     def record_load(self, weights: torch.Tensor) -> None:
-        """Accumulate the per-expert gate mass (for routing plots); weights: T × E."""
+        """Accumulate the per-expert gate mass (for routing plots); weights: T × E. Not in checkpointing's
+        recomputation of a forward, which would count its tokens twice."""
+        if not self.updates_state():
+            return
         with torch.no_grad():
-            w = weights.detach().float()
-            self.expert_load += w.sum(0)
-            self.entropy_sum += -torch.special.xlogy(w, w).sum()
-            self.token_count += w.shape[0]
+            w = weights.detach().to(torch.promote_types(self.expert_load.dtype, torch.float32))
+            stats = torch.cat([w.sum(0), -torch.special.xlogy(w, w).sum().view(1), w.new_full((1,), w.shape[0])])
+            if self.training:   # the statistics of the global batch on every data-parallel rank
+                data_parallel_sum(stats)
+            self.expert_load += stats[:self.num_experts]
+            self.entropy_sum += stats[self.num_experts]
+            self.token_count += stats[self.num_experts + 1]
 
     def routing_stats(self) -> dict:
         """Per-expert gate mass and the mean per-token gate entropy since the last reset."""

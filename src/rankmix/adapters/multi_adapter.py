@@ -63,7 +63,7 @@ class MultiAdapterLayer(BottleneckLayer):
         return {"task_ids"} | ({"x_r"} if any(fn != "none" for fn in self.fns.values()) else set())
 
     def task_ids(self, h: torch.Tensor) -> torch.Tensor:
-        ids = self.context.get("task_ids")
+        ids = self.call_context().get("task_ids")
         if ids is None:
             raise RuntimeError(
                 "multi_adapter: each example needs its task; wrap the model call in "

@@ -91,7 +91,7 @@ def routing_context(model: nn.Module, x_r: torch.Tensor):
 
 def visual_input(layer: AdapterLayer, h: torch.Tensor) -> torch.Tensor:
     """x_R from ``layer.context`` as (B, Lv, d), checked against the bottleneck input h (B, ..., d)."""
-    x_r = layer.context.get("x_r")
+    x_r = layer.call_context().get("x_r")
     if x_r is None:
         raise RuntimeError(
             f"{layer.method}: this layer routes with visual features x_R, but none were given; wrap the model "

@@ -131,13 +131,14 @@ class SMoLALayer(AdapterLayer):
 
     def _masks(self, shape: torch.Size, device: torch.device) -> dict[str, torch.Tensor]:
         """The token mask of each block, all (B, L) bool."""
-        real = self.context.get("attention_mask")
+        context = self.call_context()
+        real = context.get("attention_mask")
         real = torch.ones(shape, dtype=torch.bool, device=device) if real is None else real.to(device).bool()
         if real.numel() != shape.numel():
             raise ValueError(f"smola: attention_mask of shape {tuple(real.shape)} does not match tokens {tuple(shape)}")
         masks = {"mm": real.reshape(shape)}
         if self.variant == "o":
-            modality = self.context.get("modality_masks")
+            modality = context.get("modality_masks")
             if modality is None:
                 raise RuntimeError(
                     "smola variant 'o' needs per-token modality masks: wrap the call in "
@@ -153,7 +154,8 @@ class SMoLALayer(AdapterLayer):
         tokens = x.to(self.smola_left.dtype).reshape(-1, *x.shape[-2:])  # (L, d) is one sequence
         masks = self._masks(tokens.shape[:2], x.device)
         results = {key: soft_mixture(block, tokens, masks[key]) for key, block in self.blocks.items()}
-        self.last_routing = {key: stats for key, (_, stats) in results.items()}
+        if self.updates_state():
+            self.last_routing = {key: stats for key, (_, stats) in results.items()}
         out = sum(block_out for block_out, _ in results.values())
         return out.reshape(*x.shape[:-1], self.out_features)
 

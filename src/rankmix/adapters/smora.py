@@ -36,6 +36,7 @@ from torch import nn
 
 from rankmix.adapters.base import AdapterLayer, choice, positive_int, probability
 from rankmix.adapters.registry import register
+from rankmix.distributed import data_parallel_sum
 from rankmix.errors import ConfigError
 from rankmix.kernels import reference
 
@@ -116,7 +117,8 @@ class SMoRALayer(AdapterLayer):
     def delta(self, x: torch.Tensor) -> torch.Tensor:
         shape = x.shape
         xd = self.dropout(x.to(self.lora_A.weight.dtype)).reshape(-1, self.in_features)
-        args = (self.lora_A.weight, self.lora_B.weight, self.router.weight, self.expert_bias().to(xd.dtype))
+        bias = self.forward_value("expert_bias", lambda: self.expert_bias().clone())   # as routed, also when recomputed
+        args = (self.lora_A.weight, self.lora_B.weight, self.router.weight, bias.to(xd.dtype))
         backend = self.resolve_backend(xd)
         if backend == "triton":
             from rankmix.kernels.smora_triton import SMoRATriton
@@ -128,7 +130,8 @@ class SMoRALayer(AdapterLayer):
         else:
             fn = reference.smora_gather if backend == "gather" else reference.smora_dense
             out, idx, gates = fn(xd, *args, self.k_experts, self.rank_partition, self.gate, self.scaling)
-        self._count(idx, gates.detach(), shape[:-1])
+        if self.updates_state():
+            self._count(idx, gates.detach(), shape[:-1])
         return out.reshape(*shape[:-1], self.out_features)
 
     def rank_indices(self, idx: torch.Tensor) -> torch.Tensor:
@@ -138,17 +141,25 @@ class SMoRALayer(AdapterLayer):
 
     @torch.no_grad()
     def _count(self, idx: torch.Tensor, gates: torch.Tensor, token_shape: torch.Size) -> None:
+        """Per-rank token counts c of this forward (Eq. 7), summed over the data-parallel group in training, so
+        that every rank moves the bias by the counts of the global batch."""
         keep = None
-        mask = self.context.get("attention_mask")
+        mask = self.call_context().get("attention_mask")
         if not self.count_padding and mask is not None and tuple(mask.shape) == tuple(token_shape):
             keep = mask.reshape(-1).bool()
             idx, gates = idx[keep], gates[keep]
-        p = gates.float() / gates.float().sum(-1, keepdim=True)
-        self.entropy_sum += -torch.special.xlogy(p, p).sum()
-        self.token_count += gates.shape[0]
+        p = gates.to(torch.promote_types(self.load_counts.dtype, torch.float32))
+        p = p / p.sum(-1, keepdim=True)
         chosen = self.rank_indices(idx)
-        counts = torch.bincount(chosen.reshape(-1), minlength=self.r).to(self.load_counts.dtype)
+        stats = torch.cat([torch.bincount(chosen.reshape(-1), minlength=self.r).to(self.load_counts.dtype),
+                           (-torch.special.xlogy(p, p).sum()).to(self.load_counts.dtype).view(1),
+                           self.load_counts.new_full((1,), gates.shape[0])])
+        if self.training:
+            data_parallel_sum(stats)
+        counts = stats[:self.r]
         self.load_counts += counts
+        self.entropy_sum += stats[self.r]
+        self.token_count += stats[self.r + 1]
         if not self.training or self.bias_update == "none":
             return
         if self.bias_update == "per_forward":

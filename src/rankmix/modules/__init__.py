@@ -1,5 +1,6 @@
 """The LightningModules, one per kind of benchmark (``task.kind``), each on ``base.AdapterModule``, and the builder of
-each: ``build(cfg, run_dir)`` gives (LightningModule, data module, injection report, the adapted model)."""
+each: ``build(cfg, run_dir)`` gives (LightningModule, data module, injection report, the adapted model), with the
+backbone's activation checkpointing (``backbone.activation_checkpointing``) switched on as the row says."""
 
 from __future__ import annotations
 
@@ -23,5 +24,9 @@ def build(cfg, run_dir):
     kind = cfg.task.get("kind", "causal_lm")
     if kind not in BUILDERS:
         raise ConfigError("task.kind", kind, f"unknown; kinds: {', '.join(BUILDERS)}")
+    from rankmix.backbones import enable_activation_checkpointing
+
     module, _, function = BUILDERS[kind].partition(":")
-    return getattr(importlib.import_module(module), function)(cfg, run_dir)
+    built = getattr(importlib.import_module(module), function)(cfg, run_dir)
+    enable_activation_checkpointing(built[0], cfg.backbone.get("activation_checkpointing", "none"))
+    return built

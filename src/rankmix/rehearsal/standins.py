@@ -539,3 +539,38 @@ def build_projector_standin(hub_id: str, file: str, vision: Path, llm: Path,
     torch.save({"meta": {"stand-in": hub_id}, "state_dict": state}, tmp)
     tmp.rename(path / file)
     return path
+
+
+def part_models(parts: dict[str, str], width: str = "reduced") -> dict[str, torch.nn.Module]:
+    """``{key: model}`` for a composed backbone's hub parts (``rankmix.rehearsal.run.pretrained_parts``), each its
+    stand-in's architecture built on the ``meta`` device (no memory, no weights): what a row trains, part by part.
+    An SDXL pipeline gives its UNet and both text encoders; the separate VAE gives its autoencoder."""
+    from transformers import (
+        AutoModel,
+        AutoModelForCausalLM,
+        CLIPTextConfig,
+        CLIPTextModel,
+        CLIPTextModelWithProjection,
+    )
+
+    from rankmix.rehearsal import pipelines
+
+    out = {}
+    with torch.device("meta"):
+        for key, hub in parts.items():
+            if pipelines.PIPELINES.get(hub) == "sdxl":
+                from diffusers import UNet2DConditionModel
+
+                text, text_2 = pipelines.text_configs(width)
+                out[f"{key}.unet"] = UNet2DConditionModel.from_config(pipelines.unet_config(width))
+                out[f"{key}.text_encoder"] = CLIPTextModel(CLIPTextConfig(**text))
+                out[f"{key}.text_encoder_2"] = CLIPTextModelWithProjection(CLIPTextConfig(**text_2))
+            elif pipelines.PIPELINES.get(hub) == "vae":
+                from diffusers import AutoencoderKL
+
+                out[key] = AutoencoderKL.from_config(pipelines.vae_config(width))
+            else:
+                spec = _spec(hub)
+                auto = AutoModelForCausalLM if spec.auto_class == "AutoModelForCausalLM" else AutoModel
+                out[key] = auto.from_config(standin_config(hub, width))
+    return out
