@@ -1,10 +1,13 @@
-"""Lightning callbacks for reliable runs: stop on a non-finite loss, reseed every epoch for exact resume."""
+"""Lightning callbacks for reliable runs: stop on a non-finite loss, reseed every epoch for exact resume; and the
+cost of each training step (``StepCost``)."""
 
 from __future__ import annotations
 
 import json
 import math
 import random
+import signal
+import time
 from pathlib import Path
 
 import lightning.pytorch as pl
@@ -144,3 +147,142 @@ class TrainingModes(pl.Callback):
         if self.seen is None:
             modes = [m.training for m in pl_module.modules()]
             self.seen = {"train": sum(modes), "eval": len(modes) - sum(modes)}
+
+
+class StepCost(pl.Callback):
+    """Seconds, tokens and peak accelerator memory of each training batch (forward, backward and, on the batch
+    that completes an accumulation, the optimizer step), written as a JSON list to ``path`` when fitting ends.
+    Tokens are the batch's attention-mask ones (its ``input_ids`` size without a mask; 0 for batches of
+    neither). ``make gpu-check`` adds it to a rehearsal row (``+callbacks.step_cost._target_=...``)."""
+
+    def __init__(self, path: str):
+        self.path, self.steps, self._t0 = Path(path), [], 0.0
+
+    @staticmethod
+    def _sync():
+        if torch.cuda.is_available():
+            torch.cuda.synchronize()
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+        self._sync()
+        if torch.cuda.is_available():
+            torch.cuda.reset_peak_memory_stats()
+        self._t0 = time.perf_counter()
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+        self._sync()
+        seconds = time.perf_counter() - self._t0
+        mask = batch.get("attention_mask") if isinstance(batch, dict) else None
+        ids = batch.get("input_ids") if isinstance(batch, dict) else None
+        tokens = int(mask.sum()) if mask is not None else (ids.numel() if ids is not None else 0)
+        peak = torch.cuda.max_memory_allocated() / 2**20 if torch.cuda.is_available() else None
+        self.steps.append({"batch": batch_idx, "seconds": round(seconds, 4), "tokens": tokens,
+                           "peak_mb": round(peak, 1) if peak is not None else None})
+
+    def on_fit_end(self, trainer, pl_module):
+        if trainer.is_global_zero:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            self.path.write_text(json.dumps(self.steps, indent=1) + "\n")
+
+
+class SlurmRequeue(pl.Callback):
+    """SLURM's requeue signal (``SLURMEnvironment.requeue_signal``, SIGUSR1 unless set), acted on by Lightning's own
+    handler (hpc checkpoint ``<run dir>/hpc_ckpt_<n>.ckpt``, then ``scontrol requeue <job id>`` from rank 0) at the
+    next optimizer-step boundary instead of wherever the signal lands.
+
+    Lightning runs that handler inside the signal handler: in the middle of an optimizer step (parameters updated,
+    step counter not yet), of a gradient accumulation (the accumulated gradients are not saved) or of a validation,
+    whose checkpoints do not resume to the uninterrupted run. ``listen()`` (before the Trainer exists) records the
+    signal instead; Lightning then installs no handler of its own on it. At the start of the next training batch
+    that begins an optimizer step, all ranks agree that one of them got it and Lightning's handler runs there; a
+    signal that comes after the last training batch is acted on when training ends. The checkpoint also keeps the
+    global RNG states, set again when the resumed run reaches the same batch (dropout continues as it would have).
+
+    Resuming such a mid-epoch checkpoint, Lightning restores the training loader's position (``ResumableLoader``)
+    only when it sets the loader up after the restore; a module whose ``configure_optimizers`` reads
+    ``trainer.estimated_stepping_batches`` (rankmix's schedules) has it set up before. ``on_train_start`` hands the
+    loader its saved position then, and restarts its pass at the resumed epoch.
+    """
+
+    received: int | None = None  # the signal this process got and has not acted on yet
+
+    @classmethod
+    def listen(cls) -> None:
+        """Record the requeue signal from now on, where Lightning would requeue the job: a SLURM batch job."""
+        from lightning.fabric.plugins.environments import SLURMEnvironment
+
+        env = SLURMEnvironment()
+        if SLURMEnvironment.detect() and env.auto_requeue and env.requeue_signal is not None:
+            try:
+                signal.signal(env.requeue_signal, cls._record)
+            except ValueError:  # not the main thread: Lightning's own handling applies
+                pass
+
+    @classmethod
+    def _record(cls, signum, frame) -> None:
+        cls.received = signum
+
+    def __init__(self):
+        self._saving = False
+        self._rng: dict | None = None  # global RNG states to set again, from the checkpoint resumed
+        self._loader_states: list | None = None  # the training loader's position in that checkpoint
+
+    def _requeue(self, trainer) -> None:
+        signum, SlurmRequeue.received = SlurmRequeue.received, None
+        self._saving = True
+        try:
+            trainer._signal_connector._slurm_sigusr_handler_fn(signum or signal.SIGUSR1, None)
+        finally:
+            self._saving = False
+
+    def _agreed(self, trainer) -> bool:
+        return trainer.strategy.reduce_boolean_decision(SlurmRequeue.received is not None, all=False)
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+        if self._rng is not None:  # the batch the requeue checkpoint was written at
+            _set_rng_states(self._rng)
+            self._rng = None
+        if trainer.fit_loop.epoch_loop.batch_progress.current.processed % trainer.accumulate_grad_batches == 0 \
+                and self._agreed(trainer):
+            self._requeue(trainer)
+
+    def on_train_end(self, trainer, pl_module):
+        if self._agreed(trainer):
+            self._requeue(trainer)
+
+    def on_save_checkpoint(self, trainer, pl_module, checkpoint):
+        if self._saving:
+            checkpoint["global_rng"] = _rng_states()
+
+    def on_load_checkpoint(self, trainer, pl_module, checkpoint):
+        self._rng = checkpoint.get("global_rng")
+        self._loader_states = checkpoint.get("loops", {}).get("fit_loop", {}).get("state_dict", {}).get("combined_loader")
+
+    def on_train_start(self, trainer, pl_module):
+        from lightning.fabric.utilities.data import _set_sampler_epoch
+
+        fit, states, self._loader_states = trainer.fit_loop, self._loader_states, None
+        if states and fit.restarting and fit._combined_loader is not None:
+            for loader in fit._combined_loader.flattened:
+                _set_sampler_epoch(loader, trainer.current_epoch)
+            fit._combined_loader._load_state_dicts(states)
+            iter(fit._data_fetcher)  # the pass the epoch resumes, from the saved position
+
+
+def _rng_states() -> dict:
+    """The global RNG states (Python, NumPy, torch CPU and CUDA), as plain types a ``weights_only`` load accepts."""
+    kind, keys, pos, has_gauss, gauss = np.random.get_state()
+    states = {"python": random.getstate(), "numpy": [kind, keys.tolist(), pos, has_gauss, gauss],
+              "torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        states["cuda"] = torch.cuda.get_rng_state_all()
+    return states
+
+
+def _set_rng_states(states: dict) -> None:
+    random.setstate(states["python"])
+    kind, keys, pos, has_gauss, gauss = states["numpy"]
+    np.random.set_state((kind, np.array(keys, dtype=np.uint32), pos, has_gauss, gauss))
+    torch.set_rng_state(states["torch"])
+    if "cuda" in states and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(states["cuda"])

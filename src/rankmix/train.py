@@ -1,8 +1,9 @@
 """Training entry: ``python -m rankmix.train [group=option ...] [key=value ...]`` (Hydra; ``-m`` for sweeps).
 
 Composes the config, builds backbone → injects the adapter method → builds the task's data module and
-LightningModule → fits (resuming from the run's ``last.ckpt`` when one exists) → tests → writes one
-result JSON per run (atomically) and rebuilds the run's results table.
+LightningModule → fits (resuming from the run's newest checkpoint when one exists: ``last.ckpt``, or a SLURM
+requeue's ``hpc_ckpt_<n>.ckpt``) → tests the final (or the selected best) weights → writes one result JSON per
+run (atomically) and rebuilds the run's results table.
 """
 
 from __future__ import annotations
@@ -57,12 +58,15 @@ def build_trainer(cfg: DictConfig, run_dir: Path, extra_callbacks: list | None =
     checkpoint selection, e.g. MoSLoRA's ``load_best_model_at_end``) also validation every ``every_n_steps``
     optimizer steps and a ModelCheckpoint that keeps the weights with the best ``monitor``."""
     import lightning.pytorch as pl
+    from lightning.fabric.plugins.environments import SLURMEnvironment
     from lightning.pytorch.callbacks import ModelCheckpoint
 
-    from rankmix.callbacks import TrainingModes
+    from rankmix.callbacks import SlurmRequeue, TrainingModes
     from rankmix.distributed import build_strategy
 
     callbacks = [instantiate(c) for c in (cfg.get("callbacks") or {}).values() if c] + [TrainingModes()]
+    if SLURMEnvironment.detect():  # a SLURM batch job (srun's tasks included): Lightning requeues it
+        callbacks.append(SlurmRequeue())
     callbacks += extra_callbacks or []
     loggers = [instantiate(lg) for lg in (cfg.get("logger") or {}).values() if lg]
     kwargs = OmegaConf.to_container(cfg.trainer, resolve=True)
@@ -159,6 +163,7 @@ def fit_and_test(cfg: DictConfig, run_dir: Path, chash: str) -> tuple[dict, dict
     fit_started = time.time()
     trainer.fit(module, datamodule=dm, ckpt_path=resume)
     fit_s = time.time() - fit_started
+    drop_hpc_checkpoints(trainer, run_dir)
     final_loss = trainer.callback_metrics.get("train/loss_epoch")
     best_path, selection = selected_checkpoint(cfg, trainer)
     tested = trainer.test(module, datamodule=dm, verbose=False, ckpt_path=best_path)
@@ -182,6 +187,7 @@ def fit_and_test(cfg: DictConfig, run_dir: Path, chash: str) -> tuple[dict, dict
             "accelerator": type(trainer.accelerator).__name__,
             "live_models_at_fit": live,
             "devices": trainer.num_devices,
+            "cluster_environment": type(trainer._accelerator_connector.cluster_environment).__name__,  # who starts ranks
         },
     }
     if selection is not None:
@@ -238,37 +244,65 @@ def record_data_fingerprint(cfg: DictConfig) -> None:
             cfg.data_fingerprint = found
 
 
+def hpc_checkpoints(run_dir: Path) -> list[Path]:
+    """The checkpoints Lightning wrote on SLURM's requeue signal (``<run dir>/hpc_ckpt_<n>.ckpt``)."""
+    return sorted(run_dir.glob("hpc_ckpt_*.ckpt"))
+
+
 def _resumable_checkpoint(run_dir: Path, chash: str, fresh: bool = False) -> str | None:
-    """``last.ckpt`` when it exists, loads, and was written by this very configuration.
+    """The newest checkpoint of this very configuration that loads: ``checkpoints/last.ckpt`` (an epoch's end) or
+    an hpc checkpoint (a SLURM requeue, at a step boundary), whichever holds more optimizer steps (on a tie:
+    ``last.ckpt``).
 
     Checkpoints of another configuration (an edited experiment file keeps the run's folder) and files cut
     short by a kill are set aside, never resumed; ``fresh`` (``rerun=true``) removes this configuration's own.
     """
     ckpt_dir, stamp = run_dir / "checkpoints", run_dir / "config_hash.txt"
     previous = stamp.read_text().strip() if stamp.is_file() else None
-    if ckpt_dir.is_dir() and previous != chash:
+    if (ckpt_dir.is_dir() or hpc_checkpoints(run_dir)) and previous != chash:
         aside = run_dir / f"checkpoints.stale-{previous or 'unknown'}"
         shutil.rmtree(aside, ignore_errors=True)
-        ckpt_dir.replace(aside)
-        log.warning(f"the configuration changed since {ckpt_dir} was written; moved it to {aside.name}, starting fresh")
+        if ckpt_dir.is_dir():
+            ckpt_dir.replace(aside)
+        aside.mkdir(exist_ok=True)
+        for hpc in hpc_checkpoints(run_dir):
+            hpc.replace(aside / hpc.name)
+        log.warning(f"the configuration changed since {run_dir}'s checkpoints were written; moved them to "
+                    f"{aside.name}, starting fresh")
     run_dir.mkdir(parents=True, exist_ok=True)
     stamp.write_text(chash + "\n")
     if fresh:
         discard_checkpoints(run_dir)
-    last = ckpt_dir / "last.ckpt"
-    if not last.is_file():
-        return None
     import torch
 
-    try:
-        torch.load(last, map_location="cpu", weights_only=True)
-    except Exception as e:  # noqa: BLE001  (any unreadable file means: start over)
-        aside = last.with_suffix(".ckpt.unreadable")
-        last.replace(aside)
-        log.warning(f"{last} could not be read ({type(e).__name__}); moved to {aside.name}, starting from scratch")
+    newest, newest_step = None, -1
+    for path in [ckpt_dir / "last.ckpt", *hpc_checkpoints(run_dir)]:
+        if not path.is_file():
+            continue
+        try:
+            step = int(torch.load(path, map_location="cpu", weights_only=True)["global_step"])
+        except Exception as e:  # noqa: BLE001  (any unreadable file means: not this one)
+            aside = path.with_suffix(".ckpt.unreadable")
+            path.replace(aside)
+            log.warning(f"{path} could not be read ({type(e).__name__}); moved to {aside.name}")
+            continue
+        if step > newest_step:
+            newest, newest_step = path, step
+    if newest is None:
         return None
-    log.info(f"resuming from {last}")
-    return str(last)
+    log.info(f"resuming from {newest} (optimizer step {newest_step})")
+    return str(newest)
+
+
+def drop_hpc_checkpoints(trainer: pl.Trainer, run_dir: Path) -> None:
+    """Once fitting has finished, its hpc checkpoints are superseded (the final weights are in memory and in
+    ``last.ckpt``); they are removed before anything is tested. Under SLURM, Lightning's ``test(ckpt_path=None)``
+    otherwise loads the newest hpc checkpoint instead of the weights in memory, and a requeued run would report
+    the metrics of the weights it had when the signal came."""
+    if trainer.is_global_zero:
+        for path in hpc_checkpoints(run_dir):
+            path.unlink(missing_ok=True)
+    trainer.strategy.barrier("drop_hpc_checkpoints")
 
 
 def train(cfg: DictConfig) -> float | None:
@@ -368,17 +402,22 @@ def _lightning_config_errors() -> tuple[type, ...]:
 
 
 def stop_on_sigterm(key: str) -> None:
-    """SIGTERM (a timeout, ``docker stop``, ``kill``) stops the run as Ctrl-C does: Lightning shuts down and the
-    process exits non-zero, with a line saying so; a sweep stops there. Under SLURM, Lightning's own handlers
-    (and its requeue on the signal ``--signal`` asks for) are left in charge."""
+    """SIGTERM (a timeout, ``docker stop``, ``kill``, SLURM's time limit) stops the run as Ctrl-C does: Lightning
+    shuts down and the process exits non-zero, with a line saying so (naming the SLURM job under SLURM); a sweep
+    stops there. Under SLURM, Lightning's requeue signal (SIGUSR1, which ``--signal`` asks for) is another signal:
+    it is recorded here (``SlurmRequeue``) and Lightning saves and requeues at the next step boundary; the SIGTERM
+    that SLURM sends when it then stops the job ends this process as above."""
     import signal
 
-    if os.environ.get("SLURM_JOB_ID"):
-        return
+    job = os.environ.get("SLURM_JOB_ID")
+    if job:
+        from rankmix.callbacks import SlurmRequeue
+
+        SlurmRequeue.listen()
 
     def handler(signum, frame):
-        print(f"rankmix: error: SIGTERM: stopping run {key}; its last checkpoint is kept and the same command "
-              "resumes it", file=sys.stderr, flush=True)
+        print(f"rankmix: error: SIGTERM: stopping run {key}" + (f" (SLURM job {job})" if job else "") +
+              "; its last checkpoint is kept and the same command resumes it", file=sys.stderr, flush=True)
         raise KeyboardInterrupt
 
     try:
@@ -449,11 +488,14 @@ def lock_run_dir(run_dir: Path):
 
 
 def discard_checkpoints(run_dir: Path) -> None:
-    """``rerun=true`` trains from scratch: the run's earlier checkpoints are removed, not resumed."""
+    """``rerun=true`` trains from scratch: the run's earlier checkpoints (hpc ones included) are removed, not
+    resumed."""
     ckpt_dir = run_dir / "checkpoints"
     if ckpt_dir.is_dir():
         shutil.rmtree(ckpt_dir)
         log.info(f"rerun=true: removed {ckpt_dir}; training from scratch")
+    for path in hpc_checkpoints(run_dir):
+        path.unlink()
 
 
 def live_models() -> int:

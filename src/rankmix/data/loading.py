@@ -3,8 +3,10 @@ same batches as an uninterrupted one."""
 
 from __future__ import annotations
 
+import itertools
+
 import torch
-from torch.utils.data import DataLoader, DistributedSampler
+from torch.utils.data import BatchSampler, DataLoader, DistributedSampler
 
 
 def prepared_datamodule(cfg):
@@ -20,12 +22,47 @@ def prepared_datamodule(cfg):
 
 def seeded_loader(dm, data: list, train: bool, collate_fn) -> DataLoader:
     """``data`` of data module ``dm`` (its seed, batch sizes, workers), one shard per process of its trainer
-    (one replica without a trainer), shuffled for training."""
+    (one replica without a trainer), shuffled for training; the training loader resumes mid-epoch
+    (``ResumableLoader``)."""
     trainer = dm.trainer
     world, rank = (trainer.world_size, trainer.global_rank) if trainer is not None else (1, 0)
     sampler = DistributedSampler(data, num_replicas=world, rank=rank, shuffle=train, seed=dm.seed, drop_last=False)
-    return DataLoader(data, batch_size=dm.batch_size if train else dm.eval_batch_size, sampler=sampler,
-                      collate_fn=collate_fn, num_workers=dm.num_workers, generator=torch.Generator().manual_seed(dm.seed))
+    generator = torch.Generator().manual_seed(dm.seed)
+    if not train:
+        return DataLoader(data, batch_size=dm.eval_batch_size, sampler=sampler, collate_fn=collate_fn,
+                          num_workers=dm.num_workers, generator=generator)
+    loader = ResumableLoader(data, batch_sampler=SkippableBatches(sampler, dm.batch_size, drop_last=False),
+                             collate_fn=collate_fn, num_workers=dm.num_workers, generator=generator)
+    loader.datamodule = dm
+    return loader
+
+
+class SkippableBatches(BatchSampler):
+    """A ``BatchSampler`` whose next pass can start after its first ``skip`` batches (their indices are drawn and
+    dropped: no data is read). Its length stays the epoch's."""
+
+    skip = 0
+
+    def __iter__(self):
+        skip, self.skip = self.skip, 0
+        return itertools.islice(super().__iter__(), skip, None)
+
+
+class ResumableLoader(DataLoader):
+    """A training loader that Lightning resumes mid-epoch, through its stateful-loader interface
+    (``state_dict``/``load_state_dict``, saved in every checkpoint): the state is how many batches of the current
+    epoch the trainer has trained on; after loading it, the epoch's pass starts at the next batch. A SLURM requeue
+    checkpoint, written mid-epoch, so resumes to the same batches as an uninterrupted run."""
+
+    datamodule = None
+
+    def state_dict(self) -> dict:
+        trainer = self.datamodule.trainer if self.datamodule is not None else None
+        done = trainer.fit_loop.epoch_loop.batch_progress.current.processed if trainer is not None else 0
+        return {"batches_trained": done}
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        self.batch_sampler.skip = int(state_dict.get("batches_trained", 0))
 
 
 def pad_right(seqs: list[list[int]], pad_value: int) -> tuple[torch.Tensor, torch.Tensor]:
