@@ -22,7 +22,8 @@ SCALES = ("tiny", "paper")
 # EXECUTION: where and how a run executes; in neither hash, and not in the run key when given on the command line.
 EXECUTION = ("paths", "logger", "callbacks", "hydra", "rerun", "trainer.accelerator", "trainer.devices",
              "trainer.num_nodes", "trainer.strategy", "trainer.enable_progress_bar", "trainer.log_every_n_steps",
-             "backbone.activation_checkpointing", "backbone.fsdp_blocks")   # memory and sharding, not the numbers
+             "backbone.activation_checkpointing", "backbone.fsdp_blocks",   # memory and sharding, not the numbers
+             "trainer.preflight")   # the memory check before loading (rankmix.rehearsal.preflight)
 # LABELS: how a run is named and filed; in config_hash (its result file), not in computation_hash, so a run listed
 # in two tables (SMoRA Tab. 1 and its full Tab. 5) is trained once.
 LABELS = ("table", "optimized_metric", "backbone.name", "backbone.paper_label")

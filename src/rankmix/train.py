@@ -30,6 +30,7 @@ if TYPE_CHECKING:
 from rankmix.config import check_table_id, config_hash, register_resolvers, run_key, validate
 from rankmix.data.files import atomic_open, stale_temporaries
 from rankmix.errors import ConfigError, RankmixError
+from rankmix.rehearsal import preflight
 from rankmix.results import (
     environment,
     git_state,
@@ -342,6 +343,7 @@ def train(cfg: DictConfig) -> float | None:
             write_json_atomic(path, result)
             failure_path(path).unlink(missing_ok=True)
             return _finish(cfg, result["metrics"], path)
+        preflight.check(cfg)   # the projected memory against the GPU's free memory, before any weight loads
         metrics, info, trainer = fit_and_test(cfg, run_dir, chash)
         rank = trainer.global_rank
         del trainer  # nothing of this run's model outlives it (a sweep's next run loads its own)

@@ -1,17 +1,29 @@
 """A row's cost at the true size, from the real configs: parameters, tokens per epoch, memory per GPU.
 
-- Parameters: the real language model built on the ``meta`` device (no memory) from its real config
-  (``standins.real_config``) with the row's method injected by ``rankmix.adapters.inject``: total, trainable
-  and activated per token, exact for the backbone and the adapters. Frozen vision encoders count in the total.
-  Task heads and visual projections (the VQA answer MLP, CLIP-BART's visual embedding) are left out.
+- Parameters: the real model of each part built on the ``meta`` device (no memory) from its real config
+  (``standins.real_config``) with the part's method injected by ``rankmix.adapters.inject`` (``method``, and
+  ``vision_method`` on a LLaVA vision tower): total, trainable and activated per token, exact for the backbone and
+  the adapters. Frozen vision encoders count in the total. Task heads and visual projections (the VQA answer MLP,
+  CLIP-BART's visual embedding, LLaVA's projector) are left out.
 - Tokens per epoch: the real training set's records (``TRAIN_RECORDS``) × the row's cutoff (an upper bound).
-- Memory per GPU (upper-bound estimate): frozen weights in the backbone's dtype, 16 bytes per trainable
-  parameter (fp32 weight, gradient, two Adam moments), activations of every layer for the backward pass at the
-  full cutoff and the row's micro batch without recomputation, s·b·h·(34 + 5·a·s/h) bytes per layer in 16-bit
-  precision and twice that in fp32 (Korthikanti et al., 2022, Eq. 1), and the logits in fp32 with their gradient.
+- Memory per GPU (one GPU holding the whole model, as DDP does), the sum of:
+  - weights: frozen parameters in the backbone's dtype; a 4-bit (QLoRA) base's decoder-layer linear weights at
+    ``NF4_DQ_BITS``;
+  - optimizer: 16 bytes per trainable parameter (fp32 weight, gradient and AdamW's two moments);
+  - activations, measured (``rankmix.rehearsal.memory``): bytes per token of one layer and of the fixed part of each
+    trained part at full width with the row's method, precision and checkpointing, × the row's micro batch ×
+    cutoff, × depth; with checkpointing, depth × what a checkpointed layer keeps plus one layer's recompute peak;
+  - logits: micro batch × cutoff × vocabulary × 8 bytes (fp32 for the loss, and its gradient).
+- ``python -m rankmix.rehearsal.projection --report results/rehearse/<device>.md``: the projection of every row of
+  that report recomputed from the rows' paper configs, the rehearsal's own columns kept (``main``).
 """
 
 from __future__ import annotations
+
+import argparse
+import re
+import sys
+from pathlib import Path
 
 import torch
 
@@ -22,8 +34,15 @@ TRAIN_RECORDS = {
     "coco_caption": 113_287 * 5,  # Karpathy train + restval images, 5 captions each (≈)
     # VQA + GQA train/valid (≈ 943k + 132k balanced) + NLVR2 train 86,373 + COCO captions (≈)
     "vl_multitask": 605_102 + 1_075_062 + 86_373 + 113_287 * 5,
+    "visual_instruction": 665_298,   # llava_v1_5_mix665k.json
 }
 FLAN_TASKS = 48   # SMoRA's combined_test.json
+# NF4 with double quantisation (QLoRA §3): 4 bits a weight, an 8-bit absmax per block of 64, an fp32 constant per
+# 256 of those blocks.
+NF4_DQ_BITS = 4 + 8 / 64 + 32 / (64 * 256)
+OPTIMIZER_BYTES = 16   # fp32 weight, gradient, AdamW's two moments
+LOGIT_BYTES = 8        # fp32 logits for the loss and their gradient
+CARDS_GIB = (80, 40, 24)
 
 
 def _auto_class(kind: str):
@@ -33,8 +52,8 @@ def _auto_class(kind: str):
 
 
 def _language_key(kind: str) -> str:
-    return {"vqa": "text.name_or_path", "caption": "language.name_or_path",
-            "vl_multitask": "language.name_or_path"}.get(kind, "name_or_path")
+    return {"vqa": "text.name_or_path", "caption": "language.name_or_path", "vl_multitask": "language.name_or_path",
+            "visual_instruction": "llm.name_or_path"}.get(kind, "name_or_path")
 
 
 def _records(config: dict) -> int | None:
@@ -47,60 +66,110 @@ def _records(config: dict) -> int | None:
     return TRAIN_RECORDS.get(task["name"])
 
 
-def _seq_len(config: dict) -> int:
+def _seq_len(config: dict, parts: dict[str, str]) -> int:
+    from rankmix.rehearsal.standins import real_config
+
     dm = config["task"].get("datamodule") or {}
     if config["task"]["name"] == "vl_multitask":  # question tokens + the visual tokens of an NLVR2 pair
         return int(dm.get("max_text_length", 20)) + 2 * int(dm.get("n_boxes", 36))
+    if config["task"].get("kind") == "visual_instruction":   # the image, counted as one text token, is its patches
+        vision = real_config(parts["vision.name_or_path"])
+        return int(dm["max_length"]) - 1 + (vision.image_size // vision.patch_size) ** 2
     extra = 1 if config["task"].get("kind") in ("vqa", "caption") else 0   # the image's [CLS] prefix
     return int(dm.get("max_length", 0)) + extra
 
 
-def _dims(cfg) -> tuple[int, int, int, int]:
-    """(layers, hidden, heads, vocab) of a transformers config of any of the paper architectures."""
-    layers = getattr(cfg, "num_hidden_layers", None) or (cfg.encoder_layers + cfg.decoder_layers)
-    hidden = getattr(cfg, "hidden_size", None) or getattr(cfg, "n_embd", None) or cfg.d_model
-    heads = getattr(cfg, "num_attention_heads", None) or getattr(cfg, "n_head", None) or cfg.encoder_attention_heads
-    return int(layers), int(hidden), int(heads), int(cfg.vocab_size)
+def _dtype(backbone: dict, key: str) -> str:
+    part = backbone if key == "name_or_path" else backbone[key.split(".")[0]]
+    return part.get("dtype") or backbone.get("dtype") or "float32"
+
+
+def _depth(hub: str) -> int:
+    from rankmix.rehearsal.standins import STANDINS
+
+    return int(STANDINS[hub].config[STANDINS[hub].layers[0]])
+
+
+def _trained(config: dict, key: str, language: str) -> dict | None:
+    """The method config of the part under ``key`` (None: the part is frozen)."""
+    if key == language:
+        return dict(config["method"])
+    if key == "vision.name_or_path" and config.get("vision_method"):
+        return dict(config["vision_method"])
+    return None
+
+
+def _parameters(hub: str, kind: str, method: dict | None, quantized: bool) -> dict:
+    """Parameter counts of one part at its true size (meta device), ``method`` injected where it is trained."""
+    from rankmix.adapters import adapter_layers, inject
+    from rankmix.rehearsal.standins import real_config
+
+    with torch.device("meta"):
+        model = _auto_class(kind).from_config(real_config(hub))
+        if method is None:
+            model.requires_grad_(False)
+            total = sum(p.numel() for p in model.parameters())
+            return {"total": total, "trainable": 0, "activated": 0, "quantized": 0}
+        report = inject(model, method)
+        layers = list(adapter_layers(model).values())
+    frozen = [(n, p) for n, p in model.named_parameters() if not p.requires_grad]
+    quant = sum(p.numel() for n, p in frozen if ".layers." in n and p.ndim == 2) if quantized else 0
+    trainable = report.trainable_parameters
+    return {"total": report.total_parameters, "trainable": trainable, "quantized": quant,
+            "activated": sum(layer.activated_parameters() for layer in layers) if layers else trainable}
 
 
 def project(config: dict, parts: dict[str, str]) -> dict:
     """The projection for a row's resolved ``config``; ``parts``: ``{key of name_or_path: hub id}``."""
-    from rankmix.adapters import adapter_layers, inject
-    from rankmix.rehearsal.standins import real_config
-
-    kind = config["task"].get("kind", "causal_lm")
-    hub = parts.get(_language_key(kind))
-    if hub is None:
-        return {"notes": [f"{config['task']['name']}: no hub backbone to project"]}
+    from rankmix.rehearsal.memory import at, measure
     from rankmix.rehearsal.pipelines import PIPELINES
 
+    kind = config["task"].get("kind", "causal_lm")
+    language = _language_key(kind)
+    hub = parts.get(language)
+    if hub is None:
+        return {"notes": [f"{config['task']['name']}: no hub backbone to project"]}
     if hub in PIPELINES:
         return {"notes": [f"{config['task']['name']}: a diffusers pipeline ({hub}), not projected"]}
-    real = real_config(hub)
-    with torch.device("meta"):
-        model = _auto_class(kind).from_config(real)
-        report = inject(model, dict(config["method"]))
-        layers = list(adapter_layers(model).values())
-        frozen_other = sum(sum(p.numel() for p in _auto_class("vqa").from_config(real_config(h)).parameters())
-                           for k, h in parts.items() if k != _language_key(kind))
-    trainable = report.trainable_parameters
-    activated = sum(layer.activated_parameters() for layer in layers) if layers else trainable
-    key = _language_key(kind)
-    part = config["backbone"] if key == "name_or_path" else config["backbone"][key.split(".")[0]]
-    dtype = getattr(torch, part.get("dtype") or "float32")
-    weight_bytes = (report.total_parameters - trainable) * torch.finfo(dtype).bits // 8 + frozen_other * 4
-    n_layers, hidden, heads, vocab = _dims(real)
-    s, b = _seq_len(config), int(config["task"]["datamodule"].get("batch_size") or 1)
-    half = str(config["trainer"].get("precision", "32")).startswith(("bf16", "16"))
-    activations = n_layers * s * b * hidden * (34 + 5 * heads * s / hidden) * (1 if half else 2)
-    logits = b * s * vocab * 4 * 2 if kind != "vqa" else 0
+    backbone, trainer = config["backbone"], config["trainer"]
+    precision = str(trainer.get("precision", "32-true"))
+    checkpointing = str(backbone.get("activation_checkpointing") or "none")
+    quantized = bool((backbone.get("llm") or {}).get("quantization"))
+    micro, seq = int(config["task"]["datamodule"].get("batch_size") or 1), _seq_len(config, parts)
+    weights = optimizer = activations = 0.0
+    counts, measured = {"total": 0, "trainable": 0, "activated": 0}, []
+    for key, part in parts.items():
+        if key.endswith("projector.name_or_path") or part in PIPELINES:
+            continue
+        method = _trained(config, key, language)
+        n = _parameters(part, kind if key == language else "vqa", method, quantized and key == language)
+        for k in counts:
+            counts[k] += n[k] if k != "activated" or key == language else 0
+        dtype = _dtype(backbone, key)
+        frozen = n["total"] - n["trainable"] - n["quantized"]
+        weights += frozen * torch.finfo(getattr(torch, dtype)).bits / 8 + n["quantized"] * NF4_DQ_BITS / 8
+        optimizer += OPTIMIZER_BYTES * n["trainable"]
+        if method is None:
+            continue   # a frozen part keeps nothing for backward
+        m = measure(part, dtype, precision, method, checkpointing)
+        units = micro * seq if m["unit"] == "token" else micro
+        kept = m["kept"] or m["layer"]   # with checkpointing, depth × kept + one layer's recompute peak
+        activations += at(m["fixed"], units) + _depth(part) * at(kept, units) + (at(m["layer"], units)
+                                                                                  if m["kept"] else 0)
+        measured.append({**m, "depth": _depth(part), "units_per_micro_batch": units})
+    from rankmix.rehearsal.standins import real_config
+
+    logits = 0 if kind == "vqa" else LOGIT_BYTES * micro * seq * real_config(hub).vocab_size
+    breakdown = {k: v / 2**30 for k, v in (("weights", weights), ("optimizer", optimizer),
+                                            ("activations", activations), ("logits", logits))}
+    total = sum(breakdown.values())
     records = _records(config)
     return {
-        "total": report.total_parameters + frozen_other,
-        "trainable": trainable,
-        "activated": activated,
-        "tokens_per_epoch": records * s if records else None,
-        "memory_gib": (weight_bytes + 16 * trainable + activations + logits) / 2**30,
+        **counts,
+        "tokens_per_epoch": records * seq if records else None,
+        "memory_gib": total, "memory": breakdown, "fits": [c for c in CARDS_GIB if total <= c],
+        "micro_batch": micro, "seq": seq, "checkpointing": checkpointing, "precision": precision,
+        "quantized": quantized, "measured": measured,
         "notes": ["task heads and visual projections are not in the projected parameter counts",
                   "memory: one GPU holding the whole model (DDP); FSDP/DeepSpeed shard the weights and optimizer "
                   "states over the GPUs"],
@@ -118,3 +187,49 @@ def fmt_count(n) -> str:
 
 def fmt_gib(x) -> str:
     return "—" if x is None else f"{x:.1f}"
+
+
+def fmt_fits(p: dict) -> str:
+    """The cards a projection fits on, e.g. ``80, 40``; ``none`` where it fits on none of ``CARDS_GIB``."""
+    if "fits" not in p:
+        return "—"
+    return ", ".join(str(c) for c in p["fits"]) or "none"
+
+
+def reproject(report: Path, tables: list[str] | None = None) -> Path:
+    """Recompute the projection of the rows of the rehearsal ``report`` (its ``.json`` beside it; ``tables``: only
+    theirs) from each row's paper config, keeping the rehearsal's own columns and its date. Both files are
+    rewritten after each row, so an interrupted run keeps what it measured."""
+    import json
+
+    from rankmix.rehearsal import run as rr
+
+    header = report.read_text().split("\n", 3)[2]
+    when = re.search(r"`make rehearse` at (.+?) UTC", header)
+    length = re.search(r"the length \(`([^`]*)`\)", header)
+    width = "full" if report.stem.endswith("-full") else "reduced"
+    rows = [rr.Row(**r) for r in json.loads(report.with_suffix(".json").read_text())]
+    chosen = [r for r in rows if not tables or r.table in tables]
+    for i, row in enumerate(chosen, 1):
+        print(f"rankmix: project [{i}/{len(chosen)}] {row.table} {row.experiment}", flush=True)
+        config = rr.compose_paper(row)
+        row.result["projection"] = project(config, rr.pretrained_parts(config["backbone"]))
+        row.result["settings"] = {**row.result.get("settings", {}), **rr.settings(config)}
+        rows = rr.merged(rows, report.with_suffix(".json"))
+        report.write_text(rr.report(rows, width, length.group(1).split() if length else [],
+                                    when=when.group(1) if when else None))
+    return report
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m rankmix.rehearsal.projection", description=__doc__.split("\n")[0])
+    ap.add_argument("--report", type=Path, required=True,
+                    help="a rehearsal report (results/rehearse/<device>.md) whose projections to recompute")
+    ap.add_argument("--tables", nargs="*", help="only these tables' rows (default: every row of the report)")
+    a = ap.parse_args(argv)
+    print(f"rankmix: report: {reproject(a.report, a.tables)}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

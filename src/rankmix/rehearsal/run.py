@@ -237,19 +237,21 @@ def device_name() -> str:
 
 
 def settings(config: dict) -> dict:
-    """The settings a reader checks first: lr, epochs, batch, precision, prompt."""
+    """The settings a reader checks first: lr, epochs, batch, precision, prompt, activation checkpointing."""
     dm, trainer = config["task"].get("datamodule", {}), config["trainer"]
     prompt = dm.get("prompt_template") or dm.get("prompt_format") or "—"
     return {"lr": config["optimizer"]["lr"], "epochs": trainer.get("max_epochs"),
             "batch": f"{dm.get('batch_size')}×{trainer.get('accumulate_grad_batches', 1)}",
-            "precision": trainer.get("precision"), "prompt": prompt}
+            "precision": trainer.get("precision"), "prompt": prompt,
+            "checkpointing": config["backbone"].get("activation_checkpointing", "none")}
 
 
 def rehearse(rows: list[Row], width: str, out: Path, work: Path, timeout: int = 1800,
              own: dict[str, str] | None = None, steps: int = 2, examples: int = 8,
-             batches: int | None = None) -> Path:
+             batches: int | None = None, extra: list[str] = ()) -> Path:
     """Run ``rows`` and write the report ``out``; returns its path. ``own``: data paths that replace the
-    written ones where a task reads that key (a real file of the user's)."""
+    written ones where a task reads that key (a real file of the user's); ``extra``: overrides added to every
+    row's command."""
     import torch
 
     from rankmix.rehearsal import data as rdata
@@ -272,7 +274,7 @@ def rehearse(rows: list[Row], width: str, out: Path, work: Path, timeout: int = 
                 data[row.task] = {k: (own or {}).get(k, v) for k, v in written.items()}
             overrides = row_overrides(row, parts, standins, data[row.task], readme, gpu,
                                       length_overrides(row.task, steps, examples, batches, composed["method"]))
-            overrides += projector_override(composed["backbone"], parts, standins, cache)
+            overrides += projector_override(composed["backbone"], parts, standins, cache) + list(extra)
             unquantised = not gpu and bool((composed["backbone"].get("llm") or {}).get("quantization"))
             run = [*overrides, UNQUANTISED] if unquantised else overrides
             row.result = run_row(row, run, work / f"{i:03d}", timeout)
@@ -317,27 +319,31 @@ def _per_step(run: dict) -> str:
     return f"{fit / steps:.1f}" if steps and fit is not None else "—"
 
 
-def report(rows: list[Row], width: str, length: list[str]) -> str:
-    from rankmix.rehearsal.projection import fmt_count, fmt_gib
+def report(rows: list[Row], width: str, length: list[str], when: str | None = None) -> str:
+    """The rehearsal's report; ``when``: the rehearsal's date (default now), given where only the projections
+    are recomputed (``rankmix.rehearsal.projection --report``)."""
+    from rankmix.rehearsal.memory_report import memory_sections
+    from rankmix.rehearsal.projection import fmt_count, fmt_fits, fmt_gib
     from rankmix.rehearsal.standins import LAYERS, WIDTH_DIVISOR
 
     passed = sum(r.result.get("status") == "pass" for r in rows)
     shape = "real widths" if width == "full" else f"widths ÷ {WIDTH_DIVISOR}"
+    now = time.strftime('%Y-%m-%d %H:%M', time.gmtime())
     lines = [
         f"# Rehearsal on {device_name()}: {passed}/{len(rows)} rows pass",
         "",
-        f"`make rehearse` at {time.strftime('%Y-%m-%d %H:%M', time.gmtime())} UTC: every row at `scale=paper` on "
+        f"`make rehearse` at {when or now} UTC: every row at `scale=paper` on "
         f"stand-ins of the real backbones ({LAYERS} layers, {shape}, random weights, the real tokenizers' special "
         f"tokens) and real-layout made-up data; overridden: the paths and the length (`{' '.join(length)}`). "
         "Seconds per step and peak memory are the stand-in's; on a CPU half precision runs in fp32 (shown as "
         "`bf16-mixed (CPU: 32-true)`; `rankmix.train.cpu_fallback`) and a 4-bit base unquantised (4-bit loading "
         "needs CUDA; shown as `4-bit (CPU: unquantised)`). The projection is for the real model at the "
-        "row's settings (`rankmix.rehearsal.projection`: parameter counts exact, memory an upper-bound estimate at "
-        "the full cutoff).",
+        "row's paper settings (`rankmix.rehearsal.projection`: parameter counts exact, memory per GPU from "
+        f"activation bytes measured on this machine, § Memory projection), computed at {now} UTC.",
         "",
         "| table | row | family | status | s (row) | s/step | peak MB | lr | epochs | batch | precision | prompt "
-        "| params (true size) | trainable | activated | tokens/epoch ≤ | est. GiB/GPU |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "| params (true size) | trainable | activated | tokens/epoch ≤ | checkpointing | GiB/GPU | fits (GiB) |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
         res, run = r.result, r.result.get("run") or {}
@@ -352,11 +358,12 @@ def report(rows: list[Row], width: str, length: list[str]) -> str:
             f"| {res.get('seconds', '—')} | {_per_step(run)} | {_mb(run)} | {s.get('lr', '—')} | {s.get('epochs', '—')} | {s.get('batch', '—')} "
             f"| {precision} | `{prompt}` | {fmt_count(p.get('total'))} | {fmt_count(p.get('trainable'))} "
             f"| {fmt_count(p.get('activated'))} | {fmt_count(p.get('tokens_per_epoch'))} "
-            f"| {fmt_gib(p.get('memory_gib'))} |")
+            f"| {s.get('checkpointing', '—')} | {fmt_gib(p['memory_gib']) if 'memory' in p else '—'} | {fmt_fits(p)} |")
     failed = [r for r in rows if r.result.get("status") != "pass"]
     if failed:
         lines += ["", "## Failed rows", ""]
         lines += [f"- {r.table} `{r.experiment}`: {r.result.get('error', 'not run')}" for r in failed]
+    lines += memory_sections(rows)
     notes = sorted({n for r in rows for n in (r.result.get("projection") or {}).get("notes", [])})
     if notes:
         lines += ["", "## Projection notes", ""] + [f"- {n}" for n in notes]
@@ -378,12 +385,14 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--steps", type=int, default=2, help="optimizer steps per row")
     ap.add_argument("--examples", type=int, default=8, help="evaluation records per row (instruction tasks)")
     ap.add_argument("--batches", type=int, help="training batches per epoch (default: as many as the steps need)")
+    ap.add_argument("--override", action="append", default=[], metavar="KEY=VALUE",
+                    help="a Hydra override added to every row's command (make gpu-check: its step-cost callback)")
     a = ap.parse_args(argv)
     own = dict(kv.split("=", 1) for kv in a.set)
     rows = select(all_rows(a.tables), a.rows)
     out = a.out or REPO / "results" / "rehearse" / f"{device_name()}{'' if a.width == 'reduced' else '-full'}.md"
     with tempfile.TemporaryDirectory(prefix="rankmix-rehearse-") as work:
-        rehearse(rows, a.width, out, Path(work), a.timeout, own, a.steps, a.examples, a.batches)
+        rehearse(rows, a.width, out, Path(work), a.timeout, own, a.steps, a.examples, a.batches, a.override)
     print(out.read_text())
     print(f"rankmix: report: {out}")
     return 0 if all(r.result.get("status") == "pass" for r in rows) else 1
