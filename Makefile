@@ -14,7 +14,7 @@ ROW ?=
 ROWS ?= all
 WIDTH ?= reduced
 
-.PHONY: help setup lock setup-latest run rehearse rate show-row test test-fast test-kernels test-cluster bench-kernels bench-e2e lint list-tables figures sync-wandb clean
+.PHONY: help setup lock setup-latest run rehearse rate show-row test test-fast test-kernels test-cluster bench-kernels bench-e2e kernels-compile gpu-check lint list-tables figures sync-wandb clean
 
 help: ## list the targets with one line each
 	@grep -hE '^[a-zA-Z0-9_%-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-22s %s\n", $$1, $$2}'
@@ -96,8 +96,16 @@ bench-kernels: ## time SMoRA's sparse path (Triton vs PyTorch variants) → resu
 bench-e2e: ## time to the first generated token (and its peak memory on CUDA) per SMoRA backend → results/bench/e2e-<device>.{csv,md}
 	$(OFFLINE) $(PY) -m rankmix.kernels.bench_e2e $(ARGS)
 
-test-kernels: ## the Triton kernel tests only (interpreter on CPU, compiled on a GPU)
-	$(OFFLINE) $(PY) -m pytest -m triton_interpreter $(ARGS)
+test-kernels: ## the Triton kernel tests (interpreter on CPU, compiled on a GPU; compiled for sm_80/sm_90 here), then kernels-compile's full matrix
+	$(OFFLINE) $(PY) -m pytest -m "triton_interpreter or triton_compile" $(ARGS)
+	$(PY) -m rankmix.kernels.compile_report
+
+kernels-compile: ## every Triton kernel compiled for sm_80 and sm_90 without a GPU, every autotuning config → results/bench/kernels-compile.{md,csv}
+	$(PY) -m rankmix.kernels.compile_report $(ARGS)
+
+DRY ?=
+gpu-check: ## one command for a lent GPU (≤ 8 min on an H100, each part time-boxed) → results/bench/*-<gpu>.{md,csv}; DRY=1: the same parts on the CPU
+	$(OFFLINE) $(PY) -m rankmix.kernels.gpu_check $(if $(DRY),--dry) $(ARGS)
 
 test-cluster: ## the cluster-path tests only: a submitit sweep, SLURM preemption and requeue, srun-style ranks
 	$(OFFLINE) $(PY) -m pytest -m cluster $(ARGS)

@@ -5,8 +5,9 @@ Triton kernels, eager PyTorch masked dense, ``torch.compile`` of it, the naive g
 materialised, index_add backward, as the official code), a for-loop over rank-experts, and plain LoRA-64 /
 LoRA-8 as speed references. On a GPU: Llama-2-7B layer shapes (d = 4096, and 11008 for the MLP),
 T ∈ {512, 4096, 16384}, r = 64, k = 8, bf16, CUDA-event medians after warm-up, transient peak memory and
-achieved bandwidth (ideal traffic / time). Without a GPU it says so and times the CPU variants at small
-shapes. Writes ``results/bench/kernels-<device>.csv`` and ``.md``; ratios are from this one run.
+achieved bandwidth (ideal traffic / time) against the GPU's HBM bandwidth. Without a GPU it says so and times the
+CPU variants at small shapes. Writes ``results/bench/kernels-<device>.csv`` and ``.md`` after each shape (a run
+stopped early keeps the shapes it finished); ratios are from this one run.
 """
 
 from __future__ import annotations
@@ -25,6 +26,13 @@ from rankmix.kernels import reference, smora_triton
 REPO = Path(__file__).resolve().parents[1]
 TARGETS = [  # (other variant, minimum speed-up of triton over it in fwd+bwd); lora_r = plain LoRA of rank r
     ("eager_dense", 3.0), ("compiled_dense", 1.3), ("naive_gather", 8.0), ("for_loop", 20.0), ("lora_r", 1 / 1.15)]
+HBM_SHARE = 0.75  # target: the triton variant's achieved fwd and bwd bandwidth as a share of the GPU's HBM bandwidth
+
+
+def hbm_gbps() -> float:
+    """This GPU's peak memory bandwidth in GB/s: double data rate × memory clock × bus width."""
+    props = torch.cuda.get_device_properties(0)
+    return 2 * props.memory_clock_rate * 1e3 * props.memory_bus_width / 8 / 1e9
 
 
 def for_loop(x, A, B, W, bias, k, p, gate, scale):
@@ -139,8 +147,8 @@ def main(argv=None) -> int:
                          "fwd_GBps": round(ideal["fwd"] / m["fwd_us"] / 1e3, 1),
                          "bwd_GBps": round(ideal["bwd"] / m["bwd_us"] / 1e3, 1)})
             print(f"T={s['T']:>6} d={s['d_in']}->{s['d_out']} {name:<15} fwd {m['fwd_us']:10.1f} µs  "
-                  f"bwd {m['bwd_us']:10.1f} µs  peak {m['peak_transient_mb'] or '-'} MB")
-    write(rows, a.out, device, gpu)
+                  f"bwd {m['bwd_us']:10.1f} µs  peak {m['peak_transient_mb'] or '-'} MB", flush=True)
+        write(rows, a.out, device, gpu)
     return 0
 
 
@@ -173,6 +181,10 @@ def write(rows: list[dict], out: Path, device: str, gpu: bool) -> None:
                 ratio = (same[other]["fwd_us"] + same[other]["bwd_us"]) / t
                 lines.append(f"| {key[0]}×{key[1]}→{key[2]} | {other} | {ratio:.2f}× | ≥{target:.2f}× | "
                              f"{'yes' if ratio >= target else 'no'} |")
+            for part in ("fwd", "bwd"):
+                share = same["triton"][f"{part}_GBps"] / hbm_gbps()
+                lines.append(f"| {key[0]}×{key[1]}→{key[2]} | {part} share of HBM ({hbm_gbps():.0f} GB/s) | "
+                             f"{share:.0%} | ≥{HBM_SHARE:.0%} | {'yes' if share >= HBM_SHARE else 'no'} |")
     md.write_text("\n".join(lines) + "\n")
     print(f"rankmix bench: {md.with_suffix('.csv')}")
 

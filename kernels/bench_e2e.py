@@ -8,7 +8,8 @@ at a time, and the mean peak accelerator memory of that step. The model is the o
 not depend on trained values. Variants: LoRA with SMoRA's total rank (the dense reference), and the SMoRA layer's
 backends — ``dense_masked`` (all r ranks computed, the unselected masked: the einsum form), ``gather`` (A[idx] and
 B[:, idx] gathered per token: the official indexed form in PyTorch) and, on a CUDA GPU, ``triton``. Peak memory
-is measured on CUDA only. Writes ``results/bench/e2e-<device>.csv`` and ``.md``; compare ratios within one file.
+is measured on CUDA only. Writes ``results/bench/e2e-<device>.csv`` and ``.md`` after each variant (a run stopped
+early keeps the variants it finished); compare ratios within one file.
 """
 
 from __future__ import annotations
@@ -120,9 +121,9 @@ def main(argv=None) -> int:
                          "ttft_ms_median": round(1e3 * statistics.median(times), 3),
                          "peak_mb_mean": round(statistics.mean(peaks), 2) if peaks else ""})
             print(f"{variant:<20} first token {rows[-1]['ttft_ms_mean']:9.3f} ms (mean of {len(times)})  "
-                  f"peak {rows[-1]['peak_mb_mean'] or '-'} MB")
+                  f"peak {rows[-1]['peak_mb_mean'] or '-'} MB", flush=True)
             del model
-    write(rows, a.out, name, gpu)
+            write(rows, a.out, name, gpu)
     return 0
 
 

@@ -14,9 +14,18 @@ token (which re-reads x k times) or grouping tokens by rank:
   with K = r or E (dA = dSᵀ x, dW_g = dLᵀ x, dB = dyᵀ C, dx = dS A + dL W_g): cuBLAS reads x and dy once
   each, deterministically.
 
-Everything accumulates in fp32; bf16/fp16 inputs are upcast right after loading. Block sizes are
-autotuned on CUDA and fixed otherwise, so importing this module never needs a GPU. Set
-``TRITON_INTERPRET=1`` before importing to run the kernels on the CPU (tests).
+Every ``tl.dot`` accumulates in fp32 and states its input precision (``dot_precision``): the dots that stream
+x or dy take their operands in the input dtype, so bf16/fp16 inputs multiply on the 16-bit tensor cores
+(exact products, at twice TF32's peak rate) and fp32 inputs in ``tf32x3`` (three TF32
+products: within a few fp32 ulps, so the router picks the experts an fp32 reference picks, at the tests' fp32
+tolerance); the dots whose operands are fp32 in registers (C Bᵀ, the expert spread) use TF32 for 16-bit inputs
+(it holds their operands exactly or to 10 bits, more than the inputs carry) and ``tf32x3`` for fp32 inputs. The
+CPU interpreter computes every dot in fp32, so the tests' tolerance is the compiled kernel's for fp32 inputs.
+
+Block sizes are autotuned on CUDA over ``CONFIGS``, less those that need more shared memory than the GPU has
+per block (``rankmix.kernels.compiled.shared_memory_pruner``); they are fixed otherwise, so importing this module
+never needs a GPU. Set ``TRITON_INTERPRET=1`` before importing to run the kernels on the CPU (tests);
+``rankmix.kernels.compile_report`` compiles them for sm_80 and sm_90 without a GPU.
 """
 
 from __future__ import annotations
@@ -44,6 +53,11 @@ def _pad(n: int) -> int:
     return max(16, 1 << (n - 1).bit_length())
 
 
+def dot_precision(dtype: torch.dtype) -> str:
+    """``tl.dot``'s input precision for fp32 operands when the inputs are ``dtype`` (see the module docstring)."""
+    return "tf32x3" if dtype == torch.float32 else "tf32"
+
+
 if triton is not None:
 
     @triton.jit
@@ -54,17 +68,18 @@ if triton is not None:
         return ((rr[None, :] // P) == ee[:, None]).to(tl.float32)
 
     @triton.jit
-    def _expand(g, P: tl.constexpr, E_PAD: tl.constexpr, R_PAD: tl.constexpr):
+    def _expand(g, P: tl.constexpr, E_PAD: tl.constexpr, R_PAD: tl.constexpr, F32_DOT: tl.constexpr):
         """Expert gates (BM × E_PAD) → rank gates (BM × R_PAD)."""
         if P == 1:
             return g
-        return tl.dot(g, _spread(P, E_PAD, R_PAD))
+        return tl.dot(g, _spread(P, E_PAD, R_PAD), input_precision=F32_DOT)
 
     @triton.jit
     def _fwd_kernel(x_ptr, a_ptr, b_ptr, w_ptr, bias_ptr, out_ptr, c_ptr, s_ptr, g_ptr, act_ptr, idx_ptr,
                     T, D_IN, D_OUT, R, E, scale,
                     K_E: tl.constexpr, P: tl.constexpr, SIGMOID: tl.constexpr, R_PAD: tl.constexpr,
-                    E_PAD: tl.constexpr, BM: tl.constexpr, BK: tl.constexpr, BN: tl.constexpr):
+                    E_PAD: tl.constexpr, F32_DOT: tl.constexpr, BM: tl.constexpr, BK: tl.constexpr,
+                    BN: tl.constexpr):
         rows = tl.program_id(0) * BM + tl.arange(0, BM)
         row_ok = rows < T
         rr = tl.arange(0, R_PAD)
@@ -77,13 +92,13 @@ if triton is not None:
             kk = k0 + tl.arange(0, BK)
             k_ok = kk < D_IN
             xt = tl.load(x_ptr + rows[:, None] * D_IN + kk[None, :], mask=row_ok[:, None] & k_ok[None, :],
-                         other=0.0).to(tl.float32)
+                         other=0.0)
             at = tl.load(a_ptr + rr[:, None] * D_IN + kk[None, :], mask=r_ok[:, None] & k_ok[None, :],
-                         other=0.0).to(tl.float32)
+                         other=0.0).to(xt.dtype)
             wt = tl.load(w_ptr + ee[:, None] * D_IN + kk[None, :], mask=e_ok[:, None] & k_ok[None, :],
-                         other=0.0).to(tl.float32)
-            acc_s += tl.dot(xt, tl.trans(at))
-            acc_l += tl.dot(xt, tl.trans(wt))
+                         other=0.0).to(xt.dtype)
+            acc_s += tl.dot(xt, tl.trans(at), input_precision=F32_DOT)  # the input dtype, fp32 accumulator
+            acc_l += tl.dot(xt, tl.trans(wt), input_precision=F32_DOT)
 
         bias = tl.load(bias_ptr + ee, mask=e_ok, other=0.0).to(tl.float32)
         if SIGMOID:
@@ -108,7 +123,7 @@ if triton is not None:
             top = tl.max(tl.where(chosen, score, float("-inf")), axis=1)
             ex = tl.where(chosen, tl.exp(score - top[:, None]), 0.0)
             g = ex / tl.sum(ex, axis=1)[:, None]
-        c = acc_s * _expand(g, P, E_PAD, R_PAD) * scale
+        c = acc_s * _expand(g, P, E_PAD, R_PAD, F32_DOT) * scale
 
         rs_mask = row_ok[:, None] & r_ok[None, :]
         es_mask = row_ok[:, None] & e_ok[None, :]
@@ -121,7 +136,7 @@ if triton is not None:
             n_ok = nn < D_OUT
             bt = tl.load(b_ptr + nn[:, None] * R + rr[None, :], mask=n_ok[:, None] & r_ok[None, :],
                          other=0.0).to(tl.float32)
-            y = tl.dot(c, tl.trans(bt))
+            y = tl.dot(c, tl.trans(bt), input_precision=F32_DOT)
             tl.store(out_ptr + rows[:, None] * D_OUT + nn[None, :], y.to(out_ptr.dtype.element_ty),
                      mask=row_ok[:, None] & n_ok[None, :])
 
@@ -129,7 +144,8 @@ if triton is not None:
     def _gate_bwd_kernel(dy_ptr, b_ptr, s_ptr, g_ptr, act_ptr, idx_ptr, bias_ptr, ds_ptr, dl_ptr,
                          T, D_OUT, R, E, scale,
                          K_E: tl.constexpr, P: tl.constexpr, SIGMOID: tl.constexpr, R_PAD: tl.constexpr,
-                         E_PAD: tl.constexpr, BM: tl.constexpr, BK: tl.constexpr, BN: tl.constexpr):
+                         E_PAD: tl.constexpr, F32_DOT: tl.constexpr, BM: tl.constexpr, BK: tl.constexpr,
+                         BN: tl.constexpr):
         rows = tl.program_id(0) * BM + tl.arange(0, BM)
         row_ok = rows < T
         rr = tl.arange(0, R_PAD)
@@ -141,10 +157,10 @@ if triton is not None:
             nn = n0 + tl.arange(0, BN)
             n_ok = nn < D_OUT
             dyt = tl.load(dy_ptr + rows[:, None] * D_OUT + nn[None, :], mask=row_ok[:, None] & n_ok[None, :],
-                          other=0.0).to(tl.float32)
+                          other=0.0)
             bt = tl.load(b_ptr + nn[:, None] * R + rr[None, :], mask=n_ok[:, None] & r_ok[None, :],
-                         other=0.0).to(tl.float32)
-            dc += tl.dot(dyt, bt)
+                         other=0.0).to(dyt.dtype)
+            dc += tl.dot(dyt, bt, input_precision=F32_DOT)  # the input dtype, fp32 accumulator
         rs_mask = row_ok[:, None] & r_ok[None, :]
         es_mask = row_ok[:, None] & e_ok[None, :]
         s = tl.load(s_ptr + rows[:, None] * R + rr[None, :], mask=rs_mask, other=0.0)
@@ -156,12 +172,12 @@ if triton is not None:
             sel = sel | (ee[None, :] == pick[:, None]).to(tl.int32)
         chosen = sel != 0
 
-        ds = dc * _expand(g, P, E_PAD, R_PAD) * scale
+        ds = dc * _expand(g, P, E_PAD, R_PAD, F32_DOT) * scale
         dgr = dc * s * scale
         if P == 1:
             dg = dgr
         else:  # rank gradients summed per expert
-            dg = tl.dot(dgr, tl.trans(_spread(P, E_PAD, R_PAD)))
+            dg = tl.dot(dgr, tl.trans(_spread(P, E_PAD, R_PAD)), input_precision=F32_DOT)
         if SIGMOID:  # g_e = k s_e / Σ s  →  ds_f = (k/Σ)(dg_f − Σ_e dg_e g_e / k);  s = σ(l) + b
             bias = tl.load(bias_ptr + ee, mask=e_ok, other=0.0).to(tl.float32)
             score = act + bias[None, :]
@@ -177,7 +193,18 @@ if triton is not None:
         tl.store(dl_ptr + rows[:, None] * E + ee[None, :], dl, mask=es_mask)
 
 
+# The block configurations the autotuner may choose on CUDA (before shared-memory pruning); the two-stage one is
+# the one fp32 inputs at r = 128 fit in on sm_80 (results/bench/kernels-compile.md).
+CONFIGS = [{"BM": bm, "BK": bk, "BN": bn, "num_warps": w, "num_stages": s}
+           for bm in (16, 32, 64) for bk, bn in ((64, 64), (128, 128)) for w, s in ((4, 3), (8, 3))]
+CONFIGS.append({"BM": 16, "BK": 64, "BN": 64, "num_warps": 8, "num_stages": 2})
 _TUNED: dict = {}
+
+
+def configs() -> list:
+    """``CONFIGS`` as ``triton.Config`` objects."""
+    return [triton.Config({k: c[k] for k in ("BM", "BK", "BN")}, num_warps=c["num_warps"], num_stages=c["num_stages"])
+            for c in CONFIGS]
 
 
 def _launch(kernel, name: str, T: int, args: tuple, meta: dict) -> None:
@@ -186,15 +213,18 @@ def _launch(kernel, name: str, T: int, args: tuple, meta: dict) -> None:
         kernel[(triton.cdiv(T, FIXED["BM"]),)](*args, **meta, **FIXED)
         return
     if name not in _TUNED:
-        configs = [triton.Config({"BM": bm, "BK": bk, "BN": bn}, num_warps=w, num_stages=s)
-                   for bm in (16, 32, 64) for bk, bn in ((64, 64), (128, 128)) for w, s in ((4, 3), (8, 3))]
-        _TUNED[name] = triton.autotune(configs, key=["T", "R", "E"])(kernel)
+        from rankmix.kernels.compiled import shared_memory_pruner
+
+        _TUNED[name] = triton.autotune(configs(), key=["T", "R", "E"],
+                                       prune_configs_by={"early_config_prune": shared_memory_pruner(kernel)})(kernel)
     _TUNED[name][lambda m: (triton.cdiv(T, m["BM"]),)](*args, **meta)
 
 
-def _meta(r: int, n_experts: int, k: int, p: int, sigmoid: bool) -> dict:
+def _meta(r: int, n_experts: int, k: int, p: int, sigmoid: bool, dtype: torch.dtype) -> dict:
+    """The kernels' constexprs for rank ``r``, ``k`` of ``n_experts`` experts of ``p`` ranks, inputs ``dtype``."""
     r_pad = _pad(r)
-    return {"K_E": k, "P": p, "SIGMOID": sigmoid, "R_PAD": r_pad, "E_PAD": r_pad if p == 1 else _pad(n_experts)}
+    return {"K_E": k, "P": p, "SIGMOID": sigmoid, "R_PAD": r_pad, "E_PAD": r_pad if p == 1 else _pad(n_experts),
+            "F32_DOT": dot_precision(dtype)}
 
 
 def smora_forward(x, A, B, W, bias, k: int, p: int, sigmoid: bool, scale: float):
@@ -207,7 +237,7 @@ def smora_forward(x, A, B, W, bias, k: int, p: int, sigmoid: bool, scale: float)
     g, act = torch.empty(T, n_experts, **f32), torch.empty(T, n_experts, **f32)
     idx = torch.empty(T, k, device=x.device, dtype=torch.int32)
     _launch(_fwd_kernel, "fwd", T, (x, A, B, W, bias, out, c, s, g, act, idx, T, d_in, d_out, r, n_experts, scale),
-            _meta(r, n_experts, k, p, sigmoid))
+            _meta(r, n_experts, k, p, sigmoid, x.dtype))
     return out, c, s, g, act, idx
 
 
@@ -218,7 +248,7 @@ def smora_gate_backward(dy, B, s, g, act, idx, bias, k: int, p: int, sigmoid: bo
     ds = torch.empty_like(s)
     dl = torch.empty_like(g)
     _launch(_gate_bwd_kernel, "bwd", T, (dy, B, s, g, act, idx, bias, ds, dl, T, d_out, r, n_experts, scale),
-            _meta(r, n_experts, k, p, sigmoid))
+            _meta(r, n_experts, k, p, sigmoid, dy.dtype))
     return ds, dl
 
 
