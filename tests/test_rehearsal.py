@@ -7,6 +7,7 @@ import re
 
 import pytest
 
+from rankmix.rehearsal import memory
 from rankmix.rehearsal import run as rr
 
 HUB_7B = "meta-llama/Llama-2-7b-hf"
@@ -115,7 +116,13 @@ def _flat(d: dict, prefix: str = "") -> dict:
 
 @pytest.mark.slow
 @pytest.mark.rehearse
-def test_one_row_per_table_family_runs_at_paper_scale_on_stand_ins(tmp_path):
+def test_one_row_per_table_family_runs_at_paper_scale_on_stand_ins(tmp_path, monkeypatch):
+    def not_committed(hub, *args, **kwargs):  # a full-width measurement takes minutes and up to 16 GiB
+        raise AssertionError(f"{hub}: no committed activation measurement for this row's settings; run "
+                             "`python -m rankmix.rehearsal.projection --report results/rehearse/cpu.md` and commit "
+                             "results/rehearse/activation-bytes/")
+
+    monkeypatch.setattr(memory, "_layers", not_committed)
     rows = rr.select(rr.all_rows(CI_TABLES), "family")
     assert sorted(r.family for r in rows) == sorted(
         ["SMoRA FLAN", "MoSLoRA commonsense", "VQA", "COCO", "CLIP-BART", "SMoLA"])
@@ -133,6 +140,7 @@ def test_one_row_per_table_family_runs_at_paper_scale_on_stand_ins(tmp_path):
     assert "| `[INST] {inputs} [/INST]` |" in text and "bf16-mixed (CPU: 32-true)" in text
     smora = next(r for r in rows if r.family == "SMoRA FLAN").result["projection"]
     assert smora["total"] > 6.7e9 and 0 < smora["activated"] < smora["trainable"]   # Llama-2-7b, top-k of the ranks
+    assert smora["checkpointing"] == "reentrant" and 0 < smora["memory_gib"] <= 80   # measured, fits an 80 GB card
 
 
 def test_a_schedule_spanning_the_run_gets_the_shortest_length_its_phases_allow():
