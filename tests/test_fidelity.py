@@ -169,6 +169,7 @@ def test_every_readme_paper_command_composes_as_its_multirun_would():
     ("smora/1/lora_64", "++task.datamodule.overlong"),
     ("moslora/4/moslora", "++task.datamodule.max_length"),
     ("smora/1/lora_64", "trainer.gradient_clip_val"),
+    ("smora/1/lora_64", "trainer.accumulate_grad_batches"),
     ("moslora/5/lora", "task.judge.model"),
 ])
 def test_keys_the_error_messages_name_can_be_typed(name, key):

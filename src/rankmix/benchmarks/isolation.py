@@ -74,16 +74,18 @@ def command(program: Path, size_mb: int, seccomp_fd: int | None) -> list[str]:
             args += ["--symlink", os.readlink(top), top]
         elif os.path.isdir(top):
             args += ["--ro-bind", top, top]
+    args += ["--proc", "/proc", "--dev", "/dev"]
+    size = str(size_mb << 20)
+    for folder in ("/tmp", "/dev/shm", WORK):
+        args += ["--perms", "1777", "--size", size, "--tmpfs", folder]
+    # the Python folders after the private /tmp: an environment that lives under /tmp (a checkout there) is bound
+    # on top of it, not hidden by it
     pythons = python_paths()
     for folder in _parents(pythons):
         args += ["--perms", "0755", "--dir", folder]
     for path in pythons:
         args += ["--ro-bind", os.path.realpath(path), path]
-    args += ["--ro-bind-try", "/etc/ld.so.cache", "/etc/ld.so.cache",
-             "--proc", "/proc", "--dev", "/dev"]
-    size = str(size_mb << 20)
-    for folder in ("/tmp", "/dev/shm", WORK):
-        args += ["--perms", "1777", "--size", size, "--tmpfs", folder]
+    args += ["--ro-bind-try", "/etc/ld.so.cache", "/etc/ld.so.cache"]
     args += ["--ro-bind", str(program), f"{WORK}/program.py",
              "--ro-bind", str(Path(__file__).with_name("sandbox_child.py")), RUNNER, "--chdir", WORK]
     if seccomp_fd is not None:
