@@ -102,6 +102,28 @@ def randomize(layer):
     return layer
 
 
+def float64_llama(method: dict, vocab: int):
+    """A 2-layer, 16-wide Llama (eager attention, no cache) in float64 with ``method`` injected and its trainable
+    weights moved off their init (zero-initialised up-projections would leave the first step's routing untested)."""
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from rankmix.adapters import inject
+
+    config = LlamaConfig(vocab_size=vocab, hidden_size=16, intermediate_size=24, num_hidden_layers=2,
+                         num_attention_heads=2, num_key_value_heads=2, max_position_embeddings=32,
+                         attn_implementation="eager", use_cache=False)
+    torch.manual_seed(0)
+    model = LlamaForCausalLM(config)
+    inject(model, method)
+    model.double()
+    with torch.no_grad():
+        for p in model.parameters():
+            if p.requires_grad:
+                p.add_(0.3 * torch.randn_like(p))
+    return model.train()
+
+
 @pytest.fixture
 def tiny_llama():
     """A 2-layer Llama with a 32-word vocabulary, random init."""

@@ -11,9 +11,9 @@ import pytest
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
-from transformers import LlamaConfig, LlamaForCausalLM
 
-from rankmix.adapters import adapter_layers, inject
+from conftest import float64_llama
+from rankmix.adapters import adapter_layers
 from rankmix.distributed import data_parallel_sum
 
 VOCAB, BATCH, LENGTH, STEPS, WORLD = 32, 4, 6, 3, 2
@@ -25,21 +25,6 @@ METHODS = {
     "lora_moe": {"name": "lora_moe", "num_experts": 4, "r": 2, "routing": "top2", "target_modules": ["q_proj"]},
 }
 STRATEGIES = ("ddp", "fsdp")
-
-
-def tiny_model(method: str) -> LlamaForCausalLM:
-    config = LlamaConfig(vocab_size=VOCAB, hidden_size=16, intermediate_size=24, num_hidden_layers=2,
-                         num_attention_heads=2, num_key_value_heads=2, max_position_embeddings=16,
-                         attn_implementation="eager", use_cache=False)
-    torch.manual_seed(0)
-    model = LlamaForCausalLM(config)
-    inject(model, METHODS[method])
-    model.double()
-    with torch.no_grad():
-        for p in model.parameters():
-            if p.requires_grad:
-                p.add_(0.3 * torch.randn_like(p))
-    return model.train()
 
 
 def global_batches():
@@ -101,7 +86,7 @@ def worker(rank: int, port: int, out: str) -> None:
         rows = slice(rank * BATCH // WORLD, (rank + 1) * BATCH // WORLD)
         for method in METHODS:
             for strategy in STRATEGIES:
-                model = tiny_model(method)
+                model = float64_llama(METHODS[method], VOCAB)
                 wrapped = wrap(model, strategy)
                 train(model, wrapped, rows)
                 results[method, strategy] = full_state(model, wrapped, strategy)
@@ -126,7 +111,7 @@ def two_ranks(tmp_path_factory):
 @pytest.mark.parametrize("strategy", STRATEGIES)
 @pytest.mark.parametrize("method", sorted(METHODS))
 def test_ranks_agree_with_one_process_on_the_global_batch(two_ranks, method, strategy):
-    model = tiny_model(method)
+    model = float64_llama(METHODS[method], VOCAB)
     train(model, model, slice(None))
     single = adapter_state(model)
     assert any(n.endswith(("router_bias", "expert_load")) for n in single)

@@ -7,9 +7,10 @@ import copy
 
 import pytest
 import torch
-from transformers import LlamaConfig, LlamaForCausalLM
+from transformers import LlamaForCausalLM
 
-from rankmix.adapters import METHODS, adapter_context, adapter_layers, inject
+from conftest import float64_llama
+from rankmix.adapters import METHODS, adapter_context, adapter_layers
 
 HIDDEN, VOCAB, BATCH, LENGTH, STEPS = 16, 32, 3, 7, 4
 ATTENTION = ["q_proj", "v_proj"]
@@ -59,21 +60,6 @@ def test_every_registered_method_has_a_case():
     assert {cfg["name"] for cfg, _ in CASES.values()} == set(METHODS)
 
 
-def tiny_llama(case: str) -> LlamaForCausalLM:
-    config = LlamaConfig(vocab_size=VOCAB, hidden_size=HIDDEN, intermediate_size=24, num_hidden_layers=2,
-                         num_attention_heads=2, num_key_value_heads=2, max_position_embeddings=32,
-                         attn_implementation="eager", use_cache=False)
-    torch.manual_seed(0)
-    model = LlamaForCausalLM(config)
-    inject(model, CASES[case][0])
-    model.double()
-    with torch.no_grad():   # zero-initialised up-projections would leave the first step's routing untested
-        for p in model.parameters():
-            if p.requires_grad:
-                p.add_(0.3 * torch.randn_like(p))
-    return model.train()
-
-
 def batches():
     g = torch.Generator().manual_seed(1)
     for _ in range(STEPS):
@@ -113,7 +99,7 @@ def train(model: LlamaForCausalLM, case: str, checkpointing: str | None) -> dict
 
 @pytest.mark.parametrize("case", sorted(CASES))
 def test_checkpointing_changes_nothing(case):
-    model = tiny_llama(case)
+    model = float64_llama(CASES[case][0], VOCAB)
     plain = train(copy.deepcopy(model), case, None)
     for mode in ("reentrant", "non_reentrant"):
         ckpt = train(copy.deepcopy(model), case, mode)
@@ -135,7 +121,7 @@ def equal(actual, expected, what: str) -> None:
 def test_smora_counts_every_token_once_and_moves_its_bias():
     """The checks above see a change: the routed layers' counts are one per token and active rank, the bias moved."""
     case = "smora_softmax"
-    result = train(tiny_llama(case), case, "reentrant")
+    result = train(float64_llama(CASES[case][0], VOCAB), case, "reentrant")
     cfg = CASES[case][0]
     for name, stats in result["stats"].items():
         assert sum(stats["load"]) == STEPS * BATCH * LENGTH * cfg["k"], name
