@@ -27,6 +27,8 @@ setup: $(VENV)/.installed ## create .venv/ in the repo and install rankmix with 
 LOCK := requirements.lock
 LOCK_DATE ?= 2026-12-01T12:00:00Z
 PIP_VERSION := 26.3
+# installed without its declared dependencies (pyproject.toml says why)
+LMMS_EVAL := lmms-eval==0.7.3
 UV_COMPILE = pip compile --universal --python-version 3.11 --exclude-newer $(LOCK_DATE) --generate-hashes --quiet
 
 $(VENV)/.installed: $(LOCK) pyproject.toml
@@ -40,7 +42,7 @@ $(VENV)/.installed: $(LOCK) pyproject.toml
 lock: $(VENV)/.installed ## regenerate requirements.lock from pyproject.toml's ranges as of LOCK_DATE (uv, hashed)
 	$(VENV)/bin/uv $(UV_COMPILE) --upgrade pyproject.toml --extra dev -o $(LOCK)
 	@# lmms-eval is installed without its declared dependencies (pyproject.toml says why): its own hashed pin
-	echo 'lmms-eval==0.7.3' | $(VENV)/bin/uv $(UV_COMPILE) --no-deps --no-header - >> $(LOCK)
+	echo '$(LMMS_EVAL)' | $(VENV)/bin/uv $(UV_COMPILE) --no-deps --no-header - >> $(LOCK)
 
 LATEST := .venv-latest
 
@@ -49,10 +51,10 @@ setup-latest: ## a separate .venv-latest/ with the newest releases pyproject.tom
 	$(PYTHON) -m venv $(LATEST)
 	$(LATEST)/bin/pip install --quiet --upgrade pip
 	$(LATEST)/bin/pip install --upgrade --upgrade-strategy eager -e '.[dev]'
-	$(LATEST)/bin/pip install --no-deps 'lmms-eval==0.7.3'
+	$(LATEST)/bin/pip install --no-deps '$(LMMS_EVAL)'
 	$(LATEST)/bin/pip freeze --exclude-editable > $(LATEST)/freeze.txt
 	@echo "newest versions: $(LATEST)/freeze.txt"
-	$(OFFLINE) $(LATEST)/bin/python -m pytest -n $(JOBS) --dist worksteal $(ARGS)
+	$(MAKE) test PY=$(LATEST)/bin/python
 
 run: ## train the embedded default (LoRA, tiny Llama, generated tasks, CPU); prints the results path
 	$(PY) -m rankmix.train $(ARGS)
