@@ -119,6 +119,43 @@ def test_adalora_prunes_to_its_budget():
     assert active <= 4 * 2  # 4 layers, an average of r = 2 ranks each (started at 6)
 
 
+def test_adalora_with_init_r_equal_to_r_trains_through_its_schedule():
+    """MoSLoRA's AdaLoRA (init_r = r): the budget never falls, so nothing is masked; peft alone raises on it."""
+    from rankmix.adapters.peft_methods import allocate_rank_budget, peft_tuner
+
+    def train(allocate):
+        model = tiny_llama().train()
+        inject(model, {"name": "adalora", "r": 2, "init_r": 2, "total_step": 12, "tinit": 2, "tfinal": 3,
+                       "deltaT": 1, "target_modules": ["q_proj", "v_proj"]})
+        tuner = peft_tuner(model)
+        opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-2)
+        for step in range(12):
+            tuner(input_ids=IDS, labels=IDS.clone()).loss.backward()
+            opt.step()
+            allocate(tuner, step)
+            opt.zero_grad()
+        return model
+
+    with pytest.raises(RuntimeError, match="kthvalue"):
+        train(lambda tuner, step: tuner.update_and_allocate(step))
+    model = train(allocate_rank_budget)
+    e = [p for n, p in model.named_parameters() if "lora_E" in n]
+    assert len(e) == 4 and all(int(torch.count_nonzero(p)) == 2 for p in e)  # every rank kept and trained
+
+
+def test_adalora_row_trains_at_tiny_scale(tmp_path):
+    """moslora-4's AdaLoRA row through the Lightning path (its schedule shortened to the few steps run here),
+    with gradient accumulation so that allocations follow optimizer steps, not batches."""
+    from conftest import run_train
+
+    run = run_train(tmp_path, "experiment=moslora/4/adalora", "task.max_epochs=1", "task.datamodule.source.n_train=64",
+                    "task.datamodule.source.n_test=4",
+                    "method.tinit=1", "method.tfinal=1", "method.deltaT=1", "trainer.accumulate_grad_batches=2",
+                    timeout=300)
+    assert run.returncode == 0, run.stderr[-3000:]
+    assert run.result("moslora-4")["status"] == "ok"
+
+
 def test_adalora_auto_total_step_takes_the_runs_steps():
     from rankmix.adapters.peft_methods import peft_tuner, resolve_total_step
     from rankmix.errors import ConfigError

@@ -20,13 +20,6 @@ from rankmix.errors import NonFiniteLossError
 class FiniteLossGuard(pl.Callback):
     """Stop training with a clear message as soon as the training loss is NaN or infinite."""
 
-    def on_train_start(self, trainer, pl_module):
-        from rankmix.adapters.peft_methods import peft_tuner, resolve_total_step
-
-        tuner = peft_tuner(pl_module)
-        if tuner is not None and hasattr(tuner, "update_and_allocate"):
-            resolve_total_step(tuner, int(trainer.estimated_stepping_batches))
-
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
         loss = outputs["loss"] if isinstance(outputs, dict) else outputs
         value = float(loss.detach()) if loss is not None else 0.0
@@ -83,16 +76,18 @@ class AdapterRouting(pl.Callback):
     def on_train_start(self, trainer, pl_module):
         from rankmix.adapters.peft_methods import peft_tuner, resolve_total_step
 
+        self._steps = trainer.global_step
         tuner = peft_tuner(pl_module)
         if tuner is not None and hasattr(tuner, "update_and_allocate"):
             resolve_total_step(tuner, int(trainer.estimated_stepping_batches))
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
-        from rankmix.adapters.peft_methods import peft_tuner
+        from rankmix.adapters.peft_methods import allocate_rank_budget, peft_tuner
 
         tuner = peft_tuner(pl_module)
-        if tuner is not None and hasattr(tuner, "update_and_allocate"):  # AdaLoRA's rank budget
-            tuner.update_and_allocate(trainer.global_step)
+        if tuner is not None and hasattr(tuner, "update_and_allocate") and trainer.global_step != self._steps:
+            self._steps = trainer.global_step  # an optimizer step was taken (not a batch accumulated)
+            allocate_rank_budget(tuner, trainer.global_step - 1)  # AdaLoRA's budget, after step global_step - 1
 
     def on_train_epoch_start(self, trainer, pl_module):
         self._reset(pl_module)

@@ -5,7 +5,7 @@ own layers. AdaLoRA also needs peft's model wrapper: its forward adds the orthog
 loss, and ``update_and_allocate(step)`` re-allocates the rank budget after each optimizer step over a
 schedule of ``total_step`` steps (``auto``: the run's optimizer steps, set when training starts). The
 wrapper is kept with the model (``peft_tuner(model)``); rankmix's training module calls the model through
-it and the ``AdapterRouting`` callback calls ``update_and_allocate``. AdaLoRA's importance estimates are not
+it and the ``AdapterRouting`` callback calls ``allocate_rank_budget`` after each optimizer step. AdaLoRA's importance estimates are not
 part of a checkpoint, so a resumed AdaLoRA run re-estimates them.
 """
 
@@ -81,6 +81,21 @@ def resolve_total_step(tuner, steps: int) -> None:
         raise ConfigError("method.total_step", "auto", f"the run has {steps} optimizer steps, too few for "
                           f"tinit={config.tinit} + tfinal={config.tfinal}; lower method.tinit / method.tfinal")
     config.total_step = steps
+
+
+def allocate_rank_budget(tuner, step: int) -> None:
+    """AdaLoRA's budget step after optimizer step ``step`` (peft's ``update_and_allocate``).
+
+    The budget falls from ``init_r`` to ``r`` ranks per layer on a cubic schedule; at each allocation peft masks
+    the ``init_bgt - budget`` least important singular triplets (a ``kthvalue`` over all scores). With
+    ``init_r == r`` (MoSLoRA's setting, App. B.1) the budget never falls: nothing is ever masked, and peft's
+    ``kthvalue`` with k = 0 raises. Then there is nothing to allocate and the step is skipped; the orthogonal
+    regulariser, part of the loss, still applies.
+    """
+    config = tuner.peft_config["default"]
+    if config.init_r == config.target_r:
+        return
+    tuner.update_and_allocate(step)
 
 
 def peft_tuner(model: nn.Module):
