@@ -16,6 +16,7 @@ import re
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 from rankmix.errors import ConfigError
+from rankmix.locations import CONF_DIR
 
 SCALES = ("tiny", "paper")
 # What does not change a run's numbers, in one place (conf/train.yaml's run-key exclusions are tested against it):
@@ -169,13 +170,11 @@ def validate(cfg: DictConfig) -> None:
 def compose_run(overrides: list[str], conf_dir: str | None = None) -> DictConfig:
     """The config ``python -m rankmix.train <overrides>`` would run, validated, without
     its ``hydra`` node (what a run's result JSON records as its ``config``)."""
-    from pathlib import Path
-
     from hydra import compose, initialize_config_dir
     from hydra.core.hydra_config import HydraConfig
 
     register_resolvers()
-    conf_dir = conf_dir or str(Path(__file__).resolve().parents[2] / "conf")
+    conf_dir = conf_dir or str(CONF_DIR)
     with initialize_config_dir(config_dir=conf_dir, version_base="1.3"):
         cfg = compose("train", overrides=list(overrides), return_hydra_config=True)
     HydraConfig.instance().set_config(cfg.copy())  # the run's folder is named from the Hydra config

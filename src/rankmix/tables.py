@@ -43,9 +43,9 @@ from pathlib import Path
 
 from rankmix.data.files import atomic_open
 from rankmix.errors import RankmixError
+from rankmix.locations import CONF_DIR, results_root
 from rankmix.results import read_json
 
-REPO = Path(__file__).resolve().parents[2]
 COLUMNS = ["run", "scale", "cell", "metric", "paper", "ours", "diff"]
 UNITS = {"M": 1e-6, "h": 1 / 3600, "G": 1 / 1024}  # parameters → millions, seconds → hours, MiB → GiB
 
@@ -326,7 +326,7 @@ def _pivot(cells: list[dict], order: list[str] | None = None, with_paper: bool =
 
 
 # -- table registry: conf/experiment/<paper>/<table>/<row>.yaml ------------------------------------
-def experiment_tables(conf_dir: Path = REPO / "conf") -> dict[str, list[str]]:
+def experiment_tables(conf_dir: Path = CONF_DIR) -> dict[str, list[str]]:
     """``{"<paper>-<table>": ["<paper>/<table>/<row>", ...]}`` from the experiment config tree."""
     out = {}
     for d in sorted((conf_dir / "experiment").glob("*/*/")):
@@ -336,7 +336,7 @@ def experiment_tables(conf_dir: Path = REPO / "conf") -> dict[str, list[str]]:
     return out
 
 
-def table_spec(table_id: str, conf_dir: Path = REPO / "conf") -> dict:
+def table_spec(table_id: str, conf_dir: Path = CONF_DIR) -> dict:
     """The table group's config of ``<paper>-<id>`` (``conf/table/<paper>_<id>.yaml``), unresolved; {} if none."""
     from omegaconf import OmegaConf
 
@@ -458,8 +458,10 @@ def main(argv: list[str] | None = None) -> int:
     s.add_argument("table_id")
     s.add_argument("row", help="the row's name, e.g. lora_64")
     s.add_argument("overrides", nargs="*", help="Hydra overrides, e.g. scale=paper")
-    ap.add_argument("--results-dir", type=Path, default=REPO / "results")
+    ap.add_argument("--results-dir", type=Path, default=None,
+                    help="default: results/ under $RANKMIX_ROOT or the current folder")
     a = ap.parse_args(argv)
+    a.results_dir = a.results_dir or results_root()
     try:
         if a.cmd == "build":
             print(build_table(a.table_id, a.results_dir, a.results_dir / "paper"))

@@ -27,6 +27,7 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 if TYPE_CHECKING:
     import lightning.pytorch as pl
 
+from rankmix import locations
 from rankmix.config import check_table_id, config_hash, register_resolvers, run_key, validate
 from rankmix.data.files import atomic_open, stale_temporaries
 from rankmix.errors import ConfigError, RankmixError
@@ -46,7 +47,7 @@ from rankmix.results import (
 from rankmix.sweep import SWEEP_FAILURES
 
 log = logging.getLogger("rankmix.train")
-CONF_DIR = str(Path(__file__).resolve().parents[2] / "conf")
+CONF_DIR = str(locations.CONF_DIR)
 register_resolvers()
 
 

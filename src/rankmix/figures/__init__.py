@@ -24,7 +24,6 @@ from rankmix.data.files import atomic_open
 from rankmix.figures import moslora, routing, smola, smora  # noqa: F401  (each registers its figures)
 from rankmix.figures.core import (
     FIGURES,
-    REPO,
     Drawn,
     Figure,
     FigureError,
@@ -33,6 +32,7 @@ from rankmix.figures.core import (
     plt_module,
     run_scale,
 )
+from rankmix.locations import results_root, runs_root
 
 __all__ = ["FIGURES", "Drawn", "Figure", "FigureError", "Sources", "build_figure", "figure", "main", "write_index"]
 
@@ -93,14 +93,16 @@ def write_index(results_dir: Path) -> Path:
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m rankmix.figures", description=__doc__.split("\n\n")[0])
-    p.add_argument("--results-dir", default=str(REPO / "results"))
-    p.add_argument("--runs-dir", default=str(REPO / "runs"))
+    p.add_argument("--results-dir", default=None, help="default: results/ under $RANKMIX_ROOT or the current folder")
+    p.add_argument("--runs-dir", default=None, help="default: runs/ under $RANKMIX_ROOT or the current folder")
     sub = p.add_subparsers(dest="cmd", required=True)
     b = sub.add_parser("build", help="draw figures: ids, or all")
     b.add_argument("ids", nargs="+")
     sub.add_parser("list", help="the figures and the tables they read")
     sub.add_parser("index", help="write results/README.md")
     args = p.parse_args(argv)
+    args.results_dir = args.results_dir or results_root()
+    args.runs_dir = args.runs_dir or runs_root()
     if args.cmd == "list":
         for fid, spec in sorted(FIGURES.items()):
             print(f"{fid:14s} {spec.title}")

@@ -10,8 +10,6 @@ from pathlib import Path
 from rankmix.errors import RankmixError
 from rankmix.results import read_json
 
-REPO = Path(__file__).resolve().parents[3]
-
 
 class FigureError(RankmixError):
     pass
