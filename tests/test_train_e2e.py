@@ -272,6 +272,17 @@ def test_a_read_only_results_folder_is_refused_before_training(tmp_path):
     assert not (tmp_path / "runs" / "default" / "default" / "checkpoints").exists()
 
 
+@pytest.mark.parametrize("multirun", [False, True])
+def test_an_unwritable_runs_folder_is_refused_in_one_line(tmp_path, multirun):
+    """Hydra makes the run's folder before the entry runs: the check comes first, from a Hydra callback."""
+    (tmp_path / "runs").write_text("")  # a file where the folder must be: unwritable even as root
+    r = run_train(tmp_path, *FAST, multirun=multirun)
+    assert r.returncode == 1 and "Traceback" not in r.stderr, r.stderr[-2000:]
+    (line,) = [x for x in r.stderr.splitlines() if x.startswith("rankmix: error")]
+    assert "runs: cannot write there" in line and "paths.runs_dir" in line
+    assert not (tmp_path / "results" / "default" / "failed").exists()
+
+
 def test_two_identical_runs_at_once_one_is_refused(tmp_path):
     env = {**os.environ, **OFFLINE_ENV}
     long = fast(trainer__max_epochs=30)  # long enough for the second to start while the first trains

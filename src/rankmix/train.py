@@ -45,6 +45,7 @@ from rankmix.results import (
     write_json_atomic,
 )
 from rankmix.sweep import SWEEP_FAILURES
+from rankmix.writable import check_writable
 
 log = logging.getLogger("rankmix.train")
 CONF_DIR = str(locations.CONF_DIR)
@@ -450,19 +451,6 @@ def _record_failure(path, key, cfg, chash, started, message) -> None:
     if sweep_failures and HydraConfig.get().mode == RunMode.MULTIRUN:
         with open(sweep_failures, "a") as f:
             f.write(f"{key}\t{message.splitlines()[0] if message else ''}\n")
-
-
-def check_writable(*folders: Path) -> None:
-    """Refuse, before any work, a results or runs folder that cannot be written (read-only, missing rights)."""
-    for folder in folders:
-        try:
-            folder.mkdir(parents=True, exist_ok=True)
-            probe = folder / f".write-test-{os.getpid()}"
-            probe.write_text("")
-            probe.unlink()
-        except OSError as e:
-            raise RankmixError(f"{folder}: cannot write there ({e.strerror}); give a writable folder "
-                               "(paths.results_dir / paths.runs_dir)") from None
 
 
 def _is_first_process() -> bool:
