@@ -1,6 +1,7 @@
 """Bad configs fail before training with one clear line naming the key (no traceback)."""
 
 import pytest
+import torch
 import yaml
 
 from conftest import FAST, OFFLINE_ENV, run_train
@@ -15,13 +16,18 @@ CASES = [
      "q_proj, up_proj, v_proj"),
     (["method=routing", "method.fn=mul"], "rankmix: error: method.name='routing': reads x_r from each batch",
      "provides: attention_mask"),
+    (["++trainer.max_stepz=5"], "rankmix: error: trainer.max_stepz=5: not an argument of Lightning's Trainer; "
+     "did you mean trainer.max_steps?", None),
+    pytest.param(["trainer=gpu"], "rankmix: error: trainer.accelerator='gpu': no CUDA GPU is visible on this "
+                 "machine; use trainer=cpu here", None,
+                 marks=pytest.mark.skipif(torch.cuda.is_available(), reason="a GPU is visible here")),
     (["scale=huge"], "Could not find 'scale/huge'", "Available options in 'scale'"),
     (["scale=paper"], "rankmix: error: backbone.name_or_path='meta-llama/Llama-2-7b-hf': could not be loaded",
      "hf download"),
 ]
 
 
-@pytest.mark.parametrize(("overrides", "message", "detail"), CASES, ids=[c[0][0] for c in CASES])
+@pytest.mark.parametrize(("overrides", "message", "detail"), CASES, ids=[(c.values if hasattr(c, "values") else c)[0][0] for c in CASES])
 def test_bad_config_gives_one_clear_line(tmp_path, overrides, message, detail):
     r = run_train(tmp_path, *FAST, *overrides, timeout=180)
     assert r.returncode != 0
@@ -30,6 +36,7 @@ def test_bad_config_gives_one_clear_line(tmp_path, overrides, message, detail):
         assert detail in r.stderr
     assert "Traceback" not in r.stderr
     assert not list(tmp_path.glob("runs/**/checkpoints/*.ckpt"))  # failed before training
+    assert not list(tmp_path.glob("results/*/failed/*.json"))  # refused before training: not a run, no record
 
 
 @pytest.mark.parametrize(("overrides", "expected"), [

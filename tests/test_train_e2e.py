@@ -29,6 +29,10 @@ def test_default_run_learns(tmp_path):
     assert untrained.returncode == 0, untrained.stderr[-3000:]
     t, u = trained.result(), untrained.result()
     assert t["status"] == "ok" and t["run"]["scale"] == "tiny"
+    # the output ends with the final metrics, the result and the table; each Lightning line once, no tip, no warning
+    assert f"rankmix: metrics: test/em={t['metrics']['test/em']:.4g}," in trained.stdout
+    assert trained.stdout.count("GPU available:") == 1 and "GPU available" not in trained.stderr
+    assert "Tip:" not in trained.stdout + trained.stderr and "Warning" not in trained.stderr
     assert t["metrics"]["test/em"] >= u["metrics"]["test/em"] + 25.0
     assert t["metrics"]["test/rougeL"] > u["metrics"]["test/rougeL"] + 25.0
     assert t["metrics"]["test/loss"] < u["metrics"]["test/loss"] - 0.5
@@ -77,6 +81,9 @@ def test_a_run_listed_in_two_tables_is_trained_once(tmp_path):
     assert first.returncode == 0
     listed = run_train(tmp_path, *FAST, "table.id=other", "table.title=Other")  # same computation, another table
     assert listed.returncode == 0 and "same computation as" in listed.stdout
+    assert "no wandb run" not in listed.stdout  # said only when a wandb logger is configured
+    logged = run_train(tmp_path, *FAST, "table.id=fourth", "logger=wandb")
+    assert logged.returncode == 0 and "same computation as" in logged.stdout and "no wandb run" in logged.stdout
     a, b = first.result(), listed.result("other")
     assert b["metrics"] == a["metrics"] and b["run"]["table"] == "other" and b["run"]["reused_from"].endswith(".json")
     changed = run_train(tmp_path, *FAST, "table.id=third", "method.r=4")  # another computation: trained
@@ -99,15 +106,15 @@ def test_multirun_over_ranks(tmp_path):
 def test_failed_run_does_not_stop_the_sweep_and_the_sweep_exits_non_zero(tmp_path):
     r = run_train(tmp_path, *FAST, "method.r=0,4", multirun=True)
     table_dir = tmp_path / "results" / "default"
-    (ok,), (failed,) = [[json.loads(p.read_text()) for p in (table_dir / d).glob("*.json")] for d in ("runs", "failed")]
-    assert failed["status"] == "failed" and "method.r=0" in failed["run"]["key"]
-    assert "method.r=0: must be a positive integer" in failed["error"]
+    (ok,) = [json.loads(p.read_text()) for p in (table_dir / "runs").glob("*.json")]
     assert ok["status"] == "ok" and "method.r=4" in ok["run"]["key"]
-    # both runs ran; then the sweep exits non-zero, naming the failed one
+    # a refused config is not a run: no failure record, no "Failed runs" entry; the sweep still names it and
+    # exits non-zero after its other runs
+    assert not (table_dir / "failed").exists()
     assert r.returncode == 1 and "1 run(s) of this sweep failed" in r.stderr and "method.r=0" in r.stderr
+    assert "must be a positive integer" in r.stderr
     table = (tmp_path / "results" / "default" / "table.md").read_text()
-    assert "Failed runs" in table and "method.r=4" in table.split("Failed runs")[0]
-    assert "method.r=0" not in table.split("Failed runs")[0]
+    assert "Failed runs" not in table and "method.r=4" in table
     assert "Traceback" not in r.stderr
 
 
@@ -252,16 +259,28 @@ def test_select_best_tests_the_checkpoint_with_the_lowest_validation_loss(tmp_pa
 
 
 def test_a_failure_of_another_configuration_never_replaces_a_finished_result(tmp_path):
-    done = run_train(tmp_path, *FAST)
-    assert done.returncode == 0
+    from rankmix.data.synthetic import generate_records
+
+    data = tmp_path / "data"
+    data.mkdir()
+    for split, n in (("train", 24), ("validation", 6), ("test", 6)):
+        recs = generate_records(["copy", "reverse"], n, 2, 4, seed={"train": 1, "validation": 2, "test": 3}[split])
+        (data / f"{split}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in recs))
+    args = ["trainer.max_epochs=1", f"task.datamodule.data_dir={data}"]
+    done = run_train(tmp_path, *args)
+    assert done.returncode == 0, done.stderr[-2000:]
     (result,) = (tmp_path / "results" / "default" / "runs").glob("*.json")
     before = result.read_text()
-    failed = run_train(tmp_path, *FAST, "scale=paper")  # not in the run key; offline, its backbone cannot load
-    assert failed.returncode != 0
+    # the same run key, another configuration (its data file edited: a record without its target), refused before
+    # training: the finished result stays, and a refusal is not a run (no failure record)
+    with open(data / "train.jsonl", "a") as f:
+        f.write(json.dumps({"task": "copy", "inputs": "a b"}) + "\n")
+    failed = run_train(tmp_path, *args)
+    assert failed.returncode != 0 and "missing field 'targets'" in failed.stderr
     assert result.read_text() == before
-    assert json.loads((result.parent.parent / "failed" / result.name).read_text())["status"] == "failed"
+    assert not (result.parent.parent / "failed").exists()
     table = (tmp_path / "results" / "default" / "table.md").read_text()
-    assert "1 finished runs" in table and "Failed runs" in table
+    assert "1 finished runs" in table and "Failed runs" not in table
 
 
 def test_a_read_only_results_folder_is_refused_before_training(tmp_path):
@@ -350,7 +369,7 @@ def test_the_entry_applies_command_line_values_over_the_scaled_config(tmp_path):
 def test_a_table_sweep_with_failed_rows_exits_non_zero(tmp_path):
     r = run_train(tmp_path, *FAST, "experiment=rankmix/ranks/r4,rankmix/ranks/r8", "method.r=-1", multirun=True)
     assert r.returncode == 1 and "2 run(s) of this sweep failed" in r.stderr, r.stderr[-2000:]
-    assert len(list((tmp_path / "results" / "rankmix-ranks" / "failed").glob("*.json"))) == 2
+    assert not list((tmp_path / "results").glob("*/failed/*.json"))  # refused configs, not runs
 
 
 def test_a_new_method_is_one_module_and_one_yaml(tmp_path):

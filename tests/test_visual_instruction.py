@@ -13,6 +13,7 @@ from omegaconf import OmegaConf
 
 from conftest import REPO, compose, run_train
 from rankmix.backbones import word_level_tokenizer
+from rankmix.batching import accumulation
 from rankmix.data.llava_instruct import (
     CHAT_TEMPLATES,
     IGNORE_INDEX,
@@ -136,8 +137,10 @@ def test_the_paper_rows_carry_table_8_per_part():
         assert c["optimizer"]["lr"] == float(tab8[(model, "learning rate")]["value"])
         assert c["task"]["max_epochs"] == int(tab8[(model, "epoch")]["value"])
         assert c["task"]["datamodule"]["batch_size"] == int(tab8[(model, "batch size")]["value"])
-        assert c["trainer"]["accumulate_grad_batches"] == int(
-            tab8[(model, "accumulative (gradient accumulation steps)")]["value"])
+        accum = int(tab8[(model, "accumulative (gradient accumulation steps)")]["value"])
+        assert c["task"]["global_batch_size"] == 4 * c["task"]["datamodule"]["batch_size"] * accum  # 4 GPUs (§4.2)
+        assert accumulation(compose(f"experiment=moslora/5/{row}", "scale=paper", "trainer.devices=4")) == accum
+        assert accumulation(compose(f"experiment=moslora/5/{row}", "scale=paper")) == 4 * accum  # one device
         assert (c["optimizer"]["schedule"], c["optimizer"]["warmup_ratio"], c["trainer"]["gradient_clip_val"]) == (
             "cosine", 0.03, 1.0)
         assert c["task"]["datamodule"]["max_length"] == 2048 - 576

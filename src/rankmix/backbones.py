@@ -10,6 +10,12 @@ A name ``pkg:<module>`` is a model shipped inside a Python package (``pkg:gt_all
 pretrained MiniLM that loads offline): its ``get_model_path()``. Vision-text backbones (``build_encoder``) load
 ``AutoModel`` encoders the same ways.
 
+A ``pretrained`` part that declares ``architecture`` (a mapping of config values, e.g. ``{hidden_size: 5120,
+num_hidden_layers: 40}``) and ``path_key`` (the ``paths.models.<name>`` key its ``name_or_path`` reads) is checked
+before its weights load (``check_architecture``): a folder or hub repo whose config has other values is refused with
+one line naming the row's backbone, both sets of values and the key to set. ``check_local_architectures`` does the
+same for every part given as a local folder, before the run prepares its data.
+
 The tokenizer is ``pretrained`` (same loading rules), ``word_level`` (a whitespace word-level tokenizer) or
 ``byte_bpe`` (a byte-level BPE of ``vocab_size`` tokens, as GPT-2's: it keeps spaces and newlines, which code needs),
 the latter two built with ``tokenizers`` from the training files, saved next to the data and loaded back with
@@ -26,7 +32,7 @@ import torch
 from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, PreTrainedTokenizerFast
 
 import rankmix.internlm2  # noqa: F401 - registers InternLM2 with transformers' Auto classes
-from rankmix.errors import ConfigError
+from rankmix.errors import ConfigError, first_line
 
 SPECIAL_TOKENS = {"pad_token": "<pad>", "bos_token": "<s>", "eos_token": "</s>", "unk_token": "<unk>"}
 
@@ -55,21 +61,162 @@ def build_encoder(key: str, spec: Mapping) -> torch.nn.Module:
             return AutoModel.from_config(config)
     if spec.get("source") == "pretrained":
         name = resolve_name(f"{key}.name_or_path", spec["name_or_path"])
+        check_architecture(f"{key}.name_or_path", name, spec)
         try:  # ``config`` overrides attributes, e.g. num_hidden_layers: 2 keeps the first two layers
             return AutoModel.from_pretrained(name, **dict(spec.get("config") or {}))
         except (OSError, ValueError) as e:
-            raise not_loadable(f"{key}.name_or_path", spec["name_or_path"], e) from None
+            raise not_loadable(f"{key}.name_or_path", spec["name_or_path"], e, spec.get("path_key")) from None
     raise ConfigError(f"{key}.source", spec.get("source"), "must be config or pretrained")
 
 
-def not_loadable(key: str, name: str, err: Exception) -> ConfigError:
-    reason = str(err).strip().splitlines()[0][:160] if str(err).strip() else type(err).__name__
+def not_loadable(key: str, name: str, err: Exception, path_key: str | None = None) -> ConfigError:
+    """The one-line error of weights (or a tokenizer) that cannot be loaded from ``name``; ``path_key``: the
+    ``paths.models.<name>`` key that names their folder, given as the fix."""
+    reason = first_line(err)
+    where = f"set {path_key}=DIR" if path_key else "pass the directory"
+    if looks_local(name):  # a folder that is not there: the download is of the paper's hub id, not of the path
+        hub = default_hub_id(path_key)
+        fetch = f"`hf download {hub} --local-dir DIR`" if hub else "download the weights"
+        return ConfigError(key, name, f"could not be loaded: no such local directory ({reason}); {fetch} where the "
+                                      f"hub is reachable and {where}")
     return ConfigError(
         key, name,
         "could not be loaded: no local directory of that name and the hub is unreachable or has no such "
         f"repo ({reason}); download it where the hub is reachable (`hf download {name} --local-dir DIR`) "
-        "and pass the directory",
+        f"and {where}",
     )
+
+
+def looks_local(name: str) -> bool:
+    """A path, not a hub id (``org/name``): absolute, relative with ``./`` or ``~``, or more than one ``/``."""
+    return name.startswith(("/", ".", "~")) or name.count("/") > 1
+
+
+def default_hub_id(path_key: str | None) -> str | None:
+    """The hub id ``conf/paths/default.yaml`` gives ``paths.models.<name>`` (the paper's weights), if any."""
+    if not path_key or not path_key.startswith("paths.models."):
+        return None
+    from omegaconf import OmegaConf
+
+    from rankmix.locations import CONF_DIR
+
+    return OmegaConf.load(CONF_DIR / "paths" / "default.yaml").get("models", {}).get(path_key.rsplit(".", 1)[1])
+
+
+# A rehearsal stand-in (rankmix.rehearsal.standins) keeps, in this subfolder, the config files of the model it stands
+# in for (its own config.json has 2 layers and reduced widths); the architecture check reads those.
+STANDIN_DIR = "stands-in-for"
+
+
+def _plain(value):
+    """``value`` with OmegaConf containers and tuples turned into dicts and lists (for comparing and printing)."""
+    if isinstance(value, Mapping):
+        return {str(k): _plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)) or type(value).__name__ == "ListConfig":
+        return [_plain(v) for v in value]
+    return value
+
+
+def transformers_config(config_class=AutoConfig):
+    """A reader for ``check_architecture``: ``config_class.from_pretrained(name)`` (``CLIPVisionConfig`` reads the
+    vision tower of a whole CLIP checkpoint), its values by attribute (``hidden_size`` is GPT-2's ``n_embd``)."""
+    def read(name: str, keys) -> dict:
+        config = config_class.from_pretrained(name)
+        return {k: _plain(getattr(config, k, None)) for k in keys}
+    return read
+
+
+def diffusers_config(model_class: str, subfolder: str | None = None):
+    """A reader for ``check_architecture``: the ``config.json`` of a diffusers model (``model_class``, e.g.
+    ``UNet2DConditionModel``) in ``subfolder`` of a pipeline folder or hub repo (``unet``), or at its top."""
+    def read(name: str, keys) -> dict:
+        import diffusers
+
+        values = getattr(diffusers, model_class).load_config(name, subfolder=subfolder)
+        return {k: _plain(values.get(k)) for k in keys}
+    return read
+
+
+def check_architecture(key: str, name: str, spec: Mapping, label: str | None = None, read=None,
+                       what: str = "config.json") -> None:
+    """Refuse ``name`` (``key``'s hub id or local folder) when its config lacks ``spec.architecture``'s values.
+
+    ``spec.architecture``: the config values the part's weights must have (none declared: nothing is checked);
+    ``spec.path_key``: the ``paths.models.<name>`` key that names the part's folder (the fix the message gives);
+    ``label``: the row's backbone (its ``paper_label``); ``read(name, keys)``: the folder's values of ``keys``
+    (default: ``transformers_config()``); ``what``: the file the values come from, for the message. A rehearsal
+    stand-in is compared through the config files of the model it stands in for (``STANDIN_DIR``). A hub id whose
+    config cannot be read is reported as a part that cannot be loaded (``not_loadable``), a local folder without a
+    readable config as such."""
+    expected = _plain(spec.get("architecture") or {})
+    if not expected:
+        return
+    read = read or transformers_config()
+    source = Path(name) / STANDIN_DIR
+    standin = source.is_dir()
+    try:
+        found = read(str(source) if standin else name, list(expected))
+    except Exception as e:  # noqa: BLE001 - offline, no such repo, no or a broken config: one line
+        if not Path(name).is_dir():
+            raise not_loadable(key, name, e, spec.get("path_key")) from None
+        reason = first_line(e)
+        raise ConfigError(key, name, f"holds no readable {what} ({reason}): give "
+                          f"{spec.get('path_key') or key} the folder of the model's files as its repo has them") from None
+    if all(found.get(k) == v for k, v in expected.items()):
+        return
+    path_key = spec.get("path_key")
+    has = ", ".join(f"{k}={found.get(k)}" for k in expected)
+    needs = ", ".join(f"{k}={v}" for k, v in expected.items())
+    whose = f"this row's backbone, {label}," if label else f"this row's {path_key or key.rsplit('.', 1)[0]}"
+    weights = f"{label}'s" if label and key == "backbone.name_or_path" else "those"   # the whole backbone, or a part
+    if path_key:
+        fix = f"set {path_key} to a folder of {weights} weights (its own key; {key}= on the command line reaches " \
+              "every row of a table, whatever its backbone)"
+    else:
+        fix = f"set {key} to a folder of {weights} weights"
+    raise ConfigError(key, name, f"{'a stand-in whose real ' if standin else 'its '}{what} has {has}, but {whose} "
+                      f"needs {needs}: {fix}")
+
+
+def check_local_architectures(backbone: Mapping) -> None:
+    """``check_architecture`` for each part of ``backbone`` (a resolved backbone config) whose weights are a local
+    folder, each read as its loader reads it: a run refuses weights of another architecture before it prepares its
+    data. Hub ids are checked where their weights load (reading their config needs the hub)."""
+    kind, label = backbone.get("kind"), backbone.get("paper_label")
+
+    def walk(spec: Mapping, prefix: str) -> None:
+        name = str(spec.get("name_or_path", ""))
+        if spec.get("source") == "pretrained" and Path(name).is_dir():
+            part = prefix.rsplit(".", 1)[-1]
+            if kind == "diffusion":
+                check_architecture(f"{prefix}.name_or_path", name, spec, label, *UNET)
+            else:
+                check_architecture(f"{prefix}.name_or_path", name, spec, label,
+                                   clip_vision_config() if (kind, part) == ("llava", "vision") else None)
+        if spec.get("vae") and Path(str(spec["vae"])).is_dir():
+            check_architecture(f"{prefix}.vae", str(spec["vae"]), vae_spec(spec), label, *VAE)
+        for k, v in spec.items():
+            if isinstance(v, Mapping) and k not in ("tokenizer", "config", "architecture", "vae_architecture"):
+                walk(v, f"{prefix}.{k}")
+
+    walk(backbone, "backbone")
+
+
+def clip_vision_config():
+    """The reader of a CLIP vision tower's config (``CLIPVisionConfig``: a whole CLIP checkpoint's vision tower)."""
+    from transformers import CLIPVisionConfig
+
+    return transformers_config(CLIPVisionConfig)
+
+
+# The readers (and the file named in messages) of an SDXL pipeline's UNet and of its VAE
+UNET = (diffusers_config("UNet2DConditionModel", "unet"), "unet/config.json")
+VAE = (diffusers_config("AutoencoderKL"), "config.json")
+
+
+def vae_spec(spec: Mapping) -> dict:
+    """An SDXL backbone's VAE as a part for ``check_architecture``: its ``vae_architecture`` and ``vae_path_key``."""
+    return {"architecture": spec.get("vae_architecture"), "path_key": spec.get("vae_path_key")}
 
 
 def word_level_tokenizer(texts: Iterable[str], out_dir: Path, split_punctuation: bool = False) -> PreTrainedTokenizerFast:
@@ -137,7 +284,7 @@ def load_tokenizer(spec: Mapping, corpus_files: Iterable[Path], cache_dir: Path,
         try:
             tok = AutoTokenizer.from_pretrained(name, trust_remote_code=bool(spec.get("trust_remote_code", False)))
         except (OSError, ValueError) as e:
-            raise not_loadable(key, name, e) from None
+            raise not_loadable(key, name, e, spec.get("path_key")) from None
     else:
         raise ConfigError("backbone.tokenizer.source", kind, "must be word_level, byte_bpe or pretrained")
     if tok.pad_token is None:
@@ -248,10 +395,11 @@ def build_backbone(spec: Mapping, tokenizer, auto_class=AutoModelForCausalLM, ex
         model = model.to(dtype)
     elif source == "pretrained":
         name = spec["name_or_path"]
+        check_architecture("backbone.name_or_path", name, spec, label=spec.get("paper_label"))
         try:
             model = auto_class.from_pretrained(name, dtype=dtype)
         except (OSError, ValueError) as e:
-            raise not_loadable("backbone.name_or_path", name, e) from None
+            raise not_loadable("backbone.name_or_path", name, e, spec.get("path_key")) from None
     else:
         raise ConfigError("backbone.source", source, "must be config or pretrained")
     model.generation_config.pad_token_id = tokenizer.pad_token_id

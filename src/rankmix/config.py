@@ -89,13 +89,16 @@ def run_key(override_dirname: str) -> str:
 
     ``experiment=<paper>/<table>/<row>`` becomes ``<row>``: the table already names the folder.
     The row's name comes first, so a key cut to its head still says which row it is; ``+``/``++`` are dropped
-    (``++k=v`` and ``k=v`` configure the same run).
+    (``++k=v`` and ``k=v`` configure the same run). Every ``paths.*`` key is left out (where the weights and data
+    folders are does not make another run: ``paths.models.<backbone>=DIR``), beside Hydra's ``exclude_keys``.
     """
     rows, parts = [], []
     for item in filter(None, override_dirname.split(",")):
         key, _, value = item.partition("=")
         if key.lstrip("+~") == "experiment":
             rows.append(value.rsplit("/", 1)[-1])
+        elif key.lstrip("+~").startswith("paths."):
+            continue
         else:
             parts.append(f"{key.lstrip('+')}={_canonical(value)}" if "=" in item else item.lstrip("+"))
     key = re.sub(r"[^A-Za-z0-9_.,=+-]", "-", ",".join(rows + parts) or "default")
@@ -165,6 +168,22 @@ def validate(cfg: DictConfig) -> None:
     _check(isinstance(opt.lr, (int, float)) and opt.lr > 0, "optimizer.lr", opt.lr, "must be a positive number")
     _check(cfg.trainer.max_epochs is not None and cfg.trainer.max_epochs >= 0, "trainer.max_epochs",
            cfg.trainer.max_epochs, "must be a non-negative integer")
+
+
+def check_trainer_keys(cfg: DictConfig) -> None:
+    """Every ``trainer.*`` key is an argument of Lightning's ``Trainer`` (a typo such as ``++trainer.max_stepz``
+    is refused in one line, with the nearest argument, instead of failing inside Lightning)."""
+    import difflib
+    import inspect
+
+    from lightning.pytorch import Trainer
+
+    known = set(inspect.signature(Trainer.__init__).parameters) - {"self"}
+    for key in cfg.trainer:
+        if key != "_target_" and key not in known:
+            near = difflib.get_close_matches(key, sorted(known), n=1)
+            raise ConfigError(f"trainer.{key}", cfg.trainer[key], "not an argument of Lightning's Trainer"
+                              + (f"; did you mean trainer.{near[0]}?" if near else ""))
 
 
 def compose_run(overrides: list[str], conf_dir: str | None = None) -> DictConfig:

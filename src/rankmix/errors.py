@@ -1,6 +1,12 @@
 """Errors that rankmix reports as one clear line (no traceback) before or during a run."""
 
 
+def first_line(err: BaseException) -> str:
+    """The first line of an underlying library's error, whole (never cut mid-reason), else its type's name."""
+    lines = str(err).strip().splitlines()
+    return lines[0] if lines else type(err).__name__
+
+
 class RankmixError(Exception):
     """Base class: the message is shown to the user as is."""
 

@@ -13,7 +13,11 @@ adapter on it is the one XTuner trains on InternLM2: one low-rank path over the 
 ``w2(silu(w1 x) * w3 x)``. Checkpoint names are renamed on load (and back on save): ``tok_embeddings`` ->
 ``embed_tokens``, ``attention`` -> ``self_attn``, ``feed_forward`` -> ``mlp``, ``attention_norm`` ->
 ``input_layernorm``, ``ffn_norm`` -> ``post_attention_layernorm``, ``output`` -> ``lm_head``; the leaf names
-``wqkv wo w1 w2 w3`` are kept, so the adapters' targets are InternLM2's own. The config's ``rope_scaling`` (dynamic
+``wqkv wo w1 w2 w3`` are kept, so the adapters' targets are InternLM2's own. The head keeps transformers' attribute
+``lm_head`` (Llama's forward and generation, LLaVA's composition and bitsandbytes' unquantised head read it there); its
+InternLM2 name is ``HEAD_NAME`` (``output``, the checkpoint's and XTuner's), under which adapters target it
+(``rankmix.modules.visual_instruction``): XTuner's ``find_all_linear_names`` leaves out only ``lm_head`` and
+``output_layer``, so it adapts InternLM2's ``output``. The config's ``rope_scaling`` (dynamic
 NTK, factor 2) is transformers' ``dynamic`` rope, which equals plain rope within ``max_position_embeddings``.
 
 The tokenizer is InternLM2Tokenizer's encoding: each stretch of text between special tokens goes through the
@@ -45,6 +49,7 @@ from transformers.models.llama.modeling_llama import (
 from transformers.tokenization_utils_sentencepiece import SentencePieceBackend
 
 MODEL_TYPE = "internlm2"
+HEAD_NAME = "output"   # the LM head's name in the checkpoint and the repository's code (``self.output``)
 
 
 @strict

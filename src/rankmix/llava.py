@@ -18,6 +18,10 @@ A backbone config (``kind: llava``) names its three parts:
 - ``projector``: ``name_or_path`` + ``file`` (an XTuner checkpoint, ``.pth`` or ``.safetensors``, whose projector
   keys are ``[projector.]model.{0,2}.{weight,bias}``), or ``init_seed`` (random init: the tiny scale).
 
+At paper scale each pretrained part declares ``path_key`` (its ``paths.models.<name>`` key) and the LLM and vision
+tower their ``architecture``, checked before their weights load (``rankmix.backbones.check_architecture``); a
+projector whose shapes do not join the two is refused before it is loaded into the model (``check_projector``).
+
 The tokenizer gains the special token ``<image>``; the language model's embeddings grow by that row, which the image
 features always replace (it never reaches the loss or the output: generation suppresses it). The frozen parts are in
 ``dtype``; the projector, trained whole, and the adapters are fp32 (mixed precision computes in half).
@@ -31,7 +35,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from rankmix.backbones import not_loadable, resolve_name
+from rankmix.backbones import check_architecture, clip_vision_config, not_loadable, resolve_name
 from rankmix.errors import ConfigError
 
 IMAGE_TOKEN = "<image>"
@@ -53,7 +57,7 @@ def image_processor(spec: Mapping):
         try:
             return CLIPImageProcessor.from_pretrained(name)
         except (OSError, ValueError) as e:
-            raise not_loadable("backbone.vision.name_or_path", name, e) from None
+            raise not_loadable("backbone.vision.name_or_path", name, e, spec.get("path_key")) from None
     size = int(spec["config"]["image_size"])
     return CLIPImageProcessor(size={"shortest_edge": size}, crop_size={"height": size, "width": size})
 
@@ -72,10 +76,11 @@ def build_vision(spec: Mapping, dtype: torch.dtype) -> nn.Module:
         return _seeded(int(spec.get("init_seed", 0)), lambda: CLIPVisionModel(config)).to(dtype)
     if spec.get("source") == "pretrained":
         name = resolve_name("backbone.vision.name_or_path", spec["name_or_path"])
+        check_architecture("backbone.vision.name_or_path", name, spec, read=clip_vision_config())
         try:
             return CLIPVisionModel.from_pretrained(name, dtype=dtype)
         except (OSError, ValueError) as e:
-            raise not_loadable("backbone.vision.name_or_path", name, e) from None
+            raise not_loadable("backbone.vision.name_or_path", name, e, spec.get("path_key")) from None
     raise ConfigError("backbone.vision.source", spec.get("source"), "must be config or pretrained")
 
 
@@ -110,13 +115,14 @@ def build_llm(spec: Mapping, tokenizer, dtype: torch.dtype) -> nn.Module:
         return _seeded(int(spec.get("init_seed", 0)), lambda: AutoModelForCausalLM.from_config(config)).to(dtype)
     if spec.get("source") == "pretrained":
         name = resolve_name("backbone.llm.name_or_path", spec["name_or_path"])
+        check_architecture("backbone.llm.name_or_path", name, spec)
         quant = quantization_config(spec.get("quantization"))
         extra = {"quantization_config": quant} if quant is not None else {}
         try:
             llm = AutoModelForCausalLM.from_pretrained(name, dtype=dtype, trust_remote_code=bool(
                 spec.get("trust_remote_code", False)), **extra)
         except (OSError, ValueError) as e:
-            raise not_loadable("backbone.llm.name_or_path", name, e) from None
+            raise not_loadable("backbone.llm.name_or_path", name, e, spec.get("path_key")) from None
         if quant is not None:  # QLoRA's step, as XTuner's _prepare_llm_for_lora: the unquantised weights in fp32
             from peft import prepare_model_for_kbit_training
 
@@ -137,7 +143,7 @@ def projector_state(spec: Mapping) -> dict[str, torch.Tensor] | None:
 
             root = Path(hf_hub_download(spec["name_or_path"], file)).parent
         except Exception as e:  # noqa: BLE001 - offline, unknown repo, missing file: one message
-            raise not_loadable(key, spec["name_or_path"], e) from None
+            raise not_loadable(key, spec["name_or_path"], e, spec.get("path_key")) from None
     path = root / file if root.is_dir() else root
     if not path.is_file():
         raise ConfigError("backbone.projector.file", str(path), "not found: name the checkpoint file in the directory "
@@ -161,6 +167,20 @@ def projector_state(spec: Mapping) -> dict[str, torch.Tensor] | None:
         raise ConfigError("backbone.projector.file", str(path),
                           f"holds no XTuner projector (keys projector.model.0/2.weight/bias); found {sorted(state)[:4]}")
     return out
+
+
+def check_projector(state: dict[str, torch.Tensor], projector: nn.Module, spec: Mapping) -> None:
+    """Refuse a pretrained projector whose shapes do not join this vision tower to this LLM (one pretrained for
+    another backbone), with one line naming both shapes and ``spec.path_key``, the key of the projector's folder."""
+    wrong = [k for k, v in projector.state_dict().items() if tuple(state[k].shape) != tuple(v.shape)]
+    if not wrong:
+        return
+    has = ", ".join(f"{k} {list(state[k].shape)}" for k in wrong)
+    needs = ", ".join(f"{k} {list(projector.state_dict()[k].shape)}" for k in wrong)
+    fix = f"set {spec['path_key']} to" if spec.get("path_key") else "use"
+    raise ConfigError("backbone.projector.name_or_path", spec.get("name_or_path"),
+                      f"holds a projector of other widths ({has}) than this vision tower and LLM need ({needs}); "
+                      f"{fix} the pretrain-stage folder of this backbone's LLM and vision tower")
 
 
 def build_llava(spec: Mapping, tokenizer) -> nn.Module:
@@ -195,6 +215,7 @@ def build_llava(spec: Mapping, tokenizer) -> nn.Module:
                 layer.reset_parameters()
         _seeded(int((spec.get("projector") or {}).get("init_seed", 0)), init)
     else:
+        check_projector(state, projector, spec.get("projector") or {})
         projector.load_state_dict(state)
     projector.float()  # trained whole: fp32 weights under mixed precision (XTuner's DeepSpeed keeps fp32 masters)
     model.generation_config.pad_token_id = tokenizer.pad_token_id

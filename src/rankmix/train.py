@@ -14,6 +14,7 @@ import shutil
 import sys
 import time
 import traceback
+from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -28,7 +29,15 @@ if TYPE_CHECKING:
     import lightning.pytorch as pl
 
 from rankmix import locations
-from rankmix.config import check_table_id, config_hash, register_resolvers, run_key, validate
+from rankmix.batching import accumulation, batch_layout
+from rankmix.config import (
+    check_table_id,
+    check_trainer_keys,
+    config_hash,
+    register_resolvers,
+    run_key,
+    validate,
+)
 from rankmix.data.files import atomic_open, stale_temporaries
 from rankmix.errors import ConfigError, RankmixError
 from rankmix.rehearsal import preflight
@@ -66,6 +75,9 @@ def build_trainer(cfg: DictConfig, run_dir: Path, extra_callbacks: list | None =
 
     from rankmix.callbacks import SlurmRequeue, TrainingModes
     from rankmix.distributed import build_strategy
+    from rankmix.quiet import quiet_lightning
+
+    quiet_lightning()
 
     callbacks = [instantiate(c) for c in (cfg.get("callbacks") or {}).values() if c] + [TrainingModes()]
     if SLURMEnvironment.detect():  # a SLURM batch job (srun's tasks included): Lightning requeues it
@@ -75,6 +87,7 @@ def build_trainer(cfg: DictConfig, run_dir: Path, extra_callbacks: list | None =
     kwargs = OmegaConf.to_container(cfg.trainer, resolve=True)
     kwargs.pop("_target_", None)
     kwargs["strategy"] = build_strategy(kwargs.get("strategy", "auto"))
+    kwargs["accumulate_grad_batches"] = accumulation(cfg)  # from task.global_batch_size when the row sets one
     select = cfg.task.get("select_best")
     if select:
         callbacks.append(ModelCheckpoint(dirpath=str(run_dir / "checkpoints"), filename="best", monitor=select.monitor,
@@ -137,7 +150,11 @@ def selected_checkpoint(cfg: DictConfig, trainer: pl.Trainer) -> tuple[str | Non
                                   "score": float(score) if score is not None else None}
 
 
-def fit_and_test(cfg: DictConfig, run_dir: Path, chash: str) -> tuple[dict, dict, pl.Trainer]:
+def fit_and_test(cfg: DictConfig, run_dir: Path, chash: str, on_fit: Callable[[], None] = lambda: None
+                 ) -> tuple[dict, dict, pl.Trainer]:
+    """Build the data, backbone, adapters and trainer, then fit and test; ``on_fit`` is called when training
+    starts (what fails before it, a backbone that cannot load or a target that matches no layer, is refused, not
+    a failed run)."""
     import lightning.pytorch as pl
     import torch
 
@@ -164,6 +181,7 @@ def fit_and_test(cfg: DictConfig, run_dir: Path, chash: str) -> tuple[dict, dict
     set_training_modes(module, cfg.backbone.get("frozen_dropout", True))
     live = live_models()  # this run's own, and nothing a sweep's earlier run left
     fit_started = time.time()
+    on_fit()
     trainer.fit(module, datamodule=dm, ckpt_path=resume)
     fit_s = time.time() - fit_started
     drop_hpc_checkpoints(trainer, run_dir)
@@ -191,6 +209,7 @@ def fit_and_test(cfg: DictConfig, run_dir: Path, chash: str) -> tuple[dict, dict
             "live_models_at_fit": live,
             "devices": trainer.num_devices,
             "cluster_environment": type(trainer._accelerator_connector.cluster_environment).__name__,  # who starts ranks
+            "batch_layout": batch_layout(cfg, trainer),  # devices x nodes x batch x accumulation = global batch
         },
     }
     if selection is not None:
@@ -222,6 +241,12 @@ def truncate_log(path: Path, step: int) -> None:
 
 def check_launch(cfg: DictConfig, multirun: bool) -> None:
     """Refuse set-ups that are known to go wrong before any work starts."""
+    if str(cfg.trainer.get("accelerator")) in ("gpu", "cuda"):
+        import torch
+
+        if not torch.cuda.is_available():
+            raise ConfigError("trainer.accelerator", cfg.trainer.accelerator, "no CUDA GPU is visible on this "
+                              "machine; use trainer=cpu here, or run on a machine with one")
     strategy = cfg.trainer.get("strategy")
     name = strategy if isinstance(strategy, str) else str((strategy or {}).get("_target_", ""))
     relaunches = cfg.trainer.devices not in (1, "1") and not name.endswith("ddp_spawn") and any(
@@ -317,12 +342,15 @@ def train(cfg: DictConfig) -> float | None:
     started, t0 = _now(), time.time()
     path, chash = None, None
     lock = None
-    stop_on_sigterm(key)
+    started_fit = []  # a config refused before training starts is not a run: it leaves no failure record
+    stop_on_sigterm(key, bool(cfg.get("rerun")))
     try:
         check_table_id(cfg)
         path = result_path(Path(cfg.paths.results_dir), cfg.table.id, key)
         validate(cfg)
+        check_trainer_keys(cfg)
         check_launch(cfg, multirun)
+        accumulation(cfg)  # a global batch the devices cannot reach is refused before any work
         fallback = cpu_fallback(cfg)
         record_data_fingerprint(cfg)
         chash = config_hash(cfg)
@@ -338,7 +366,8 @@ def train(cfg: DictConfig) -> float | None:
         config = OmegaConf.to_container(cfg, resolve=True)
         same = None if cfg.rerun else same_computation(Path(cfg.paths.results_dir), config, exclude=path)
         if same is not None:
-            print(f"rankmix: {key}: same computation as {same}; its numbers are reused (rerun=true trains again)")
+            print(f"rankmix: {key}: same computation as {same}; its numbers are reused (rerun=true trains again)"
+                  + ("; no wandb run is made for it (nothing was trained)" if cfg.get("logger", {}).get("wandb") else ""))
             done = read_json(same)
             result = {**done, "run": {**done["run"], "key": key, "table": cfg.table.id, "config_hash": chash,
                                       "reused_from": str(same)}, "config": config}
@@ -346,7 +375,7 @@ def train(cfg: DictConfig) -> float | None:
             failure_path(path).unlink(missing_ok=True)
             return _finish(cfg, result["metrics"], path)
         preflight.check(cfg)   # the projected memory against the GPU's free memory, before any weight loads
-        metrics, info, trainer = fit_and_test(cfg, run_dir, chash)
+        metrics, info, trainer = fit_and_test(cfg, run_dir, chash, on_fit=lambda: started_fit.append(True))
         rank = trainer.global_rank
         del trainer  # nothing of this run's model outlives it (a sweep's next run loads its own)
         release_memory()
@@ -374,8 +403,9 @@ def train(cfg: DictConfig) -> float | None:
         failure_path(path).unlink(missing_ok=True)
         return _finish(cfg, metrics, path)
     except (RankmixError, *_lightning_config_errors()) as e:
-        _record_failure(path, key, cfg, chash, started, str(e))
-        _rebuild_table(cfg)
+        _record_failure(path if started_fit else None, key, cfg, chash, started, str(e))
+        if started_fit:
+            _rebuild_table(cfg)
         print(f"rankmix: error: {e}", file=sys.stderr)
         log.error(str(e))
         if multirun:
@@ -385,8 +415,9 @@ def train(cfg: DictConfig) -> float | None:
         print(f"rankmix: error: run {key} interrupted; run the same command again to resume it", file=sys.stderr)
         sys.exit(130)
     except Exception as e:
-        _record_failure(path, key, cfg, chash, started, f"{type(e).__name__}: {e}")
-        _rebuild_table(cfg)
+        _record_failure(path if started_fit else None, key, cfg, chash, started, f"{type(e).__name__}: {e}")
+        if started_fit:
+            _rebuild_table(cfg)
         if not multirun:
             raise
         log.error(f"run {key} failed; the sweep goes on:\n{traceback.format_exc()}")
@@ -405,7 +436,7 @@ def _lightning_config_errors() -> tuple[type, ...]:
     return (mod.MisconfigurationException,) if mod else ()
 
 
-def stop_on_sigterm(key: str) -> None:
+def stop_on_sigterm(key: str, rerun: bool = False) -> None:
     """SIGTERM (a timeout, ``docker stop``, ``kill``, SLURM's time limit) stops the run as Ctrl-C does: Lightning
     shuts down and the process exits non-zero, with a line saying so (naming the SLURM job under SLURM); a sweep
     stops there. Under SLURM, Lightning's requeue signal (SIGUSR1, which ``--signal`` asks for) is another signal:
@@ -420,8 +451,10 @@ def stop_on_sigterm(key: str) -> None:
         SlurmRequeue.listen()
 
     def handler(signum, frame):
+        resume = ("the same command without rerun=true resumes it (with rerun=true it trains from scratch)" if rerun
+                  else "the same command resumes it")
         print(f"rankmix: error: SIGTERM: stopping run {key}" + (f" (SLURM job {job})" if job else "") +
-              "; its last checkpoint is kept and the same command resumes it", file=sys.stderr, flush=True)
+              f"; its last checkpoint is kept and {resume}", file=sys.stderr, flush=True)
         raise KeyboardInterrupt
 
     try:
@@ -437,16 +470,17 @@ def failure_path(path: Path) -> Path:
 
 def _record_failure(path, key, cfg, chash, started, message) -> None:
     """A failed run leaves a ``status: failed`` JSON in ``failed/`` (listed under its table, never a row), so a
-    finished result is never replaced by a failure; in a sweep it is also counted for the sweep's exit code."""
-    if path is None:
-        return
-    failure = {"status": "failed", "error": message,
-               "run": {"key": key, "table": cfg.table.id, "scale": cfg.get("scale"), "config_hash": chash,
-                       "started_at": started, "finished_at": _now()}}
-    try:
-        write_json_atomic(failure_path(path), failure)
-    except OSError as e:
-        print(f"rankmix: error: cannot record the failure in {failure_path(path)} ({e.strerror})", file=sys.stderr)
+    finished result is never replaced by a failure; ``path`` None (a config refused before training, not a run)
+    leaves none. In a sweep either is counted for the sweep's exit code."""
+    if path is not None:
+        failure = {"status": "failed", "error": message,
+                   "run": {"key": key, "table": cfg.table.id, "scale": cfg.get("scale"), "config_hash": chash,
+                           "started_at": started, "finished_at": _now()}}
+        try:
+            write_json_atomic(failure_path(path), failure)
+        except OSError as e:
+            print(f"rankmix: error: cannot record the failure in {failure_path(path)} ({e.strerror})",
+                  file=sys.stderr)
     sweep_failures = os.environ.get(SWEEP_FAILURES)
     if sweep_failures and HydraConfig.get().mode == RunMode.MULTIRUN:
         with open(sweep_failures, "a") as f:
@@ -495,7 +529,9 @@ def live_models() -> int:
 
     from transformers import PreTrainedModel
 
-    models = [o for o in gc.get_objects() if isinstance(o, PreTrainedModel)]
+    # type(), not isinstance(): isinstance reads each object's __class__, and a deprecated module attribute
+    # (torch.distributed.reduce_op) warns when touched
+    models = [o for o in gc.get_objects() if issubclass(type(o), PreTrainedModel)]
     inner = {id(c) for m in models for c in m.modules() if c is not m}
     return sum(id(m) not in inner for m in models)
 
@@ -526,6 +562,10 @@ def _finish(cfg: DictConfig, metrics: dict, path: Path | None = None) -> float |
     not finished) is said in one line and does not fail the finished run."""
     from rankmix.tables import build_table
 
+    shown = {k: v for k, v in sorted(metrics.items()) if k.startswith("test/") and k.count("/") == 1}
+    if shown:
+        print("rankmix: metrics: " + ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}"
+                                                for k, v in shown.items()))
     if path is not None:
         print(f"rankmix: result: {path}")
     try:

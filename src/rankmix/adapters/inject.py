@@ -28,9 +28,11 @@ DEFAULT_TARGETS: dict[str, list[str]] = {
     "gpt2": ["c_attn"],
     "bart": ["q_proj", "v_proj"],
     "vit": ["query", "value", "q_proj", "v_proj"],  # layer names differ across transformers releases
-    # XTuner (MoSLoRA Tab. 5) wraps every linear layer of the CLIP vision tower and of InternLM2 but the head
+    # XTuner (MoSLoRA Tab. 5) wraps every linear layer but one named lm_head or output_layer (its
+    # find_all_linear_names): all of the CLIP vision tower's, and all of InternLM2's, whose head is named `output`
+    # (rankmix.llava names it so where the LLM's adapters are injected)
     "clip_vision_model": ["q_proj", "k_proj", "v_proj", "out_proj", "fc1", "fc2"],
-    "internlm2": ["wqkv", "wo", "w1", "w2", "w3"],
+    "internlm2": ["wqkv", "wo", "w1", "w2", "w3", "output"],
 }
 
 # Keys of a method config that steer injection rather than the layer itself.
@@ -151,6 +153,7 @@ def check_context(model: nn.Module, provided) -> None:
 
 
 def adapter_layers(model: nn.Module) -> dict[str, AdapterLayer]:
+    """Every rankmix adapter layer of ``model`` by its full module name."""
     return {n: m for n, m in model.named_modules() if isinstance(m, AdapterLayer)}
 
 
@@ -174,11 +177,13 @@ def adapter_state_dict(model: nn.Module, prefix: str = "") -> dict[str, torch.Te
 
 
 def merge_adapters(model: nn.Module) -> None:
+    """W0 ← W0 + ΔW in every adapter layer (the layers stay in place; ``unmerge_adapters`` undoes it)."""
     for layer in adapter_layers(model).values():
         layer.merge()
 
 
 def unmerge_adapters(model: nn.Module) -> None:
+    """W0 ← W0 − ΔW in every merged adapter layer, undoing ``merge_adapters``."""
     for layer in adapter_layers(model).values():
         layer.unmerge()
 

@@ -26,17 +26,26 @@ Here pass@1 is in percent, and ``ds1000/average`` is the unweighted mean of the 
 120 s limit is ``SandboxSettings(timeout_s=120)``. A problem passes when the sandbox saw the program run to its end
 and the solution is not flagged by ``rankmix.benchmarks.suspicious``; a flagged one whose program finished is
 ``suspicious``, and ``ds1000/suspicious`` counts the flagged solutions.
+
+Two releases and two extractions (``task.benchmarks.ds1000.release`` / ``extraction``): ``xlang_2024`` is the
+release above; ``hkunlp_2022`` is the original ``ds1000_data/`` folder that SMoRA's OpenCompass evaluation read,
+scored as its evaluation server did (``rankmix.benchmarks.ds1000_official``). ``extraction: official`` is that
+server's five searches (and its Matplotlib line filter), ``xlang`` the harness's ``postprocess`` above; ``max_chars``
+blanks longer replies first (OpenCompass: 10,000). ``timeout_s`` is per test case for ``hkunlp_2022`` (60 s), per
+program for ``xlang_2024`` (120 s).
 """
 
 from __future__ import annotations
 
 import importlib.util
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import replace
 from pathlib import Path
 
-from rankmix.benchmarks import suspicious
-from rankmix.benchmarks.sandbox import SandboxSettings, run_programs
+from rankmix.benchmarks import ds1000_official, suspicious
+from rankmix.benchmarks.sandbox import SandboxSettings, check_isolation, run_program
 from rankmix.data.files import jsonl_lines, local_dataset_kwargs
-from rankmix.errors import DataError
+from rankmix.errors import DataError, first_line
 
 LIBRARIES = ("Pandas", "Numpy", "Matplotlib", "Scipy", "Sklearn", "Pytorch", "Tensorflow")
 MODULES = {"Pandas": "pandas", "Numpy": "numpy", "Matplotlib": "matplotlib", "Scipy": "scipy", "Sklearn": "sklearn",
@@ -47,6 +56,8 @@ METADATA = ("problem_id", "library_problem_id", "library", "test_case_cnt", "per
 HUB_ID = "xlangai/DS-1000"
 WHERE = f"use DS-1000's data/ds1000.jsonl.gz (github.com/xlang-ai/DS-1000) or the hub dataset {HUB_ID}"
 DETAIL_CHARS = 300
+RELEASES = ("hkunlp_2022", "xlang_2024")
+EXTRACTIONS = ("official", "xlang")
 
 
 def _check(source: str, rec, fields: tuple[str, ...] = FIELDS) -> dict:
@@ -69,9 +80,14 @@ def _check(source: str, rec, fields: tuple[str, ...] = FIELDS) -> dict:
     return rec
 
 
-def load_problems(path_or_id: str) -> list[dict]:
-    """DS-1000 problems from a local ``.jsonl`` / ``.jsonl.gz`` file in the released format, or from a hub dataset
-    id (split ``test``); every record is checked."""
+def load_problems(path_or_id: str, release: str = "xlang_2024", mode: str = "Insertion") -> list[dict]:
+    """DS-1000 problems. ``xlang_2024``: a local ``.jsonl`` / ``.jsonl.gz`` file in the released format, or a hub
+    dataset id (split ``test``), every record checked; ``hkunlp_2022``: the original ``ds1000_data`` folder, its
+    ``mode`` prompts (``rankmix.benchmarks.ds1000_official.load_release``)."""
+    if release not in RELEASES:
+        raise DataError(f"DS-1000 release {release!r}; known: {', '.join(RELEASES)}")
+    if release == "hkunlp_2022":
+        return ds1000_official.load_release(path_or_id, mode)
     path = Path(path_or_id)
     if path.is_file() or path.name.endswith((".jsonl", ".jsonl.gz")):
         if not path.is_file():
@@ -83,7 +99,7 @@ def load_problems(path_or_id: str) -> list[dict]:
         try:
             rows = list(datasets.load_dataset(path_or_id, split="test", **local_dataset_kwargs(path_or_id)))
         except Exception as e:  # noqa: BLE001 -- offline, unknown id, bad format: one message
-            reason = (str(e).strip().splitlines() or [type(e).__name__])[0][:160]
+            reason = first_line(e)
             raise DataError(f"{path_or_id}: not a local file and not loadable from the hub ({reason}); "
                             f"{WHERE}") from None
         problems = [_check(f"{path_or_id} (test split) record {i}", rec) for i, rec in enumerate(rows, 1)]
@@ -102,8 +118,21 @@ def postprocess(generation: str) -> str:
     return code.replace("<code>", "")
 
 
-def program(problem: dict, solution: str) -> str:
-    """The program the harness executes for ``solution`` (already post-processed)."""
+def solution(problem: dict, generation: str, extraction: str = "xlang", max_chars: int | None = None) -> str:
+    """The code run for ``generation``: longer than ``max_chars`` blanked, then ``official`` (the evaluation
+    server's searches, and its filter for Matplotlib) or ``xlang`` (``postprocess``) extraction."""
+    if extraction not in EXTRACTIONS:
+        raise ValueError(f"DS-1000 extraction {extraction!r}; known: {', '.join(EXTRACTIONS)}")
+    if extraction == "official":
+        return ds1000_official.official_solution(generation, problem["metadata"]["library"], max_chars)
+    return postprocess(ds1000_official.blank_long(generation, max_chars))
+
+
+def program(problem: dict, solution: str, timeout_s: float = ds1000_official.CASE_TIMEOUT_S) -> str:
+    """The program the harness executes for ``solution`` (already extracted); for an ``hkunlp_2022`` problem, the
+    evaluation server's work with ``timeout_s`` per test case."""
+    if problem.get("release") == "hkunlp_2022":
+        return ds1000_official.program(problem, solution, timeout_s)
     context = problem["code_context"]
     return (context + "\n" + f"code = {solution!r}\n" + "test_execution(code)\n"
             + ("test_string(code)\n" if "test_string(" in context else "\n"))
@@ -116,8 +145,23 @@ def missing_libraries() -> dict[str, str]:
             for lib, module in MODULES.items() if importlib.util.find_spec(module) is None}
 
 
-def score(problems: list[dict], generations: list[str],
-          settings: SandboxSettings) -> tuple[dict[str, float], dict[str, str], list[dict]]:
+def _run(problems: list[dict], solutions: list[str], settings: SandboxSettings):
+    """Each problem's program in the sandbox (an ``hkunlp_2022`` one with its test cases' time), in order."""
+    check_isolation(settings)
+
+    def one(item):
+        problem, code = item
+        if problem.get("release") == "hkunlp_2022":
+            limit = ds1000_official.sandbox_seconds(problem, settings.timeout_s)
+            return run_program(program(problem, code, settings.timeout_s), replace(settings, timeout_s=limit))
+        return run_program(program(problem, code), settings)
+
+    with ThreadPoolExecutor(max_workers=max(1, settings.workers)) as pool:
+        return list(pool.map(one, zip(problems, solutions, strict=True)))
+
+
+def score(problems: list[dict], generations: list[str], settings: SandboxSettings, extraction: str = "xlang",
+          max_chars: int | None = None) -> tuple[dict[str, float], dict[str, str], list[dict]]:
     """(metrics, missing, records): pass@1 in percent per library (``ds1000/<library>``) and their unweighted mean
     (``ds1000/average``, only when all seven are scored); metric -> reason for each that is not; one record a
     problem (problem_id, library, generation, status, seconds, suspicious, detail); ``ds1000/suspicious`` counts the
@@ -133,11 +177,12 @@ def score(problems: list[dict], generations: list[str],
         elif lib in not_installed:
             missing[f"ds1000/{lib.lower()}"] = not_installed[lib]
     runnable = [i for i, p in enumerate(problems) if p["metadata"]["library"] not in not_installed]
-    outcomes = dict(zip(runnable, run_programs(
-        [program(problems[i], postprocess(generations[i])) for i in runnable], settings), strict=True))
+    codes = [solution(p, g, extraction, max_chars) for p, g in zip(problems, generations, strict=True)]
+    outcomes = dict(zip(runnable, _run([problems[i] for i in runnable], [codes[i] for i in runnable], settings),
+                        strict=True))
     records, passed, counted = [], dict.fromkeys(LIBRARIES, 0), dict.fromkeys(LIBRARIES, 0)
     for i, p in enumerate(problems):
-        lib, flagged = p["metadata"]["library"], suspicious.flags(postprocess(generations[i]))
+        lib, flagged = p["metadata"]["library"], suspicious.flags(codes[i])
         if i in outcomes:
             outcome = outcomes[i]
             status = suspicious.status(outcome.status, flagged)
@@ -147,7 +192,7 @@ def score(problems: list[dict], generations: list[str],
         else:
             status, seconds, detail = "not run", 0.0, not_installed[lib]
         records.append({"problem_id": p["metadata"]["problem_id"], "library": lib, "generation": generations[i],
-                        "status": status, "seconds": seconds, "suspicious": flagged, "detail": detail})
+                        "solution": codes[i], "status": status, "seconds": seconds, "suspicious": flagged, "detail": detail})
     metrics = {f"ds1000/{lib.lower()}": 100.0 * passed[lib] / counted[lib] for lib in LIBRARIES if counted[lib]}
     if missing:
         missing["ds1000/average"] = f"needs all {len(LIBRARIES)} libraries scored; not scored: {', '.join(missing)}"

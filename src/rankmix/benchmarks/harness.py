@@ -1,13 +1,26 @@
-"""MMLU and GSM8K through EleutherAI's lm-evaluation-harness (``lm-eval``), on the adapted model in memory.
+"""MMLU as OpenCompass scores it, and GSM8K through EleutherAI's lm-evaluation-harness (``lm-eval``), on the
+adapted model in memory.
 
-Each benchmark is lm-eval's own task: its prompt, few-shot sampler, answer extraction and metric. rankmix writes
+GSM8K is lm-eval's own task: its prompt, few-shot sampler, answer extraction and metric. rankmix writes
 one overlay YAML per task (``include:`` lm-eval's task file, plus ``dataset_path`` where the data is a local copy
 or the generated tiny suite) and hands the model to lm-eval through ``lm_eval.models.huggingface.HFLM``.
 
-- **MMLU** (SMoRA's OpenCompass ``mmlu_ppl_ac766d``, the config its README runs on every model: 0-shot, the
-  log-likelihood of each option letter after "The following are multiple choice questions (with answers) about
-  {subject}.\\n\\n{question}\\nA. …\\nAnswer:"): lm-eval's ``mmlu_<subject>`` tasks, the same prompt. Overall, law
-  and medical are lm-eval's group mean (``aggregate_subtask_metrics``, weighted by subject size) over their subjects.
+- **MMLU**: OpenCompass's PPL protocol (``mmlu_ppl_ac766d`` as SMoRA bundles it), ported byte for byte, not
+  lm-eval's task (lm-eval strips the question and has one space after "about"). Per subject and candidate X in
+  A-D the text is "The following are multiple choice questions (with answers) about  {subject with spaces}.\n\n"
+  (two spaces), the in-context examples, then "{input}\nA. {A}\nB. {B}\nC. {C}\nD. {D}\nAnswer: X", with the
+  question exactly as the data gives it (never stripped) and every field filled by OpenCompass's ``safe_format``
+  (one ``str.replace`` per field, in the order input, A, B, C, D, target, over the whole text). SMoRA's config
+  retrieves nothing (``ZeroRetriever``: no examples, nothing between hint and question); ``num_fewshot: k`` gives
+  OpenCompass's ``FixKRetriever(fix_id_list=[0..k-1])`` over the dev split instead: each example
+  "{question}\nAnswer: {its answer}\n", joined by "\n" and followed by "\n". Each text is tokenized whole with
+  the tokenizer's special tokens (BOS), left-padded in batches that run label by label over the subject's questions
+  (``batch_size``, as OpenCompass's ``PPLInferencer`` batches them; no position ids, as its ``get_ppl`` passes
+  none), and scored by its mean token cross-entropy (padding targets ignored, divided by the non-padding token
+  count); the prediction is the candidate of lowest score, the first on a tie. Groups (overall, law, medical) are
+  recorded both ways OpenCompass's summarizer computes them: the plain mean of subject accuracies (its ``mmlu``,
+  ``naive_average``; the metric ``mmlu/<group>``) and the mean weighted by subject size (its ``mmlu-weighted``;
+  ``mmlu/<group>_weighted``).
 - **GSM8K**: lm-eval's ``gsm8k`` task, greedy, ``num_fewshot`` examples, scored by exact match of the number its
   filter extracts against the number after "####". ``prompt: opencompass`` gives it SMoRA's OpenCompass prompt
   (``gsm8k_gen_1d7fe4``): the 4 fixed worked examples of that config (``gsm8k_opencompass.json``), each question as
@@ -22,6 +35,8 @@ import json
 import logging
 from collections.abc import Mapping, Sequence
 from pathlib import Path
+
+import torch
 
 from rankmix.errors import ConfigError
 
@@ -39,10 +54,72 @@ def lm_eval_task_file(task: str) -> Path:
     return path
 
 
+# OpenCompass mmlu_ppl_ac766d's ``mmlu_all_sets``, in its order (the 57 subjects of cais/mmlu)
+MMLU_SUBJECTS = (
+    "college_biology", "college_chemistry", "college_computer_science", "college_mathematics", "college_physics",
+    "electrical_engineering", "astronomy", "anatomy", "abstract_algebra", "machine_learning", "clinical_knowledge",
+    "global_facts", "management", "nutrition", "marketing", "professional_accounting", "high_school_geography",
+    "international_law", "moral_scenarios", "computer_security", "high_school_microeconomics", "professional_law",
+    "medical_genetics", "professional_psychology", "jurisprudence", "world_religions", "philosophy", "virology",
+    "high_school_chemistry", "public_relations", "high_school_macroeconomics", "human_sexuality",
+    "elementary_mathematics", "high_school_physics", "high_school_computer_science", "high_school_european_history",
+    "business_ethics", "moral_disputes", "high_school_statistics", "miscellaneous", "formal_logic",
+    "high_school_government_and_politics", "prehistory", "security_studies", "high_school_biology",
+    "logical_fallacies", "high_school_world_history", "professional_medicine", "high_school_mathematics",
+    "college_medicine", "high_school_us_history", "sociology", "econometrics", "high_school_psychology",
+    "human_aging", "us_foreign_policy", "conceptual_physics",
+)
+MMLU_LABELS = ("A", "B", "C", "D")  # the keys of the config's template dicts, the order PPLInferencer scores them
+_QUESTION = "{input}\nA. {A}\nB. {B}\nC. {C}\nD. {D}"  # question_overall
+_ICE_TOKEN = "</E>"
+
+
 def mmlu_subjects() -> list[str]:
-    """The 57 subjects of lm-eval's MMLU (its ``mmlu_<subject>.yaml`` files)."""
-    folder = lm_eval_task_file("mmlu_anatomy").parent
-    return sorted(p.stem.removeprefix("mmlu_") for p in folder.glob("mmlu_*.yaml"))
+    """The 57 MMLU subjects (OpenCompass's ``mmlu_all_sets``), sorted."""
+    return sorted(MMLU_SUBJECTS)
+
+
+def opencompass_mmlu_entry(record: Mapping) -> dict[str, str]:
+    """A cais/mmlu record (question, choices, answer) as OpenCompass's ``MMLUDataset`` row: input, A-D, target, in
+    that order (the order ``safe_format`` fills them). The question is kept as it is, spaces and newlines included."""
+    if "input" in record:
+        return {k: str(record[k]) for k in ("input", *MMLU_LABELS, "target")}
+    choices = list(record["choices"])
+    if len(choices) != 4:
+        raise ValueError(f"an MMLU record has 4 choices, this one {len(choices)}: {record['question']!r}")
+    return {"input": record["question"], **dict(zip(MMLU_LABELS, choices, strict=True)),
+            "target": MMLU_LABELS[int(record["answer"])]}
+
+
+def _safe_format(text: str, entry: Mapping) -> str:
+    """OpenCompass's ``utils.prompt.safe_format``: one ``str.replace`` of "{key}" per field, in the entry's order."""
+    for key, value in entry.items():
+        text = text.replace(f"{{{key}}}", str(value))
+    return text
+
+
+def opencompass_mmlu_ice(examples: Sequence[Mapping]) -> str:
+    """The in-context examples of one question (OpenCompass ``BaseRetriever.generate_ice``): no examples give ""
+    (``ZeroRetriever``, whose end token is ""); k examples (``FixKRetriever``: separator and end token "\n") give
+    each as its answer's ice template "{question}\nAnswer: {target}\n" filled from its own row, joined by "\n",
+    plus "\n"."""
+    if not examples:
+        return ""
+    items = []
+    for example in map(opencompass_mmlu_entry, examples):
+        items.append(_safe_format(f"{_QUESTION}\nAnswer: {example['target']}\n", example))
+    return "\n".join(items) + "\n"
+
+
+def opencompass_mmlu_prompts(subject: str, record: Mapping, examples: Sequence[Mapping] = ()) -> dict[str, str]:
+    """The four texts OpenCompass's PPL inferencer scores for one question, by candidate label
+    (``PromptTemplate.generate_label_prompt_item``): the label's template, its ice token replaced by the examples
+    (``opencompass_mmlu_ice``), then every field of the question's row filled, examples included."""
+    hint = f'The following are multiple choice questions (with answers) about  {subject.replace("_", " ")}.\n\n'
+    entry = opencompass_mmlu_entry(record)
+    ice = opencompass_mmlu_ice(examples)
+    return {label: _safe_format(f"{hint}{_ICE_TOKEN}{_QUESTION}\nAnswer: {label}".replace(_ICE_TOKEN, ice), entry)
+            for label in MMLU_LABELS}
 
 
 def opencompass_gsm8k() -> dict:
@@ -97,24 +174,125 @@ def evaluate(lm, task_files: Sequence[str], num_fewshot: int, limit: int | None,
     return out["results"], out["n-samples"]
 
 
-def mmlu(lm, settings: Mapping, out_dir: Path) -> dict[str, float]:
-    """``mmlu/{overall,law,medical}`` accuracy in percent, plus ``mmlu/<subject>``."""
-    from lm_eval.api.metrics import aggregate_subtask_metrics
+def load_mmlu(dataset_path: str, subject: str, split: str) -> list[dict]:
+    """One split of one subject from the cais/mmlu hub id or a local copy in its layout."""
+    import datasets
 
+    from rankmix.data.files import local_dataset_kwargs
+
+    return list(datasets.load_dataset(dataset_path, subject, split=split, **local_dataset_kwargs(dataset_path)))
+
+
+def opencompass_ppl(model, tokenizer, texts: Sequence[str], max_length: int) -> list[float]:
+    """OpenCompass ``HuggingFaceBaseModel.get_ppl`` on one batch: each text tokenized with special tokens (cut from
+    the left past ``max_length``), left-padded, the model run on ids and attention mask (no position ids); per text
+    the summed next-token cross-entropy over targets that are not the pad id, divided by its count of non-pad ids."""
+    from rankmix.data.loading import pad_left
+
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    ids = []
+    for text in texts:
+        one = tokenizer(text, add_special_tokens=True)["input_ids"]
+        if len(one) > max_length:
+            side, tokenizer.truncation_side = tokenizer.truncation_side, "left"
+            try:
+                one = tokenizer(text, add_special_tokens=True, truncation=True, max_length=max_length)["input_ids"]
+            finally:
+                tokenizer.truncation_side = side
+        ids.append(one)
+    batch, mask = pad_left(ids, pad)
+    device = next(model.parameters()).device
+    batch, mask = batch.to(device), mask.to(device)
+    logits = model(input_ids=batch, attention_mask=mask).logits
+    scores = []
+    for i in range(batch.shape[0]):  # one row at a time: the float logits of a whole batch need not fit
+        loss = torch.nn.functional.cross_entropy(logits[i, :-1].float(), batch[i, 1:], ignore_index=pad,
+                                                 reduction="sum")
+        scores.append(float(loss) / int((batch[i] != pad).sum()))
+    return scores
+
+
+def mmlu_subject(model, tokenizer, subject: str, questions: Sequence[Mapping], examples: Sequence[Mapping],
+                 batch_size: int, max_length: int) -> list[dict]:
+    """One subject as OpenCompass's ``PPLInferencer`` runs it: per question its examples (the last ones dropped
+    while the first candidate's text is over ``max_length`` tokens), every candidate label in turn over all
+    questions in batches of ``batch_size``, the prediction the label of lowest score (the first on a tie)."""
+    ice = []
+    for q in questions:
+        kept = list(examples)
+        while kept and len(tokenizer(opencompass_mmlu_prompts(subject, q, kept)["A"],
+                                     add_special_tokens=True)["input_ids"]) > max_length:
+            kept = kept[:-1]
+        ice.append(kept)
+    prompts = [opencompass_mmlu_prompts(subject, q, kept) for q, kept in zip(questions, ice, strict=True)]
+    scores = {}
+    for label in MMLU_LABELS:
+        texts = [p[label] for p in prompts]
+        scores[label] = [s for start in range(0, len(texts), batch_size)
+                         for s in opencompass_ppl(model, tokenizer, texts[start:start + batch_size], max_length)]
+    records = []
+    for i, q in enumerate(questions):
+        row = [scores[label][i] for label in MMLU_LABELS]
+        prediction = MMLU_LABELS[row.index(min(row))]
+        target = opencompass_mmlu_entry(q)["target"]
+        records.append({"subject": subject, "index": i, "target": target, "prediction": prediction,
+                        "correct": prediction == target, "ppl": dict(zip(MMLU_LABELS, row, strict=True)),
+                        "n_examples": len(ice[i])})
+    return records
+
+
+def group_means(acc: Mapping[str, float], sizes: Mapping[str, int], members: Sequence[str]) -> tuple[float, float]:
+    """(plain mean of the members' accuracies, mean weighted by their question counts): OpenCompass's summary
+    groups ``mmlu`` (``naive_average``) and ``mmlu-weighted`` (weights = the subjects' test sizes)."""
+    plain = sum(acc[s] for s in members) / len(members)
+    weighted = sum(acc[s] * sizes[s] for s in members) / sum(sizes[s] for s in members)
+    return plain, weighted
+
+
+def mmlu(lm, settings: Mapping, out_dir: Path) -> dict[str, float]:
+    """``mmlu/<subject>`` accuracy in percent, and per group (overall, law, medical) ``mmlu/<group>`` (plain mean of
+    its subjects, OpenCompass's ``mmlu``) and ``mmlu/<group>_weighted`` (size-weighted, its ``mmlu-weighted``).
+    ``lm``: the model and tokenizer (lm-eval's ``HFLM`` or anything with ``model``, ``tokenizer``, ``batch_size``,
+    ``max_length``). Every question's scores go to ``<out_dir>/mmlu.jsonl``."""
     subjects = list(settings.get("subjects") or mmlu_subjects())
+    unknown = [s for s in subjects if s not in MMLU_SUBJECTS]
+    if unknown:
+        raise ConfigError("task.benchmarks.mmlu.subjects", unknown, "not MMLU subjects")
     groups = {"law": list(settings["law"]), "medical": list(settings["medical"])}
     for name, members in groups.items():
         stray = [s for s in members if s not in subjects]
         if stray:
             raise ConfigError(f"task.benchmarks.mmlu.{name}", stray, "not among the evaluated subjects "
                               "(task.benchmarks.mmlu.subjects)")
-    files = [overlay(f"mmlu_{s}", out_dir, settings.get("dataset_path")) for s in subjects]
-    results, sizes = evaluate(lm, files, int(settings.get("num_fewshot", 0)), settings.get("limit"))
-    acc = {s: results[f"mmlu_{s}"]["acc,none"] for s in subjects}
-    n = {s: sizes[f"mmlu_{s}"]["effective"] for s in subjects}
-    metrics = {f"mmlu/{s}": 100.0 * acc[s] for s in subjects}
+        if not members:
+            raise ConfigError(f"task.benchmarks.mmlu.{name}", members, "needs at least one subject")
+    k = int(settings.get("num_fewshot", 0))
+    limit = settings.get("limit")
+    path = settings.get("dataset_path") or "cais/mmlu"
+    batch_size = int(settings.get("batch_size") or lm.batch_size)
+    max_length = int(settings.get("max_length") or lm.max_length)
+    model, tokenizer = lm.model, lm.tokenizer
+    was_training = model.training
+    model.eval()
+    records = []
+    try:
+        with torch.no_grad():
+            for subject in subjects:
+                questions = load_mmlu(path, subject, "test")[: int(limit) if limit else None]
+                examples = load_mmlu(path, subject, "dev")[:k] if k else []
+                if len(examples) < k:
+                    raise ConfigError("task.benchmarks.mmlu.num_fewshot", k,
+                                      f"{subject}'s dev split has {len(examples)} records")
+                records += mmlu_subject(model, tokenizer, subject, questions, examples, batch_size, max_length)
+    finally:
+        model.train(was_training)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    (out_dir / "mmlu.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
+    sizes = {s: sum(r["subject"] == s for r in records) for s in subjects}
+    acc = {s: 100.0 * sum(r["correct"] for r in records if r["subject"] == s) / sizes[s] for s in subjects}
+    metrics = {f"mmlu/{s}": acc[s] for s in subjects}
     for name, members in {"overall": subjects, **groups}.items():
-        metrics[f"mmlu/{name}"] = 100.0 * aggregate_subtask_metrics([acc[s] for s in members], [n[s] for s in members])
+        metrics[f"mmlu/{name}"], metrics[f"mmlu/{name}_weighted"] = group_means(acc, sizes, members)
     return metrics
 
 

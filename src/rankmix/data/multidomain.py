@@ -21,7 +21,7 @@ from collections.abc import Mapping
 from pathlib import Path
 
 from rankmix.data.files import check_fields, local_dataset_kwargs, read_records
-from rankmix.errors import ConfigError, DataError
+from rankmix.errors import ConfigError, DataError, first_line
 
 # record format -> (instruction field, input field or None, response field)
 FORMATS = {
@@ -54,7 +54,7 @@ def read_source(train_file: str, config: str | None = None) -> list[dict]:
     try:
         return list(datasets.load_dataset(train_file, config, split="train", **local_dataset_kwargs(train_file)))
     except Exception as e:  # noqa: BLE001 -- offline, unknown id, bad format: one message
-        reason = (str(e).strip().splitlines() or [type(e).__name__])[0][:160]
+        reason = first_line(e)
         raise DataError(f"{train_file}: not a local file and not loadable from the hub ({reason})") from None
 
 

@@ -4,7 +4,9 @@
 ``subject_driven_generation/cat/``); with ``instance_dir: null`` a generated subject is written under ``cache_dir``:
 a few images of one coloured shape in different places (``write_shape_subject``). Training images go through
 diffusers' SDXL DreamBooth transforms (resize to ``resolution``, random crop, no flip, scaled to [-1, 1]) and carry
-their original size and crop corner, SDXL's extra conditioning. Evaluation batches are the prompts
+their original size and crop corner, SDXL's extra conditioning. ``crop``: ``per_image`` draws each image's crop once,
+when the data is set up (from a generator seeded with ``seed``), as the official script's dataset does in its
+constructor; ``per_batch`` draws it anew each time the image is batched (torch's global RNG). Evaluation batches are the prompts
 ``templates`` × ``subject`` (MoSLoRA's ``infer.py``), each with its index.
 """
 
@@ -22,6 +24,7 @@ from rankmix.data.loading import seeded_loader
 from rankmix.errors import ConfigError, DataError
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp")
+CROPS = ("per_image", "per_batch")
 
 
 def write_shape_subject(root: Path, n_images: int, size: int, seed: int) -> Path:
@@ -42,13 +45,16 @@ def write_shape_subject(root: Path, n_images: int, size: int, seed: int) -> Path
 class SubjectDataModule(pl.LightningDataModule):
     def __init__(self, instance_dir: str | None, instance_prompt: str, subject: str, templates: list[str],
                  resolution: int, batch_size: int, cache_dir: str, seed: int = 0, generate: dict | None = None,
-                 num_workers: int = 0):
+                 num_workers: int = 0, crop: str = "per_image"):
         super().__init__()
         self.instance_dir = Path(instance_dir) if instance_dir else None
         self.instance_prompt, self.subject, self.templates = instance_prompt, subject, list(templates)
         self.resolution, self.batch_size, self.eval_batch_size = resolution, batch_size, 1
         self.cache_dir, self.seed, self.generate, self.num_workers = Path(cache_dir), seed, dict(generate or {}), num_workers
         self.images: list[dict] = []
+        if crop not in CROPS:
+            raise ConfigError("task.datamodule.crop", crop, f"must be one of {', '.join(CROPS)}")
+        self.crop = crop
 
     def folder(self) -> Path:
         if self.instance_dir is not None:
@@ -83,26 +89,40 @@ class SubjectDataModule(pl.LightningDataModule):
 
         if self.images:
             return
+        draw = torch.Generator().manual_seed(int(self.seed))
         for path in self._files():
             try:
                 image = Image.open(path).convert("RGB")
             except OSError as e:
                 raise DataError(f"{path}: not a readable image ({e})") from None
-            self.images.append({"image": image, "path": str(path)})
+            item = {"image": image, "path": str(path)}
+            if self.crop == "per_image":  # the official dataset: each image resized and its crop drawn once
+                resized = self._resized(image)
+                item["crop"] = self._draw_crop(resized, draw)
+            self.images.append(item)
 
-    def collate_train(self, batch: list[dict]) -> dict:
-        """diffusers' SDXL DreamBooth transforms: resize the short side, random crop, [-1, 1]."""
+    def _resized(self, image):
+        """The short side to ``resolution`` (bilinear), as diffusers' ``transforms.Resize(resolution)``."""
         from PIL import Image
 
+        scale = self.resolution / min(image.size)
+        return image.resize((max(self.resolution, round(image.width * scale)),
+                             max(self.resolution, round(image.height * scale))), Image.BILINEAR)
+
+    def _draw_crop(self, image, generator=None) -> tuple[int, int]:
+        """A random ``resolution``-square crop's (top, left), as ``RandomCrop.get_params``."""
+        top = int(torch.randint(0, image.height - self.resolution + 1, (1,), generator=generator))
+        left = int(torch.randint(0, image.width - self.resolution + 1, (1,), generator=generator))
+        return top, left
+
+    def collate_train(self, batch: list[dict]) -> dict:
+        """diffusers' SDXL DreamBooth transforms: resize the short side, random crop (``crop``), [-1, 1]."""
         pixels, original, crops = [], [], []
         for item in batch:
             image = item["image"]
             original.append((image.height, image.width))
-            scale = self.resolution / min(image.size)
-            image = image.resize((max(self.resolution, round(image.width * scale)),
-                                  max(self.resolution, round(image.height * scale))), Image.BILINEAR)
-            top = int(torch.randint(0, image.height - self.resolution + 1, (1,)))
-            left = int(torch.randint(0, image.width - self.resolution + 1, (1,)))
+            image = self._resized(image)
+            top, left = item["crop"] if "crop" in item else self._draw_crop(image)
             image = image.crop((left, top, left + self.resolution, top + self.resolution))
             crops.append((top, left))
             pixels.append(torch.from_numpy(np.asarray(image, dtype=np.float32) / 127.5 - 1.0).permute(2, 0, 1))

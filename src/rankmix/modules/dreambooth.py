@@ -6,7 +6,12 @@ its scaling factor), noised at a uniform timestep of the DDPM schedule built fro
 and the adapted UNet predicts the noise from the instance prompt's embeddings (both frozen text encoders,
 ``encode_prompt``) and SDXL's time ids (original size, crop corner, target size); the loss is the MSE. Validation
 computes the same loss on the instance images. Test generates ``images_per_prompt`` images for every evaluation
-prompt (the pipeline's sampler, ``num_inference_steps``, ``guidance_scale``, seeds ``seed + i``), written as
+prompt, by ``task.inference``: ``adapted`` (the adapted UNet in memory, mixer included, with the training pipeline's
+VAE; the pipeline's sampler, ``num_inference_steps``, ``guidance_scale``, a generator seeded ``seed + i`` per image)
+or ``official`` (MoSLoRA's infer.py: ``rankmix.diffusion.official_pipeline``, fp16 with the model's own VAE, the
+adapters saved as the official script saves them under ``<run>/official_lora/`` and loaded by diffusers, which drops
+the mixer; no generator: torch's global RNG seeded once with ``seed`` before the first prompt; the pipeline's
+defaults for everything but ``num_inference_steps``), written as
 ``<run>/images/<prompt index>_<i>.png`` with ``<run>/images/index.json`` (prompt and file of each image, and the
 subject's images): what the rating page (``rankmix.rating``) shows. A LoRA or MoSLoRA UNet adapter is also written
 as a diffusers LoRA file (``<run>/diffusers_lora/``, ``rankmix.adapters.export_diffusers``). With
@@ -25,11 +30,13 @@ import torch.nn.functional as F
 from rankmix.adapters import adapter_layers
 from rankmix.modules.base import AdapterModule
 
+INFERENCE = ("adapted", "official")
+
 
 class DreamBoothModule(AdapterModule):
     def __init__(self, pipe, optimizer: Mapping, resolution: int, out_dir: str, references: list[str],
                  images_per_prompt: int = 1, num_inference_steps: int = 50, guidance_scale: float = 5.0, seed: int = 0,
-                 auto_scores: Mapping | None = None):
+                 auto_scores: Mapping | None = None, inference: str = "adapted", official=None):
         super().__init__(pipe.unet, optimizer)
         from diffusers import DDPMScheduler
 
@@ -42,6 +49,30 @@ class DreamBoothModule(AdapterModule):
         self.guidance_scale, self.seed = guidance_scale, seed
         self.references = list(references)
         self.auto_scores = dict(auto_scores or {})
+        if inference not in INFERENCE:
+            from rankmix.errors import ConfigError
+
+            raise ConfigError("task.inference", inference, f"must be one of {', '.join(INFERENCE)}")
+        self.inference, self._official, self._generating = inference, official, None
+
+    def on_test_epoch_start(self):
+        """``official``: the LoRA file the official script would write, a fresh fp16 pipeline that loads it, and the
+        global RNG seeded once (infer.py passes no generator)."""
+        if self.inference != "official":
+            return
+        from rankmix.diffusion import save_official_lora
+
+        lora_dir = self.out_dir / "official_lora"
+        if self.global_rank == 0:
+            save_official_lora(self.model, lora_dir)
+        self.trainer.strategy.barrier("official_lora")
+        self._generating, notes = self._official(lora_dir, self.device)
+        self.evaluation_notes["inference"] = {"mode": "official", **notes}
+        torch.manual_seed(self.seed)
+
+    def on_test_epoch_end(self):
+        super().on_test_epoch_end()
+        self._generating = None  # the official pipeline's memory back before anything else runs
 
     def _loss(self, batch) -> torch.Tensor:
         pixels = batch["pixel_values"].to(self.vae.dtype)
@@ -72,15 +103,19 @@ class DreamBoothModule(AdapterModule):
         folder.mkdir(parents=True, exist_ok=True)
         for prompt, idx in zip(batch["prompt"], batch["idx"].tolist(), strict=True):
             for i in range(self.images_per_prompt):
-                generator = torch.Generator(device="cpu").manual_seed(self.seed + i)
                 with self.timed_inference():
-                    image = self.pipe(prompt, num_inference_steps=self.num_inference_steps, height=self.resolution,
-                                      width=self.resolution, guidance_scale=self.guidance_scale, generator=generator,
-                                      ).images[0]
+                    if self.inference == "official":  # infer.py: pipe(prompt, num_inference_steps=50)
+                        image = self._generating(prompt, num_inference_steps=self.num_inference_steps).images[0]
+                    else:
+                        generator = torch.Generator(device="cpu").manual_seed(self.seed + i)
+                        image = self.pipe(prompt, num_inference_steps=self.num_inference_steps,
+                                          height=self.resolution, width=self.resolution,
+                                          guidance_scale=self.guidance_scale, generator=generator).images[0]
                 name = f"{idx:03d}_{i}.png"
                 image.save(folder / name)
                 self._records.append({"idx": idx * self.images_per_prompt + i, "prompt": prompt, "file": name,
-                                      "prompt_index": idx, "seed": self.seed + i})
+                                      "prompt_index": idx,
+                                      "seed": self.seed + i if self.inference == "adapted" else None})
 
     def score(self, records: list[dict], stage: str) -> dict[str, float]:
         if stage == "test" and self.global_rank == 0:
@@ -89,7 +124,7 @@ class DreamBoothModule(AdapterModule):
 
             if {layer.method for layer in adapter_layers(self.model).values()} <= set(PEFT_EXPORTABLE):
                 export_diffusers(self.model, self.out_dir / "diffusers_lora")  # pipe.load_lora_weights(<dir>)
-            index = {"references": self.references, "images": records}
+            index = {"references": self.references, "inference": self.inference, "images": records}
             (self.out_dir / "images" / "index.json").write_text(json.dumps(index, indent=1) + "\n")
             metrics = {"images": float(len(records))}
             if self.auto_scores:
@@ -121,11 +156,19 @@ def build_dreambooth(cfg, run_dir: Path):
         part.requires_grad_(False)
     report = inject(pipe.unet, OmegaConf.to_container(cfg.method, resolve=True))
     task = cfg.task
+    spec, prompts = OmegaConf.to_container(cfg.backbone, resolve=True), [dm.instance_prompt, *dm.prompts()]
+
+    def official(lora_dir, device):  # task.inference=official: infer.py's pipeline on the same base weights
+        from rankmix.diffusion import official_pipeline
+
+        return official_pipeline(spec, prompts, run_dir / "official_pipeline", lora_dir, device)
+
     module = DreamBoothModule(pipe, OmegaConf.to_container(cfg.optimizer, resolve=True),
                               resolution=task.datamodule.resolution, out_dir=str(run_dir),
                               references=[str(p) for p in dm.reference_images()],
                               images_per_prompt=task.images_per_prompt, num_inference_steps=task.num_inference_steps,
                               guidance_scale=task.guidance_scale, seed=int(cfg.seed),
                               auto_scores=OmegaConf.to_container(task.auto_scores, resolve=True)
-                              if task.get("auto_scores") else None)
+                              if task.get("auto_scores") else None,
+                              inference=task.get("inference", "adapted"), official=official)
     return module, dm, report, pipe.unet

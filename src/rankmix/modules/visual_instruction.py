@@ -3,7 +3,10 @@ vision tower (MoSLoRA §4.2, Tab. 5; the official recipe is XTuner's LLaVA fine-
 
 The model is ``rankmix.llava``'s (CLIP ViT, pretrained projector, LLM). ``method`` is injected into the language
 model and ``vision_method`` into the vision tower, each by its own ``target_modules``; the projector trains whole
-(XTuner freezes only the LLM and the vision encoder); the LM head and every base weight stay frozen. The loss is the
+(XTuner freezes only the LLM and the vision encoder); every base weight stays frozen. The LLM's method sees the LM
+head under the LLM's own name (``llm_head_name``: InternLM2's ``output``, else ``lm_head``), as XTuner's
+``find_all_linear_names`` does, which adapts every linear layer but one named ``lm_head`` or ``output_layer``: the
+InternLM2 rows' targets include ``output``, the LLaMA-3 rows' defaults leave ``lm_head`` out. The loss is the
 token cross-entropy of the answers (``rankmix.data.llava_instruct``). Validation and test compute it on a fixed
 sample of the training records; at the end of the test epoch the adapted model answers the benchmarks of
 ``task.benchmarks`` through lmms-eval (``rankmix.benchmarks.multimodal``), greedily, through the training chat
@@ -105,6 +108,30 @@ class VisualInstructionModule(AdapterModule):
         return [t.strip() for t in tok.batch_decode(out[:, width:], skip_special_tokens=True)]
 
 
+def llm_head_name(decoder) -> str:
+    """The LM head's name in the LLM's own code: InternLM2's ``output`` (``rankmix.internlm2.HEAD_NAME``), else
+    transformers' ``lm_head``."""
+    from rankmix import internlm2
+
+    return internlm2.HEAD_NAME if decoder.config.model_type == internlm2.MODEL_TYPE else "lm_head"
+
+
+def inject_llm(model, method: Mapping):
+    """``method`` into a LLaVA model's LLM: its decoder's layers by their names there, and its head (LLaVA's
+    ``lm_head``) as ``llm_head_name``, so the head is adapted when the targets name it (InternLM2's ``output``)."""
+    from rankmix.adapters import inject
+
+    decoder, name = model.model.language_model, llm_head_name(model.model.language_model)
+    if name in decoder._modules:
+        raise ConfigError("backbone.llm", decoder.config.model_type, f"its decoder has a module {name!r} already")
+    decoder.add_module(name, model.lm_head)
+    try:
+        report = inject(decoder, method)
+    finally:
+        model.lm_head = decoder._modules.pop(name)  # the head, wrapped or not, back in LLaVA's place
+    return report
+
+
 def adapted_llava(cfg, run_dir: Path):
     """(data module, tokenizer, image processor, the adapted LLaVA model, injection report) of a config."""
     from omegaconf import OmegaConf
@@ -132,11 +159,13 @@ def adapted_llava(cfg, run_dir: Path):
     model = build_llava(backbone, tokenizer)
     processor = image_processor(backbone["vision"])
     model.requires_grad_(False)
-    reports = {"llm": inject(model.model.language_model, OmegaConf.to_container(cfg.method, resolve=True)),
+    head = llm_head_name(model.model.language_model)
+    reports = {"llm": inject_llm(model, OmegaConf.to_container(cfg.method, resolve=True)),
                "vision": inject(model.model.vision_tower, OmegaConf.to_container(cfg.vision_method, resolve=True))}
     model.model.multi_modal_projector.requires_grad_(True)
     report = InjectionReport(method=f"{reports['llm'].method} (LLM) + {reports['vision'].method} (vision)",
-                             wrapped=[f"model.language_model.{n}" for n in reports["llm"].wrapped]
+                             wrapped=[("lm_head" if n == head else f"model.language_model.{n}")
+                                      for n in reports["llm"].wrapped]
                              + [f"model.vision_tower.{n}" for n in reports["vision"].wrapped])
     report.trainable_parameters = sum(p.numel() for p in model.parameters() if p.requires_grad)
     report.total_parameters = sum(p.numel() for p in model.parameters())

@@ -560,10 +560,15 @@ def write_multidomain(root: Path, seed: int = 0) -> dict[str, str]:
 
 
 def write_codealpaca(root: Path, seed: int = 0) -> dict[str, str]:
-    """CodeAlpaca's ``code_alpaca_20k.json`` (alpaca records) and DS-1000's ``test.jsonl`` (Numpy and Pandas problems)."""
+    """CodeAlpaca's ``code_alpaca_20k.json`` (alpaca records) and DS-1000's original ``ds1000_data/`` folder (a Numpy
+    and a Pandas problem in the release's layout, ``rankmix.benchmarks.ds1000_official``)."""
+    from rankmix.benchmarks.ds1000_official import write_made_up_release
+
     suite = _benchmark_suite(root, "codealpaca", seed)
+    release = Path(root).resolve() / "ds1000_release"
+    _once(release, "ds1000_release", {"seed": seed}, ["ds1000_data"], lambda: write_made_up_release(release))
     return {"task.datamodule.source.sources.codealpaca.train_file": str(suite["mixed"] / "code" / "train.json"),
-            "task.benchmarks.ds1000.problems": str(suite["ds1000"])}
+            "task.benchmarks.ds1000.problems": str(release / "ds1000_data")}
 
 
 # -- MoSLoRA Tab. 6 ------------------------------------------------------------------------------------------

@@ -5,7 +5,9 @@ lengths) with the widths divided by ``WIDTH_DIVISOR`` and at most ``LAYERS`` tra
 model stand-ins do (``rankmix.rehearsal.standins``). Two values change with the widths because the widths would
 break them otherwise: the group count of the group norms (32 does not divide the reduced channels) and the UNet's
 ``projection_class_embeddings_input_dim``, the text-embedding width plus six time ids of ``addition_time_embed_dim``.
-Weights are random (seed ``SEED``) in fp32, as the repos' default files. The tokenizers are CLIP's byte-level BPE
+Weights are random (seed ``SEED``) in fp32, as the repos' default files. Each declares what it stands in for, as
+the model stand-ins do: ``rankmix.backbones.STANDIN_DIR`` holds the real ``unet/config.json`` (SDXL) or
+``config.json`` (the VAE), which the architecture check reads. The tokenizers are CLIP's byte-level BPE
 (lower case, ``</w>`` word ends) trained on the stand-ins' corpus, with ``<|startoftext|>`` 49406 and
 ``<|endoftext|>`` 49407 and 77 positions; the second pads with ``!`` (id 0), as the SDXL repo's ``tokenizer_2``.
 """
@@ -13,10 +15,12 @@ Weights are random (seed ``SEED``) in fp32, as the repos' default files. The tok
 from __future__ import annotations
 
 import copy
+import json
 from pathlib import Path
 
 import torch
 
+from rankmix.backbones import STANDIN_DIR
 from rankmix.config import digest
 from rankmix.rehearsal.standins import (
     LAYERS,
@@ -133,6 +137,7 @@ def _sdxl(out: Path, width: str) -> None:
                                      unet=unet, scheduler=EulerDiscreteScheduler.from_config(_SCHEDULER),
                                      force_zeros_for_empty_prompt=True, add_watermarker=False)
     pipe.save_pretrained(out)
+    _declare(out / STANDIN_DIR / "unet", "UNet2DConditionModel", _SDXL_UNET)
 
 
 def _vae(out: Path, width: str) -> None:
@@ -141,6 +146,13 @@ def _vae(out: Path, width: str) -> None:
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(SEED + 1)
         AutoencoderKL(**vae_config(width)).save_pretrained(out)
+    _declare(out / STANDIN_DIR, "AutoencoderKL", _SDXL_VAE)
+
+
+def _declare(folder: Path, model_class: str, values: dict) -> None:
+    """The real model's config.json in ``folder`` (what a stand-in stands in for), in diffusers' layout."""
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "config.json").write_text(json.dumps({"_class_name": model_class, **values}, indent=2) + "\n")
 
 
 def build_pipeline_standin(hub_id: str, cache_dir: Path, width: str = "reduced") -> Path:
@@ -149,6 +161,6 @@ def build_pipeline_standin(hub_id: str, cache_dir: Path, width: str = "reduced")
         raise ValueError(f"stand-in width {width!r}: must be one of {', '.join(WIDTHS)}")
     kind = PIPELINES[hub_id]
     key = digest({"kind": kind, "unet": unet_config(width), "vae": vae_config(width), "text": text_configs(width),
-                  "scheduler": _SCHEDULER, "seed": SEED, "corpus": corpus()}, 10)
+                  "scheduler": _SCHEDULER, "seed": SEED, "corpus": corpus(), "declares": STANDIN_DIR}, 10)
     path = Path(cache_dir) / "models" / f"{hub_id.replace('/', '--')}-{width}-{key}"
     return build_once(path, lambda tmp: {"sdxl": _sdxl, "vae": _vae}[kind](tmp, width))

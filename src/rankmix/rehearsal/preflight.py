@@ -1,6 +1,9 @@
 """A run's pre-flight check on a GPU: the row's memory projection (``rankmix.rehearsal.projection``) against the
 device's free memory, before any weight is loaded, so a row that cannot fit stops at once with the settings to
-change instead of running out of memory after minutes of loading. ``++trainer.preflight=false`` skips it."""
+change instead of running out of memory after minutes of loading. ``++trainer.preflight=false`` skips it. Before it,
+on any device, each backbone part given as a local folder is checked against its declared architecture
+(``rankmix.backbones.check_local_architectures``): weights of another model stop the run before its data are
+prepared."""
 
 from __future__ import annotations
 
@@ -35,8 +38,13 @@ def projected(config: dict) -> dict | None:
 
 def check(cfg: DictConfig) -> None:
     """Raise with one line where the projection of ``cfg`` exceeds the free memory of the current CUDA device; a
-    no-op without CUDA, with ``trainer.preflight: false``, or where the row is not projected."""
+    no-op without CUDA, with ``trainer.preflight: false``, or where the row is not projected. First, on any device,
+    refuse a backbone part whose local folder holds another architecture than the part declares."""
     import torch
+
+    from rankmix.backbones import check_local_architectures
+
+    check_local_architectures(OmegaConf.to_container(cfg.backbone, resolve=True))
 
     if not torch.cuda.is_available() or not OmegaConf.select(cfg, KEY, default=True):
         return

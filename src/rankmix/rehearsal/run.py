@@ -2,7 +2,8 @@
 
 Each row runs as its table's multirun runs it (``python -m rankmix.train -m experiment=<row> scale=paper`` with
 the README's arguments for that table, their paths pointed at the rehearsal files). Only paths and length are
-overridden: the backbones' ``name_or_path`` (``rankmix.rehearsal.standins``), the data paths
+overridden: the backbones' ``name_or_path`` (``rankmix.rehearsal.standins``, each checked against the architecture
+of the model it stands in for, as real weights are), the data paths
 (``rankmix.rehearsal.data``), a step limit and an evaluation limit (``length_overrides``). Precision, prompts,
 cutoff, decoding, optimizer and schedule stay the paper's (a CPU runs half precision in fp32 with a notice, as any
 run on a CPU does: ``rankmix.train.cpu_fallback``; a 4-bit base, which needs CUDA, is trained unquantised there, as
@@ -173,10 +174,14 @@ UNQUANTISED = "~backbone.llm.quantization"
 def row_overrides(row: Row, parts: dict[str, str], standins: dict[str, Path], data: dict[str, str],
                   readme: dict[str, list[str]], gpu: bool, length: list[str] | None = None) -> list[str]:
     """The row's command-line overrides: the README's ARGS of its table (paths replaced by the rehearsal files,
-    the device by this machine's), the stand-ins for the backbone's hub ids, and the rehearsal's length."""
+    the device by this machine's; the backbones' folders, ``paths.models.<name>``, left out), the stand-ins for the
+    backbone's hub ids, and the rehearsal's length. Each stand-in declares the model it stands in for
+    (``rankmix.backbones.STANDIN_DIR``), so the row's architecture check runs on it as on the real weights."""
     args, given = [], set()
     for arg in readme.get(row.table, []):
         key, _, value = arg.partition("=")
+        if key.lstrip("+").startswith("paths.models."):   # this machine's weights: the stand-ins replace them
+            continue
         if key == "trainer":
             value = "gpu" if gpu else "cpu"
         elif key.lstrip("+") in data:
@@ -236,12 +241,24 @@ def device_name() -> str:
     return "cpu"
 
 
+def batch_text(config: dict) -> str:
+    """The per-device batch × accumulation on one device (a row's global batch: ``= <global>``)."""
+    from omegaconf import OmegaConf
+
+    from rankmix.batching import accumulation
+
+    dm = config["task"].get("datamodule", {})
+    accumulate = accumulation(OmegaConf.create({"task": config["task"], "trainer": config["trainer"]}))
+    wanted = config["task"].get("global_batch_size")
+    return f"{dm.get('batch_size')}×{accumulate}" + (f" = {wanted}" if wanted else "")
+
+
 def settings(config: dict) -> dict:
     """The settings a reader checks first: lr, epochs, batch, precision, prompt, activation checkpointing."""
     dm, trainer = config["task"].get("datamodule", {}), config["trainer"]
     prompt = dm.get("prompt_template") or dm.get("prompt_format") or "—"
     return {"lr": config["optimizer"]["lr"], "epochs": trainer.get("max_epochs"),
-            "batch": f"{dm.get('batch_size')}×{trainer.get('accumulate_grad_batches', 1)}",
+            "batch": batch_text(config),
             "precision": trainer.get("precision"), "prompt": prompt,
             "checkpointing": config["backbone"].get("activation_checkpointing", "none")}
 

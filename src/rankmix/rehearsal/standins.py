@@ -8,6 +8,11 @@ class (``architecture``), which the suite loads through ``auto_class``. Its toke
 special tokens at their real ids, the real bos/eos, padding and chat-template behaviour, and BPE merges
 trained on a small built-in English corpus; ids below a special token that the corpus does not fill are
 unreachable filler entries. The ViT stand-ins get the real ``preprocessor_config.json``, not a tokenizer.
+
+A stand-in declares what it stands in for: its subfolder ``rankmix.backbones.STANDIN_DIR`` holds the real model's
+config.json (the real values, as transformers writes them). The architecture check before a backbone's weights load
+(``rankmix.backbones.check_architecture``) reads that one, so a row run on a stand-in is checked against the model
+it stands in for: a 7b stand-in given to a 13b row is refused as the 7b weights would be.
 """
 
 from __future__ import annotations
@@ -24,6 +29,7 @@ import torch
 from transformers import AutoConfig, PretrainedConfig
 
 from rankmix import internlm2
+from rankmix.backbones import STANDIN_DIR
 from rankmix.config import digest
 from rankmix.errors import RankmixError
 
@@ -469,7 +475,7 @@ def _standin_dir(hub_id: str, cache_dir: Path = Path(".cache/rehearse"), width: 
     """Where ``build_standin`` puts ``hub_id``'s stand-in: named by hub id, width and a hash of the spec."""
     spec = _spec(hub_id)
     key = digest({"spec": asdict(spec), "width": width, "divisor": WIDTH_DIVISOR, "layers": LAYERS, "seed": SEED,
-                  "corpus": corpus()}, 10)
+                  "corpus": corpus(), "declares": STANDIN_DIR}, 10)
     return Path(cache_dir) / "models" / f"{hub_id.replace('/', '--')}-{width}-{key}"
 
 
@@ -508,8 +514,11 @@ def _write(spec: Standin, config: PretrainedConfig, out: Path, values: dict) -> 
         model = (getattr(transformers, spec.architecture, None) or getattr(internlm2, spec.architecture))(config)
     model.to(config.dtype).save_pretrained(out)
     if spec.repo_code:
-        raw = {"architectures": [spec.architecture], **spec.repo_code, **values}
-        (out / "config.json").write_text(json.dumps(dict(sorted(raw.items())), indent=2) + "\n")
+        _write_repo_config(spec, values, out)
+    real = out / STANDIN_DIR   # what it stands in for: the real config.json (module docstring)
+    _config(spec, spec.config).save_pretrained(real)
+    if spec.repo_code:
+        _write_repo_config(spec, spec.config, real)
     if spec.generation:  # written also beside a checkpoint class that cannot generate (BartModel)
         transformers.GenerationConfig(**spec.generation).save_pretrained(out)
     if spec.tokenizer:
@@ -517,6 +526,12 @@ def _write(spec: Standin, config: PretrainedConfig, out: Path, values: dict) -> 
     if spec.image_processor:
         values = dict(spec.image_processor)
         getattr(transformers, values.pop("image_processor_type", "ViTImageProcessor"))(**values).save_pretrained(out)
+
+
+def _write_repo_config(spec: Standin, values: dict, out: Path) -> None:
+    """A repository-code model's config.json as its repo has it: ``values`` with the repo's own keys."""
+    raw = {"architectures": [spec.architecture], **spec.repo_code, **values}
+    (out / "config.json").write_text(json.dumps(dict(sorted(raw.items())), indent=2) + "\n")
 
 
 def build_projector_standin(hub_id: str, file: str, vision: Path, llm: Path,
