@@ -84,11 +84,15 @@ def _custom_layer_types() -> tuple[type, ...]:
 
 
 def routed_adapter_config(layers: dict, options: dict, task_type: str | None, base_model_name_or_path: str | None) -> dict:
-    """``adapter_config.json`` of a routed export: peft's LoRA fields plus the ``rankmix`` entry."""
+    """``adapter_config.json`` of a routed export: peft's LoRA fields plus the ``rankmix`` entry. ``r`` and
+    ``lora_alpha`` are the layers' own (SMoRA's Eq. 4 scaling s = α/k or α/r reads the α written here), and
+    ``options`` must hold every option, defaults included (``rankmix.adapters.io.layer_options``)."""
     from peft import LoraConfig
 
     (method,) = {layer.method for layer in layers.values()}
-    config = LoraConfig(r=int(options.get("r", 8)), lora_alpha=options.get("alpha") or options.get("r", 8),
+    first = next(iter(layers.values()))
+    r, alpha = int(getattr(first, "r", options["r"])), getattr(first, "alpha", options.get("alpha"))
+    config = LoraConfig(r=r, lora_alpha=alpha if alpha is not None else r,
                         target_modules=sorted(layers), task_type=task_type,
                         base_model_name_or_path=base_model_name_or_path, inference_mode=True, bias="none")
     out = {k: sorted(v) if isinstance(v, set) else v for k, v in config.to_dict().items()}

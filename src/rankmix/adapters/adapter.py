@@ -43,10 +43,12 @@ INITS = ("zero_up", "default")
 
 
 def make_activation(name: str) -> nn.Module:
+    """The bottleneck's activation module by name (one of ``ACTIVATIONS``)."""
     return ACTIVATIONS[choice("activation", name, ACTIVATIONS)]()
 
 
 def dropout_module(p) -> nn.Module:
+    """``nn.Dropout(p)`` for p > 0, else ``nn.Identity()``; p must lie in [0, 1)."""
     return nn.Dropout(p) if probability("dropout", p) else nn.Identity()
 
 
@@ -83,6 +85,7 @@ class BottleneckLayer(AdapterLayer):
 
 @register("adapter")
 class AdapterBottleneckLayer(BottleneckLayer):
+    """The sequential Houlsby adapter (method ``adapter``): y = h + up(act(down(dropout(h)))), h = W0 x."""
     sequential = True
 
     def __init__(self, base_layer: nn.Module, r: int = 64, activation: str = "gelu", dropout: float = 0.0,
@@ -103,6 +106,7 @@ class AdapterBottleneckLayer(BottleneckLayer):
 
 @register("parallel_adapter")
 class ParallelAdapterLayer(AdapterBottleneckLayer):
+    """The parallel adapter (method ``parallel_adapter``, Adapter† of Tab. 5): y = W0 x + s · up(act(down(dropout(x))))."""
     sequential = False
 
     def __init__(self, base_layer: nn.Module, r: int = 64, activation: str = "gelu", dropout: float = 0.0,

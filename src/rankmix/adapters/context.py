@@ -22,6 +22,8 @@ from torch import nn
 
 @contextmanager
 def adapter_context(model: nn.Module, **values):
+    """Within the block, every adapter layer of ``model`` sees ``values`` (e.g. ``attention_mask``, ``x_r``) as its
+    per-call context (``AdapterLayer.context``); the previous contexts come back when the block ends."""
     from rankmix.adapters.base import AdapterLayer
 
     layers = [m for m in model.modules() if isinstance(m, AdapterLayer)]

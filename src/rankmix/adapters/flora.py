@@ -20,6 +20,8 @@ from rankmix.adapters.registry import register
 
 @register("flora")
 class FLoRALayer(MoSLoRALayer):
+    """FLoRA on one linear layer: y = W0 x + (α/r) · B G A dropout(x), A and B orthogonal, the core G (``lora_mixer``)
+    zero at the start; ΔW = (α/r) B G A merges."""
     def __init__(self, base_layer: nn.Module, r: int = 8, alpha: float = 16.0, dropout: float = 0.0):
         super().__init__(base_layer, r=r, alpha=alpha, dropout=dropout, mixer_init="zero")
         with torch.no_grad():

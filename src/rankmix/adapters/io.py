@@ -25,6 +25,10 @@ PEFT_EXPORTABLE = ("lora", "moslora", "ts_mixing", "flora")
 
 
 def save_adapter(model: nn.Module, directory: str | Path, method_cfg: Mapping) -> Path:
+    """Write the adapters of ``model`` to ``directory`` (made if missing) and return it: ``adapter.safetensors``
+    holds every adapter layer's weights and persistent buffers (e.g. SMoRA's balancing bias ``router_bias``, never
+    the frozen base weights), keyed by their full names in ``model``; ``adapter.json`` holds ``method_cfg``, the
+    method config to inject before ``load_adapter`` (``inject(model, method_cfg)``)."""
     d = Path(directory)
     d.mkdir(parents=True, exist_ok=True)
     state = {k: v.detach().contiguous().cpu() for k, v in adapter_state_dict(model).items()}
@@ -122,12 +126,23 @@ def export_diffusers(unet: nn.Module, directory: str | Path) -> Path:
     return d
 
 
+def layer_options(layer: nn.Module) -> dict:
+    """Every option that builds ``layer``: those it was built with over its class's defaults, so an exported config
+    states the values the layer uses (an option left out, e.g. SMoRA's ``alpha``, is written with its default)."""
+    import inspect
+
+    defaults = {name: p.default for name, p in inspect.signature(type(layer).__init__).parameters.items()
+                if name not in ("self", "base_layer") and p.default is not inspect.Parameter.empty}
+    return {**defaults, **dict(getattr(layer, "options", None) or {})}
+
+
 def _export_routed(model: nn.Module, layers: dict, d: Path, base_model_name_or_path: str | None) -> Path:
     """A routed method (``rankmix.peft``): peft's file layout, ``peft_type: "RANKMIX"``, every layer's adapter tensors
-    (router, low-rank factors, buffers) under ``base_model.model.<layer>.lora_rankmix.<tensor>``."""
+    (router, low-rank factors, buffers) under ``base_model.model.<layer>.lora_rankmix.<tensor>``, and every option
+    of the layers, defaults included (``layer_options``)."""
     from rankmix.peft import MODULE_DICT, routed_adapter_config
 
-    options = [layer.options for layer in layers.values()]
+    options = [layer_options(layer) for layer in layers.values()]
     if any(o != options[0] for o in options):
         raise RankmixError("peft export of a routed method needs one set of options for all layers")
     d.mkdir(parents=True, exist_ok=True)

@@ -27,6 +27,8 @@ ROUTINGS = ("top1", "top2", "topk", "soft")
 
 @register("lora_moe")
 class LoRAMoELayer(ExpertBankLayer):
+    """LoRA-MoE on one linear layer: y = W0 x + (α/r) Σ_e g_e(x) B_e A_e dropout(x) over E experts, gates g from the
+    router by ``routing`` (top1, top2, topk, soft); routed, so it has no fixed ΔW to merge."""
     @classmethod
     def check_options(cls, options: dict) -> None:
         k, n = options.get("k", 2), options.get("num_experts", 8)

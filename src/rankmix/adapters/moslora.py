@@ -33,6 +33,8 @@ def butterfly_mixer(r: int) -> torch.Tensor:
 
 @register("moslora")
 class MoSLoRALayer(LoRALayer):
+    """MoSLoRA on one linear layer: y = W0 x + (α/r) · B M A dropout(x) with a learnable r×r mixer M (Eq. 7), M
+    initialised by ``mixer_init``; ΔW = (α/r) B M A merges, and a peft export absorbs M into A (A' = M A)."""
     def __init__(self, base_layer: nn.Module, r: int = 8, alpha: float = 16.0, dropout: float = 0.0,
                  mixer_init: str = "kaiming"):
         if mixer_init not in MIXER_INITS:

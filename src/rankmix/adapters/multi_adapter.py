@@ -38,6 +38,8 @@ class TaskAdapter(nn.Module):
 
 @register("multi_adapter")
 class MultiAdapterLayer(BottleneckLayer):
+    """One sequential bottleneck adapter per task: example b uses only its task τ_b's adapter (and routing function
+    f_τ), y_b = h_b + up_τ(act(f_τ(down_τ(dropout(h_b)), down_τ(dropout(x_R,b))))), h = W0 x."""
     sequential = True
 
     def __init__(self, base_layer: nn.Module, tasks=("vqa", "gqa", "nlvr", "caption"), r: int = 96,

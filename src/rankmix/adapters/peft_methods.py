@@ -30,6 +30,8 @@ TUNER_KEY = "rankmix_peft_tuner"  # kept in the model's __dict__: not a submodul
 
 
 def peft_config(name: str, targets: list[str], options: Mapping):
+    """peft's config object for baseline ``name`` (dora, loha, lokr, adalora) on the layers ``targets``, from the method
+    options (``ConfigError`` for an option the method does not take)."""
     from peft import AdaLoraConfig, LoHaConfig, LoKrConfig, LoraConfig
 
     unknown = sorted(set(options) - set(OPTIONS[name]))
@@ -107,4 +109,6 @@ def peft_tuner(model: nn.Module):
 
 
 def is_peft_adapter_param(name: str) -> bool:
+    """Whether parameter ``name`` is a peft adapter tensor (LoRA/DoRA, LoHa, LoKr factors, AdaLoRA's ranknum), not a
+    base weight."""
     return any(t in name for t in ADAPTER_TENSORS) and ".base_layer." not in name

@@ -45,6 +45,7 @@ def method_options(name: str) -> list[str]:
 
 
 def get_method(name: str) -> type:
+    """The adapter class registered as ``name``; ``ConfigError`` on ``method.name`` listing the methods otherwise."""
     if name not in METHODS:
         raise ConfigError("method.name", name, f"unknown method; registered: {', '.join(method_names())}")
     return METHODS[name]

@@ -122,6 +122,8 @@ def cross_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.
 
 @register("routing")
 class RoutingLayer(BottleneckLayer):
+    """A LoRA or Adapter bottleneck with a parameter-free routing function (§3): x_t = W_down dropout(x_H) is replaced by
+    f(x_t, x_v), x_v = W_down dropout(x_R) pooled over the visual tokens, before the up-projection."""
     def __init__(self, base_layer: nn.Module, fn: str = "proj", base: str = "lora", r: int = 64,
                  alpha: float | None = None, activation: str = "gelu", dropout: float = 0.0,
                  init: str = "zero_up", scale: float = 1.0, separate_mapping: bool = False,

@@ -94,6 +94,8 @@ def soft_mixture(block: nn.Module, x: torch.Tensor, mask: torch.Tensor) -> tuple
 
 @register("smola")
 class SMoLALayer(AdapterLayer):
+    """Omni-SMoLA on one linear layer: y = W0 x + Σ_blocks Δ(x), each block a soft mixture of E low-rank experts over
+    the tokens of its modality mask (Soft-MoE dispatch D and combine C, App. C); routed, no fixed ΔW."""
     def __init__(self, base_layer: nn.Module, num_experts: int = 4, r: int = 4, variant: str = "mm",
                  allow_causal: bool = False):
         super().__init__(base_layer)

@@ -58,6 +58,10 @@ def maxvio(counts: torch.Tensor) -> float:
 
 @register("smora")
 class SMoRALayer(AdapterLayer):
+    """SMoRA on one linear layer: y = W0 x + s · B G(x) A dropout(x) (Eq. 4), each of the r ranks an expert, G(x)
+    keeping the top-k of r per token (``gate``: sigmoid with s = α/k, or softmax with s = α/r, Eq. 5/6), the
+    balancing bias b (``router_bias``) moved by b_i ← b_i + u · sign(mean(c) − c_i) from the rank loads c (Eq. 7)
+    in training only; ``routing_stats()`` gives the loads, MaxVio and gate entropy. Routed: no fixed ΔW to merge."""
     @classmethod
     def check_options(cls, options: dict) -> None:
         r, k = options.get("r", 16), options.get("k", 4)
