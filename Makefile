@@ -14,7 +14,7 @@ ROW ?=
 ROWS ?= all
 WIDTH ?= reduced
 
-.PHONY: help setup lock setup-latest run rehearse rate show-row test test-fast test-kernels test-cluster bench-kernels bench-e2e kernels-compile gpu-check lint list-tables figures sync-wandb clean
+.PHONY: help setup lock setup-latest run rehearse rate export show-row test test-fast test-kernels test-cluster bench-kernels bench-e2e kernels-compile gpu-check lint list-tables check-results compare figures sync-wandb clean
 
 help: ## list the targets with one line each
 	@grep -hE '^[a-zA-Z0-9_%-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-22s %s\n", $$1, $$2}'
@@ -68,17 +68,32 @@ test-fast: ## the tests without the end-to-end training runs
 lint: ## ruff on the package, scripts, kernels and tests
 	$(VENV)/bin/ruff check src scripts kernels tests
 
-list-tables: ## every reproducible table and its status (never run / tiny / paper)
+list-tables: ## every reproducible table and its status (never run / tiny / paper), naming runs that predate their config
 	@$(PY) -m rankmix.tables list
+
+check-results: ## fail (exit 1), naming them, when a committed result predates its row's config or a run failed (CI's fast check)
+	@$(PY) -m rankmix.tables list --check
+
+METRIC ?= test/em
+X ?= method.r
+compare: ## plot METRIC against a swept key X per method → results/<TABLE>/compare-*.{png,csv}: make compare TABLE=default METRIC=test/em X=method.r
+	$(PY) -m rankmix.tables compare $(TABLE) --metric $(METRIC) --x $(X)
 
 rehearse: ## every table's rows at scale=paper on stand-ins of the real backbones and real-layout data, 2 steps each → results/rehearse/<device>.md; ROWS=one|family, WIDTH=full (real widths, for a GPU)
 	$(OFFLINE) $(PY) -m rankmix.rehearsal --rows $(ROWS) --width $(WIDTH) $(ARGS)
 
-reproduce-table-%: ## run table <paper>-<id>'s multirun (missing/stale runs only), then write results/<paper>-<id>/table.md; SCALE=paper for the paper's setting
-	$(PY) -m rankmix.tables reproduce $* scale=$(SCALE) $(ARGS)
+SEEDS ?=
+reproduce-table-%: ## run table <paper>-<id>'s multirun (missing/stale runs only), then write results/<paper>-<id>/table.md; SCALE=paper for the paper's setting; SEEDS=n: seeds 0..n-1, mean ± std per cell
+	$(PY) -m rankmix.tables reproduce $* scale=$(SCALE) $(if $(SEEDS),seed=$(shell seq -s, 0 $$(($(SEEDS)-1)))) $(ARGS)
 
 rate: ## the blind rating page of a table's two methods for one rater: make rate TABLE=moslora-6 RATER=ann (answers → results/<table>/ratings/<rater>.csv)
 	$(PY) -m rankmix.rating serve $(TABLE) --rater $(RATER)
+
+RUN ?=
+OUT ?= $(RUN)/export
+export: ## write a finished run for peft / transformers / lm-eval: make export RUN=runs/<table>/<run-key> [OUT=<folder>] (default RUN/export)
+	@test -n "$(RUN)" || { echo "rankmix: error: RUN is not set; give a run's folder: make export RUN=runs/default/default" >&2; exit 2; }
+	$(OFFLINE) $(PY) -m rankmix.export $(RUN) $(OUT) $(ARGS)
 
 show-row: ## print one row's fully resolved config: make show-row TABLE=smora-1 ROW=lora_64 SCALE=paper
 	@$(PY) -m rankmix.tables show $(TABLE) $(ROW) scale=$(SCALE) $(ARGS)

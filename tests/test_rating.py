@@ -9,6 +9,7 @@ import threading
 import pytest
 from PIL import Image
 
+from conftest import REPO
 from rankmix import rating, tables
 
 CRITERIA = [{"name": "subject similarity", "label": "Sub-simi", "question": "Which shows the subject better?"},
@@ -85,7 +86,7 @@ def test_the_table_is_win_tie_loss_delta_with_fleiss_kappa(tmp_path):
     s = rating.summarise(table / "ratings", CRITERIA)[sub]
     assert (s["win"], s["tie"], s["loss"], s["delta"]) == (37.5, 37.5, 25.0, 12.5)
     assert s["kappa"] == pytest.approx(fleiss_kappa([[2, 0, 0], [1, 1, 0], [0, 2, 0], [0, 0, 2]]))
-    md = tables.build_table("moslora-6", tmp_path, tables.REPO / "results" / "paper").read_text()
+    md = tables.build_table("moslora-6", tmp_path, REPO / "results" / "paper").read_text()
     assert "| Sub-simi Win | 37.50 / 23.1 |" in md and "| Sub-simi Delta | 12.50 / +6.6 |" in md
     assert "Pro-cons Win | missing" in md and "Fleiss' kappa, 2 raters, 8 votes" in md
 

@@ -5,9 +5,10 @@ import json
 
 import pytest
 
+from conftest import REPO
 from rankmix.errors import RankmixError
 from rankmix.results import write_json_atomic
-from rankmix.tables import REPO, build_table, experiment_tables, table_status
+from rankmix.tables import build_table, experiment_tables, table_status
 
 
 def _run(key, metrics, table, status="ok", scale="tiny"):

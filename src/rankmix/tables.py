@@ -26,8 +26,18 @@ A table with ``paper_csv: null`` (one of ours, e.g. a comparison the paper descr
 ours in its cells, with an empty paper column in the long listing. ``skip_unmatched: true`` drops a row's cell that matches no paper row (a paper that reports, per task, only the
 best routing function) instead of failing.
 
-CLI: ``python -m rankmix.tables build <id>``, ``list``, ``reproduce <id> [overrides...]``, ``show <id> <row>
-[overrides...]`` (one row's resolved config, e.g. ``show smora-1 lora_64 scale=paper``).
+A table without ``cells`` (``table.id=default``, or one's own ``table.id=<name>``) is a sweep table: one row per
+configuration, the swept keys of the run keys as columns in numeric order, method, rank, trainable and activated
+parameters, wall time, peak memory and each metric ± its standard error. Every cell of ours carries its standard
+error over the test items (``rankmix.uncertainty``); a configuration run with several seeds (``SEEDS=n``) shows
+mean ± std over them; with ``ttest`` or ``baseline`` a single run's cell also gets the p of a paired test over the
+same test items against that row. Runs that are the same computation as another column (``run.reused_from``, or
+the same ``computation_hash``: at tiny scale smora-1's ``_13b`` rows) are shown once, with a note; a tiny table
+opens with a line on what that scale is evidence of.
+
+CLI: ``python -m rankmix.tables build <id>``, ``list [--check]`` (``--check``: exit 1 when a run predates its
+row's config or failed), ``reproduce <id> [overrides...]``, ``compare <id> --metric <m> --x <key>``, ``show <id>
+<row> [overrides...]`` (one row's resolved config, e.g. ``show smora-1 lora_64 scale=paper``).
 """
 
 from __future__ import annotations
@@ -41,6 +51,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+from rankmix import uncertainty
 from rankmix.data.files import atomic_open
 from rankmix.errors import RankmixError
 from rankmix.locations import CONF_DIR, results_root
@@ -109,7 +120,7 @@ def printed(row: dict, column: str | None = None) -> str:
 def table_rows(run: dict, paper_dir: Path, baseline: dict | None = None) -> list[dict]:
     """The run's cells (ours, the paper's, the difference); ``baseline``: the run that ``gain`` cells subtract."""
     table = run["config"].get("table", {})
-    base = {"run": run["run"]["key"], "scale": run["run"]["scale"]}
+    base = {"run": run["run"]["key"], "scale": run["run"]["scale"], "group": config_group(run)}
     if table.get("cells"):
         rows = []
         for cell in table["cells"]:
@@ -141,8 +152,25 @@ def table_rows(run: dict, paper_dir: Path, baseline: dict | None = None) -> list
             diff = ours - paper_num if isinstance(ours, (int, float)) and paper_num is not None else None
             label = cell.get("label") or ", ".join(f"{k}={v}" for k, v in cell["match"].items())
             paper_std = "" if cell.get("column") else paper_row.get("std") or ""
-            rows.append({**base, "cell": label, "metric": cell["metric"], "paper": paper, "ours": ours, "diff": diff,
-                         "paper_std": paper_std, "match": table.get("match", {}), "seed": run["config"].get("seed")})
+            row = {**base, "cell": label, "metric": cell["metric"], "paper": paper, "ours": ours, "diff": diff,
+                   "paper_std": paper_std, "match": table.get("match", {}), "seed": run["config"].get("seed")}
+            spread = run_value(run, cell["std"]) if cell.get("std") else None  # e.g. over repeated sampled evaluations
+            if isinstance(ours, (int, float)) and isinstance(spread, (int, float)):
+                row["shown"] = _pm(ours, spread * (UNITS[unit] if unit else 1))
+            elif isinstance(ours, (int, float)):  # the standard error over the test items (rankmix.uncertainty)
+                item = uncertainty.entry(run, cell["metric"])
+                ref = uncertainty.entry(baseline, cell["metric"]) if cell.get("gain") and baseline else None
+                if cell.get("gain"):  # a gain's error: that of the paired difference, when the items match
+                    found = uncertainty.paired(item, ref) if item and ref else None
+                    se = found[2] if found else None
+                else:
+                    se = item.get("se") if item else None
+                if se is not None:
+                    row["se"] = se * (UNITS[unit] if unit else 1)
+                    row["n_items"] = item["n"]
+                    row["shown"] = _pm(ours, row["se"])
+                row["item_entry"] = item
+            rows.append(row)
         return rows
     return [{**base, "cell": "", "metric": k, "paper": "", "ours": v, "diff": None}
             for k, v in sorted(run["metrics"].items())]
@@ -199,37 +227,62 @@ def build_table(table_id: str, results_dir: Path, paper_dir: Path) -> Path:
     runs = [r for p in sorted((out_dir / "runs").glob("*.json")) if (r := read_json(p)) and r.get("status") == "ok"]
     failed = [r for p in sorted((out_dir / "failed").glob("*.json")) if (r := read_json(p))]
     spec = runs[0]["config"].get("table", {}) if runs else {}
+    if runs and not any(r["config"].get("table", {}).get("cells") or r["config"].get("table", {}).get("ratings")
+                        for r in runs):
+        return _write(out_dir, *sweep_table(table_id, runs, failed, spec))
     rows = [row for r in runs for row in table_rows(r, Path(paper_dir), _baseline_run(runs, spec.get("baseline"), r))]
     if spec.get("ratings") and runs:
         rows += rating_rows(out_dir, spec, Path(paper_dir), runs[0]["run"]["scale"])
     baselines = {r["run"]["scale"]: _baseline_run(runs, spec.get("baseline"), r) for r in runs}
-    columns = COLUMNS
-    if spec.get("seeds"):
+    seeded = bool(spec.get("seeds")) or several_seeds(runs)
+    reference = spec.get("ttest") or spec.get("baseline")
+    if seeded:
         rows, columns = over_seeds(rows, spec.get("ttest")), COLUMNS + SEED_COLUMNS
-    title = spec.get("title", table_id) if runs else table_id
+    else:
+        if reference:
+            compare_items(rows, reference)
+        columns = COLUMNS + [c for c in ("se", "n_items", "p") if any(row.get(c) is not None for row in rows)]
+    title = (spec.get("title") or table_id) if runs else table_id
     scales = sorted({r["run"]["scale"] for r in runs})
 
     buf = io.StringIO()
     writer = csv.DictWriter(buf, fieldnames=columns)
     writer.writeheader()
     for row in rows:
-        writer.writerow({k: _fmt(row.get(k)) if k in ("ours", "diff", "std", "p") else row.get(k, "") for k in columns})
+        writer.writerow({k: _fmt(row.get(k)) if k in ("ours", "diff", "std", "p", "se") else row.get(k, "")
+                         for k in columns})
     md = [f"# {title}", "", f"Table `{table_id}`; scale: {', '.join(scales) or 'none'}; {len(runs)} finished runs."]
+    md += scale_note(scales, [row.get("n_items") for row in rows], bool(spec.get("paper_csv")))
     cells = [row for row in rows if row["cell"]]
     if cells:
-        if spec.get("seeds"):
-            md += ["", f"Each entry is ours / the paper's: mean ± std over seeds {spec['seeds']}"
-                   + (f"; p: paired t-test against the row with {spec['ttest']}" if spec.get("ttest") else "") + "."]
+        if seeded:
+            seeds = spec.get("seeds") or sorted({r["config"].get("seed") for r in runs}, key=lambda x: x or 0)
+            md += ["", f"Each entry is ours / the paper's: mean ± std over seeds {seeds}"
+                   + (f"; p: paired t-test over the seeds against the row with {spec['ttest']}; p < 0.05: the "
+                      "difference holds at 95 %" if spec.get("ttest") else "") + "."]
         elif spec.get("paper_csv"):
             md += ["", "Each entry is ours / the paper's printed value."]
         else:
             md += ["", "Each entry is ours: the paper prints no numbers for this table."]
+        if not seeded and any(row.get("se") is not None for row in cells):
+            md += ["", f"Ours ± its standard error over the test items ({SE_TEXT})"
+                   + (f"; (p=…): a paired test over the same test items against the row with {reference} (a paired "
+                      "t-test for means, the paired bootstrap for corpus metrics), p < 0.05: the difference holds at "
+                      "95 %" if reference and any(row.get("p") is not None for row in cells) else "")
+                   + ". A cell without ± comes from a run recorded before per-item scores were kept."]
         if spec.get("baseline"):
             found = ", ".join(f"`{b['run']['key']}` at {scale}" if b else f"not finished at {scale}"
                               for scale, b in sorted(baselines.items()))
             md += ["", f"Gain cells: ours minus the baseline run ({spec['baseline']}, {found}) of the same scale."]
+        columns_shown = {row["run"] for row in cells}
+        same = {} if seeded else {k: v for k, v in same_computation_runs(runs).items()
+                                  if k in columns_shown and v in columns_shown}
+        if same:
+            md += ["", "Columns joined by `=` are the same computation at this scale (" + ", ".join(
+                f"`{k}` is `{v}`" for k, v in same.items()) + "): ours is shown once, beside each column's paper "
+                "value in the header's order."]
         md += [""] + _pivot(cells, [c.get("label") for c in spec.get("cells", [])],
-                            with_paper=bool(spec.get("paper_csv") or spec.get("ratings")))
+                            with_paper=bool(spec.get("paper_csv") or spec.get("ratings")), same=same)
         md += ["", "`paper` = the paper's printed value; `ours` = this suite's run; `diff` = ours − paper.", "",
                "| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
         md += ["| " + " | ".join(_short(row.get(k, "")) for k in columns) + " |" for row in cells]
@@ -241,20 +294,267 @@ def build_table(table_id: str, results_dir: Path, paper_dir: Path) -> Path:
     md += sandbox_notes(runs)
     if runs:
         names = sorted({k for r in runs for k in r["metrics"] if k.count("/") == 1})
+        layouts = any((r.get("train", {}).get("batch_layout") or {}).get("global_batch_size") for r in runs)
+        extra = ["batch: devices × batch × accumulation"] if layouts else []
         md += ["", "Run summary:", "",
-               "| run | scale | " + " | ".join(names) + " |", "|" + "---|" * (len(names) + 2)]
-        md += ["| " + " | ".join([r["run"]["key"], r["run"]["scale"], *(_fmt(r["metrics"].get(n)) for n in names)])
-               + " |" for r in runs]
-    if failed:
-        md += ["", "## Failed runs (no table rows)", ""]
-        md += [f"- `{r['run']['key']}`: {r.get('error', '')}" for r in failed]
-    for name, text in (("table.csv", buf.getvalue()), ("table.md", "\n".join(md) + "\n")):
+               "| run | scale | " + " | ".join(extra + names) + " |", "|" + "---|" * (len(extra + names) + 2)]
+        md += ["| " + " | ".join([r["run"]["key"], r["run"]["scale"], *([batch_layout_text(r)] if layouts else []),
+                                  *(_fmt(r["metrics"].get(n)) for n in names)]) + " |" for r in runs]
+    md += failed_lines(failed)
+    return _write(out_dir, buf.getvalue(), "\n".join(md) + "\n")
+
+
+SE_TEXT = ("closed form for means; a bootstrap over the items for the corpus metrics BLEU-4, METEOR and CIDEr: "
+           "`rankmix.uncertainty`")
+TINY_NOTE = ("Scale `tiny`: each backbone is a 2-layer, randomly initialised model of the full-size architecture, "
+             "trained and tested on generated data{items}. It is evidence that the code path runs and learns, not "
+             "evidence about the paper's numbers{paper}.")
+
+
+def scale_note(scales: list[str], items: list, paper: bool = False) -> list[str]:
+    """The line that says what a tiny table is (and is not) evidence of."""
+    if "tiny" not in scales:
+        return []
+    ns = sorted({n for n in items if isinstance(n, int)})
+    count = "" if not ns else f" ({ns[0]} test items per cell)" if len(ns) == 1 else \
+        f" ({ns[0]}–{ns[-1]} test items per cell)"
+    return ["", TINY_NOTE.format(items=count, paper="; the paper's value stays beside ours for reference" if paper
+                                 else "")]
+
+
+def failed_lines(failed: list[dict]) -> list[str]:
+    if not failed:
+        return []
+    return ["", "## Failed runs (no table rows)", "", *(f"- `{r['run']['key']}`: {r.get('error', '')}" for r in failed)]
+
+
+def _write(out_dir: Path, csv_text: str, md_text: str) -> Path:
+    for name, text in (("table.csv", csv_text), ("table.md", md_text)):
         with atomic_open(out_dir / name) as f:
             f.write(text)
     return out_dir / "table.md"
 
 
+def several_seeds(runs: list[dict]) -> bool:
+    """Whether some configuration ran with more than one seed (``SEEDS=n``)."""
+    seen: dict[str, set] = {}
+    for r in runs:
+        seen.setdefault(config_group(r), set()).add(r["config"].get("seed"))
+    return any(len(s) > 1 for s in seen.values())
+
+
+def without_seed(key: str) -> str:
+    return re.sub(r"(^|,)seed=\d+", "", key).strip(",") or "default"
+
+
+def config_group(run: dict) -> str:
+    """The name of a run's configuration apart from its seed: its key without ``seed=``; a long key cut to a hash
+    (whose hash covers the seed) gets the hash of its config without the seed instead."""
+    key = run["run"]["key"]
+    if "--" not in key:
+        return without_seed(key)
+    from rankmix.config import computation_hash
+
+    def seedless(node):  # the seed and the settings that follow it (task.datamodule.seed: ${seed})
+        return {k: seedless(v) for k, v in node.items() if k != "seed"} if isinstance(node, dict) else node
+
+    return without_seed(key.rsplit("--", 1)[0]) + "--" + computation_hash(seedless(run.get("config", {})))[:8]
+
+
+def same_computation_runs(runs: list[dict]) -> dict[str, str]:
+    """``{run: the run of this table it repeats}``: reused from it (``run.reused_from``) or of the same
+    ``computation_hash`` (e.g. smora-1's ``_13b`` rows at tiny scale, where one tiny backbone stands in for both)."""
+    from rankmix.config import computation_hash
+
+    keys = {r["run"]["key"] for r in runs}
+    first: dict[tuple, str] = {}
+    out = {}
+    for r in sorted(runs, key=lambda r: (bool(r["run"].get("reused_from")), natural_key(r["run"]["key"]))):
+        key = r["run"]["key"]
+        source = Path(r["run"].get("reused_from") or "").stem
+        if source in keys and source != key:
+            out[key] = source
+            continue
+        try:
+            h = (r["run"]["scale"], computation_hash(r["config"])) if "config" in r and len(r["config"]) > 1 else None
+        except Exception:  # noqa: BLE001 -- a config that cannot be hashed is never the same as another
+            h = None
+        if h is not None and h in first:
+            out[key] = first[h]
+        elif h is not None:
+            first[h] = key
+    return out
+
+
+def compare_items(rows: list[dict], reference: dict) -> None:
+    """Each cell against the same cell of the row whose ``table.match`` is this one's updated by ``reference``: a
+    paired test over the same test items (``rankmix.uncertainty.paired``); sets ``p`` and adds it to the entry."""
+    by_match = {(repr(sorted(r.get("match", {}).items())), r["cell"], r["scale"]): r for r in rows}
+    for row in rows:
+        if row.get("p") is not None or not row.get("item_entry"):
+            continue
+        match = row.get("match", {})
+        ref_match = {**match, **reference}
+        ref = by_match.get((repr(sorted(ref_match.items())), row["cell"], row["scale"]))
+        if ref_match == match or ref is None or not ref.get("item_entry"):
+            continue
+        found = uncertainty.paired(row["item_entry"], ref["item_entry"])
+        if found:
+            row["p"] = found[1]
+            row["shown"] = (row.get("shown") or _fmt(row["ours"])) + f" (p={found[1]:.2g})"
+
+
+def natural_key(text: str) -> list:
+    """``r2`` before ``r16``: digit runs compare as numbers."""
+    return [(0, float(t), "") if re.fullmatch(r"\d+(\.\d+)?", t) else (1, 0.0, t)
+            for t in re.findall(r"\d+(?:\.\d+)?|[^\d]+", text)]
+
+
+def _sort_value(v) -> tuple:
+    try:
+        return (0, float(v), "")
+    except (TypeError, ValueError):
+        return (1, 0.0, str(v))
+
+
+def swept_keys(runs: list[dict]) -> list[str]:
+    """The overrides the run keys name (``method.r`` of ``method=smora,method.r=8``), in first-seen order; the row
+    name (an experiment row) is the ``run`` column's, ``seed`` its own column."""
+    keys = []
+    for r in runs:
+        for part in r["run"]["key"].split(",")[1:] if "=" not in r["run"]["key"].split(",")[0] else \
+                r["run"]["key"].split(","):
+            k = part.split("=", 1)[0]
+            if "=" in part and k != "seed" and k not in keys:
+                keys.append(k)
+    return keys
+
+
+def key_value(run: dict, key: str):
+    """A swept key's value: from the run key, else the run's config at that dotted path."""
+    for part in run["run"]["key"].split(","):
+        k, _, v = part.partition("=")
+        if k == key and _:
+            return v
+    node = run.get("config", {})
+    for part in key.split("."):
+        if not isinstance(node, dict) or part not in node:
+            return ""
+        node = node[part]
+    return node if isinstance(node, (str, int, float)) else json_text(node)
+
+
+def json_text(v) -> str:
+    import json
+
+    return json.dumps(v, separators=(",", ":"), default=str)
+
+
+SWEEP_FIELDS = {"method": "config.method.name", "r": "config.method.r", "trainable": "params.trainable",
+                "activated": "params.activated_per_token", "wall time (s)": "train.wall_time_s"}
+
+
+def sweep_table(table_id: str, runs: list[dict], failed: list[dict], spec: dict) -> tuple[str, str]:
+    """A table of one's own sweep (no ``cells``): one row per configuration, the swept keys as columns (numeric
+    order), method, rank, trainable and activated parameters, wall time, peak memory and every metric ± its standard
+    error over the test items; with several seeds per configuration, mean ± std over the seeds."""
+    keys = swept_keys(runs)
+    metrics = sorted({k for r in runs for k in r["metrics"] if k.count("/") == 1})
+    seeded = several_seeds(runs)
+    groups: dict[str, list[dict]] = {}
+    for r in runs:
+        groups.setdefault(config_group(r) if seeded else r["run"]["key"], []).append(r)
+    first = {name: g[0] for name, g in groups.items()}
+    order = sorted(groups, key=lambda n: ([_sort_value(key_value(first[n], k)) for k in keys], natural_key(n)))
+    layouts = any((r.get("train", {}).get("batch_layout") or {}).get("global_batch_size") for r in runs)
+    shown_as = {"method": "method", "r": "method.r"}  # a field that is a swept key is its column
+    fields = {label: path for label, path in SWEEP_FIELDS.items() if shown_as.get(label) not in keys}
+    head = ["run", "scale", *keys, *(["seeds"] if seeded else []), *fields, "peak memory (MiB)",
+            *(["batch: devices × batch × accumulation"] if layouts else [])]
+    csv_cols = head + [c for m in metrics for c in (m, f"{m} {'std' if seeded else 'se'}")]
+    md_rows, csv_rows, items_n = [], [], []
+    for name in order:
+        g = sorted(groups[name], key=lambda r: r["config"].get("seed") or 0)
+        r0 = g[0]
+        row = {"run": name, "scale": "+".join(sorted({r["run"]["scale"] for r in g})),
+               **{k: key_value(r0, k) for k in keys}}
+        if seeded:
+            row["seeds"] = ",".join(str(s) for s in dict.fromkeys(r["config"].get("seed") for r in g))
+        for label, path in fields.items():
+            values = [v for r in g if (v := _path_value(r, path)) is not None]
+            row[label] = values[0] if label in ("method", "r") and values else (
+                statistics.mean(values) if values else "")
+        mem = [peak_mb(r) for r in g if peak_mb(r) is not None]
+        row["peak memory (MiB)"] = statistics.mean(mem) if mem else ""
+        if layouts:
+            row["batch: devices × batch × accumulation"] = batch_layout_text(r0)
+        shown = dict(row)
+        for m in metrics:
+            by_seed = {r["config"].get("seed"): r["metrics"][m] for r in g if isinstance(r["metrics"].get(m), (int, float))}
+            if not by_seed:
+                row[m], row[f"{m} {'std' if seeded else 'se'}"], shown[m] = "", "", ""
+                continue
+            mean = statistics.mean(by_seed.values())
+            if seeded:
+                spread = statistics.stdev(by_seed.values()) if len(by_seed) > 1 else None
+            else:
+                e = uncertainty.entry(r0, m)
+                spread = e.get("se") if e else None
+                items_n.append(e["n"] if e else None)
+            row[m], row[f"{m} {'std' if seeded else 'se'}"], shown[m] = mean, spread, _pm(mean, spread)
+        csv_rows.append(row)
+        md_rows.append(shown)
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=csv_cols)
+    writer.writeheader()
+    for row in csv_rows:
+        writer.writerow({k: _fmt(v) if isinstance(v, float) else v for k, v in row.items()})
+    methods = list(dict.fromkeys(str(name) for r in runs if (name := _path_value(r, "config.method.name"))))
+    title = spec.get("title") or (f"{table_id}: {', '.join(methods) or 'runs'}"
+                                  + (f" over {', '.join(keys)}" if keys else ""))
+    scales = sorted({r["run"]["scale"] for r in runs})
+    md = [f"# {title}", "", f"Table `{table_id}`; scale: {', '.join(scales)}; {len(runs)} finished runs."]
+    md += scale_note(scales, items_n)
+    md += ["", ("Metrics: mean ± std over the seeds of each configuration." if seeded else
+                f"Metrics: ours ± its standard error over the test items ({SE_TEXT}); no ± where the run kept no "
+                "per-item scores (test/loss, runs recorded before they were kept).")
+           + " Rows in the order of the swept keys (numbers as numbers). `trainable`/`activated`: parameters "
+           "(activated: per token); wall time and peak memory (the accelerator's) of the whole run."
+           + (" A table of one's own: name it with `table.id=<name>`; "
+              f"`make compare TABLE={table_id} METRIC=<metric> X=<key>` plots a metric against a swept key." if keys
+              else "")]
+    cols = head + metrics
+    md += ["", "| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
+    md += ["| " + " | ".join(_fmt(row.get(c)) if not isinstance(row.get(c), str) else row[c] for c in cols) + " |"
+           for row in md_rows]
+    md += failed_lines(failed)
+    return buf.getvalue(), "\n".join(md) + "\n"
+
+
+def _path_value(run: dict, path: str):
+    node = run
+    for part in path.split("."):
+        if not isinstance(node, dict) or part not in node:
+            return None
+        node = node[part]
+    return node if isinstance(node, (int, float, str)) and not isinstance(node, bool) else None
+
+
+def peak_mb(run: dict) -> float | None:
+    mem = run.get("train", {}).get("peak_memory") or {}
+    return mem.get("peak_mb") or mem.get("gpu_allocated_mb") or mem.get("cpu_rss_mb")
+
+
 SEED_COLUMNS = ["std", "n", "p"]
+
+
+def batch_layout_text(run: dict) -> str:
+    """``devices × batch × accumulation = global`` (``× nodes`` when several) as the run trained; "—" if unrecorded."""
+    b = run.get("train", {}).get("batch_layout")
+    if not b:
+        return "—"
+    nodes = f" × {b['nodes']} nodes" if b.get("nodes", 1) > 1 else ""
+    return f"{b['devices']}{nodes} × {b['per_device_batch']} × {b['accumulation']} = {b['global_batch']}"
 
 
 def _baseline_run(runs: list[dict], items: dict | None, of: dict | None = None) -> dict | None:
@@ -277,7 +577,7 @@ def over_seeds(rows: list[dict], ttest: dict | None = None) -> list[dict]:
 
     groups: dict[tuple[str, str], list[dict]] = {}
     for row in rows:
-        groups.setdefault((re.sub(r"(^|,)seed=\d+", "", row["run"]).strip(",") or "default", row["cell"]), []).append(row)
+        groups.setdefault((row.get("group") or without_seed(row["run"]), row["cell"]), []).append(row)
     by_match = {(repr(sorted(g[0].get("match", {}).items())), cell): g for (_, cell), g in groups.items()}
     out = []
     for (config, cell), group in groups.items():
@@ -313,7 +613,8 @@ def _short(v) -> str:
     return "missing" if isinstance(v, str) and v.startswith("missing") else _fmt(v)
 
 
-def _pivot(cells: list[dict], order: list[str] | None = None, with_paper: bool = True) -> list[str]:
+def _pivot(cells: list[dict], order: list[str] | None = None, with_paper: bool = True,
+           same: dict[str, str] | None = None) -> list[str]:
     """Markdown: one row per cell label (in ``order``, the table's, then as met), one column per run, entries
     "ours / paper" (``with_paper``), else "ours"."""
     runs = list(dict.fromkeys(r["run"] for r in cells))
@@ -321,8 +622,18 @@ def _pivot(cells: list[dict], order: list[str] | None = None, with_paper: bool =
                                 + [r["cell"] for r in cells]))
     value = {(r["cell"], r["run"]): f"{r.get('shown') or _short(r['ours'])}"
              + (f" / {r.get('paper_shown') or r['paper']}" if with_paper else "") for r in cells}
-    lines = ["| cell | " + " | ".join(runs) + " |", "|" + "---|" * (len(runs) + 1)]
-    return lines + ["| " + " | ".join([label, *(value.get((label, run), "") for run in runs)]) + " |" for label in labels]
+    same = same or {}
+    shown_runs = [run for run in runs if run not in same]
+    joined = {run: [run, *(k for k in runs if same.get(k) == run)] for run in shown_runs}
+    if same:  # a repeated computation: ours once, each column's paper value beside it
+        paper = {(r["cell"], r["run"]): r.get("paper_shown") or r["paper"] for r in cells}
+        value = {(label, run): f"{r.get('shown') or _short(r['ours'])}" + (
+            " / " + "; ".join(str(paper.get((label, k), "")) for k in joined[run]) if with_paper else "")
+            for (label, run), r in {(r["cell"], r["run"]): r for r in cells}.items() if run in joined}
+    lines = ["| cell | " + " | ".join(" = ".join(joined[run]) for run in shown_runs) + " |",
+             "|" + "---|" * (len(shown_runs) + 1)]
+    return lines + ["| " + " | ".join([label, *(value.get((label, run), "") for run in shown_runs)]) + " |"
+                    for label in labels]
 
 
 # -- table registry: conf/experiment/<paper>/<table>/<row>.yaml ------------------------------------
@@ -385,10 +696,16 @@ def show_row(table_id: str, row: str, overrides: list[str]) -> str:
     """The fully resolved config of one row, as YAML: exactly what its run will use."""
     from omegaconf import OmegaConf
 
+    from rankmix.batching import accumulation, device_count
     from rankmix.config import compose_run
 
     cfg = compose_run([f"experiment={row_name(table_id, row)}", *overrides])
-    return OmegaConf.to_yaml(cfg, resolve=True)
+    text = OmegaConf.to_yaml(cfg, resolve=True)
+    if cfg.task.get("global_batch_size"):  # the accumulation is computed at start-up from the devices
+        text += (f"# batch layout on trainer.devices={device_count(cfg.trainer)}: {device_count(cfg.trainer)} x "
+                 f"{cfg.trainer.get('num_nodes', 1)} node(s) x {cfg.task.datamodule.batch_size} x "
+                 f"{accumulation(cfg)} accumulation = task.global_batch_size {cfg.task.global_batch_size}\n")
+    return text
 
 
 def stale_runs(table_id: str, results_dir: Path) -> list[str]:
@@ -418,6 +735,77 @@ def stale_runs(table_id: str, results_dir: Path) -> list[str]:
         if config_hash(cfg) != run["run"].get("config_hash"):
             stale.append(key)
     return stale
+
+
+def compare(table_id: str, metric: str, x: str, results_dir: Path) -> Path:
+    """``results/<id>/compare-<metric>-vs-<x>.{png,csv}``: ``metric`` against the swept key ``x`` (a run-key override
+    or a dotted config path, e.g. ``method.r``), one line per method (and per value of the other swept keys);
+    error bars: the std over seeds where a configuration has several, else the standard error over the test items."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    out_dir = Path(results_dir) / table_id
+    runs = [r for p in sorted((out_dir / "runs").glob("*.json")) if (r := read_json(p)) and r.get("status") == "ok"]
+    if not runs:
+        raise RankmixError(f"table {table_id}: no finished runs under {out_dir / 'runs'}")
+    known = sorted({k for r in runs for k in r["metrics"]})
+    if metric not in known:
+        raise RankmixError(f"table {table_id}: no metric {metric!r}; metrics: {', '.join(known)}")
+    others = [k for k in swept_keys(runs) if k not in (x, "method")]
+    lines: dict[str, dict[float, dict]] = {}
+    for r in runs:
+        xv = _sort_value(key_value(r, x))
+        if xv[0] != 0:
+            raise RankmixError(f"table {table_id}: run {r['run']['key']} has {x}={key_value(r, x)!r}; --x must be a "
+                               f"numeric swept key ({', '.join(swept_keys(runs)) or 'none swept'})")
+        label = ", ".join([str(_path_value(r, "config.method.name") or "run"),
+                           *(f"{k}={key_value(r, k)}" for k in others)])
+        lines.setdefault(label, {}).setdefault(xv[1], {})[r["config"].get("seed")] = r
+    rows = []
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for label, points in sorted(lines.items()):
+        xs, ys, errs = [], [], []
+        for xv in sorted(points):
+            by_seed = points[xv]
+            values = [r["metrics"][metric] for r in by_seed.values() if isinstance(r["metrics"].get(metric), (int, float))]
+            if not values:
+                continue
+            if len(values) > 1:
+                err, kind = statistics.stdev(values), "std over seeds"
+            else:
+                e = uncertainty.entry(next(iter(by_seed.values())), metric)
+                err, kind = (e.get("se"), "standard error") if e else (None, "")
+            xs.append(xv)
+            ys.append(statistics.mean(values))
+            errs.append(err or 0.0)
+            rows.append({"line": label, x: xv, metric: statistics.mean(values), "error": err, "error_kind": kind,
+                         "seeds": len(values)})
+        ax.errorbar(xs, ys, yerr=errs, marker="o", capsize=3, label=label)
+    ax.set_xlabel(x)
+    ax.set_ylabel(metric)
+    if len({r[x] for r in rows}) > 2 and min(r[x] for r in rows) > 0:
+        ax.set_xscale("log", base=2)
+    ax.set_title(f"{table_id}: {metric} against {x}")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    stem = re.sub(r"[^A-Za-z0-9_.-]", "-", f"compare-{metric}-vs-{x}")
+    png = out_dir / f"{stem}.png"
+    fig.savefig(png, dpi=120)
+    plt.close(fig)
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=["line", x, metric, "error", "error_kind", "seeds"])
+    writer.writeheader()
+    writer.writerows(rows)
+    with atomic_open(out_dir / f"{stem}.csv") as f:
+        f.write(buf.getvalue())
+    return png
+
+
+def failed_runs(table_id: str, results_dir: Path) -> list[str]:
+    return [r["run"]["key"] for p in sorted((Path(results_dir) / table_id / "failed").glob("*.json"))
+            if (r := read_json(p))]
 
 
 def reproduce(table_id: str, overrides: list[str], results_dir: Path) -> int:
@@ -450,7 +838,12 @@ def main(argv: list[str] | None = None) -> int:
     b = sub.add_parser("build", help="rebuild results/<id>/table.{md,csv} from its run JSONs")
     b.add_argument("table_id")
     lst = sub.add_parser("list", help="every reproducible table with its status")
-    lst.add_argument("--check", action="store_true", help="also count the runs that predate their row's config")
+    lst.add_argument("--check", action="store_true", help="exit non-zero, naming them, when a committed run predates "
+                     "its row's config or a run failed (make check-results)")
+    c = sub.add_parser("compare", help="plot a metric against a swept key, one line per method (PNG and CSV)")
+    c.add_argument("table_id")
+    c.add_argument("--metric", required=True, help="e.g. test/em")
+    c.add_argument("--x", required=True, help="a numeric swept key, e.g. method.r")
     r = sub.add_parser("reproduce", help="run a table's multirun (skipping up-to-date runs), then build it")
     r.add_argument("table_id")
     r.add_argument("overrides", nargs="*", help="extra Hydra overrides, e.g. scale=paper trainer=gpu")
@@ -467,11 +860,22 @@ def main(argv: list[str] | None = None) -> int:
             print(build_table(a.table_id, a.results_dir, a.results_dir / "paper"))
         elif a.cmd == "show":
             print(show_row(a.table_id, a.row, a.overrides), end="")
+        elif a.cmd == "compare":
+            print(f"rankmix: compare: {compare(a.table_id, a.metric, a.x, a.results_dir)} (and .csv)")
         elif a.cmd == "list":
+            problems = []
             for tid in experiment_tables():
-                stale = stale_runs(tid, a.results_dir) if a.check else []
+                stale, failed = stale_runs(tid, a.results_dir), failed_runs(tid, a.results_dir)
                 print(f"reproduce-table-{tid:<28} {table_status(tid, a.results_dir)}"
-                      + (f"; {len(stale)} predate the current config" if stale else ""))
+                      + (f"; {len(stale)} predate the current config: {', '.join(stale)}" if stale else ""))
+                problems += [f"{tid}/runs/{k}.json predates its row's config" for k in stale]
+                problems += [f"{tid}/failed/{k}.json: a failed run" for k in failed]
+            if a.check and problems:
+                for line in problems:
+                    print(f"rankmix: error: {line}", file=sys.stderr)
+                print(f"rankmix: error: {len(problems)} result(s) to rerun (make reproduce-table-<id>) or remove",
+                      file=sys.stderr)
+                return 1
         else:
             return reproduce(a.table_id, a.overrides, a.results_dir)
     except RankmixError as e:

@@ -25,7 +25,7 @@ import torch
 from torch import nn
 
 from rankmix.data.images import load_image
-from rankmix.errors import ConfigError, DataError
+from rankmix.errors import ConfigError, DataError, first_line
 
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
@@ -53,7 +53,7 @@ def grid_encoder(name: str = "resnet101_clip", pretrained: bool = False, image_s
                 model = timm.create_model(f"{name}.openai" if pretrained else name, pretrained=pretrained,
                                           num_classes=0, img_size=image_size)
             except (RuntimeError, OSError, ValueError) as e:
-                raise ConfigError("model", name, f"could not be built or downloaded ({str(e).splitlines()[0][:120]}); "
+                raise ConfigError("model", name, f"could not be built or downloaded ({first_line(e)}); "
                                   "timm names: resnet50_clip, resnet101_clip (weights: <name>.openai from the hub)") from None
     model.requires_grad_(False)
     if calibrate is not None:

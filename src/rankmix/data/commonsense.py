@@ -23,7 +23,7 @@ import re
 from pathlib import Path
 
 from rankmix.data.files import check_fields, local_dataset_kwargs, read_records
-from rankmix.errors import DataError
+from rankmix.errors import DataError, first_line
 
 log = logging.getLogger(__name__)
 
@@ -105,7 +105,7 @@ def load_train(source: str) -> list[dict]:
     try:
         rows = list(datasets.load_dataset(source, split="train", **local_dataset_kwargs(source)))
     except Exception as e:  # noqa: BLE001 -- offline, unknown id, bad format: one message
-        reason = (str(e).strip().splitlines() or [type(e).__name__])[0][:160]
+        reason = first_line(e)
         raise DataError(f"{source}: not a local file and not loadable from the hub ({reason}); {TRAIN_WHERE}") from None
     return check_records(source, rows)
 
@@ -132,4 +132,9 @@ def score_commonsense(records: list[dict]) -> dict[str, float]:
     out = {f"acc/{name}": sum(v) / len(v) for name, v in sorted(per.items())}
     if out:
         out["average"] = sum(out.values()) / len(out)
+    from rankmix.uncertainty import combine, record  # per-item scores for the run's table
+
+    for name, v in per.items():
+        record(f"acc/{name}", [r.get("idx", i) for i, r in enumerate(records) if r["task"] == name], v)
+    combine("average", {f"acc/{name}": 1.0 / len(per) for name in per})
     return out

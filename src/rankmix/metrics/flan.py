@@ -74,7 +74,30 @@ def score_flan(records: list[dict], rouge_package: str = "rouge") -> dict[str, f
     out.update(rows)
     if rows:  # the paper's AVERAGE: the mean of the printed (0.1-rounded) rows
         out["average"] = sum(rows.values()) / len(rows)
+    _record_items(records, per_task, rows)
     return out
+
+
+def _record_items(records: list[dict], per_task: dict, rows: dict) -> None:
+    """Per-item scores (``rankmix.uncertainty``) of every task, cluster row and the average, unrounded: a row is the
+    mean over its tasks of the task means, the average the mean of the rows (an item in several rows, ROUGE-1/2/L,
+    counts in each)."""
+    from rankmix.uncertainty import combine, record
+
+    ids: dict = defaultdict(list)
+    for i, r in enumerate(records):
+        ids[(r["domain"], r["task"])].append(r.get("idx", i))
+    clusters: dict = defaultdict(list)
+    for (domain, task), scores in sorted(per_task.items()):
+        for name, values in scores.items():
+            record(f"task/{task}/{name}", ids[(domain, task)], values)
+            clusters[(domain, name)].append(task)
+    for (domain, name), tasks in sorted(clusters.items()):
+        keys = [(domain, t) for t in tasks]
+        record(f"cluster/{domain}/{name}", [i for k in keys for i in ids[k]],
+               [v for k in keys for v in per_task[k][name]], [k[1] for k in keys for _ in per_task[k][name]])
+    if rows:
+        combine("average", {row: 1.0 / len(rows) for row in rows})
 
 
 def _round1(x: float) -> float:

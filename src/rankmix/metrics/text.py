@@ -72,4 +72,18 @@ def score_generations(records: list[dict]) -> dict[str, float]:
     task_means = {t: {k: sum(v) / len(v) for k, v in m.items()} for t, m in per_task.items()}
     out = {k: sum(tm[k] for tm in task_means.values()) / len(task_means) for k in ("em", "rouge1", "rouge2", "rougeL")}
     out.update({f"em/{t}": tm["em"] for t, tm in sorted(task_means.items())})
+    _record_items(records, per_task)
     return out
+
+
+def _record_items(records: list[dict], per_task: dict) -> None:
+    """Per-item scores (``rankmix.uncertainty``): each metric a mean over the tasks of the task means."""
+    from rankmix.uncertainty import record
+
+    ids = {t: [r.get("idx", i) for i, r in enumerate(records) if r["task"] == t] for t in per_task}
+    tasks = sorted(per_task)
+    for k in ("em", "rouge1", "rouge2", "rougeL"):
+        record(k, [i for t in tasks for i in ids[t]], [v for t in tasks for v in per_task[t][k]],
+               [t for t in tasks for _ in per_task[t][k]])
+    for t in tasks:
+        record(f"em/{t}", ids[t], per_task[t]["em"])

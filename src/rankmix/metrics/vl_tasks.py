@@ -15,7 +15,9 @@ def gqa_accuracy(records: list[dict]) -> float:
     """Records ``{prediction, label: {answer: score}}`` → mean of ``label.get(prediction, 0)`` × 100."""
     if not records:
         return 0.0
-    return 100.0 * sum(float(r["label"].get(r["prediction"].strip(), 0.0)) for r in records) / len(records)
+    scores = [100.0 * float(r["label"].get(r["prediction"].strip(), 0.0)) for r in records]
+    _record("gqa/accuracy", records, scores)
+    return sum(scores) / len(scores)
 
 
 def nlvr_predictions(first_step_logits: torch.Tensor, true_id: int, false_id: int) -> list[int]:
@@ -27,4 +29,13 @@ def nlvr_accuracy(records: list[dict]) -> float:
     """Records ``{prediction: 0|1, label: 0|1}`` → accuracy × 100."""
     if not records:
         return 0.0
-    return 100.0 * sum(int(r["prediction"]) == int(r["label"]) for r in records) / len(records)
+    scores = [100.0 * (int(r["prediction"]) == int(r["label"])) for r in records]
+    _record("nlvr/accuracy", records, scores)
+    return sum(scores) / len(scores)
+
+
+def _record(name: str, records: list[dict], scores: list[float]) -> None:
+    """Per-item scores (``rankmix.uncertainty``), named as the multitask module logs them."""
+    from rankmix.uncertainty import record
+
+    record(name, [r.get("idx", i) for i, r in enumerate(records)], scores)

@@ -117,4 +117,24 @@ def score_vqa(records: list[dict]) -> dict[str, float]:
     out.update({f"accuracy/{k}": sum(v) / len(v) for k, v in sorted(per_answer.items())})
     out.update({f"question_type/{k}": sum(v) / len(v) for k, v in sorted(per_question.items())})
     out.update({f"group/{k}": sum(v) / len(v) for k, v in sorted(per_group.items())})
+    _record_items(records, total)
     return out
+
+
+def _record_items(records: list[dict], scores: list[float]) -> None:
+    """Per-item scores (``rankmix.uncertainty``) of the accuracy and each breakdown."""
+    from rankmix.uncertainty import record
+
+    ids = [r.get("idx", i) for i, r in enumerate(records)]
+    record("accuracy", ids, scores)
+    parts: dict[str, list[int]] = defaultdict(list)
+    for j, r in enumerate(records):
+        if r.get("answer_type"):
+            parts[f"accuracy/{r['answer_type']}"].append(j)
+        if r.get("question_type"):
+            parts[f"question_type/{r['question_type']}"].append(j)
+            for group, types in QUESTION_GROUPS.items():
+                if r["question_type"] in types:
+                    parts[f"group/{group}"].append(j)
+    for name, js in parts.items():
+        record(name, [ids[j] for j in js], [scores[j] for j in js])

@@ -34,6 +34,7 @@ from rankmix.metrics.captioning import FIVE, score_captions
 from rankmix.metrics.vl_tasks import gqa_accuracy, nlvr_accuracy, nlvr_predictions
 from rankmix.metrics.vqa import score_vqa
 from rankmix.modules.base import AdapterModule
+from rankmix.uncertainty import combine, prefixed
 
 X_R_DECODER = ("encoder_mean", "visual")
 ACCURACY_TASKS = ("vqa", "gqa", "nlvr")
@@ -150,20 +151,23 @@ class VLMultitaskModule(AdapterModule):
             by_task.setdefault(r["task"], []).append(r)
         out = {}
         if "vqa" in by_task:
-            out["vqa/accuracy"] = score_vqa(by_task["vqa"])["accuracy"]
+            with prefixed("vqa/"):  # per-item scores under the names logged here (rankmix.uncertainty)
+                out["vqa/accuracy"] = score_vqa(by_task["vqa"])["accuracy"]
         if "gqa" in by_task:
             out["gqa/accuracy"] = gqa_accuracy(by_task["gqa"])
         if "nlvr" in by_task:
             out["nlvr/accuracy"] = nlvr_accuracy(by_task["nlvr"])
         if "caption" in by_task:
             test = stage == "test"
-            scores, notes = score_captions(by_task["caption"], FIVE if test else ("CIDEr",), java_tokenizer=test)
+            with prefixed("caption/"):
+                scores, notes = score_captions(by_task["caption"], FIVE if test else ("CIDEr",), java_tokenizer=test)
             out.update({f"caption/{k}": v for k, v in scores.items()})
             if test:
                 self.evaluation_notes = {**notes, "missing": {f"caption/{k}": v for k, v in notes["missing"].items()}}
         accs = [out[f"{t}/accuracy"] for t in ACCURACY_TASKS if f"{t}/accuracy" in out]
         if accs:
             out["average"] = sum(accs) / len(accs)
+            combine("average", {f"{t}/accuracy": 1.0 / len(accs) for t in ACCURACY_TASKS if f"{t}/accuracy" in out})
         return out
 
 

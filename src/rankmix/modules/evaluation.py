@@ -2,18 +2,21 @@
 processes (sampler padding dropped by ``idx``), scored, logged as ``<stage>/<metric>``, and written to the run's
 ``predictions.jsonl`` after the test epoch. Model calls wrapped in ``timed_inference()`` add up to
 ``test/ms_per_sample`` (routing functions Tab. B11: average inference time per sample, this process's share).
-A scorer may leave a metric out with a reason (``evaluation_notes["missing"]``, written to the run's JSON).
+A scorer may leave a metric out with a reason (``evaluation_notes["missing"]``, written to the run's JSON). The
+test metrics' per-item scores and standard errors (``rankmix.uncertainty``) go to the run JSON's ``evaluation.items``.
 """
 
 from __future__ import annotations
 
 import json
 import time
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from pathlib import Path
 
 import torch
 import torch.distributed as dist
+
+from rankmix.uncertainty import collecting
 
 
 class ScoredEvaluation:
@@ -49,8 +52,12 @@ class ScoredEvaluation:
             dist.all_gather_object(gathered, records)
             records = [r for part in gathered for r in part]
         records = sorted({r["idx"]: r for r in records}.values(), key=lambda r: r["idx"])  # drop sampler padding
-        for name, value in self.score(records, stage).items():
+        with collecting() if stage == "test" else nullcontext() as items:  # per-item test scores (rankmix.uncertainty)
+            metrics = self.score(records, stage)
+        for name, value in metrics.items():
             self.log(f"{stage}/{name}", value, rank_zero_only=True)
+        if items is not None and (found := items.entries(f"{stage}/")):
+            self.evaluation_notes["items"] = {k: v for k, v in found.items() if k[len(stage) + 1:] in metrics}
         if stage == "test" and self.predictions_path is not None and self.global_rank == 0:
             self.predictions_path.parent.mkdir(parents=True, exist_ok=True)
             with open(self.predictions_path, "w") as f:
