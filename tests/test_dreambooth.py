@@ -101,3 +101,26 @@ def test_dino_and_clip_scores_are_cosines_and_an_unloadable_encoder_is_missing_w
     gone = {"dino": {"source": "pretrained", "name_or_path": str(tmp_path / "no-such-dino")}}
     scores, missing = subject_scores([same], ["x"], [same], gone)
     assert scores == {} and "task.auto_scores.dino.name_or_path" in missing["dino"]
+
+
+def test_replacing_a_subject_photo_makes_the_run_out_of_date(tmp_path):
+    from PIL import Image
+
+    from conftest import compose
+    from rankmix.config import config_hash
+    from rankmix.data.files import record_data_fingerprint
+
+    photos = tmp_path / "cat"
+    photos.mkdir()
+    for i, colour in enumerate(("red", "blue")):
+        Image.new("RGB", (8, 8), colour).save(photos / f"{i:02d}.jpg")
+
+    def hashed():
+        cfg = compose("experiment=moslora/6/lora", f"task.datamodule.instance_dir={photos}")
+        record_data_fingerprint(cfg)
+        return config_hash(cfg)
+
+    before = hashed()
+    assert hashed() == before
+    Image.new("RGB", (8, 8), "green").save(photos / "01.jpg")  # one photo replaced by another
+    assert hashed() != before

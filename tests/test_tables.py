@@ -200,11 +200,15 @@ def test_runs_that_predate_their_rows_config_are_found(tmp_path):
     from rankmix.config import compose_run, config_hash
     from rankmix.tables import stale_runs
 
-    fresh = config_hash(compose_run(["experiment=rankmix/ranks/r4", "scale=tiny"]))
+    from rankmix.results import RESULT_FORMAT
+
+    fresh = {k: config_hash(compose_run([f"experiment=rankmix/ranks/{k}", "scale=tiny"])) for k in ("r2", "r4")}
     runs = tmp_path / "rankmix-ranks" / "runs"
-    for key, chash in (("r4", fresh), ("r8", "an-old-hash")):
-        write_json_atomic(runs / f"{key}.json", {"status": "ok", "run": {"key": key, "scale": "tiny", "config_hash": chash}})
-    assert stale_runs("rankmix-ranks", tmp_path) == ["r8"]
+    for key, chash, fmt in (("r2", fresh["r2"], 1), ("r4", fresh["r4"], RESULT_FORMAT), ("r8", "an-old-hash", RESULT_FORMAT)):
+        write_json_atomic(runs / f"{key}.json", {"status": "ok", "run": {"key": key, "scale": "tiny", "config_hash": chash,
+                                                                        "format": fmt}})
+    # r2: its config is current, but its result predates per-item scores (an older result format)
+    assert stale_runs("rankmix-ranks", tmp_path) == ["r2", "r8"]
 
 
 def test_a_finished_run_whose_table_cannot_be_built_yet_is_not_failed(monkeypatch, capsys):
@@ -222,3 +226,19 @@ def test_a_finished_run_whose_table_cannot_be_built_yet_is_not_failed(monkeypatc
                             "optimized_metric": "test/average"})
     assert _finish(cfg, {"test/average": 0.5}) == 0.5
     assert "table smola-a1 not built yet: " in capsys.readouterr().out
+
+
+def test_a_result_of_an_older_format_is_neither_up_to_date_nor_reused(tmp_path):
+    from omegaconf import OmegaConf
+
+    from rankmix.config import compose_run, config_hash
+    from rankmix.results import RESULT_FORMAT, is_up_to_date, same_computation
+
+    cfg = compose_run(["experiment=rankmix/ranks/r4", "scale=tiny"])
+    config, chash = OmegaConf.to_container(cfg, resolve=True), config_hash(cfg)
+    for fmt, expected in ((1, False), (RESULT_FORMAT, True)):
+        path = tmp_path / f"f{fmt}" / "rankmix-ranks" / "runs" / "r4.json"
+        write_json_atomic(path, {"status": "ok", "run": {"key": "r4", "config_hash": chash, "format": fmt},
+                                 "config": config})
+        assert is_up_to_date(path, chash) is expected
+        assert (same_computation(tmp_path / f"f{fmt}", config, exclude=tmp_path / "other.json") == path) is expected

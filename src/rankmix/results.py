@@ -41,10 +41,20 @@ def result_path(results_dir: Path, table_id: str, key: str) -> Path:
     return Path(results_dir) / table_id / "runs" / f"{key}.json"
 
 
+# What a result holds. 2: each test metric's per-item scores and standard error (``evaluation.items``). A result of
+# an older format predates what a table shows of it: it is out of date, and never reused for another run.
+RESULT_FORMAT = 2
+
+
+def current_format(run: dict) -> bool:
+    return int(run.get("run", {}).get("format", 1)) >= RESULT_FORMAT
+
+
 def is_up_to_date(path: Path, config_hash: str) -> bool:
-    """A finished run of the same configuration already has its result."""
+    """A finished run of the same configuration, in the current result format, already has its result."""
     r = read_json(path)
-    return bool(r) and r.get("status") == "ok" and r.get("run", {}).get("config_hash") == config_hash
+    return bool(r) and r.get("status") == "ok" and r.get("run", {}).get("config_hash") == config_hash \
+        and current_format(r)
 
 
 def same_computation(results_dir: Path, config: dict, exclude: Path) -> Path | None:
@@ -54,7 +64,8 @@ def same_computation(results_dir: Path, config: dict, exclude: Path) -> Path | N
     want = computation_hash(config)
     for path in sorted(Path(results_dir).glob("*/runs/*.json")):
         r = read_json(path)
-        if path != exclude and r and r.get("status") == "ok" and "config" in r and computation_hash(r["config"]) == want:
+        if path != exclude and r and r.get("status") == "ok" and "config" in r and current_format(r) \
+                and computation_hash(r["config"]) == want:
             return path
     return None
 

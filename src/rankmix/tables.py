@@ -55,7 +55,7 @@ from rankmix import uncertainty
 from rankmix.data.files import atomic_open
 from rankmix.errors import RankmixError
 from rankmix.locations import CONF_DIR, results_root
-from rankmix.results import read_json
+from rankmix.results import current_format, read_json
 
 COLUMNS = ["run", "scale", "cell", "metric", "paper", "ours", "diff"]
 UNITS = {"M": 1e-6, "h": 1 / 3600, "G": 1 / 1024}  # parameters → millions, seconds → hours, MiB → GiB
@@ -713,7 +713,7 @@ def stale_runs(table_id: str, results_dir: Path) -> list[str]:
     experiment file, a changed default): ``make reproduce-table-<id>`` would run them again. A run whose key
     cannot be read back into overrides (a long key cut to a hash) counts as stale."""
     from rankmix.config import compose_run, config_hash
-    from rankmix.train import record_data_fingerprint
+    from rankmix.data.files import record_data_fingerprint
 
     rows = {r.rsplit("/", 1)[-1]: r for r in experiment_tables().get(table_id, [])}
     stale = []
@@ -722,6 +722,9 @@ def stale_runs(table_id: str, results_dir: Path) -> list[str]:
         if not run or run.get("status") != "ok":
             continue
         key = run["run"]["key"]
+        if not current_format(run):  # made before per-item scores were kept: no standard errors to show
+            stale.append(key)
+            continue
         head, *rest = key.split(",")
         if head not in rows or "--" in key:
             stale.append(key)

@@ -23,7 +23,7 @@ import hydra
 from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from hydra.utils import instantiate
-from omegaconf import DictConfig, OmegaConf, open_dict
+from omegaconf import DictConfig, OmegaConf
 
 if TYPE_CHECKING:
     import lightning.pytorch as pl
@@ -38,10 +38,11 @@ from rankmix.config import (
     run_key,
     validate,
 )
-from rankmix.data.files import atomic_open, stale_temporaries
+from rankmix.data.files import atomic_open, record_data_fingerprint, stale_temporaries
 from rankmix.errors import ConfigError, RankmixError
 from rankmix.rehearsal import preflight
 from rankmix.results import (
+    RESULT_FORMAT,
     environment,
     git_state,
     is_up_to_date,
@@ -261,17 +262,6 @@ def check_launch(cfg: DictConfig, multirun: bool) -> None:
                           "or run offline and `make sync-wandb` later")
 
 
-def record_data_fingerprint(cfg: DictConfig) -> None:
-    """``cfg.data_fingerprint``: the contents of the data files the task reads (``rankmix.data.files.fingerprint``),
-    so an edited file makes the run's config hash, and so its result, out of date. Generated data: no key."""
-    from rankmix.data.files import data_paths, fingerprint
-
-    found = fingerprint(data_paths(OmegaConf.to_container(cfg.task.datamodule, resolve=True)))
-    if found is not None:
-        with open_dict(cfg):
-            cfg.data_fingerprint = found
-
-
 def hpc_checkpoints(run_dir: Path) -> list[Path]:
     """The checkpoints Lightning wrote on SLURM's requeue signal (``<run dir>/hpc_ckpt_<n>.ckpt``)."""
     return sorted(run_dir.glob("hpc_ckpt_*.ckpt"))
@@ -386,7 +376,7 @@ def train(cfg: DictConfig) -> float | None:
             info["train"]["cpu_fallback"] = fallback
         result = {
             "status": "ok",
-            "run": {"key": key, "table": cfg.table.id, "scale": cfg.scale, "config_hash": chash,
+            "run": {"key": key, "table": cfg.table.id, "scale": cfg.scale, "config_hash": chash, "format": RESULT_FORMAT,
                     "run_dir": str(run_dir), "started_at": started, "finished_at": _now()},
             "metrics": metrics,
             **info,

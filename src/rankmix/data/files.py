@@ -49,7 +49,8 @@ def atomic_open(path: Path) -> Iterator:
         raise
 
 
-DATA_KEYS = ("data_dir", "images_dir", "test_file", "train_dir", "train_file", "test_dir", "mixed_dir")
+DATA_KEYS = ("data_dir", "images_dir", "test_file", "train_dir", "train_file", "test_dir", "mixed_dir",
+             "instance_dir")  # instance_dir: the DreamBooth subject's photos
 HASHED_BYTES = 64 << 20  # files up to this size are keyed by their contents, larger ones by size and mtime
 HASHED_TOTAL = 1 << 30   # at most this much is read per fingerprint (an image folder is keyed by sizes and mtimes)
 
@@ -214,3 +215,14 @@ def local_dataset_kwargs(path: Path | str) -> dict:
     where = str(Path(path).resolve())
     return {"cache_dir": str(Path(datasets.config.HF_DATASETS_CACHE) / "rankmix-local" / digest(where, 16))}
 
+
+
+def record_data_fingerprint(cfg) -> None:
+    """``cfg.data_fingerprint``: the contents of the data files the task reads (``fingerprint`` of ``data_paths``),
+    so an edited file makes the run's config hash, and so its result, out of date. Generated data: no key."""
+    from omegaconf import OmegaConf, open_dict
+
+    found = fingerprint(data_paths(OmegaConf.to_container(cfg.task.datamodule, resolve=True)))
+    if found is not None:
+        with open_dict(cfg):
+            cfg.data_fingerprint = found
