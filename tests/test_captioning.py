@@ -157,6 +157,7 @@ def test_the_image_conditions_the_caption_through_prefix_and_routing():
     assert out.shape[0] == beams.shape[0] == 2 and out.shape[1] <= 4
 
 
+@pytest.mark.slow
 def test_tiny_captioning_runs_table_and_figures(tmp_path):
     """Tab. 4's LoRA r 64 rows without and with routing, end to end; then Fig. B8 and Fig. 4 from their artefacts."""
     from rankmix.figures import build_figure

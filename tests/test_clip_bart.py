@@ -133,6 +133,7 @@ def test_unfreeze_refuses_an_unknown_part():
         unfreeze(_bart(), ["embeddings"], {"name": "lora"})
 
 
+@pytest.mark.slow
 def test_tiny_multitask_run(tmp_path):
     r = run_train(tmp_path, "experiment=routing/7/lora_proj", "trainer.max_epochs=1",
                   "task.datamodule.source.n_train=16", "task.datamodule.source.n_val=2",
@@ -148,6 +149,7 @@ def test_tiny_multitask_run(tmp_path):
     assert modes["eval"] == 0 and modes["train"] > 0
 
 
+@pytest.mark.slow
 def test_multitask_warm_start_trains_every_task_and_then_loads_from_its_cache(tmp_path, monkeypatch):
     from rankmix.backbones import word_level_tokenizer
     from rankmix.data.vl_multitask import VLMultitaskDataModule

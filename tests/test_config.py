@@ -192,10 +192,10 @@ class _Payload:
 def test_a_checkpoint_holding_code_is_set_aside_not_loaded(tmp_path):
     import torch
 
-    from rankmix.train import _resumable_checkpoint
+    from rankmix.checkpoints import resumable_checkpoint
 
     (tmp_path / "checkpoints").mkdir()
     (tmp_path / "config_hash.txt").write_text("abc\n")
     torch.save({"state_dict": {}, "payload": _Payload()}, tmp_path / "checkpoints" / "last.ckpt")
-    assert _resumable_checkpoint(tmp_path, "abc") is None
+    assert resumable_checkpoint(tmp_path, "abc") is None
     assert (tmp_path / "checkpoints" / "last.ckpt.unreadable").is_file()

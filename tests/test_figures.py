@@ -103,6 +103,7 @@ def test_missing_runs_are_named_and_the_index_lists_status(tmp_path, capsys):
     assert all(f"| {fid} — " in index for fid in FIGURES) and "not built" in index
 
 
+@pytest.mark.slow
 def test_routing_figure_from_a_real_run(tmp_path):
     """Fig. 4 rebuilds a trained SMoRA run from its config, tokenizer and checkpoint and routes each task's test set."""
     from conftest import run_train

@@ -13,7 +13,7 @@ import pytest
     (True, "the same command without rerun=true resumes it (with rerun=true it trains from scratch)"),
 ])
 def test_the_sigterm_line_says_how_to_resume(rerun, expected):
-    code = ("import os, signal\nfrom rankmix.train import stop_on_sigterm\n"
+    code = ("import os, signal\nfrom rankmix.guards import stop_on_sigterm\n"
             f"stop_on_sigterm('k', {rerun})\n"
             "try:\n    os.kill(os.getpid(), signal.SIGTERM)\nexcept KeyboardInterrupt:\n    pass\n")
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)

@@ -69,7 +69,7 @@ def test_the_error_line_is_the_one_that_says_what_went_wrong():
 
 def test_half_precision_on_a_cpu_runs_in_fp32_with_a_notice(capsys):
     from rankmix.config import compose_run
-    from rankmix.train import cpu_fallback
+    from rankmix.fit import cpu_fallback
 
     cfg = compose_run(["experiment=smora/1/smora_64_8", "scale=paper"])
     assert cfg.trainer.precision == "bf16-mixed" and cfg.backbone.dtype == "bfloat16"

@@ -198,9 +198,8 @@ def test_reproduce_sweeps_the_seeds_and_picks_the_tables_launcher(tmp_path, monk
 
 def test_runs_that_predate_their_rows_config_are_found(tmp_path):
     from rankmix.config import compose_run, config_hash
-    from rankmix.tables import stale_runs
-
     from rankmix.results import RESULT_FORMAT
+    from rankmix.tables import stale_runs
 
     fresh = {k: config_hash(compose_run([f"experiment=rankmix/ranks/{k}", "scale=tiny"])) for k in ("r2", "r4")}
     runs = tmp_path / "rankmix-ranks" / "runs"
@@ -216,7 +215,7 @@ def test_a_finished_run_whose_table_cannot_be_built_yet_is_not_failed(monkeypatc
 
     import rankmix.tables
     from rankmix.errors import RankmixError
-    from rankmix.train import _finish
+    from rankmix.records import finish
 
     def no_baseline(*_):
         raise RankmixError("table smola-a1: cell 'gain' is a gain over the baseline run, which has not finished")
@@ -224,7 +223,7 @@ def test_a_finished_run_whose_table_cannot_be_built_yet_is_not_failed(monkeypatc
     monkeypatch.setattr(rankmix.tables, "build_table", no_baseline)
     cfg = OmegaConf.create({"table": {"id": "smola-a1"}, "paths": {"results_dir": "r", "paper_dir": "p"},
                             "optimized_metric": "test/average"})
-    assert _finish(cfg, {"test/average": 0.5}) == 0.5
+    assert finish(cfg, {"test/average": 0.5}) == 0.5
     assert "table smola-a1 not built yet: " in capsys.readouterr().out
 
 

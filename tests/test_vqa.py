@@ -127,6 +127,7 @@ def test_the_image_reaches_the_answer_through_prefix_and_routing():
                                                     intermediate_size=64)), 3)
 
 
+@pytest.mark.slow
 def test_tiny_vqa_run(tmp_path):
     r = run_train(tmp_path, "task=vqa", "backbone=vit_roberta", "method=smora", "method.r=8", "method.k=2",
                   "trainer.max_epochs=1",

@@ -18,7 +18,7 @@ class _AppendingWriter(ExperimentWriter):
 
 class ResumableCSVLogger(CSVLogger):
     """``CSVLogger`` whose ``metrics.csv`` keeps the rows of the epochs before a resume (Lightning's starts the file
-    over). A run that starts from scratch removes its old file first (``rankmix.train.fit_and_test``)."""
+    over). A run that starts from scratch removes its old file first (``rankmix.fit.fit_and_test``)."""
 
     @property
     def experiment(self) -> ExperimentWriter:

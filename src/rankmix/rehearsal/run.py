@@ -6,7 +6,7 @@ overridden: the backbones' ``name_or_path`` (``rankmix.rehearsal.standins``, eac
 of the model it stands in for, as real weights are), the data paths
 (``rankmix.rehearsal.data``), a step limit and an evaluation limit (``length_overrides``). Precision, prompts,
 cutoff, decoding, optimizer and schedule stay the paper's (a CPU runs half precision in fp32 with a notice, as any
-run on a CPU does: ``rankmix.train.cpu_fallback``; a 4-bit base, which needs CUDA, is trained unquantised there, as
+run on a CPU does: ``rankmix.fit.cpu_fallback``; a 4-bit base, which needs CUDA, is trained unquantised there, as
 the report says). ``trainer=gpu`` in a README command becomes ``trainer=cpu``
 on a machine without a GPU (the device choice changes no paper setting).
 
@@ -353,7 +353,7 @@ def report(rows: list[Row], width: str, length: list[str], when: str | None = No
         f"stand-ins of the real backbones ({LAYERS} layers, {shape}, random weights, the real tokenizers' special "
         f"tokens) and real-layout made-up data; overridden: the paths and the length (`{' '.join(length)}`). "
         "Seconds per step and peak memory are the stand-in's; on a CPU half precision runs in fp32 (shown as "
-        "`bf16-mixed (CPU: 32-true)`; `rankmix.train.cpu_fallback`) and a 4-bit base unquantised (4-bit loading "
+        "`bf16-mixed (CPU: 32-true)`; `rankmix.fit.cpu_fallback`) and a 4-bit base unquantised (4-bit loading "
         "needs CUDA; shown as `4-bit (CPU: unquantised)`). The projection is for the real model at the "
         "row's paper settings (`rankmix.rehearsal.projection`: parameter counts exact, memory per GPU from "
         f"activation bytes measured on this machine, § Memory projection), computed at {now} UTC.",

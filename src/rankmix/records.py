@@ -1,0 +1,121 @@
+"""What a run leaves: its result JSON (or, once training had started, its failure record), then its table rebuilt
+and the final metrics reported."""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+from datetime import UTC, datetime
+from pathlib import Path
+
+from hydra.core.hydra_config import HydraConfig
+from hydra.types import RunMode
+from omegaconf import DictConfig
+
+from rankmix.config import check_table_id
+from rankmix.errors import RankmixError
+from rankmix.locations import SOURCE
+from rankmix.results import (
+    RESULT_FORMAT,
+    environment,
+    git_state,
+    machine,
+    package_versions,
+    write_json_atomic,
+)
+from rankmix.sweep import SWEEP_FAILURES
+
+log = logging.getLogger("rankmix.train")
+
+
+def now() -> str:
+    return datetime.now(UTC).isoformat(timespec="seconds")
+
+
+def failure_path(path: Path) -> Path:
+    """Where a run's failure is kept: ``results/<table>/failed/<key>.json``, apart from the finished results."""
+    return path.parent.parent / "failed" / path.name
+
+
+def record_failure(path, key, cfg, chash, started, message) -> None:
+    """A failed run leaves a ``status: failed`` JSON in ``failed/`` (listed under its table, never a row), so a
+    finished result is never replaced by a failure; ``path`` None (a config refused before training, not a run)
+    leaves none. In a sweep either is counted for the sweep's exit code."""
+    if path is not None:
+        failure = {"status": "failed", "error": message,
+                   "run": {"key": key, "table": cfg.table.id, "scale": cfg.get("scale"), "config_hash": chash,
+                           "started_at": started, "finished_at": now()}}
+        try:
+            write_json_atomic(failure_path(path), failure)
+        except OSError as e:
+            print(f"rankmix: error: cannot record the failure in {failure_path(path)} ({e.strerror})",
+                  file=sys.stderr)
+    sweep_failures = os.environ.get(SWEEP_FAILURES)
+    if sweep_failures and HydraConfig.get().mode == RunMode.MULTIRUN:
+        with open(sweep_failures, "a") as f:
+            f.write(f"{key}\t{message.splitlines()[0] if message else ''}\n")
+
+
+def rebuild_table(cfg: DictConfig) -> None:
+    """After a failure: the table lists it (best effort: a table that cannot be built is not this run's error)."""
+    from rankmix.tables import build_table
+
+    try:
+        check_table_id(cfg)
+        build_table(cfg.table.id, Path(cfg.paths.results_dir), Path(cfg.paths.paper_dir))
+    except Exception as e:  # noqa: BLE001
+        log.warning(f"table {cfg.table.get('id')} not rebuilt: {e}")
+
+
+def finish(cfg: DictConfig, metrics: dict, path: Path | None = None) -> float | None:
+    """Report the result and rebuild its table; a table that cannot be built yet (a gain whose baseline run has
+    not finished) is said in one line and does not fail the finished run."""
+    from rankmix.tables import build_table
+
+    shown = {k: v for k, v in sorted(metrics.items()) if k.startswith("test/") and k.count("/") == 1}
+    if shown:
+        print("rankmix: metrics: " + ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}"
+                                                for k, v in shown.items()))
+    if path is not None:
+        print(f"rankmix: result: {path}")
+    try:
+        table_md = build_table(cfg.table.id, Path(cfg.paths.results_dir), Path(cfg.paths.paper_dir))
+        print(f"rankmix: table: {table_md}")
+    except RankmixError as e:
+        print(f"rankmix: table {cfg.table.id} not built yet: {e}")
+    return metrics.get(cfg.get("optimized_metric"))
+
+
+def result_record(cfg: DictConfig, key: str, chash: str, run_dir: Path, started: str, metrics: dict, info: dict,
+                  config: dict) -> dict:
+    """A finished run's result: its identity and format, metrics, what ``fit_and_test`` measured, the environment
+    (package versions, the lock, the commit, the machine) and the resolved config."""
+    return {
+        "status": "ok",
+        "run": {"key": key, "table": cfg.table.id, "scale": cfg.scale, "config_hash": chash, "format": RESULT_FORMAT,
+                "run_dir": str(run_dir), "started_at": started, "finished_at": now()},
+        "metrics": metrics,
+        **info,
+        "meta": {"versions": package_versions(), "environment": environment(SOURCE), "git": git_state(SOURCE),
+                 "machine": machine()},
+        "config": config,
+    }
+
+
+def reused_record(done: dict, same: Path, key: str, cfg: DictConfig, chash: str, config: dict) -> dict:
+    """The result of a run whose computation another finished run already made (``same``): its numbers, filed
+    under this run's key and table."""
+    return {**done, "run": {**done["run"], "key": key, "table": cfg.table.id, "config_hash": chash,
+                            "reused_from": str(same)}, "config": config}
+
+
+def write_result(result: dict, path: Path, run_dir: Path) -> None:
+    """The result, atomically, in the results folder and the run's folder; the run's old failure record goes."""
+    for target in (path, run_dir / "result.json"):
+        try:
+            write_json_atomic(target, result)
+        except OSError as e:  # a full disk, a folder made read-only meanwhile; last.ckpt stays valid
+            raise RankmixError(f"{target}: cannot write the result ({e.strerror}); free space or fix the "
+                               "folder, then run the same command again (it resumes from last.ckpt)") from None
+    failure_path(path).unlink(missing_ok=True)
