@@ -3,7 +3,6 @@
 import pytest
 import torch
 
-from conftest import REPO
 from rankmix.adapters import adapter_layers, adapter_state_dict, inject, merge_adapters, unmerge_adapters
 from rankmix.errors import ConfigError
 
@@ -58,25 +57,6 @@ def test_merged_model_gives_same_logits(tiny_llama):
     torch.testing.assert_close(tiny_llama(ids).logits, before, atol=1e-5, rtol=1e-5)
     unmerge_adapters(tiny_llama)
     torch.testing.assert_close(tiny_llama(ids).logits, before, atol=1e-5, rtol=1e-5)
-
-
-def test_method_yaml_defaults_are_the_constructors():
-    """One source of truth per method: conf/method/<name>.yaml holds exactly the layer's own defaults."""
-    import inspect
-
-    import yaml
-
-    from rankmix.adapters.registry import METHODS
-
-    for name, cls in METHODS.items():
-        declared = yaml.safe_load((REPO / "conf" / "method" / f"{name}.yaml").read_text())
-        params = inspect.signature(cls.__init__).parameters
-        for key, value in declared.items():
-            if key in ("name", "target_modules", "exclude_modules"):
-                continue
-            default = params[key].default
-            default = list(default) if isinstance(default, tuple) else ({} if default is None and value == {} else default)
-            assert default == value, f"{name}.{key}: constructor {params[key].default!r}, yaml {value!r}"
 
 
 def test_the_methods_with_a_router_say_so_and_the_others_report_no_routing():

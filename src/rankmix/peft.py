@@ -1,4 +1,5 @@
-"""Routed rankmix methods (SMoRA, LoRA-MoE, HydraLoRA, SMEAR) inside real ``peft``.
+"""Routed rankmix methods (those declaring ``peft_export = "rankmix"``: SMoRA, LoRA-MoE, HydraLoRA, SMEAR) inside
+real ``peft``.
 
 ``rankmix.adapters.export_peft`` writes them in peft's layout: ``adapter_config.json`` (a ``LoraConfig`` with
 ``peft_type: "RANKMIX"`` and a ``rankmix`` entry naming the method and its options) and
@@ -25,7 +26,6 @@ from torch import nn
 from rankmix.errors import NotMergeableError, RankmixError
 
 PEFT_TYPE = "RANKMIX"
-ROUTED_METHODS = ("smora", "lora_moe", "hydralora", "smear")
 MODULE_DICT = "lora_rankmix"   # peft keeps trainable, and saves, what carries its "lora_" prefix
 FORMAT = 1
 
@@ -110,6 +110,7 @@ def from_pretrained(base_model: nn.Module, path: str | Path, adapter_name: str =
     from safetensors.torch import load_file
 
     from rankmix.adapters.io import load_fitting
+    from rankmix.adapters.registry import peft_exportable
 
     d = Path(path)
     config_file = d / "adapter_config.json"
@@ -119,9 +120,10 @@ def from_pretrained(base_model: nn.Module, path: str | Path, adapter_name: str =
     if raw.get("peft_type") != PEFT_TYPE:
         return peft.PeftModel.from_pretrained(base_model, str(d), adapter_name=adapter_name, is_trainable=is_trainable)
     spec = raw.pop("rankmix", None) or {}
-    if spec.get("format") != FORMAT or spec.get("method") not in ROUTED_METHODS:
+    routed = peft_exportable("rankmix")
+    if spec.get("format") != FORMAT or spec.get("method") not in routed:
         raise RankmixError(f"{config_file}: 'rankmix' entry {spec!r} is not a routed export of this version "
-                           f"(format {FORMAT}, one of {', '.join(ROUTED_METHODS)})")
+                           f"(format {FORMAT}, one of {', '.join(routed)})")
     raw["peft_type"] = "LORA"
     config = LoraConfig.from_peft_type(**raw)
     config.inference_mode = not is_trainable

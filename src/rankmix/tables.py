@@ -155,9 +155,7 @@ def table_rows(run: dict, paper_dir: Path, baseline: dict | None = None) -> list
             row = {**base, "cell": label, "metric": cell["metric"], "paper": paper, "ours": ours, "diff": diff,
                    "paper_std": paper_std, "match": table.get("match", {}), "seed": run["config"].get("seed")}
             spread = run_value(run, cell["std"]) if cell.get("std") else None  # e.g. over repeated sampled evaluations
-            if isinstance(ours, (int, float)) and isinstance(spread, (int, float)):
-                row["shown"] = _pm(ours, spread * (UNITS[unit] if unit else 1))
-            elif isinstance(ours, (int, float)):  # the standard error over the test items (rankmix.uncertainty)
+            if isinstance(ours, (int, float)):  # the standard error over the test items (rankmix.uncertainty)
                 item = uncertainty.entry(run, cell["metric"])
                 ref = uncertainty.entry(baseline, cell["metric"]) if cell.get("gain") and baseline else None
                 if cell.get("gain"):  # a gain's error: that of the paired difference, when the items match
@@ -169,11 +167,21 @@ def table_rows(run: dict, paper_dir: Path, baseline: dict | None = None) -> list
                     row["se"] = se * (UNITS[unit] if unit else 1)
                     row["n_items"] = item["n"]
                     row["shown"] = _pm(ours, row["se"])
+                else:
+                    row["no_se"] = run.get("evaluation", {}).get("no_se", {}).get(cell["metric"].split("/", 1)[-1])
+                if isinstance(spread, (int, float)):  # repeated evaluations: their std, then the SE over the items
+                    row["shown"] = _pm(ours, spread * (UNITS[unit] if unit else 1)) + " (std over runs" + (
+                        f"; SE {row['se']:.2f})" if row.get("se") is not None else ")")
                 row["item_entry"] = item
             rows.append(row)
         return rows
-    return [{**base, "cell": "", "metric": k, "paper": "", "ours": v, "diff": None}
-            for k, v in sorted(run["metrics"].items())]
+    rows = []
+    for k, v in sorted(run["metrics"].items()):  # no cells: every metric, with its SE where items were kept
+        item = uncertainty.entry(run, k) if isinstance(v, (int, float)) else None
+        se = item.get("se") if item else None
+        rows.append({**base, "cell": "", "metric": k, "paper": "", "ours": v, "diff": None,
+                     **({"se": se, "n_items": item["n"]} if se is not None else {})})
+    return rows
 
 
 OUTCOMES = {"Win": "win", "Tie": "tie", "Loss": "loss", "Delta": "delta"}
@@ -269,7 +277,7 @@ def build_table(table_id: str, results_dir: Path, paper_dir: Path) -> Path:
                    + (f"; (p=…): a paired test over the same test items against the row with {reference} (a paired "
                       "t-test for means, the paired bootstrap for corpus metrics), p < 0.05: the difference holds at "
                       "95 %" if reference and any(row.get("p") is not None for row in cells) else "")
-                   + ". A cell without ± comes from a run recorded before per-item scores were kept."]
+                   + ". A cell without ± has no standard error: the reason is listed below."]
         if spec.get("baseline"):
             found = ", ".join(f"`{b['run']['key']}` at {scale}" if b else f"not finished at {scale}"
                               for scale, b in sorted(baselines.items()))
@@ -291,6 +299,11 @@ def build_table(table_id: str, results_dir: Path, paper_dir: Path) -> Path:
         if reasons:
             md += ["", "Missing (left out by the evaluation, not substituted):", ""]
             md += [f"- {cell}: {reason}" for cell, reason in reasons]
+        no_se = dict.fromkeys((row["cell"], row.get("no_se") or "the run's result keeps no per-item scores for it")
+                              for row in cells if isinstance(row["ours"], (int, float)) and row.get("se") is None
+                              and not seeded and not isinstance(row.get("shown"), str))
+        if no_se and any(row.get("se") is not None for row in cells):
+            md += ["", "No standard error:", ""] + [f"- {cell}: {reason}" for cell, reason in no_se]
     md += sandbox_notes(runs)
     if runs:
         names = sorted({k for r in runs for k in r["metrics"] if k.count("/") == 1})

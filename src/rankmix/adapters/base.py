@@ -65,6 +65,8 @@ class AdapterLayer(nn.Module):
     """Frozen ``base_layer`` plus a trainable path; ``merge()`` folds a linear path into W0."""
 
     method: ClassVar[str] = ""
+    mergeable: ClassVar[bool] = False   # Δ(x) = ΔW x with a fixed ΔW (``delta_weight``), so ``merge()`` folds it into W0
+    peft_export: ClassVar[str | None] = None   # "lora", "rankmix" (rankmix.peft) or None: see rankmix.adapters.registry
 
     def __init__(self, base_layer: nn.Module):
         super().__init__()
@@ -78,8 +80,10 @@ class AdapterLayer(nn.Module):
 
     @classmethod
     def check_options(cls, options: dict) -> None:
-        """Raise ``ConfigError`` (key relative to ``method``) for options that are wrong together, before any
-        model is built (default: nothing to check)."""
+        """Raise ``ConfigError`` (key relative to ``method``) for options that are wrong together: the one place
+        such a rule is written, run by ``validate`` before any model is built and by the constructor. ``options``
+        may leave out options (their declared defaults apply) and hold values of the wrong type (left to the
+        constructor's own checks). Default: nothing to check."""
 
     @classmethod
     def check_target(cls, model: nn.Module, name: str, options: dict) -> None:

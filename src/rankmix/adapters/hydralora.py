@@ -21,6 +21,9 @@ from rankmix.adapters.registry import register
 class HydraLoRALayer(AdapterLayer):
     """HydraLoRA on one linear layer: y = W0 x + (α/r) Σ_i softmax(W_r x)_i B_i A dropout(x), one shared A and N heads
     B_i; routed, so it has no fixed ΔW to merge."""
+
+    peft_export = "rankmix"
+
     def __init__(self, base_layer: nn.Module, r: int = 8, num_experts: int = 4, alpha: float = 16.0,
                  dropout: float = 0.0):
         super().__init__(base_layer)

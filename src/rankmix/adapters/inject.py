@@ -10,8 +10,8 @@ import torch
 from torch import nn
 
 from rankmix.adapters.base import SUPPORTED_BASE_LAYERS, AdapterLayer
-from rankmix.adapters.peft_methods import PEFT_METHODS, inject_peft, is_peft_adapter_param
-from rankmix.adapters.registry import FROZEN, build, get_method
+from rankmix.adapters.peft_methods import PeftMethod, is_peft_adapter_param
+from rankmix.adapters.registry import FROZEN, build, get_method, instantiate
 from rankmix.errors import ConfigError, NotMergeableError
 
 # Used when a method config leaves target_modules empty, keyed by the HF config's model_type: peft's mapping, except
@@ -113,10 +113,10 @@ def inject(model: nn.Module, method_cfg: Mapping) -> InjectionReport:
             f"matches no layer of {type(model).__name__}; layers it has: {', '.join(candidate_names(model))}{hint}",
         )
     report = InjectionReport(method=name, wrapped=list(chosen))
-    if name in PEFT_METHODS:
-        inject_peft(model, name, chosen, options)
+    cls = get_method(name)
+    if issubclass(cls, PeftMethod):
+        instantiate(name, **options).inject(model, chosen)
     else:
-        cls = get_method(name)
         for full_name in chosen:
             cls.check_target(model, full_name, options)
         for full_name in chosen:
@@ -195,12 +195,7 @@ def merge_and_unload(model: nn.Module) -> nn.Module:
     model with a method whose update depends on the input (routing, mixtures) has no fixed ΔW: it is refused
     before anything changes."""
     layers = adapter_layers(model)
-    routed = set()
-    for layer in layers.values():
-        try:
-            layer.delta_weight()
-        except NotMergeableError:
-            routed.add(layer.method)
+    routed = {layer.method for layer in layers.values() if not layer.mergeable}
     if routed:
         raise NotMergeableError(
             f"merge_and_unload: {', '.join(sorted(routed))} cannot be merged (the update depends on the input, "

@@ -1,5 +1,5 @@
-"""Saving and loading adapter weights, and exporting LoRA/MoSLoRA, the peft-backed baselines and the routed methods
-(``rankmix.peft``) in peft's ``save_pretrained`` format.
+"""Saving and loading adapter weights, and exporting the methods that declare a ``peft_export`` (LoRA/MoSLoRA as
+plain LoRA, the peft-backed baselines, the routed methods of ``rankmix.peft``) in peft's ``save_pretrained`` format.
 
 ``save_adapter`` writes ``adapter.safetensors`` (adapter weights and buffers only) and ``adapter.json``
 (the method config); ``load_adapter`` puts them back into a model injected with the same config.
@@ -18,10 +18,8 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from rankmix.adapters.inject import adapter_layers, adapter_state_dict
+from rankmix.adapters.registry import method_defaults, peft_exportable
 from rankmix.errors import RankmixError
-from rankmix.peft import ROUTED_METHODS
-
-PEFT_EXPORTABLE = ("lora", "moslora", "ts_mixing", "flora")
 
 
 def save_adapter(model: nn.Module, directory: str | Path, method_cfg: Mapping) -> Path:
@@ -76,12 +74,14 @@ def export_peft(model: nn.Module, directory: str | Path, base_model_name_or_path
     if not layers and "default" in (getattr(model, "peft_config", None) or {}):
         return _export_peft_injected(model, Path(directory), base_model_name_or_path)
     methods = {layer.method for layer in layers.values()}
+    kinds = {layer.peft_export for layer in layers.values()}
     name = base_model_name_or_path or getattr(getattr(model, "config", None), "_name_or_path", None) or None
-    if len(methods) == 1 and methods <= set(ROUTED_METHODS):
+    if len(methods) == 1 and kinds == {"rankmix"}:
         return _export_routed(model, layers, Path(directory), name)
-    if not layers or not methods <= set(PEFT_EXPORTABLE):
-        raise RankmixError(f"peft export supports {', '.join(PEFT_EXPORTABLE)}, the peft-backed baselines and the "
-                           f"routed {', '.join(ROUTED_METHODS)} (rankmix.peft); this model has {sorted(methods) or 'none'}")
+    if not layers or kinds != {"lora"}:
+        raise RankmixError(f"peft export supports {', '.join(peft_exportable('lora'))}, the peft-backed baselines and "
+                           f"the routed {', '.join(peft_exportable('rankmix'))} (rankmix.peft); this model has "
+                           f"{sorted(methods) or 'none'}")
     dropouts = {getattr(layer.dropout, "p", 0.0) for layer in layers.values()}
     if len(dropouts) != 1:
         raise RankmixError(f"peft export needs one dropout for all layers; found {sorted(dropouts)}")
@@ -112,8 +112,8 @@ def export_diffusers(unet: nn.Module, directory: str | Path) -> Path:
     and the scaling α/r into B, so diffusers' rank-r LoRA at its default α = r computes the same update."""
     layers = adapter_layers(unet)
     methods = {layer.method for layer in layers.values()}
-    if not layers or not methods <= set(PEFT_EXPORTABLE):
-        raise RankmixError(f"diffusers export supports {', '.join(PEFT_EXPORTABLE)}; this UNet has "
+    if not layers or {layer.peft_export for layer in layers.values()} != {"lora"}:
+        raise RankmixError(f"diffusers export supports {', '.join(peft_exportable('lora'))}; this UNet has "
                            f"{sorted(methods) or 'no adapters'}")
     state = {}
     for name, layer in layers.items():
@@ -129,11 +129,7 @@ def export_diffusers(unet: nn.Module, directory: str | Path) -> Path:
 def layer_options(layer: nn.Module) -> dict:
     """Every option that builds ``layer``: those it was built with over its class's defaults, so an exported config
     states the values the layer uses (an option left out, e.g. SMoRA's ``alpha``, is written with its default)."""
-    import inspect
-
-    defaults = {name: p.default for name, p in inspect.signature(type(layer).__init__).parameters.items()
-                if name not in ("self", "base_layer") and p.default is not inspect.Parameter.empty}
-    return {**defaults, **dict(getattr(layer, "options", None) or {})}
+    return {**method_defaults(layer.method), **dict(getattr(layer, "options", None) or {})}
 
 
 def _export_routed(model: nn.Module, layers: dict, d: Path, base_model_name_or_path: str | None) -> Path:

@@ -18,6 +18,10 @@ from rankmix.adapters.registry import register
 @register("lora")
 class LoRALayer(AdapterLayer):
     """LoRA on one linear layer: y = W0 x + (α/r) · B A dropout(x), A kaiming-uniform, B zero; ΔW = (α/r) B A merges."""
+
+    mergeable = True
+    peft_export = "lora"
+
     def __init__(self, base_layer: nn.Module, r: int = 8, alpha: float = 16.0, dropout: float = 0.0):
         super().__init__(base_layer)
         self.r = positive_int("r", r)

@@ -19,7 +19,7 @@ from torch import nn
 
 from rankmix.adapters.base import positive_int
 from rankmix.adapters.experts import ExpertBankLayer
-from rankmix.adapters.registry import register
+from rankmix.adapters.registry import declared_defaults, register
 from rankmix.errors import ConfigError
 
 ROUTINGS = ("top1", "top2", "topk", "soft")
@@ -29,10 +29,15 @@ ROUTINGS = ("top1", "top2", "topk", "soft")
 class LoRAMoELayer(ExpertBankLayer):
     """LoRA-MoE on one linear layer: y = W0 x + (α/r) Σ_e g_e(x) B_e A_e dropout(x) over E experts, gates g from the
     router by ``routing`` (top1, top2, topk, soft); routed, so it has no fixed ΔW to merge."""
+
+    peft_export = "rankmix"
+
     @classmethod
     def check_options(cls, options: dict) -> None:
-        k, n = options.get("k", 2), options.get("num_experts", 8)
-        if options.get("routing", "top1") == "topk" and isinstance(k, int) and isinstance(n, int) and k > n:
+        """At most ``num_experts`` experts active per token: 1 for top1, 2 for top2, k for topk (soft: all)."""
+        o = {**declared_defaults(cls), **options}
+        k, n = {"top1": 1, "top2": 2}.get(o["routing"], o["k"]), o["num_experts"]
+        if o["routing"] != "soft" and isinstance(k, int) and isinstance(n, int) and k > n:
             raise ConfigError("k", k, f"must be at most method.num_experts={n} (k experts are active per token)")
 
     def __init__(self, base_layer: nn.Module, num_experts: int = 8, r: int = 8, alpha: float = 16.0,
@@ -42,8 +47,7 @@ class LoRAMoELayer(ExpertBankLayer):
             raise ConfigError("routing", routing, f"must be one of {', '.join(ROUTINGS)}")
         self.routing = routing
         self.k = {"top1": 1, "top2": 2}.get(routing, positive_int("k", k))
-        if self.k > self.num_experts:
-            raise ConfigError("k", self.k, f"must be at most num_experts={self.num_experts}")
+        self.check_options({"num_experts": num_experts, "routing": routing, "k": k})
         self.tau = float(tau)
 
     def gate_weights(self, x: torch.Tensor, xd: torch.Tensor) -> torch.Tensor:

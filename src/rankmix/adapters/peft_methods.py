@@ -11,67 +11,134 @@ part of a checkpoint, so a resumed AdaLoRA run re-estimates them.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from typing import ClassVar
 
 from torch import nn
 
+from rankmix.adapters.registry import declared_defaults, register
 from rankmix.errors import ConfigError
 
-PEFT_METHODS = ("dora", "loha", "lokr", "adalora")
-OPTIONS = {
-    "dora": ("r", "alpha", "dropout"),
-    "loha": ("r", "alpha", "dropout"),
-    "lokr": ("r", "alpha", "dropout"),
-    "adalora": ("r", "init_r", "alpha", "dropout", "total_step", "tinit", "tfinal", "deltaT", "orth_reg_weight"),
-}
 ADAPTER_TENSORS = (".lora_", ".hada_", ".lokr_", ".ranknum.")
 AUTO_TOTAL_STEP = 10**9  # placeholder until training starts (resolve_total_step)
 TUNER_KEY = "rankmix_peft_tuner"  # kept in the model's __dict__: not a submodule (it wraps the model itself)
 
 
-def peft_config(name: str, targets: list[str], options: Mapping):
-    """peft's config object for baseline ``name`` (dora, loha, lokr, adalora) on the layers ``targets``, from the method
-    options (``ConfigError`` for an option the method does not take)."""
-    from peft import AdaLoraConfig, LoHaConfig, LoKrConfig, LoraConfig
-
-    unknown = sorted(set(options) - set(OPTIONS[name]))
-    if unknown:
-        raise ConfigError(f"method.{unknown[0]}", options[unknown[0]],
-                          f"not an option of {name}; options: {', '.join(OPTIONS[name])}")
-    r, alpha, dropout = int(options.get("r", 8)), float(options.get("alpha", 16)), float(options.get("dropout", 0.0))
+def rank(r) -> int:
+    """r as an int (a whole number given as text or float is taken), ``ConfigError`` on ``r`` unless positive."""
+    r = int(r)
     if r <= 0:
-        raise ConfigError("method.r", r, "must be a positive integer")
-    if name == "dora":
-        return LoraConfig(r=r, lora_alpha=alpha, lora_dropout=dropout, use_dora=True, target_modules=targets)
-    if name == "loha":
-        return LoHaConfig(r=r, alpha=alpha, rank_dropout=dropout, target_modules=targets)
-    if name == "lokr":
-        return LoKrConfig(r=r, alpha=alpha, rank_dropout=dropout, target_modules=targets)
-    total = options.get("total_step")
-    if total != "auto" and not (isinstance(total, int) and total > 0):
-        raise ConfigError("method.total_step", total, "AdaLoRA schedules its rank budget over the run: give the "
-                          "number of optimizer steps, or auto")
-    schedule = {k: int(options[k]) for k in ("tinit", "tfinal", "deltaT") if options.get(k) is not None}
-    init_r = int(options.get("init_r") or round(1.5 * r))
-    if init_r < r:
-        raise ConfigError("method.init_r", init_r, f"must be at least method.r={r}: AdaLoRA prunes from init_r "
-                          "ranks down to an average of r")
-    return AdaLoraConfig(target_r=r, init_r=init_r, lora_alpha=alpha,
-                         lora_dropout=dropout, total_step=AUTO_TOTAL_STEP if total == "auto" else total,
-                         target_modules=targets,
-                         orth_reg_weight=float(options.get("orth_reg_weight", 0.5)), **schedule)
+        raise ConfigError("r", r, "must be a positive integer")
+    return r
 
 
-def inject_peft(model: nn.Module, name: str, full_names: list[str], options: Mapping) -> None:
-    """Inject peft's ``name`` adapter into exactly the layers ``full_names``; peft marks only its weights trainable."""
-    from peft import inject_adapter_in_model
-    from peft.tuners.adalora import AdaLoraModel
+class PeftMethod:
+    """A baseline peft implements, injected by peft into a whole model: an instance holds the method's options (its
+    constructor declares them and their defaults) and ``config(targets)`` is peft's config for the layers
+    ``targets``. Capabilities: no router statistics, exported by peft itself (peft, not rankmix, merges its layers)."""
 
-    config = peft_config(name, full_names, options)
-    if name == "adalora":
-        model.__dict__[TUNER_KEY] = AdaLoraModel(model, config, "default")
-    else:
-        inject_adapter_in_model(config, model)
+    method: ClassVar[str] = ""
+    peft_export: ClassVar[str | None] = "peft"
+
+    @classmethod
+    def check_options(cls, options: dict) -> None:
+        """Nothing to check before a model is built (the constructor checks every option)."""
+
+    @classmethod
+    def routes(cls) -> bool:
+        return False
+
+    def config(self, targets: list[str]):
+        raise NotImplementedError
+
+    def inject(self, model: nn.Module, targets: list[str]) -> None:
+        """Inject peft's adapter into exactly the layers ``targets``; peft marks only its weights trainable."""
+        from peft import inject_adapter_in_model
+
+        inject_adapter_in_model(self.config(targets), model)
+
+
+class RankAlphaDropout(PeftMethod):
+    """The options of peft's LoRA-like baselines: rank r, scaling α (α/r) and dropout."""
+
+    def __init__(self, r: int = 8, alpha: float = 16.0, dropout: float = 0.0):
+        self.r, self.alpha, self.dropout = rank(r), float(alpha), float(dropout)
+
+
+@register("dora")
+class DoRA(RankAlphaDropout):
+    """DoRA: LoRA with a learned magnitude per output, W = m (W0 + (α/r) B A) / ‖W0 + (α/r) B A‖ (peft ``use_dora``)."""
+
+    def config(self, targets: list[str]):
+        from peft import LoraConfig
+
+        return LoraConfig(r=self.r, lora_alpha=self.alpha, lora_dropout=self.dropout, use_dora=True,
+                          target_modules=targets)
+
+
+@register("loha")
+class LoHa(RankAlphaDropout):
+    """LoHa: ΔW = (α/r) (B1 A1) ⊙ (B2 A2), a Hadamard product of two rank-r products (peft); dropout on the ranks."""
+
+    def config(self, targets: list[str]):
+        from peft import LoHaConfig
+
+        return LoHaConfig(r=self.r, alpha=self.alpha, rank_dropout=self.dropout, target_modules=targets)
+
+
+@register("lokr")
+class LoKr(RankAlphaDropout):
+    """LoKr: ΔW = (α/r) W1 ⊗ (B A), a Kronecker product with a rank-r factor (peft); dropout on the ranks."""
+
+    def config(self, targets: list[str]):
+        from peft import LoKrConfig
+
+        return LoKrConfig(r=self.r, alpha=self.alpha, rank_dropout=self.dropout, target_modules=targets)
+
+
+@register("adalora")
+class AdaLoRA(RankAlphaDropout):
+    """AdaLoRA: ΔW = (α/r) P Λ Q, an SVD-shaped update whose init_r singular values per layer are pruned by
+    importance to an average of r over ``total_step`` optimizer steps (peft's ``AdaLoraModel``, kept with the
+    model: its forward adds the orthogonal regulariser to the loss)."""
+
+    @classmethod
+    def check_options(cls, options: dict) -> None:
+        """``total_step`` is auto or a positive number of optimizer steps, more than ``tinit + tfinal`` (the budget
+        falls between them)."""
+        o = {**declared_defaults(cls), **options}
+        total, tinit, tfinal = o["total_step"], o["tinit"], o["tfinal"]
+        if total != "auto" and not (isinstance(total, int) and not isinstance(total, bool) and total > 0):
+            raise ConfigError("total_step", total, "AdaLoRA schedules its rank budget over the run: give the "
+                              "number of optimizer steps, or auto")
+        if total != "auto" and isinstance(tinit, int) and isinstance(tfinal, int) and tinit >= total - tfinal:
+            raise ConfigError("total_step", total, f"too few steps for tinit={tinit} + tfinal={tfinal}; lower "
+                              "method.tinit / method.tfinal, or give more steps")
+
+    def __init__(self, r: int = 8, init_r: int | None = None, alpha: float = 16.0, dropout: float = 0.0,
+                 total_step: int | str = "auto", tinit: int = 50, tfinal: int = 100, deltaT: int = 10,
+                 orth_reg_weight: float = 0.5):
+        super().__init__(r=r, alpha=alpha, dropout=dropout)
+        self.check_options({"total_step": total_step, "tinit": tinit, "tfinal": tfinal})
+        self.init_r = int(init_r or round(1.5 * self.r))
+        if self.init_r < self.r:
+            raise ConfigError("init_r", self.init_r, f"must be at least method.r={self.r}: AdaLoRA prunes from "
+                              "init_r ranks down to an average of r")
+        self.total_step = AUTO_TOTAL_STEP if total_step == "auto" else total_step
+        self.schedule = {"tinit": int(tinit), "tfinal": int(tfinal), "deltaT": int(deltaT)}
+        self.orth_reg_weight = float(orth_reg_weight)
+
+    def config(self, targets: list[str]):
+        from peft import AdaLoraConfig
+
+        return AdaLoraConfig(target_r=self.r, init_r=self.init_r, lora_alpha=self.alpha, lora_dropout=self.dropout,
+                             total_step=self.total_step, target_modules=targets,
+                             orth_reg_weight=self.orth_reg_weight, **self.schedule)
+
+    def inject(self, model: nn.Module, targets: list[str]) -> None:
+        """peft's ``AdaLoraModel`` around ``model``, kept in its ``__dict__`` (``peft_tuner``)."""
+        from peft.tuners.adalora import AdaLoraModel
+
+        model.__dict__[TUNER_KEY] = AdaLoraModel(model, self.config(targets), "default")
 
 
 def resolve_total_step(tuner, steps: int) -> None:

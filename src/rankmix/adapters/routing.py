@@ -218,8 +218,13 @@ class RoutingLayer(BottleneckLayer):
     def required_context(self) -> set[str]:
         return set() if self.fn == "none" else {"x_r"}
 
+    @property
+    def mergeable(self) -> bool:
+        """Only ``fn: none`` with ``base: lora`` (plain LoRA) has a fixed ΔW."""
+        return self.fn == "none" and self.base == "lora"
+
     def delta_weight(self) -> torch.Tensor:
-        if self.fn != "none" or self.base != "lora":
+        if not self.mergeable:
             return super().delta_weight()
         n = sum(self.fused_parts)
         blocks = zip(self.lora_B.weight.chunk(n), self.lora_A.weight.chunk(n), strict=True)

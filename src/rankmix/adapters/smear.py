@@ -20,6 +20,9 @@ from rankmix.adapters.registry import register
 class SMEARLayer(ExpertBankLayer):
     """SMEAR on one linear layer: y = W0 x + (α/r) (Σ_e g_e B_e)(Σ_e g_e A_e) dropout(x), g = softmax(W_g dropout(x)),
     the experts merged per token; routed, so it has no fixed ΔW to merge."""
+
+    peft_export = "rankmix"
+
     def __init__(self, base_layer: nn.Module, num_experts: int = 8, r: int = 8, alpha: float = 16.0,
                  dropout: float = 0.0):
         super().__init__(base_layer, num_experts, r, alpha, dropout)

@@ -35,7 +35,7 @@ import torch
 from torch import nn
 
 from rankmix.adapters.base import AdapterLayer, choice, positive_int, probability
-from rankmix.adapters.registry import register
+from rankmix.adapters.registry import declared_defaults, register
 from rankmix.distributed import data_parallel_sum
 from rankmix.errors import ConfigError
 from rankmix.kernels import reference
@@ -62,11 +62,22 @@ class SMoRALayer(AdapterLayer):
     keeping the top-k of r per token (``gate``: sigmoid with s = α/k, or softmax with s = α/r, Eq. 5/6), the
     balancing bias b (``router_bias``) moved by b_i ← b_i + u · sign(mean(c) − c_i) from the rank loads c (Eq. 7)
     in training only; ``routing_stats()`` gives the loads, MaxVio and gate entropy. Routed: no fixed ΔW to merge."""
+
+    peft_export = "rankmix"
+
     @classmethod
     def check_options(cls, options: dict) -> None:
-        r, k = options.get("r", 16), options.get("k", 4)
-        if isinstance(r, int) and isinstance(k, int) and k > r:
+        """k ≤ r (k of the r ranks are active, Eq. 4); with block experts (``rank_partition`` p) p divides r and k."""
+        o = {**declared_defaults(cls), **options}
+        r, k, p = o["r"], o["k"], o["rank_partition"]
+        if not all(isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in (r, k, p)):
+            return  # the constructor names the option that is not a positive integer
+        if k > r:
             raise ConfigError("k", k, f"must be at most method.r={r} (k ranks are active out of r)")
+        if r % p:
+            raise ConfigError("rank_partition", p, f"must divide method.r={r}")
+        if k % p:
+            raise ConfigError("k", k, f"must be a multiple of method.rank_partition={p} (whole blocks are active)")
 
     def __init__(self, base_layer: nn.Module, r: int = 16, k: int = 4, alpha: float = 16.0, dropout: float = 0.0,
                  gate: str = "sigmoid", rank_partition: int = 1, bias_update: str = "per_forward",
@@ -74,12 +85,7 @@ class SMoRALayer(AdapterLayer):
         super().__init__(base_layer)
         self.r, self.k = positive_int("r", r), positive_int("k", k)
         self.rank_partition = positive_int("rank_partition", rank_partition)
-        if self.k > self.r:
-            raise ConfigError("k", k, f"must be at most r={r} (k of the r ranks are active)")
-        if self.r % self.rank_partition:
-            raise ConfigError("rank_partition", rank_partition, f"must divide r={r}")
-        if self.k % self.rank_partition:
-            raise ConfigError("k", k, f"must be a multiple of rank_partition={rank_partition} (whole blocks are active)")
+        self.check_options({"r": r, "k": k, "rank_partition": rank_partition})
         self.gate = choice("gate", gate, GATES)
         self.bias_update = choice("bias_update", bias_update, BIAS_UPDATES)
         self.backend = choice("backend", backend, BACKENDS)

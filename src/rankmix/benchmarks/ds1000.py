@@ -33,6 +33,18 @@ scored as its evaluation server did (``rankmix.benchmarks.ds1000_official``). ``
 server's five searches (and its Matplotlib line filter), ``xlang`` the harness's ``postprocess`` above; ``max_chars``
 blanks longer replies first (OpenCompass: 10,000). ``timeout_s`` is per test case for ``hkunlp_2022`` (60 s), per
 program for ``xlang_2024`` (120 s).
+
+Per-item scores (``rankmix.uncertainty``, :func:`record_runs`): a problem's score is its pass rate in percent over
+the evaluations made (one greedy evaluation: 0 or 100). ``ds1000/<lib>`` is the mean of its problems' scores, with
+the closed-form standard error; ``ds1000/average`` the unweighted mean of the seven library means, with the
+stratified standard error (strata: libraries). With repeated sampled evaluations (SMoRA's n runs) ``ds1000/<lib>``
+is the mean over runs of the run's pass rate, which is the mean over problems of each problem's pass rate over the
+runs (the same problems every run): its standard error is that of those per-problem rates, so both the draw of
+problems and that of completions are in it; the spread over runs alone is ``ds1000/<lib>/std``.
+``ds1000/<lib>/best`` (the run with the best average) gets that run's 0/100 scores: its standard error over the
+problems given that run, which does not count the choice of the best of n runs (a maximum is above a typical run).
+Item ids are ``ds1000/<Lib>/<problem id>``; the problems of a library not installed are left out, as they are from
+the metric.
 """
 
 from __future__ import annotations
@@ -42,6 +54,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
 from pathlib import Path
 
+from rankmix import uncertainty
 from rankmix.benchmarks import ds1000_official, suspicious
 from rankmix.benchmarks.sandbox import SandboxSettings, check_isolation, run_program
 from rankmix.data.files import jsonl_lines, local_dataset_kwargs
@@ -200,3 +213,30 @@ def score(problems: list[dict], generations: list[str], settings: SandboxSetting
         metrics["ds1000/average"] = sum(metrics.values()) / len(LIBRARIES)
     metrics["ds1000/suspicious"] = float(sum(bool(r["suspicious"]) for r in records if r["status"] != "not run"))
     return metrics, missing, records
+
+
+def record_runs(runs: list[list[dict]], best: int | None = None) -> None:
+    """Per-item scores (``rankmix.uncertainty``) of ``ds1000/<lib>`` and ``ds1000/average`` from each evaluation's
+    records (``score``'s, on the same problems): a problem's pass rate over the runs in percent; with ``best``
+    (0-based) also ``ds1000/<lib>/best`` and ``ds1000/average/best`` from that run's records alone."""
+    _record_rates("", runs)
+    if best is not None:
+        _record_rates("/best", [runs[best]])
+
+
+def _record_rates(suffix: str, runs: list[list[dict]]) -> None:
+    found: dict[str, dict[str, list[bool]]] = {}  # library -> problem id -> passed, per run
+    for records in runs:
+        for r in records:
+            if r["status"] != "not run":
+                found.setdefault(r["library"], {}).setdefault(str(r["problem_id"]), []).append(r["status"] == "passed")
+    ids, scores, strata = [], [], []
+    for lib in LIBRARIES:
+        if lib not in found:
+            continue
+        lib_ids = [f"ds1000/{lib}/{i}" for i in found[lib]]
+        lib_scores = [100.0 * sum(v) / len(v) for v in found[lib].values()]
+        uncertainty.record(f"ds1000/{lib.lower()}{suffix}", lib_ids, lib_scores)
+        ids, scores, strata = ids + lib_ids, scores + lib_scores, strata + [lib] * len(lib_ids)
+    if set(found) == set(LIBRARIES):  # the unweighted mean of the seven library means: stratified by library
+        uncertainty.record(f"ds1000/average{suffix}", ids, scores, strata)

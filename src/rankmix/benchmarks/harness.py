@@ -27,6 +27,13 @@ or the generated tiny suite) and hands the model to lm-eval through ``lm_eval.mo
   "Question: …\nLet's think step by step\nAnswer:", the turns joined by "\n" as OpenCompass joins a base model's
   prompt, and the last number of the generation (``gsm8k_postprocess``: ``-?\\d+\\.\\d+|-?\\d+``) as the answer.
   ``prompt: lm_eval`` keeps lm-eval's own ("Question: …\nAnswer:", examples from the training split).
+
+Per-item scores (``rankmix.uncertainty``): every question's 0/100 correctness. A subject's accuracy and GSM8K's exact
+match are means (closed-form standard error; GSM8K's from the per-sample results lm-eval logs, ``log_samples``, not
+re-scored). A group's plain mean of subject accuracies is a mean of stratum means, with the stratified standard
+error (strata: subjects); its ``_weighted`` twin is the mean of its questions, with the same strata. Item ids are
+``mmlu/<subject>/<index>`` and ``gsm8k/<doc_id>``, so a mean over columns (``test/average``) adds up a question's
+shares in ``mmlu/overall`` and ``mmlu/law`` rather than taking them as independent.
 """
 
 from __future__ import annotations
@@ -38,6 +45,7 @@ from pathlib import Path
 
 import torch
 
+from rankmix import uncertainty
 from rankmix.errors import ConfigError
 
 log = logging.getLogger(__name__)
@@ -162,15 +170,19 @@ def harness_model(model, tokenizer, batch_size: int, max_length: int):
     return HFLM(pretrained=model, tokenizer=tokenizer, batch_size=batch_size, max_length=max_length)
 
 
-def evaluate(lm, task_files: Sequence[str], num_fewshot: int, limit: int | None, gen_kwargs: str | None = None) -> dict:
-    """lm-eval's ``simple_evaluate`` on ``task_files``: its per-task results."""
+def evaluate(lm, task_files: Sequence[str], num_fewshot: int, limit: int | None, gen_kwargs: str | None = None,
+             log_samples: bool = False) -> tuple:
+    """lm-eval's ``simple_evaluate`` on ``task_files``: (its per-task results, the sample counts), and with
+    ``log_samples`` its per-sample results by task (one per document and filter, with the metric values)."""
     from lm_eval import simple_evaluate
     from lm_eval.tasks import TaskManager
 
-    out = simple_evaluate(model=lm, tasks=list(task_files), num_fewshot=num_fewshot, limit=limit, log_samples=False,
+    out = simple_evaluate(model=lm, tasks=list(task_files), num_fewshot=num_fewshot, limit=limit, log_samples=log_samples,
                           task_manager=TaskManager(include_defaults=False), gen_kwargs=gen_kwargs,
                           bootstrap_iters=0, random_seed=0, numpy_random_seed=0, torch_random_seed=0,
                           fewshot_random_seed=0)
+    if log_samples:
+        return out["results"], out["n-samples"], out.get("samples") or {}
     return out["results"], out["n-samples"]
 
 
@@ -293,7 +305,28 @@ def mmlu(lm, settings: Mapping, out_dir: Path) -> dict[str, float]:
     metrics = {f"mmlu/{s}": acc[s] for s in subjects}
     for name, members in {"overall": subjects, **groups}.items():
         metrics[f"mmlu/{name}"], metrics[f"mmlu/{name}_weighted"] = group_means(acc, sizes, members)
+    record_mmlu(records, {"overall": subjects, **groups})
     return metrics
+
+
+def record_mmlu(records: Sequence[Mapping], groups: Mapping[str, Sequence[str]]) -> None:
+    """Per-item scores of ``mmlu/<subject>`` (a mean), ``mmlu/<group>`` (the plain mean of its subjects' means:
+    stratified by subject) and ``mmlu/<group>_weighted`` (the mean of its questions, subject-weighted by size: the
+    same strata) from ``mmlu_subject``'s records."""
+    by_subject: dict[str, list[Mapping]] = {}
+    for r in records:
+        by_subject.setdefault(r["subject"], []).append(r)
+    for subject, rows in by_subject.items():
+        uncertainty.record(f"mmlu/{subject}", [f"mmlu/{subject}/{r['index']}" for r in rows],
+                           [100.0 * bool(r["correct"]) for r in rows])
+    for name, members in groups.items():
+        rows = [r for s in members for r in by_subject.get(s, [])]
+        ids = [f"mmlu/{r['subject']}/{r['index']}" for r in rows]
+        scores = [100.0 * bool(r["correct"]) for r in rows]
+        strata = [r["subject"] for r in rows]
+        uncertainty.record(f"mmlu/{name}", ids, scores, strata)
+        uncertainty.record(f"mmlu/{name}_weighted", ids, scores, strata,
+                           weights={s: len(by_subject[s]) / len(rows) for s in members if s in by_subject})
 
 
 def gsm8k(lm, settings: Mapping, out_dir: Path) -> dict[str, float]:
@@ -303,7 +336,13 @@ def gsm8k(lm, settings: Mapping, out_dir: Path) -> dict[str, float]:
         raise ConfigError("task.benchmarks.gsm8k.prompt", prompt, f"must be one of {', '.join(PROMPTS)}")
     files = [overlay("gsm8k", out_dir, settings.get("dataset_path"), PROMPTS[prompt]())]
     gen = f"max_gen_toks={int(settings['max_gen_toks'])}" if settings.get("max_gen_toks") else None
-    results, _ = evaluate(lm, files, int(settings.get("num_fewshot", 4)), settings.get("limit"), gen)
+    results, _, samples = evaluate(lm, files, int(settings.get("num_fewshot", 4)), settings.get("limit"), gen,
+                                   log_samples=True)
     r = results["gsm8k"]
-    return {"gsm8k/accuracy": 100.0 * r["exact_match,flexible-extract"],
-            "gsm8k/strict": 100.0 * r["exact_match,strict-match"]}
+    metrics = {"gsm8k/accuracy": 100.0 * r["exact_match,flexible-extract"],
+               "gsm8k/strict": 100.0 * r["exact_match,strict-match"]}
+    for name, key in (("gsm8k/accuracy", "flexible-extract"), ("gsm8k/strict", "strict-match")):
+        rows = sorted((s for s in samples.get("gsm8k", []) if s.get("filter") == key), key=lambda s: s["doc_id"])
+        uncertainty.record(name, [f"gsm8k/{s['doc_id']}" for s in rows],
+                           [100.0 * float(s["exact_match"]) for s in rows])
+    return metrics

@@ -16,6 +16,10 @@ A sample passes when the sandbox saw the program run to its end (``check`` retur
 flagged by ``rankmix.benchmarks.suspicious``; a flagged one whose check finished is ``suspicious``. So is a completion
 that parses only together with the test (it would reach into the test's text). ``humaneval/suspicious`` counts the
 flagged samples.
+
+Per-item scores (``rankmix.uncertainty``): pass@k is a mean over problems of each problem's unbiased estimate, so
+its standard error is that of a mean (closed form) over those per-problem estimates in percent (pass@1 from one
+greedy completion: each problem's 0/100); item ids are the task ids.
 """
 
 from __future__ import annotations
@@ -23,6 +27,7 @@ from __future__ import annotations
 import re
 from collections.abc import Sequence
 
+from rankmix import uncertainty
 from rankmix.benchmarks import suspicious
 from rankmix.benchmarks.sandbox import SandboxSettings, run_programs
 
@@ -86,7 +91,11 @@ def score(problems: Sequence[dict], generations: Sequence[Sequence[str]], ks: Se
                             "suspicious": flagged, "detail": o.detail[-500:]})
         correct.append(passed)
         counts.append(len(gs))
-    metrics = {f"humaneval/pass@{k}": 100.0 * float(np.mean(estimate_pass_at_k(counts, correct, k)))
-               for k in ks if k <= min(counts)}
+    metrics = {}
+    for k in ks:
+        if k <= min(counts):
+            per_problem = 100.0 * np.asarray(estimate_pass_at_k(counts, correct, k), dtype=np.float64)
+            metrics[f"humaneval/pass@{k}"] = float(np.mean(per_problem))
+            uncertainty.record(f"humaneval/pass@{k}", [p["task_id"] for p in problems], per_problem)
     metrics["humaneval/suspicious"] = float(sum(bool(r["suspicious"]) for r in records))
     return metrics, records

@@ -25,6 +25,24 @@ every answer 0 without one). MMBench asks the judge only for answers its rules c
 uses lmms-eval's offline extraction (``mmbench_aggregate_dev_results_static``), noted in the run's JSON.
 Submission-file metrics are left out (no upload target); every answer is written to
 ``<run>/benchmarks/<benchmark>.jsonl``.
+
+Per-item scores (``rankmix.uncertainty``), from the per-sample results lmms-eval logs (``log_samples``), never
+re-scored (:data:`ITEM_SCORES`):
+
+- means, with the closed-form standard error: AI2D, SciQA-image and TextVQA (each sample's ``exact_match``; TextVQA's
+  is its VQA accuracy), SEED-Bench (its aggregation's per-question match of prediction and answer), MathVista (the
+  judged ``true_false``; the metric, rounded to 0.01 by lmms-eval, is the mean unrounded), MM-Vet (the judge's grade);
+- MMBench: CircularEval accuracy is the mean over questions of a 0/1 hit that needs every circular variant of the
+  question right, as lmms-eval's aggregation decides it (rules, then the judge or the offline extraction); the hits
+  are those it computed (taken from its ``calculate_hit_rates``, not recomputed, so no judge is asked twice). Item
+  ids are the question's ``index`` for both MMBench-EN and -CN (the same questions, translated), so ``test/average``
+  keeps their correlation;
+- MME: the score is a sum over categories of each category's mean over images of acc + acc+ (per image: its two
+  questions' mean correctness, plus both right, each in percent), i.e. a sum of stratum means with a fixed set of
+  strata: the stratified standard error (strata: categories), scaled as the cell is (/2800 × 100).
+
+A benchmark's per-item scores are recorded only when their mean gives the cell's value again (within rounding);
+otherwise the cell has no standard error and ``notes["no_se"]`` says why.
 """
 
 from __future__ import annotations
@@ -36,6 +54,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from rankmix import uncertainty
 from rankmix.data.files import local_dataset_kwargs
 from rankmix.errors import ConfigError, RankmixError
 
@@ -53,13 +72,40 @@ def _image_rows(dataset):
     return dataset.filter(lambda doc: doc["data_type"] == "image")
 
 
-def _mmbench_metric(module: str, judged: bool) -> list[dict]:
+def _mmbench_metric(module: str, judged: bool, hits: dict | None = None) -> list[dict]:
+    """MMBench's metric list (the judge's aggregation, or the offline one); ``hits``: filled with question index ->
+    0/1 hit as the aggregation decides them (``_capturing_hits``)."""
     import importlib
 
     utils = importlib.import_module(f"lmms_eval.tasks.mmbench.{module}")
     static = importlib.import_module("lmms_eval.tasks.mmbench.en_utils").mmbench_aggregate_dev_results_static
+    aggregate = utils.mmbench_aggregate_dev_results_eval if judged else static
     return [{"metric": "gpt_eval_score", "higher_is_better": True,
-             "aggregation": utils.mmbench_aggregate_dev_results_eval if judged else static}]
+             "aggregation": aggregate if hits is None else _capturing_hits(aggregate, hits)}]
+
+
+def _capturing_hits(aggregate: Callable, hits: dict) -> Callable:
+    """``aggregate`` (an lmms-eval MMBench aggregation), which also keeps in ``hits`` the per-question hits its
+    evaluator averages (the frame ``calculate_hit_rates`` receives, indexed by question)."""
+    import importlib
+
+    evaluator = importlib.import_module(aggregate.__module__).mmbench_evaluator
+
+    def aggregation(results, args):
+        real = evaluator.calculate_hit_rates
+
+        def spy(data):
+            hits.clear()
+            hits.update({int(i): float(h) for i, h in zip(data.index, data["hit"], strict=True)})
+            return real(data)
+
+        evaluator.calculate_hit_rates = spy
+        try:
+            return aggregate(results, args)
+        finally:
+            del evaluator.calculate_hit_rates  # the class's method again
+
+    return aggregation
 
 
 BENCHMARKS: dict[str, Benchmark] = {
@@ -130,9 +176,10 @@ def _model_class():
     return InMemoryModel
 
 
-def task_config(name: str, settings: Mapping, judged: bool) -> dict:
+def task_config(name: str, settings: Mapping, judged: bool, hits: dict | None = None) -> dict:
     """The lmms-eval task dict of benchmark ``name``: its task with the data location and rankmix's overrides (a
-    local copy gets a datasets cache of its own: ``rankmix.data.files.local_dataset_kwargs``)."""
+    local copy gets a datasets cache of its own: ``rankmix.data.files.local_dataset_kwargs``); ``hits``: MMBench's
+    per-question hits go there."""
     bench, path = BENCHMARKS[name], str(settings["dataset_path"])
     cfg = {"task": bench.task, "dataset_path": path, **bench.overrides}
     if "dataset_name" in settings:
@@ -143,7 +190,7 @@ def task_config(name: str, settings: Mapping, judged: bool) -> dict:
         raise ConfigError(f"task.benchmarks.{name}.dataset_path", path, "no such folder, and not a hub id "
                           "(owner/name); give a local copy of the benchmark's hub repo or its hub id")
     if name.startswith("mmbench"):
-        cfg["metric_list"] = _mmbench_metric("en_utils" if name == "mmbench_en" else "cn_utils", judged)
+        cfg["metric_list"] = _mmbench_metric("en_utils" if name == "mmbench_en" else "cn_utils", judged, hits)
     return cfg
 
 
@@ -179,7 +226,8 @@ def evaluate(answer: Callable, benchmarks: Mapping[str, Mapping], out_dir: Path,
     limits = {benchmarks[n].get("limit") for n in run}
     if len(limits) > 1:
         raise ConfigError("task.benchmarks.<name>.limit", sorted(map(str, limits)), "one limit for all benchmarks")
-    tasks = [task_config(n, benchmarks[n], no_judge is None) for n in run]
+    hits = {n: {} for n in run if n.startswith("mmbench")}
+    tasks = [task_config(n, benchmarks[n], no_judge is None, hits.get(n)) for n in run]
     out_dir.mkdir(parents=True, exist_ok=True)
     with contextlib.chdir(out_dir):  # lmms-eval writes its per-benchmark details under ./submissions
         res = ev.simple_evaluate(model=model, tasks=tasks,
@@ -195,11 +243,92 @@ def evaluate(answer: Callable, benchmarks: Mapping[str, Mapping], out_dir: Path,
             missing[name] = f"lmms-eval returned no {', '.join(bench.metrics)} (results: {sorted(results)})"
             continue
         metrics[name] = sum(v or 0.0 for v in values) * bench.scale  # MathVista's aggregate (present) is None at 0 %
+        samples = res.get("samples", {}).get(bench.task, [])
         with open(out_dir / f"{name}.jsonl", "w") as f:
-            for s in res.get("samples", {}).get(bench.task, []):
+            for s in samples:
                 f.write(json.dumps({k: s.get(k) for k in ("doc_id", "target", "filtered_resps", *bench.metrics)},
                                    default=str) + "\n")
+        why = record_items(name, samples, metrics[name], hits.get(name))
+        if why:
+            notes.setdefault("no_se", {})[name] = why
     return metrics, missing, notes
+
+
+def _mean_items(key: str, value: Callable) -> Callable:
+    def items(samples, hits):
+        rows = [s for s in samples if key in s]
+        return [str(s["doc_id"]) for s in rows], [100.0 * float(value(s[key])) for s in rows], None, None
+    return items
+
+
+def _seed_match(v: Mapping) -> bool:  # lmms-eval's seed_aggregation_result, per question
+    return str(v["pred"]).lower().strip() == str(v["answer"]).lower().strip()
+
+
+def _mmbench_items(samples, hits):
+    if not hits:
+        raise ValueError("lmms-eval's MMBench aggregation kept no per-question hits")
+    ids = sorted(hits)
+    return [f"mmbench/{i}" for i in ids], [100.0 * hits[i] for i in ids], None, None
+
+
+def _mme_items(samples, hits):
+    """Per image: acc + acc+ (lmms-eval's ``mme_aggregate_results``), its category the stratum; the cell is
+    sum over categories of their means × 100 / 2800."""
+    images: dict[tuple[str, str], list[float]] = {}
+    for s in samples:
+        for key in ("mme_perception_score", "mme_cognition_score"):
+            if key in s:
+                v = s[key]
+                images.setdefault((v["category"], v["question_id"]), []).append(float(v["score"]))
+    if any(len(v) != 2 for v in images.values()):
+        raise ValueError("an MME image without exactly two questions (its acc+ is undefined)")
+    keys = list(images)
+    scores = [sum(images[k]) / 2 * 100.0 + (sum(images[k]) == 2) * 100.0 for k in keys]
+    categories = [c for c, _ in keys]
+    return ([f"mme/{q}" for _, q in keys], scores, categories,
+            dict.fromkeys(categories, BENCHMARKS["mme"].scale))
+
+
+# benchmark -> samples, hits -> (ids, per-item scores in percent, strata or None, weights or None); the cell is
+# ``uncertainty.record``'s metric of them (the mean, or the weighted sum of stratum means)
+ITEM_SCORES: dict[str, Callable] = {
+    "mmbench_en": _mmbench_items,
+    "mmbench_cn": _mmbench_items,
+    "seedbench": _mean_items("seed_image", _seed_match),
+    "ai2d": _mean_items("exact_match", float),
+    "scienceqa_img": _mean_items("exact_match", float),
+    "textvqa": _mean_items("exact_match", float),
+    "mathvista": _mean_items("llm_as_judge_eval", lambda v: bool(v["true_false"])),
+    "mmvet": _mean_items("gpt_eval_score", lambda v: float(v["score"])),
+    "mme": _mme_items,
+}
+TOLERANCE = {"mathvista": 0.006}  # lmms-eval rounds MathVista's accuracy to 0.01 %
+
+
+def record_items(name: str, samples: list[Mapping], value: float, hits: Mapping | None = None) -> str | None:
+    """Records benchmark ``name``'s per-item scores (``rankmix.uncertainty.record``) from lmms-eval's logged samples;
+    None, or why there is no standard error (no samples, or per-item scores that do not give ``value`` again)."""
+    import math
+
+    try:
+        ids, scores, strata, weights = ITEM_SCORES[name](samples, hits)
+    except (KeyError, TypeError, ValueError) as e:
+        return f"no per-item scores: {e}"
+    if len(set(ids)) != len(ids):
+        return f"lmms-eval logged {len(ids)} samples for {len(set(ids))} items"
+    if len(ids) < 2:
+        return f"{len(ids)} scored item(s): a standard error needs two"
+    counts: dict = {}
+    for s in strata or [""] * len(ids):
+        counts[s] = counts.get(s, 0) + 1
+    w = weights or {s: 1.0 / len(counts) for s in counts}
+    again = sum(w[s] * sum(x for x, t in zip(scores, strata or [""] * len(ids), strict=True) if t == s) / n
+                for s, n in counts.items())
+    if not math.isclose(again, value, rel_tol=1e-6, abs_tol=TOLERANCE.get(name, 1e-6)):
+        return f"the per-item scores give {again:.4f}, the cell {value:.4f}"
+    uncertainty.record(name, ids, scores, strata, weights)
+    return None
 
 
 def _metric(results: Mapping, metric: str) -> float | None:

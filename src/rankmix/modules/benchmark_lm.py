@@ -16,6 +16,11 @@ Model-written code runs only in ``rankmix.benchmarks.sandbox`` (``task.sandbox``
 ``test/<benchmark>/<metric>`` in percent; ``test/average`` is the mean of ``task.average`` when all are there. Every
 sampled completion and its outcome is written to ``<run>/benchmarks/<benchmark>.jsonl``; a cell that cannot be
 scored (a DS-1000 library not installed) is left out with its reason (``evaluation_notes["missing"]``).
+
+Each benchmark records its per-item scores (``rankmix.uncertainty``; how, in each scorer's module docstring), so every
+cell carries its standard error over the test items. ``test/average`` is recorded item by item as the mean of its
+columns (``uncertainty.combine``): a question in several columns (``mmlu/overall`` and ``mmlu/law``; HumanEval's
+pass@1 and pass@10) adds up its shares, and the benchmarks' items are otherwise independent.
 """
 
 from __future__ import annotations
@@ -29,6 +34,7 @@ from pathlib import Path
 import torch
 from transformers import StoppingCriteria, StoppingCriteriaList
 
+from rankmix import uncertainty
 from rankmix.benchmarks import ds1000, harness, humaneval
 from rankmix.benchmarks.sandbox import SandboxSettings, check_isolation, settings_record
 from rankmix.data.loading import pad_left
@@ -82,6 +88,7 @@ class BenchmarkLMModule(CausalLMModule):
                 self.evaluation_notes.setdefault("missing", {})["average"] = f"needs {', '.join(absent)}"
             else:
                 metrics["average"] = sum(metrics[m] for m in self.average) / len(self.average)
+                uncertainty.combine("average", dict.fromkeys(self.average, 1.0 / len(self.average)))
         return metrics
 
     # -- the benchmarks ------------------------------------------------------------------------
@@ -136,13 +143,14 @@ class BenchmarkLMModule(CausalLMModule):
         asked = [p for p in problems if p["metadata"]["library"] not in runnable]  # no generation for a missing library
         sampled = settings.get("sampled")
         n_runs = int(sampled["runs"]) if sampled else 1
-        runs, all_records = [], []
+        runs, all_records, run_records = [], [], []
         for run in range(n_runs):
             completions = self.complete([p["prompt"] for p in asked], settings, n=1, sample=sampled, draw=run)
             generations = dict(zip((id(p) for p in asked), (g[0] for g in completions), strict=True))
             metrics, missing, records = ds1000.score(problems, [generations.get(id(p), "") for p in problems],
                                                      sandbox, extraction, settings.get("max_chars"))
             runs.append(metrics)
+            run_records.append(records)
             all_records += [{**r, "run": run + 1} for r in records] if sampled else records
         if missing:
             self.evaluation_notes.setdefault("missing", {}).update(missing)
@@ -151,7 +159,9 @@ class BenchmarkLMModule(CausalLMModule):
                                            "max_chars": settings.get("max_chars"), "timeout_s": sandbox.timeout_s,
                                            "stop": list(settings.get("stop") or []), "sampled": sampled,
                                            **({"runs": runs} if sampled else {})}
-        return summarise_runs(runs) if sampled else runs[0]
+        summary = summarise_runs(runs) if sampled else runs[0]
+        ds1000.record_runs(run_records, int(summary["ds1000/best_run"]) - 1 if sampled else None)
+        return summary
 
     def complete(self, prompts: Sequence[str], settings: Mapping, n: int, sample: Mapping | None,
                  draw: int = 0) -> list[list[str]]:

@@ -15,18 +15,23 @@ defaults for everything but ``num_inference_steps``), written as
 ``<run>/images/<prompt index>_<i>.png`` with ``<run>/images/index.json`` (prompt and file of each image, and the
 subject's images): what the rating page (``rankmix.rating``) shows. A LoRA or MoSLoRA UNet adapter is also written
 as a diffusers LoRA file (``<run>/diffusers_lora/``, ``rankmix.adapters.export_diffusers``). With
-``task.auto_scores`` the test also gives DreamBooth's DINO, CLIP-I and CLIP-T (``rankmix.metrics.subject_fidelity``).
+``task.auto_scores`` the test also gives DreamBooth's DINO, CLIP-I and CLIP-T (``rankmix.metrics.subject_fidelity``),
+each a mean over the generated images. Their per-item scores (``rankmix.uncertainty``) are per prompt: the mean over
+its images (the images of one prompt are not independent of each other; every prompt has as many), whose mean is the
+score, with the closed-form standard error over the prompts, given the subject's reference images.
 """
 
 from __future__ import annotations
 
 import json
 from collections.abc import Mapping
+from contextlib import contextmanager
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 
+from rankmix import uncertainty
 from rankmix.adapters import adapter_layers
 from rankmix.modules.base import AdapterModule
 
@@ -120,9 +125,8 @@ class DreamBoothModule(AdapterModule):
     def score(self, records: list[dict], stage: str) -> dict[str, float]:
         if stage == "test" and self.global_rank == 0:
             from rankmix.adapters import export_diffusers
-            from rankmix.adapters.io import PEFT_EXPORTABLE
 
-            if {layer.method for layer in adapter_layers(self.model).values()} <= set(PEFT_EXPORTABLE):
+            if {layer.peft_export for layer in adapter_layers(self.model).values()} <= {"lora"}:
                 export_diffusers(self.model, self.out_dir / "diffusers_lora")  # pipe.load_lora_weights(<dir>)
             index = {"references": self.references, "inference": self.inference, "images": records}
             (self.out_dir / "images" / "index.json").write_text(json.dumps(index, indent=1) + "\n")
@@ -136,8 +140,54 @@ class DreamBoothModule(AdapterModule):
                 metrics |= scores
                 if missing:
                     self.evaluation_notes.setdefault("missing", {}).update(missing)
+                if scores:
+                    record_prompt_scores(records, self.out_dir / "images", self.references, self.auto_scores,
+                                         self.pipe.tokenizer, set(scores))
             return metrics
         return {}
+
+
+def record_prompt_scores(records: list[dict], folder: Path, references: list[str], encoders: Mapping, tokenizer,
+                         names: set[str]) -> None:
+    """Per-item scores of the automatic scores ``names``: per prompt (``prompt_index``), the score of its images
+    alone, i.e. their mean over those images (``subject_scores`` on them, the encoders loaded once)."""
+    from rankmix.metrics.subject_fidelity import subject_scores
+
+    scored = {"dino": {"dino"}, "clip": {"clip_i", "clip_t"}}
+    encoders = {k: v for k, v in encoders.items() if v and scored.get(k, set()) & names}  # the ones that loaded
+    by_prompt: dict[int, list[dict]] = {}
+    for r in records:
+        by_prompt.setdefault(int(r["prompt_index"]), []).append(r)
+    per_prompt = {}
+    with _encoders_loaded_once():
+        for index, rows in by_prompt.items():
+            per_prompt[index], _ = subject_scores([folder / r["file"] for r in rows], [r["prompt"] for r in rows],
+                                                  references, encoders, tokenizer=tokenizer)
+    ids = sorted(per_prompt)
+    for name in names:
+        if all(name in per_prompt[i] for i in ids):
+            uncertainty.record(name, [f"prompt/{i}" for i in ids], [per_prompt[i][name] for i in ids])
+
+
+@contextmanager
+def _encoders_loaded_once():
+    """``subject_fidelity``'s encoders loaded once per kind and spec while inside (deterministic: pretrained
+    weights, or a seeded random init), not once per call."""
+    from rankmix.metrics import subject_fidelity
+
+    real, cache = subject_fidelity._encoder, {}
+
+    def cached(kind, spec, tokenizer=None):
+        key = (kind, json.dumps(spec, sort_keys=True, default=str), id(tokenizer))
+        if key not in cache:
+            cache[key] = real(kind, spec, tokenizer)
+        return cache[key]
+
+    subject_fidelity._encoder = cached
+    try:
+        yield
+    finally:
+        subject_fidelity._encoder = real
 
 
 def build_dreambooth(cfg, run_dir: Path):

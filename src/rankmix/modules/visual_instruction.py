@@ -11,7 +11,9 @@ token cross-entropy of the answers (``rankmix.data.llava_instruct``). Validation
 sample of the training records; at the end of the test epoch the adapted model answers the benchmarks of
 ``task.benchmarks`` through lmms-eval (``rankmix.benchmarks.multimodal``), greedily, through the training chat
 template with the image first. Metrics: ``test/<benchmark>`` in percent and ``test/average`` over
-``task.average`` (missing when one of them is).
+``task.average`` (missing when one of them is). Each benchmark's per-item scores (``rankmix.benchmarks.multimodal``)
+give its standard error; ``test/average``'s are the mean of its benchmarks' item by item (``uncertainty.combine``),
+and a cell whose standard error cannot be computed says why in the run's JSON (``evaluation.no_se``).
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ from pathlib import Path
 
 import torch
 
+from rankmix import uncertainty
 from rankmix.adapters import adapter_context
 from rankmix.data.llava_instruct import encode_text, pixel_values_of, prompt_text, template_markers
 from rankmix.data.loading import pad_left
@@ -75,6 +78,8 @@ class VisualInstructionModule(AdapterModule):
                                                               self.eval_batch_size, self.max_new_tokens, self.judge)
         finally:
             self.model.train(was_training)
+        if notes.get("no_se"):
+            self.evaluation_notes["no_se"] = notes.pop("no_se")
         if notes:
             self.evaluation_notes["benchmarks"] = notes
         if self.average:
@@ -83,6 +88,9 @@ class VisualInstructionModule(AdapterModule):
                 missing["average"] = f"needs {', '.join(absent)}"
             else:
                 metrics["average"] = sum(metrics[m] for m in self.average) / len(self.average)
+                uncertainty.combine("average", dict.fromkeys(self.average, 1.0 / len(self.average)))
+                if self.evaluation_notes.get("no_se", {}).keys() & set(self.average):
+                    self.evaluation_notes["no_se"]["average"] = "needs the per-item scores of every benchmark in it"
         if missing:
             self.evaluation_notes.setdefault("missing", {}).update(missing)
         return metrics
