@@ -32,7 +32,9 @@ from pathlib import Path
 
 import torch
 
-CACHE = Path(__file__).resolve().parents[3] / "results" / "rehearse" / "activation-bytes"
+from rankmix.locations import SOURCE
+
+CACHE = SOURCE / "results" / "rehearse" / "activation-bytes"  # committed with the repository
 VOCAB = 1024          # the measured models' vocabulary (every special token id of the paper models' inputs is lower)
 TOKENS = (256, 512, 1024)   # measured lengths of a language model (micro batch 1): two fitted, one checked
 IMAGES = (1, 2, 4)          # measured micro batches of a vision tower: two fitted, one checked

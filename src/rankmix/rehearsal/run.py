@@ -31,7 +31,8 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[3]
+from rankmix.locations import CONF_DIR, SOURCE, results_root, work_root
+
 INSTRUCTION_TASKS = ("flan", "commonsense", "generated")   # InstructionDataModule: an example limit of its own
 BENCHMARKS = {"multidomain": ("mmlu", "gsm8k", "humaneval"), "codealpaca": ("ds1000",),  # scored after training
               "visual_instruction": ("mmbench_en", "mmbench_cn", "seedbench", "ai2d", "scienceqa_img", "textvqa",
@@ -93,7 +94,7 @@ def all_rows(tables: list[str] | None = None) -> list[Row]:
     if unknown:
         raise SystemExit(f"rankmix: error: unknown table(s) {', '.join(unknown)}; known: {', '.join(known)}")
     out = []
-    with initialize_config_dir(config_dir=str(REPO / "conf"), version_base="1.3"):
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
         for table, experiments in known.items():
             if tables and table not in tables:
                 continue
@@ -126,7 +127,7 @@ def select(rows: list[Row], how: str) -> list[Row]:
     return out
 
 
-def readme_args(readme: Path = REPO / "README.md") -> dict[str, list[str]]:
+def readme_args(readme: Path = SOURCE / "README.md") -> dict[str, list[str]]:
     """``{table id: ARGS}`` of the README's ``make reproduce-table-<id> SCALE=paper ARGS="..."`` commands."""
     found = re.findall(r'make reproduce-table-([a-z0-9-]+) SCALE=paper ARGS="([^"]*)"', readme.read_text())
     return {table: shlex.split(args) for table, args in found}
@@ -206,7 +207,7 @@ def run_row(row: Row, overrides: list[str], work: Path, timeout: int) -> dict:
     (work / "command.txt").write_text(shlex.join(cmd) + "\n")
     t0 = time.time()
     try:
-        proc = subprocess.run(cmd, cwd=REPO, env={**os.environ, **OFFLINE}, capture_output=True, text=True,
+        proc = subprocess.run(cmd, cwd=SOURCE, env={**os.environ, **OFFLINE}, capture_output=True, text=True,
                               timeout=timeout)
         rc, log = proc.returncode, proc.stdout + proc.stderr
     except subprocess.TimeoutExpired as e:
@@ -276,7 +277,7 @@ def rehearse(rows: list[Row], width: str, out: Path, work: Path, timeout: int = 
     from rankmix.rehearsal.standins import build_standin
 
     gpu = torch.cuda.is_available()
-    cache = REPO / ".cache" / "rehearse"
+    cache = work_root() / ".cache" / "rehearse"
     readme, standins, data = readme_args(), {}, {}
     for i, row in enumerate(rows, 1):
         print(f"rankmix: rehearse [{i}/{len(rows)}] {row.table} {row.experiment}", flush=True)
@@ -407,7 +408,7 @@ def main(argv: list[str] | None = None) -> int:
     a = ap.parse_args(argv)
     own = dict(kv.split("=", 1) for kv in a.set)
     rows = select(all_rows(a.tables), a.rows)
-    out = a.out or REPO / "results" / "rehearse" / f"{device_name()}{'' if a.width == 'reduced' else '-full'}.md"
+    out = a.out or results_root() / "rehearse" / f"{device_name()}{'' if a.width == 'reduced' else '-full'}.md"
     with tempfile.TemporaryDirectory(prefix="rankmix-rehearse-") as work:
         rehearse(rows, a.width, out, Path(work), a.timeout, own, a.steps, a.examples, a.batches, a.override)
     print(out.read_text())
