@@ -134,3 +134,21 @@ def tiny_llama():
     cfg = LlamaConfig(vocab_size=32, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
                       num_attention_heads=4, num_key_value_heads=4, max_position_embeddings=32)
     return LlamaForCausalLM(cfg).eval()
+
+
+def tiny_harness_lm(suite: dict, folder: Path):
+    """A 1-layer Llama with a byte-level BPE tokenizer learnt from ``suite``'s training records, wrapped for the
+    benchmark harness (``rankmix.benchmarks.harness.harness_model``)."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from rankmix.backbones import byte_bpe_tokenizer
+    from rankmix.benchmarks import harness
+
+    records = [{"inputs": r["instruction"], "targets": r["output"]}
+               for d in ("medical", "law", "code") for r in json.loads((suite["mixed"] / d / "train.json").read_text())]
+    (folder / "train.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
+    tok = byte_bpe_tokenizer([folder / "train.jsonl"], folder / "tok", 300)
+    torch.manual_seed(0)
+    model = LlamaForCausalLM(LlamaConfig(vocab_size=len(tok), hidden_size=32, intermediate_size=64, num_hidden_layers=1,
+                                         num_attention_heads=2, max_position_embeddings=512)).eval()
+    return harness.harness_model(model, tok, batch_size=16, max_length=512)

@@ -56,24 +56,11 @@ def test_mmlu_groups_are_stratified_by_subject_and_give_the_metric_again():
 
 @pytest.fixture(scope="module")
 def lm(tmp_path_factory):
-    import json
-
-    import torch
-    from transformers import LlamaConfig, LlamaForCausalLM
-
-    from rankmix.backbones import byte_bpe_tokenizer
+    from conftest import tiny_harness_lm
     from rankmix.data.multidomain_like import write_multidomain_like
 
     suite = write_multidomain_like(tmp_path_factory.mktemp("suite"), seed=3, n_mmlu=6, n_gsm8k=6, n_humaneval=4)
-    folder = tmp_path_factory.mktemp("tok")
-    records = [{"inputs": r["instruction"], "targets": r["output"]}
-               for d in ("medical", "law", "code") for r in json.loads((suite["mixed"] / d / "train.json").read_text())]
-    (folder / "train.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
-    tok = byte_bpe_tokenizer([folder / "train.jsonl"], folder / "tok", 300)
-    torch.manual_seed(0)
-    model = LlamaForCausalLM(LlamaConfig(vocab_size=len(tok), hidden_size=32, intermediate_size=64, num_hidden_layers=1,
-                                         num_attention_heads=2, max_position_embeddings=512)).eval()
-    return harness.harness_model(model, tok, batch_size=16, max_length=512), suite
+    return tiny_harness_lm(suite, tmp_path_factory.mktemp("tok")), suite
 
 
 def test_a_real_mmlu_run_records_each_question(lm, tmp_path):

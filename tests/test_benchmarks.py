@@ -21,24 +21,10 @@ def suite(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def lm(suite):
-    import json
-    import tempfile
-    from pathlib import Path
+def lm(suite, tmp_path_factory):
+    from conftest import tiny_harness_lm
 
-    from transformers import LlamaConfig, LlamaForCausalLM
-
-    from rankmix.backbones import byte_bpe_tokenizer
-
-    folder = Path(tempfile.mkdtemp())
-    records = [{"inputs": r["instruction"], "targets": r["output"]}
-               for d in ("medical", "law", "code") for r in json.loads((suite["mixed"] / d / "train.json").read_text())]
-    (folder / "train.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
-    tok = byte_bpe_tokenizer([folder / "train.jsonl"], folder / "tok", 300)
-    torch.manual_seed(0)
-    model = LlamaForCausalLM(LlamaConfig(vocab_size=len(tok), hidden_size=32, intermediate_size=64, num_hidden_layers=1,
-                                         num_attention_heads=2, max_position_embeddings=512)).eval()
-    return harness.harness_model(model, tok, batch_size=16, max_length=512)
+    return tiny_harness_lm(suite, tmp_path_factory.mktemp("tok"))
 
 
 def test_mmlu_groups_must_be_evaluated_subjects(suite, lm, tmp_path):

@@ -258,14 +258,19 @@ def test_select_best_tests_the_checkpoint_with_the_lowest_validation_loss(tmp_pa
            {int(row["step"]) for row in rows if row.get("val/loss")}
 
 
-def test_a_failure_of_another_configuration_never_replaces_a_finished_result(tmp_path):
+def _own_data(data):
+    """A user's data folder (train/validation/test JSON lines) with generated records."""
     from rankmix.data.synthetic import generate_records
 
-    data = tmp_path / "data"
     data.mkdir()
     for split, n in (("train", 24), ("validation", 6), ("test", 6)):
         recs = generate_records(["copy", "reverse"], n, 2, 4, seed={"train": 1, "validation": 2, "test": 3}[split])
         (data / f"{split}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in recs))
+    return data
+
+
+def test_a_failure_of_another_configuration_never_replaces_a_finished_result(tmp_path):
+    data = _own_data(tmp_path / "data")
     args = ["trainer.max_epochs=1", f"task.datamodule.data_dir={data}"]
     done = run_train(tmp_path, *args)
     assert done.returncode == 0, done.stderr[-2000:]
@@ -340,13 +345,7 @@ def test_sigterm_stops_with_a_message_and_a_non_zero_exit(tmp_path, sweep):
 
 
 def test_an_edited_data_file_makes_the_run_out_of_date(tmp_path):
-    from rankmix.data.synthetic import generate_records
-
-    data = tmp_path / "data"
-    data.mkdir()
-    for split, n in (("train", 24), ("validation", 6), ("test", 6)):
-        recs = generate_records(["copy", "reverse"], n, 2, 4, seed={"train": 1, "validation": 2, "test": 3}[split])
-        (data / f"{split}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in recs))
+    data = _own_data(tmp_path / "data")
     args = ["trainer.max_epochs=1", f"task.datamodule.data_dir={data}"]
     first = run_train(tmp_path, *args)
     assert first.returncode == 0, first.stderr[-2000:]
