@@ -114,10 +114,10 @@ def test_make_show_row_prints_the_13b_folder_for_a_13b_row():
 
 
 def test_every_row_of_a_mixed_table_reads_its_own_backbones_key():
-    from rankmix.tables import experiment_tables
+    from rankmix.table_rows import all_tables
 
     args = ["paths.models.llama2_7b=/m/7b", "paths.models.llama2_13b=/m/13b"]
-    for name in experiment_tables()["smora-1"]:
+    for name in all_tables()["smora-1"]:
         b = _backbone(*args, row=name)
         assert b["name_or_path"] == {"llama2_7b": "/m/7b", "llama2_13b": "/m/13b"}[b["name"]], name
 
@@ -256,14 +256,13 @@ def test_a_stand_in_of_the_wrong_model_is_refused_as_its_weights_would_be(standi
         check_local_architectures(_backbone(f"backbone.llm.name_or_path={clip}", row="moslora/5/lora"))
 
 
-def test_the_rehearsal_leaves_the_readmes_weight_folders_out():
+def test_the_rehearsal_points_the_backbone_at_its_stand_in_not_at_a_weights_folder():
     from rankmix.rehearsal import run as rr
 
     row = rr.Row("smora-1", "smora/1/lora_64_13b", "SMoRA FLAN", "lora", "llama2_13b", "flan")
-    readme = {"smora-1": ["trainer=gpu", "paths.models.llama2_13b=/models/llama-2-13b"]}
-    out = rr.row_overrides(row, {"name_or_path": "meta-llama/Llama-2-13b-hf"},
-                           {"meta-llama/Llama-2-13b-hf": "/s/13b"}, {}, readme, gpu=False, length=[])
-    assert out == ["trainer=cpu", "backbone.name_or_path=/s/13b"]
+    out = rr.rehearsal_overrides(row, {"name_or_path": "meta-llama/Llama-2-13b-hf"},
+                                 {"meta-llama/Llama-2-13b-hf": "/s/13b"}, {}, gpu=False, length=[])
+    assert out == ["backbone.name_or_path=/s/13b"]
 
 
 def test_a_weights_folder_on_the_command_line_is_not_part_of_the_run_key():

@@ -5,13 +5,14 @@ from omegaconf import OmegaConf, open_dict
 
 from conftest import REPO, compose
 from rankmix.config import validate
-from rankmix.tables import _number, experiment_tables, paper_rows, paper_value
+from rankmix.table_rows import all_tables, row_overrides
+from rankmix.tables import _number, paper_rows, paper_value
 
-ROWS = [(table, row) for table, rows in experiment_tables().items() for row in rows]
+ROWS = [(table, row) for table, rows in all_tables().items() for row in rows]
 
 
-def _resolved(row, scale):
-    cfg = compose(f"experiment={row}", f"scale={scale}")
+def _resolved(row, scale, table=None):
+    cfg = compose(*(row_overrides(table, row) if table else [f"experiment={row}"]), f"scale={scale}")
     validate(cfg)
     with open_dict(cfg):
         cfg.pop("hydra")
@@ -21,7 +22,7 @@ def _resolved(row, scale):
 @pytest.mark.parametrize(("table", "row"), ROWS, ids=[r for _, r in ROWS])
 def test_rows_compose_and_their_cells_exist(table, row):
     for scale in ("tiny", "paper"):
-        c = _resolved(row, scale)
+        c = _resolved(row, scale, table)
         assert c["table"]["id"] == table
         spec = c["table"]
         cells = spec["cells"] if spec.get("paper_csv") else []  # a table of ours: no paper cells to find

@@ -10,7 +10,8 @@ from omegaconf import OmegaConf
 from conftest import REPO
 from rankmix.config import compose_run
 from rankmix.errors import ConfigError
-from rankmix.tables import experiment_tables, multirun_overrides, show_row
+from rankmix.table_rows import all_tables, row_overrides
+from rankmix.tables import multirun_overrides, show_row
 
 
 @cache
@@ -47,7 +48,7 @@ def test_smora_shared_setting_and_flan_protocol():
 
 
 def test_smora_tab1_has_both_backbone_blocks():
-    rows = [r for r in experiment_tables()["smora-1"] if not r.endswith("untrained")]
+    rows = [r for r in all_tables()["smora-1"] if not r.endswith("untrained")]
     labels = {}
     for name in rows:
         c = row(name)
@@ -148,8 +149,8 @@ def test_every_readme_paper_command_composes_as_its_multirun_would():
         overrides = multirun_overrides(["scale=paper", *args.split()])
         with initialize_config_dir(config_dir=str(REPO / "conf"), version_base="1.3"):
             compose("train", overrides=overrides)  # Hydra's first compose of a multirun: the default config
-        for name in experiment_tables()[table][:2]:
-            c = OmegaConf.to_container(compose_run([f"experiment={name}", *overrides]), resolve=True)
+        for name in all_tables()[table][:2]:
+            c = OmegaConf.to_container(compose_run([*row_overrides(table, name), *overrides]), resolve=True)
             for item in args.split():
                 key, _, value = item.partition("=")
                 if "." in key and not key.startswith("trainer"):
@@ -199,7 +200,7 @@ def test_show_prints_the_resolved_row():
 
 def test_the_protocol_document_covers_every_table():
     text = (REPO / "docs" / "protocol.md").read_text()
-    missing = [t for t in experiment_tables() if not re.search(rf"\b{re.escape(t)}\b", text)]
+    missing = [t for t in all_tables() if not re.search(rf"\b{re.escape(t)}\b", text)]
     assert not missing, f"docs/protocol.md has no section for {missing}"
 
 

@@ -17,31 +17,22 @@ def _row(table="smora-1", exp="smora/1/smora_64_8", family="SMoRA FLAN", method=
     return rr.Row(table, exp, family, method, "llama2_7b", task)
 
 
-def test_readme_paper_commands_are_found():
-    args = rr.readme_args()
-    assert {"smora-1", "moslora-4", "routing-1", "routing-4"} <= set(args)
-    assert all("trainer=gpu" in a for a in args.values())
-    assert "task.datamodule.source.test_file=/data/combined_test.json" in args["smora-1"]
-
-
-def test_row_overrides_change_only_paths_device_and_length():
+def test_rehearsal_overrides_change_only_paths_device_and_length():
     data = {"task.datamodule.source.test_file": "/r/combined_test.json",
             "task.datamodule.source.train_dir": "/r/train"}
-    out = rr.row_overrides(_row(), {"name_or_path": HUB_7B}, {HUB_7B: "/s/llama"}, data, rr.readme_args(), gpu=False)
-    assert "trainer=cpu" in out and "trainer=gpu" not in out
+    out = rr.rehearsal_overrides(_row(), {"name_or_path": HUB_7B}, {HUB_7B: "/s/llama"}, data, gpu=False)
+    assert not any(o.startswith("trainer=") for o in out)   # the default trainer is the CPU's
     assert "task.datamodule.source.test_file=/r/combined_test.json" in out
     assert "task.datamodule.source.train_dir=/r/train" in out
     assert "backbone.name_or_path=/s/llama" in out
-    assert not any("/data/" in o for o in out)
     length = rr.length_overrides("flan")
     assert out[-len(length):] == length and all(o.startswith(("++trainer.", "++task.datamodule.max_eval")) for o in length)
     extra = [o for o in out if o not in length and not o.startswith(("trainer=", "backbone.", "task."))]
     assert extra == []
 
 
-def test_gpu_rows_keep_the_readme_device():
-    out = rr.row_overrides(_row(), {}, {}, {}, rr.readme_args(), gpu=True)
-    assert "trainer=gpu" in out
+def test_gpu_rows_run_on_the_gpu_trainer():
+    assert rr.rehearsal_overrides(_row(), {}, {}, {}, gpu=True)[0] == "trainer=gpu"
 
 
 def test_pretrained_parts_of_a_vision_text_backbone():
@@ -83,18 +74,22 @@ def test_half_precision_on_a_cpu_runs_in_fp32_with_a_notice(capsys):
     assert cpu_fallback(tiny) == {}
 
 
-def test_every_readme_paper_command_has_its_paths_pointed_at_written_files(tmp_path):
+def test_every_readme_paper_command_reads_only_paths_the_rehearsal_writes(tmp_path):
+    """The README's paper commands name the data a table reads; the rehearsal writes each of those paths itself (it
+    reads the row's config, not the README), so a path a README command needs and no writer makes is a gap."""
+    from conftest import REPO
     from rankmix.rehearsal.data import WRITERS
-    from rankmix.tables import experiment_tables
+    from rankmix.table_rows import all_tables
 
-    for table, args in rr.readme_args().items():
-        first = experiment_tables()[table][0]
+    found = re.findall(r'make reproduce-table-([a-z0-9-]+) SCALE=paper ARGS="([^"]*)"', (REPO / "README.md").read_text())
+    assert {"smora-1", "moslora-4", "routing-1", "routing-4"} <= {t for t, _ in found}
+    for table, args in found:
+        first = all_tables()[table][0]
         task = rr.compose_paper(rr.Row(table, first, "", "", "", ""))["task"]["name"]
         data = WRITERS[task](tmp_path / task) if task in WRITERS else {}
-        row = rr.Row(table, first, "", "", "", task)
-        out = rr.row_overrides(row, {}, {}, data, {table: args}, gpu=False)
-        paths = [a for a in args if "/data/" in a]
-        assert all(a.split("=", 1)[0] in data for a in paths), (table, paths, list(data))
+        paths = [a.split("=", 1)[0] for a in args.split() if "/data/" in a]
+        assert all(p in data for p in paths), (table, paths, list(data))
+        out = rr.rehearsal_overrides(rr.Row(table, first, "", "", "", task), {}, {}, data, gpu=False)
         assert not any("/data/" in o for o in out), (table, out)
 
 

@@ -8,7 +8,8 @@ import pytest
 from conftest import REPO
 from rankmix.errors import RankmixError
 from rankmix.results import write_json_atomic
-from rankmix.tables import build_table, experiment_tables, table_status
+from rankmix.table_rows import all_tables
+from rankmix.tables import build_table, table_status
 
 
 def _run(key, metrics, table, status="ok", scale="tiny"):
@@ -69,7 +70,7 @@ def test_status_reflects_scales(tmp_path):
 
 
 def test_experiment_tables_come_from_the_config_tree():
-    tables = experiment_tables()
+    tables = all_tables()
     assert tables["rankmix-ranks"] == [f"rankmix/ranks/r{r}" for r in (16, 2, 4, 8)]
 
 

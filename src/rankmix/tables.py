@@ -54,8 +54,16 @@ from pathlib import Path
 from rankmix import uncertainty
 from rankmix.data.files import atomic_open
 from rankmix.errors import RankmixError
-from rankmix.locations import CONF_DIR, results_root
+from rankmix.locations import results_root
 from rankmix.results import current_format, read_json
+from rankmix.table_rows import (
+    all_tables,
+    key_overrides,
+    reproduce_command,
+    row_name,
+    row_overrides,
+    table_spec,
+)
 
 COLUMNS = ["run", "scale", "cell", "metric", "paper", "ours", "diff"]
 UNITS = {"M": 1e-6, "h": 1 / 3600, "G": 1 / 1024}  # parameters → millions, seconds → hours, MiB → GiB
@@ -229,12 +237,27 @@ def sandbox_notes(runs: list[dict]) -> list[str]:
     return ["", "Sandbox (rankmix.benchmarks.sandbox):", "", *lines] if lines else []
 
 
+# what a table says once for all its rows (a row's own ``table.match``/``table.cells`` come from its run)
+TABLE_LEVEL = ("id", "title", "paper_csv", "baseline", "seeds", "ttest", "ratings", "skip_unmatched")
+
+
+def table_level_spec(table_id: str, runs: list[dict]) -> dict:
+    """The table's own yaml (``conf/table/``) for what it says once for all rows, its cells' order included; a
+    table without a yaml (one's own ``table.id=<name>``) as its first run recorded it."""
+    recorded = runs[0]["config"].get("table", {}) if runs else {}
+    own = table_spec(table_id)
+    spec = {**recorded, **{k: v for k, v in own.items() if k in TABLE_LEVEL}}
+    if own.get("cells"):
+        spec["cells"] = own["cells"]
+    return spec
+
+
 def build_table(table_id: str, results_dir: Path, paper_dir: Path) -> Path:
     """Write ``results/<id>/table.{md,csv}`` from the finished runs' JSONs; returns the markdown path."""
     out_dir = Path(results_dir) / table_id
     runs = [r for p in sorted((out_dir / "runs").glob("*.json")) if (r := read_json(p)) and r.get("status") == "ok"]
     failed = [r for p in sorted((out_dir / "failed").glob("*.json")) if (r := read_json(p))]
-    spec = runs[0]["config"].get("table", {}) if runs else {}
+    spec = table_level_spec(table_id, runs)
     if runs and not any(r["config"].get("table", {}).get("cells") or r["config"].get("table", {}).get("ratings")
                         for r in runs):
         return _write(out_dir, *sweep_table(table_id, runs, failed, spec))
@@ -649,25 +672,6 @@ def _pivot(cells: list[dict], order: list[str] | None = None, with_paper: bool =
                     for label in labels]
 
 
-# -- table registry: conf/experiment/<paper>/<table>/<row>.yaml ------------------------------------
-def experiment_tables(conf_dir: Path = CONF_DIR) -> dict[str, list[str]]:
-    """``{"<paper>-<table>": ["<paper>/<table>/<row>", ...]}`` from the experiment config tree."""
-    out = {}
-    for d in sorted((conf_dir / "experiment").glob("*/*/")):
-        rows = sorted(f"{d.parent.name}/{d.name}/{y.stem}" for y in d.glob("*.yaml"))
-        if rows:
-            out[f"{d.parent.name}-{d.name}"] = rows
-    return out
-
-
-def table_spec(table_id: str, conf_dir: Path = CONF_DIR) -> dict:
-    """The table group's config of ``<paper>-<id>`` (``conf/table/<paper>_<id>.yaml``), unresolved; {} if none."""
-    from omegaconf import OmegaConf
-
-    path = conf_dir / "table" / f"{table_id.replace('-', '_')}.yaml"
-    return OmegaConf.to_container(OmegaConf.load(path), resolve=False) if path.is_file() else {}
-
-
 def table_status(table_id: str, results_dir: Path) -> str:
     ok = [r for p in sorted((Path(results_dir) / table_id / "runs").glob("*.json")) if (r := read_json(p))
           and r.get("status") == "ok"]
@@ -694,17 +698,6 @@ def multirun_overrides(overrides: list[str]) -> list[str]:
     return out
 
 
-def row_name(table_id: str, row: str) -> str:
-    """``<paper>/<table>/<row>`` for a row given by its short name (``lora_64``) or its full name."""
-    rows = experiment_tables().get(table_id)
-    if rows is None:
-        raise RankmixError(f"unknown table {table_id!r}; known: {', '.join(experiment_tables())}")
-    found = [r for r in rows if r == row or r.rsplit("/", 1)[-1] == row]
-    if not found:
-        raise RankmixError(f"table {table_id} has no row {row!r}; rows: {', '.join(r.rsplit('/', 1)[-1] for r in rows)}")
-    return found[0]
-
-
 def show_row(table_id: str, row: str, overrides: list[str]) -> str:
     """The fully resolved config of one row, as YAML: exactly what its run will use."""
     from omegaconf import OmegaConf
@@ -712,7 +705,7 @@ def show_row(table_id: str, row: str, overrides: list[str]) -> str:
     from rankmix.batching import accumulation, device_count
     from rankmix.config import compose_run
 
-    cfg = compose_run([f"experiment={row_name(table_id, row)}", *overrides])
+    cfg = compose_run([*row_overrides(table_id, row_name(table_id, row)), *overrides])
     text = OmegaConf.to_yaml(cfg, resolve=True)
     if cfg.task.get("global_batch_size"):  # the accumulation is computed at start-up from the devices
         text += (f"# batch layout on trainer.devices={device_count(cfg.trainer)}: {device_count(cfg.trainer)} x "
@@ -728,7 +721,6 @@ def stale_runs(table_id: str, results_dir: Path) -> list[str]:
     from rankmix.config import compose_run, config_hash
     from rankmix.data.files import record_data_fingerprint
 
-    rows = {r.rsplit("/", 1)[-1]: r for r in experiment_tables().get(table_id, [])}
     stale = []
     for p in sorted((Path(results_dir) / table_id / "runs").glob("*.json")):
         run = read_json(p)
@@ -738,12 +730,12 @@ def stale_runs(table_id: str, results_dir: Path) -> list[str]:
         if not current_format(run):  # made before per-item scores were kept: no standard errors to show
             stale.append(key)
             continue
-        head, *rest = key.split(",")
-        if head not in rows or "--" in key:
+        overrides = key_overrides(table_id, key)
+        if overrides is None:
             stale.append(key)
             continue
         try:
-            cfg = compose_run([f"experiment={rows[head]}", f"scale={run['run']['scale']}", *rest])
+            cfg = compose_run([*overrides, f"scale={run['run']['scale']}"])
             record_data_fingerprint(cfg)
         except Exception:  # noqa: BLE001 -- a row that no longer composes is as stale as can be
             stale.append(key)
@@ -825,17 +817,12 @@ def failed_runs(table_id: str, results_dir: Path) -> list[str]:
 
 
 def reproduce(table_id: str, overrides: list[str], results_dir: Path) -> int:
-    tables = experiment_tables()
+    tables = all_tables()
     if table_id not in tables:
         print(f"rankmix: error: unknown table {table_id!r}; known: {', '.join(tables) or 'none'}", file=sys.stderr)
         return 2
-    cmd = [sys.executable, "-m", "rankmix.train", "-m", "experiment=" + ",".join(tables[table_id]),
-           *multirun_overrides(overrides)]
+    cmd = [sys.executable, *reproduce_command(table_id, overrides)]
     spec = table_spec(table_id)
-    if spec.get("seeds") and not any(o.startswith("seed=") for o in overrides):
-        cmd.append("seed=" + ",".join(str(s) for s in spec["seeds"]))
-    if spec.get("launcher") and not any(o.startswith("hydra/launcher=") for o in overrides):
-        cmd.append(f"hydra/launcher={spec['launcher']}")
     print("rankmix: " + " ".join(cmd))
     rc = subprocess.call(cmd)
     if spec.get("ratings") and rc == 0:  # the pairs the rating page shows (rankmix.rating)
@@ -880,7 +867,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"rankmix: compare: {compare(a.table_id, a.metric, a.x, a.results_dir)} (and .csv)")
         elif a.cmd == "list":
             problems = []
-            for tid in experiment_tables():
+            for tid in all_tables():
                 stale, failed = stale_runs(tid, a.results_dir), failed_runs(tid, a.results_dir)
                 print(f"reproduce-table-{tid:<28} {table_status(tid, a.results_dir)}"
                       + (f"; {len(stale)} predate the current config: {', '.join(stale)}" if stale else ""))

@@ -58,7 +58,9 @@ HASHED_TOTAL = 1 << 30   # at most this much is read per fingerprint (an image f
 def data_paths(node) -> list[Path]:
     """The local files and folders a data module's config names (``data_dir``, ``test_file``, ``features.*``, ...;
     hub ids and nulls left out), in a fixed order."""
-    found = []
+    from rankmix.tasks import declared_keys
+
+    found, keys = [], set(DATA_KEYS) | declared_keys()   # the benchmark folders declare theirs
 
     def walk(n, under_features=False):
         if isinstance(n, dict):
@@ -66,7 +68,7 @@ def data_paths(node) -> list[Path]:
                 v = n[k]
                 if isinstance(v, (dict, list)):
                     walk(v, under_features or k == "features")
-                elif isinstance(v, str) and (k in DATA_KEYS or under_features) and Path(v).exists():
+                elif isinstance(v, str) and (k in keys or under_features) and Path(v).exists():
                     found.append(Path(v))
         elif isinstance(n, list):
             for v in n:

@@ -120,7 +120,7 @@ class InstructionDataModule(pl.LightningDataModule):
     def prepare_data(self) -> None:
         files = self.files()
         if self.data_dir is None and not all(p.is_file() for p in files.values()):
-            for split, records in build_splits(self.source).items():
+            for split, records in build_splits(self.source, self.cache_dir).items():
                 write_jsonl_atomic(files[split], records)
         for path in files.values():
             check_jsonl(path, REQUIRED_FIELDS)

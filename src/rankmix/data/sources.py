@@ -10,6 +10,7 @@
 - ``commonsense``: MoSLoRA's commonsense data from files (``rankmix.data.commonsense``): commonsense_170k
   (a file or hub id), ``n_validation`` records split off it as LLM-Adapters does, and the 8 test sets.
 - ``multidomain``: SMoRA Tab. 2's training mixture (``rankmix.data.multidomain``), ``val_size`` held out.
+- ``<name>`` of a benchmark folder, ``rankmix/tasks/<name>/``: its reader, on its files or on its made-up copy.
 
 ``train_fraction`` (default 1) keeps that fraction of the training split, drawn with ``seed``; smaller
 fractions are subsets of larger ones (MoSLoRA Fig. 4).
@@ -20,6 +21,7 @@ from __future__ import annotations
 import random
 from collections import defaultdict
 from collections.abc import Mapping
+from pathlib import Path
 
 from rankmix.data import commonsense, flan, multidomain
 from rankmix.data.commonsense_like import generate_commonsense_like
@@ -30,9 +32,10 @@ from rankmix.errors import ConfigError, DataError
 KINDS = ("symbolic", "flan_like", "flan", "commonsense_like", "commonsense", "multidomain")
 
 
-def build_splits(source: Mapping) -> dict[str, list[dict]]:
-    """``{"train": [...], "validation": [...], "test": [...]}`` records for ``source``."""
-    splits = _splits(source)
+def build_splits(source: Mapping, cache_dir: Path | None = None) -> dict[str, list[dict]]:
+    """``{"train": [...], "validation": [...], "test": [...]}`` records for ``source``; a benchmark folder's made-up
+    data (``rankmix.tasks``) is written under ``cache_dir``."""
+    splits = _splits(source, cache_dir)
     fraction = float(source.get("train_fraction", 1.0))
     if not 0.0 < fraction <= 1.0:
         raise ConfigError("task.datamodule.source.train_fraction", fraction, "must be in (0, 1]")
@@ -44,7 +47,9 @@ def build_splits(source: Mapping) -> dict[str, list[dict]]:
     return splits
 
 
-def _splits(source: Mapping) -> dict[str, list[dict]]:
+def _splits(source: Mapping, cache_dir: Path | None) -> dict[str, list[dict]]:
+    from rankmix import tasks
+
     kind = source.get("kind", "symbolic")
     sizes = {"train": source.get("n_train"), "validation": source.get("n_validation"), "test": source.get("n_test")}
     if kind == "symbolic":
@@ -79,7 +84,10 @@ def _splits(source: Mapping) -> dict[str, list[dict]]:
         return _commonsense_files(source)
     if kind == "multidomain":
         return multidomain.splits(source)
-    raise ConfigError("task.source.kind", kind, f"must be one of {', '.join(KINDS)}")
+    if kind in tasks.names():
+        return tasks.splits(kind, dict(source), cache_dir or Path(".cache"))
+    raise ConfigError("task.datamodule.source.kind", kind,
+                      f"must be one of {', '.join(KINDS)} or a benchmark folder ({', '.join(tasks.names()) or 'none'})")
 
 
 def _commonsense_files(source: Mapping) -> dict[str, list[dict]]:

@@ -5,7 +5,8 @@ Training minimises the token cross-entropy of the response. Validation and test 
 task's scorer: ``generic`` (``rankmix.metrics.text``: per task, then the mean over tasks), ``flan``
 (``rankmix.metrics.flan``: SMoRA's FLAN protocol, clusters and average) or ``commonsense``
 (``rankmix.data.commonsense``: LLM-Adapters' answer extraction from the text after the first "### Response:"
-of the decoded prompt + generation, accuracy per test set and average).
+of the decoded prompt + generation, accuracy per test set and average), or a benchmark folder's own
+(``rankmix.tasks``).
 Checkpoints hold the adapter weights and buffers (``rankmix.modules.base``); the frozen backbone is rebuilt from its
 config.
 """
@@ -32,15 +33,29 @@ SCORERS = {"generic": score_generations, "flan": score_flan, "commonsense": scor
 # evaluator: the text after the first "### Response:"); the others read the generated tokens only.
 FROM_FULL_TEXT = {"commonsense": commonsense_prediction}
 
+
+
+def scorer_function(name: str):
+    """``task.scorer``: a built-in scorer, or the ``score`` of the benchmark folder ``rankmix/tasks/<name>/``."""
+    from rankmix import tasks
+
+    if name in SCORERS:
+        return SCORERS[name]
+    if name in tasks.names() and hasattr(tasks.get(name), "score"):
+        return tasks.get(name).score
+    return SCORERS[choice("task.scorer", name, (*SCORERS, *(n for n in tasks.names() if hasattr(tasks.get(n), "score"))))]
+
+
 class CausalLMModule(AdapterModule):
     def __init__(self, model, tokenizer, optimizer: Mapping, max_new_tokens: int = 16, num_beams: int = 1,
                  validation_generates: bool = True, scorer: str = "generic", scorer_options: dict | None = None,
                  predictions_path: str | None = None):
         super().__init__(model, optimizer, predictions_path)
         self.tokenizer = tokenizer
-        self.scorer = choice("task.scorer", scorer, tuple(SCORERS))
+        self.scorer = scorer
+        self.score_fn = scorer_function(scorer)
         self.scorer_options = dict(scorer_options or {})  # e.g. flan: {rouge_package: rouge}
-        accepted = [p for p in inspect.signature(SCORERS[self.scorer]).parameters if p != "records"]
+        accepted = [p for p in inspect.signature(self.score_fn).parameters if p != "records"]
         for name in self.scorer_options:
             if name not in accepted:
                 raise ConfigError(f"task.scorer_options.{name}", self.scorer_options[name],
@@ -63,7 +78,7 @@ class CausalLMModule(AdapterModule):
 
     # -- evaluation ----------------------------------------------------------------------------
     def score(self, records: list[dict], stage: str) -> dict[str, float]:
-        return SCORERS[self.scorer](records, **self.scorer_options)
+        return self.score_fn(records, **self.scorer_options)
 
     def _eval_step(self, batch, stage: str):
         n = batch["input_ids"].shape[0]

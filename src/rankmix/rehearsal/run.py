@@ -1,14 +1,14 @@
 """``make rehearse``: the tables' rows at ``scale=paper`` on stand-ins of the real backbones and real-layout data.
 
-Each row runs as its table's multirun runs it (``python -m rankmix.train -m experiment=<row> scale=paper`` with
-the README's arguments for that table, their paths pointed at the rehearsal files). Only paths and length are
+Each row runs as its table's multirun runs it (``python -m rankmix.train -m <the row's overrides> scale=paper``,
+``rankmix.table_rows``), with the data paths its task reads pointed at the rehearsal's files. Only paths and length are
 overridden: the backbones' ``name_or_path`` (``rankmix.rehearsal.standins``, each checked against the architecture
 of the model it stands in for, as real weights are), the data paths
 (``rankmix.rehearsal.data``), a step limit and an evaluation limit (``length_overrides``). Precision, prompts,
 cutoff, decoding, optimizer and schedule stay the paper's (a CPU runs half precision in fp32 with a notice, as any
 run on a CPU does: ``rankmix.fit.cpu_fallback``; a 4-bit base, which needs CUDA, is trained unquantised there, as
-the report says). ``trainer=gpu`` in a README command becomes ``trainer=cpu``
-on a machine without a GPU (the device choice changes no paper setting).
+the report says). A machine with a GPU runs ``trainer=gpu``; one without, the default CPU trainer (the device
+choice changes no paper setting).
 
 Rows: ``all``; ``one``: one row per table family, method and backbone; ``family``: one row per table family
 (SMoRA FLAN, SMoRA multi-domain, SMoRA code, MoSLoRA commonsense, VQA, COCO, CLIP-BART, SMoLA, the generated
@@ -52,7 +52,9 @@ def length_overrides(task: str, steps: int = 2, examples: int = 8, batches: int 
         out.append(f"++trainer.limit_train_batches={batches}")
     if method and method.get("total_step") == "auto":
         out.append(f"method.total_step={int(method['tinit']) + int(method['tfinal']) + 1}")
-    if task in INSTRUCTION_TASKS:
+    from rankmix import tasks
+
+    if task in INSTRUCTION_TASKS or task in tasks.names():   # a benchmark folder's task is named after it
         out.append(f"++task.datamodule.max_eval_samples={{validation:{examples},test:{examples}}}")
     limit = BENCHMARK_LIMIT.get(task, 1)   # one item (or pair) of each benchmark
     out += [f"++task.benchmarks.{name}.limit={limit}" for name in BENCHMARKS.get(task, ())]
@@ -86,10 +88,10 @@ def all_rows(tables: list[str] | None = None) -> list[Row]:
     from hydra import compose, initialize_config_dir
 
     from rankmix.config import register_resolvers
-    from rankmix.tables import experiment_tables
+    from rankmix.table_rows import all_tables, row_overrides
 
     register_resolvers()
-    known = experiment_tables()
+    known = all_tables()
     unknown = sorted(set(tables or []) - set(known))
     if unknown:
         raise SystemExit(f"rankmix: error: unknown table(s) {', '.join(unknown)}; known: {', '.join(known)}")
@@ -99,7 +101,7 @@ def all_rows(tables: list[str] | None = None) -> list[Row]:
             if tables and table not in tables:
                 continue
             for exp in experiments:
-                cfg = compose("train", overrides=[f"experiment={exp}", "scale=paper"])
+                cfg = compose("train", overrides=[*row_overrides(table, exp), "scale=paper"])
                 out.append(Row(table, exp, family_of(table, cfg.task.name), cfg.method.name, cfg.backbone.name,
                                cfg.task.name))
     return out
@@ -125,12 +127,6 @@ def select(rows: list[Row], how: str) -> list[Row]:
             seen.add(key(r))
             out.append(r)
     return out
-
-
-def readme_args(readme: Path = SOURCE / "README.md") -> dict[str, list[str]]:
-    """``{table id: ARGS}`` of the README's ``make reproduce-table-<id> SCALE=paper ARGS="..."`` commands."""
-    found = re.findall(r'make reproduce-table-([a-z0-9-]+) SCALE=paper ARGS="([^"]*)"', readme.read_text())
-    return {table: shlex.split(args) for table, args in found}
 
 
 def pretrained_parts(backbone: dict, prefix: str = "") -> dict[str, str]:
@@ -163,8 +159,9 @@ def compose_paper(row: Row, overrides: list[str] = ()) -> dict:
     from omegaconf import OmegaConf
 
     from rankmix.config import compose_run
+    from rankmix.table_rows import row_overrides
 
-    cfg = compose_run([f"experiment={row.experiment}", "scale=paper", *overrides])
+    cfg = compose_run([*row_overrides(row.table, row.experiment), "scale=paper", *overrides])
     return OmegaConf.to_container(cfg, resolve=True)
 
 
@@ -172,36 +169,37 @@ def compose_paper(row: Row, overrides: list[str] = ()) -> dict:
 UNQUANTISED = "~backbone.llm.quantization"
 
 
-def row_overrides(row: Row, parts: dict[str, str], standins: dict[str, Path], data: dict[str, str],
-                  readme: dict[str, list[str]], gpu: bool, length: list[str] | None = None) -> list[str]:
-    """The row's command-line overrides: the README's ARGS of its table (paths replaced by the rehearsal files,
-    the device by this machine's; the backbones' folders, ``paths.models.<name>``, left out), the stand-ins for the
-    backbone's hub ids, and the rehearsal's length. Each stand-in declares the model it stands in for
-    (``rankmix.backbones.STANDIN_DIR``), so the row's architecture check runs on it as on the real weights."""
-    args, given = [], set()
-    for arg in readme.get(row.table, []):
-        key, _, value = arg.partition("=")
-        if key.lstrip("+").startswith("paths.models."):   # this machine's weights: the stand-ins replace them
-            continue
-        if key == "trainer":
-            value = "gpu" if gpu else "cpu"
-        elif key.lstrip("+") in data:
-            value = data[key.lstrip("+")]
-            given.add(key.lstrip("+"))
-        args.append(f"{key}={value}")
-    args += [f"{k}={v}" for k, v in data.items() if k not in given]
-    if not any(a.startswith("trainer=") for a in args) and gpu:
-        args.append("trainer=gpu")
+def rehearsal_overrides(row: Row, parts: dict[str, str], standins: dict[str, Path], data: dict[str, str], gpu: bool,
+                        length: list[str] | None = None) -> list[str]:
+    """The row's command-line overrides: this machine's device (``trainer=gpu`` where it has one), the data paths
+    its task reads pointed at the rehearsal's files (``data``: what ``rankmix.rehearsal.data`` wrote for the task),
+    the stand-ins for the backbone's hub ids, and the rehearsal's length. Each stand-in declares the model it stands
+    in for (``rankmix.backbones.STANDIN_DIR``), so the row's architecture check runs on it as on the real weights."""
+    args = (["trainer=gpu"] if gpu else []) + [f"{k}={v}" for k, v in data.items()]
     args += [f"backbone.{key}={standins[hub]}" for key, hub in parts.items()]
     return args + (length_overrides(row.task) if length is None else length)
 
 
+def written_data(task: str, composed: dict, root: Path) -> dict[str, str]:
+    """``{key: path}`` of the data a row's task reads, written under ``root`` in the real layout with made-up
+    content: a benchmark folder's own ``write`` (``rankmix.tasks``), else the task's writer in
+    ``rankmix.rehearsal.data``; {} for a task whose data is generated at every scale."""
+    from rankmix import tasks
+    from rankmix.rehearsal import data as rdata
+
+    kind = ((composed["task"].get("datamodule") or {}).get("source") or {}).get("kind")
+    if kind in tasks.names():
+        return {f"task.datamodule.source.{k}": str(v) for k, v in tasks.get(kind).write(root, 0).items()}
+    return rdata.WRITERS[task](root) if task in rdata.WRITERS else {}
+
+
 def run_row(row: Row, overrides: list[str], work: Path, timeout: int) -> dict:
     """Run one row as its table's multirun would, in its own results folder; what it left there."""
+    from rankmix.table_rows import row_overrides
     from rankmix.tables import multirun_overrides
 
     results, runs = work / "results", work / "runs"
-    cmd = [sys.executable, "-m", "rankmix.train", "-m", f"experiment={row.experiment}", "scale=paper",
+    cmd = [sys.executable, "-m", "rankmix.train", "-m", *row_overrides(row.table, row.experiment), "scale=paper",
            *multirun_overrides(overrides), f"paths.results_dir={results}", f"paths.runs_dir={runs}", "rerun=true"]
     (work / "command.txt").parent.mkdir(parents=True, exist_ok=True)
     (work / "command.txt").write_text(shlex.join(cmd) + "\n")
@@ -272,13 +270,12 @@ def rehearse(rows: list[Row], width: str, out: Path, work: Path, timeout: int = 
     row's command."""
     import torch
 
-    from rankmix.rehearsal import data as rdata
     from rankmix.rehearsal import projection
     from rankmix.rehearsal.standins import build_standin
 
     gpu = torch.cuda.is_available()
     cache = work_root() / ".cache" / "rehearse"
-    readme, standins, data = readme_args(), {}, {}
+    standins, data = {}, {}
     for i, row in enumerate(rows, 1):
         print(f"rankmix: rehearse [{i}/{len(rows)}] {row.table} {row.experiment}", flush=True)
         try:
@@ -288,9 +285,9 @@ def rehearse(rows: list[Row], width: str, out: Path, work: Path, timeout: int = 
                 if hub not in standins:
                     standins[hub] = build_standin(hub, cache, width=width)
             if row.task not in data:
-                written = rdata.WRITERS[row.task](cache / "data" / row.task) if row.task in rdata.WRITERS else {}
+                written = written_data(row.task, composed, cache / "data" / row.task)
                 data[row.task] = {k: (own or {}).get(k, v) for k, v in written.items()}
-            overrides = row_overrides(row, parts, standins, data[row.task], readme, gpu,
+            overrides = rehearsal_overrides(row, parts, standins, data[row.task], gpu,
                                       length_overrides(row.task, steps, examples, batches, composed["method"]))
             overrides += projector_override(composed["backbone"], parts, standins, cache) + list(extra)
             unquantised = not gpu and bool((composed["backbone"].get("llm") or {}).get("quantization"))

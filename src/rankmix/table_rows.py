@@ -1,0 +1,162 @@
+"""Which tables exist, which rows each has, and the Hydra overrides that compose a row.
+
+A table ``<id>`` is ``make reproduce-table-<id>``; its runs and ``table.md`` live in ``results/<id>/`` and its spec
+(title, paper CSV, cells) in ``conf/table/``, as ``<id>.yaml`` or, for the papers' tables, ``<id with _>.yaml``.
+Its rows come in one of two forms:
+
+- **Experiment rows**: one Hydra experiment file per row, ``conf/experiment/<paper>/<table>/<row>.yaml``, for rows
+  that really differ (another method, backbone or setting each). The row's name is the file's stem.
+- **A sweep**, in the table's own yaml, so that a new table of this kind is that one file::
+
+      rows:
+        experiment: smora/1/lora_64       # optional: the row every row starts from
+        set: [method=smora, method.r=16]  # optional: overrides of every row, not part of the run's name
+        sweep: {method.k: [1, 2, 4, 8]}   # every combination is a row
+
+  A row is named as its run is: the swept ``key=value`` pairs in Hydra's order (after the starting row's name).
+"""
+
+from __future__ import annotations
+
+import itertools
+from pathlib import Path
+
+from omegaconf import OmegaConf
+
+from rankmix.errors import ConfigError, RankmixError
+from rankmix.locations import CONF_DIR
+
+ROW_KEYS = ("experiment", "set", "sweep")
+
+
+def spec_path(table_id: str, conf_dir: Path = CONF_DIR) -> Path | None:
+    """The table's yaml: ``conf/table/<id>.yaml``, else ``conf/table/<id with _>.yaml``; None if it has none."""
+    for stem in dict.fromkeys((table_id, table_id.replace("-", "_"))):
+        path = Path(conf_dir) / "table" / f"{stem}.yaml"
+        if path.is_file():
+            return path
+    return None
+
+
+def table_spec(table_id: str, conf_dir: Path = CONF_DIR) -> dict:
+    """The table's yaml, unresolved; {} if it has none."""
+    path = spec_path(table_id, conf_dir)
+    return OmegaConf.to_container(OmegaConf.load(path), resolve=False) if path else {}
+
+
+def sweep_spec(table_id: str, conf_dir: Path = CONF_DIR) -> dict | None:
+    """The table's ``rows:`` block (checked), or None for a table of experiment rows."""
+    path = spec_path(table_id, conf_dir)
+    rows = (table_spec(table_id, conf_dir) or {}).get("rows") if path else None
+    if rows is None:
+        return None
+    where = f"{path}: rows"
+    if not isinstance(rows, dict) or set(rows) - set(ROW_KEYS) or not rows.get("sweep"):
+        raise ConfigError(where, rows, f"must be a mapping with a non-empty 'sweep' and optionally {ROW_KEYS[:2]}")
+    if not isinstance(rows["sweep"], dict) or not all(isinstance(v, list) and v for v in rows["sweep"].values()):
+        raise ConfigError(f"{where}.sweep", rows["sweep"], "must map each key to a non-empty list of values")
+    if not isinstance(rows.get("set") or [], list):
+        raise ConfigError(f"{where}.set", rows["set"], "must be a list of overrides, e.g. [method=smora, method.r=16]")
+    return rows
+
+
+def _value(v) -> str:
+    return str(v).lower() if isinstance(v, bool) else str(v)
+
+
+def sweep_rows(rows: dict) -> list[str]:
+    """The rows of a sweep, named as their runs are (``rankmix.config.run_key`` of Hydra's ``override_dirname``)."""
+    from rankmix.config import run_key
+
+    keys = sorted(rows["sweep"])   # Hydra sorts a run's overrides when it names its folder
+    head = [f"experiment={rows['experiment']}"] if rows.get("experiment") else []
+    return [run_key(",".join(sorted(head + [f"{k}={_value(v)}" for k, v in zip(keys, values, strict=True)])))
+            for values in itertools.product(*(rows["sweep"][k] for k in keys))]
+
+
+def base_overrides(table_id: str, rows: dict, conf_dir: Path = CONF_DIR) -> list[str]:
+    """What every row of a sweep table composes from: the table, its starting row and its fixed overrides."""
+    path = spec_path(table_id, conf_dir)
+    out = [f"table={path.stem}"] + ([f"experiment={rows['experiment']}"] if rows.get("experiment") else [])
+    return out + [str(o) for o in rows.get("set") or []]
+
+
+def all_tables(conf_dir: Path = CONF_DIR) -> dict[str, list[str]]:
+    """``{table id: [row, ...]}``: experiment rows by their experiment name (``smora/1/lora_64``), sweep rows by
+    their run's name (``method.k=2``)."""
+    out = {}
+    for d in sorted((Path(conf_dir) / "experiment").glob("*/*/")):
+        rows = sorted(f"{d.parent.name}/{d.name}/{y.stem}" for y in d.glob("*.yaml"))
+        if rows:
+            out[f"{d.parent.name}-{d.name}"] = rows
+    for path in sorted((Path(conf_dir) / "table").glob("*.yaml")):
+        spec = OmegaConf.load(path)
+        if "rows" in spec:
+            table_id = str(spec.get("id") or path.stem)
+            if spec_path(table_id, conf_dir) != path:
+                raise RankmixError(f"{path}: a table's yaml is named after its id: rename it to {table_id}.yaml")
+            if table_id in out:
+                raise RankmixError(f"{path}: table {table_id} has experiment rows under conf/experiment/ and a "
+                                   "'rows:' sweep; keep one of them")
+            out[table_id] = sweep_rows(sweep_spec(table_id, conf_dir))
+    return dict(sorted(out.items()))
+
+
+def row_name(table_id: str, row: str) -> str:
+    """A row given by its short name (``lora_64``) or its full name, as ``all_tables`` names it."""
+    rows = all_tables().get(table_id)
+    if rows is None:
+        raise RankmixError(f"unknown table {table_id!r}; known: {', '.join(all_tables())}")
+    found = [r for r in rows if r == row or r.rsplit("/", 1)[-1] == row]
+    if not found:
+        raise RankmixError(f"table {table_id} has no row {row!r}; rows: {', '.join(r.rsplit('/', 1)[-1] for r in rows)}")
+    return found[0]
+
+
+def row_overrides(table_id: str, row: str, conf_dir: Path = CONF_DIR) -> list[str]:
+    """The overrides that compose one row (``row`` as ``all_tables`` names it)."""
+    if sweep_spec(table_id, conf_dir) is None:
+        return [f"experiment={row}"]
+    return key_overrides(table_id, row, conf_dir) or []
+
+
+def key_overrides(table_id: str, key: str, conf_dir: Path = CONF_DIR) -> list[str] | None:
+    """The overrides that compose the run filed as ``results/<id>/runs/<key>.json`` (a row, then any overrides
+    its key adds, e.g. ``seed=1``); None when the key cannot be read back (a long key cut to a hash, a row that is
+    gone)."""
+    if "--" in key:
+        return None
+    head, *rest = key.split(",")
+    rows = sweep_spec(table_id, conf_dir)
+    if rows is None:
+        full = {r.rsplit("/", 1)[-1]: r for r in all_tables(conf_dir).get(table_id, [])}
+        return [f"experiment={full[head]}", *rest] if head in full else None
+    items = key.split(",")
+    if rows.get("experiment"):
+        if head != rows["experiment"].rsplit("/", 1)[-1]:
+            return None
+        items = rest
+    return base_overrides(table_id, rows, conf_dir) + items
+
+
+def reproduce_command(table_id: str, overrides: list[str], conf_dir: Path = CONF_DIR) -> list[str]:
+    """The multirun of a table's rows: ``python -m rankmix.train -m <rows> <overrides>`` (without the
+    interpreter)."""
+    from rankmix.tables import multirun_overrides
+
+    spec, rows = table_spec(table_id, conf_dir), sweep_spec(table_id, conf_dir)
+    if rows is None:
+        cmd = ["-m", "rankmix.train", "-m", "experiment=" + ",".join(all_tables(conf_dir)[table_id])]
+    else:
+        fixed = ["table"] + [str(o).split("=", 1)[0].lstrip("+~") for o in rows.get("set") or []]
+        excluded = OmegaConf.load(Path(conf_dir) / "train.yaml").hydra.job.config.override_dirname.exclude_keys
+        cmd = ["-m", "rankmix.train", "-m", *base_overrides(table_id, rows, conf_dir),
+               *(f"{k}={','.join(_value(v) for v in rows['sweep'][k])}" for k in sorted(rows["sweep"])),
+               # the table and its fixed overrides are the same for every row: not part of the runs' names
+               "hydra.job.config.override_dirname.exclude_keys=[" + ",".join([*excluded, *fixed]) + "]"]
+    cmd += multirun_overrides(overrides)
+    if spec.get("seeds") and not any(o.startswith("seed=") for o in overrides):
+        cmd.append("seed=" + ",".join(str(s) for s in spec["seeds"]))
+    if spec.get("launcher") and not any(o.startswith("hydra/launcher=") for o in overrides):
+        cmd.append(f"hydra/launcher={spec['launcher']}")
+    return cmd

@@ -1,0 +1,119 @@
+"""A benchmark is one folder (``rankmix/tasks/<name>/``: reader, made-up data in the real layout, scorer) plus its
+task yaml: found by name, its tiny data read by its own reader, its files in the data fingerprint, its data
+written for the rehearsal, and a tiny run that trains and scores with it, without editing anything else."""
+
+import json
+import textwrap
+
+import pytest
+
+import rankmix.tasks
+from conftest import REPO, run_train
+from rankmix.data.files import data_paths, fingerprint
+from rankmix.data.sources import build_splits
+from rankmix.errors import ConfigError
+
+BENCHMARK = '''
+"""toyqa: sums, as a newcomer's benchmark would be: one JSON file with train and test question lists."""
+import json
+import random
+from pathlib import Path
+
+PATHS = {"qa_file": "toyqa's qa.json: {'train': [{'q', 'a'}], 'test': [...]}"}
+
+
+def read(source):
+    data = json.loads(Path(source["qa_file"]).read_text())
+    rec = lambda r: {"inputs": r["q"], "targets": r["a"], "task": "toyqa"}
+    train = [rec(r) for r in data["train"]]
+    return {"train": train[4:], "validation": train[:4], "test": [rec(r) for r in data["test"]]}
+
+
+def write(root, seed):
+    rng = random.Random(seed)
+    qa = lambda: (lambda a, b: {"q": f"{a}+{b}", "a": str(a + b)})(rng.randrange(5), rng.randrange(5))
+    path = Path(root) / "qa.json"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps({"train": [qa() for _ in range(40)], "test": [qa() for _ in range(8)]}))
+    return {"qa_file": str(path)}
+
+
+def score(records):
+    return {"accuracy": 100 * sum(r["prediction"].strip() == r["targets"] for r in records) / len(records)}
+'''
+
+TASK_YAML = """name: toyqa
+scorer: toyqa
+context: [attention_mask]
+max_epochs: 1
+datamodule:
+  _target_: rankmix.data.instruction.InstructionDataModule
+  _convert_: all
+  data_dir: null
+  source: {kind: toyqa, qa_file: null, seed: "${seed}"}
+  prompt_template: "{inputs} ="
+  max_length: 16
+  max_new_tokens: 4
+  batch_size: 8
+  max_eval_samples: {validation: 4}
+  seed: ${seed}
+  num_workers: 0
+"""
+
+
+@pytest.fixture()
+def folder(tmp_path, monkeypatch):
+    """``<tmp>/ext/toyqa/``: a benchmark folder outside the checkout (``RANKMIX_TASKS``), found as one inside it is."""
+    pkg = tmp_path / "ext" / "toyqa"
+    pkg.mkdir(parents=True)
+    (pkg / "__init__.py").write_text(textwrap.dedent(BENCHMARK))
+    monkeypatch.setattr(rankmix.tasks, "__path__", [*rankmix.tasks.__path__, str(pkg.parent)])
+    return tmp_path / "ext"
+
+
+def test_the_folder_is_found_and_its_tiny_data_goes_through_its_reader(folder, tmp_path):
+    assert "toyqa" in rankmix.tasks.names()
+    splits = build_splits({"kind": "toyqa", "seed": 3}, tmp_path / "cache")
+    assert [len(splits[s]) for s in ("train", "validation", "test")] == [36, 4, 8]
+    assert list((tmp_path / "cache" / "tiny_data").glob("toyqa-*/qa.json"))   # the real layout, written once
+    assert all(r["task"] == "toyqa" and "+" in r["inputs"] for r in splits["test"])
+
+
+def test_its_declared_files_are_in_the_data_fingerprint(folder, tmp_path):
+    written = rankmix.tasks.get("toyqa").write(tmp_path / "data", 0)
+    node = {"source": {"kind": "toyqa", "qa_file": written["qa_file"]}}
+    assert [str(p) for p in data_paths(node)] == [written["qa_file"]]
+    before = fingerprint(data_paths(node))
+    (tmp_path / "data" / "qa.json").write_text(json.dumps({"train": [], "test": []}))
+    assert fingerprint(data_paths(node)) != before
+
+
+def test_the_rehearsal_writes_its_data_from_the_folder(folder, tmp_path):
+    from rankmix.rehearsal.run import written_data
+
+    composed = {"task": {"datamodule": {"source": {"kind": "toyqa"}}}}
+    out = written_data("toyqa", composed, tmp_path / "r")
+    assert list(out) == ["task.datamodule.source.qa_file"] and out["task.datamodule.source.qa_file"].endswith("qa.json")
+
+
+def test_a_half_given_or_unknown_benchmark_is_refused(folder, tmp_path):
+    with pytest.raises(ConfigError, match="no benchmark folder rankmix/tasks/nope/"):
+        rankmix.tasks.get("nope")
+    bad = folder / "broken"
+    bad.mkdir()
+    (bad / "__init__.py").write_text("PATHS = {}\n")
+    with pytest.raises(Exception, match="lacks read, write"):
+        rankmix.tasks.get("broken")
+
+
+@pytest.mark.slow
+def test_a_tiny_run_trains_and_scores_with_the_folder_and_one_yaml(folder, tmp_path, monkeypatch):
+    conf = tmp_path / "myconf" / "task"
+    conf.mkdir(parents=True)
+    (conf / "toyqa.yaml").write_text(TASK_YAML)
+    monkeypatch.setenv("RANKMIX_TASKS", str(folder))
+    r = run_train(tmp_path, f"hydra.searchpath=[file://{tmp_path / 'myconf'}]", "task=toyqa")
+    assert r.returncode == 0, r.stderr[-3000:]
+    result = r.result()
+    assert "test/accuracy" in result["metrics"] and result["config"]["task"]["datamodule"]["source"]["kind"] == "toyqa"
+    assert (REPO / "src" / "rankmix" / "tasks" / "toyqa").exists() is False
