@@ -45,17 +45,14 @@ FAST = fast()
 
 
 def compose(*overrides: str):
-    """The training config for ``overrides``, composed as ``python -m rankmix.train`` would."""
-    from hydra import compose as hydra_compose
-    from hydra import initialize_config_dir
+    """The training config for ``overrides`` with its ``hydra`` node, not validated (tests of the checks compose
+    bad configs), through ``rankmix.config.compose_config``; the run folder and key of an anonymous run."""
     from hydra.core.hydra_config import HydraConfig
     from omegaconf import open_dict
 
-    from rankmix.config import register_resolvers
+    from rankmix.config import compose_config
 
-    register_resolvers()
-    with initialize_config_dir(config_dir=str(REPO / "conf"), version_base="1.3"):
-        cfg = hydra_compose("train", overrides=list(overrides), return_hydra_config=True)
+    cfg = compose_config(list(overrides), validated=False, keep_hydra=True)
     with open_dict(cfg):
         cfg.hydra.runtime.output_dir = "/tmp/rankmix-compose"
         cfg.hydra.job.override_dirname = ""

@@ -19,7 +19,8 @@ BACKBONES = sorted(p.stem for p in (REPO / "conf" / "backbone").glob("*.yaml"))
 
 @pytest.mark.parametrize("backbone", BACKBONES)
 def test_fsdp_wraps_the_backbones_own_blocks(backbone):
-    from rankmix.distributed import build_strategy
+    from hydra.utils import instantiate
+
     from rankmix.rehearsal.run import pretrained_parts
     from rankmix.rehearsal.standins import part_models
 
@@ -27,7 +28,7 @@ def test_fsdp_wraps_the_backbones_own_blocks(backbone):
     parts = pretrained_parts(OmegaConf.to_container(cfg.backbone, resolve=True))
     own = sorted({c for m in part_models(parts).values() for c in block_classes(m)})
     assert own and list(cfg.backbone.fsdp_blocks) == own
-    strategy = build_strategy(OmegaConf.to_container(cfg.trainer.strategy, resolve=True))
+    strategy = instantiate(cfg.trainer.strategy, _convert_="all")
     names = {f"{c.__module__}.{c.__qualname__}" for c in strategy.kwargs["auto_wrap_policy"]._module_classes}
     assert names == set(own)
 

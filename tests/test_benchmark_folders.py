@@ -9,7 +9,7 @@ import pytest
 
 import rankmix.tasks
 from conftest import REPO, run_train
-from rankmix.data.files import data_paths, fingerprint
+from rankmix.data.fingerprints import data_paths, fingerprint
 from rankmix.data.sources import build_splits
 from rankmix.errors import ConfigError
 

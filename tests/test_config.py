@@ -2,11 +2,12 @@
 
 import pytest
 from hydra.errors import MissingConfigException
+from hydra.utils import instantiate
 from omegaconf import OmegaConf, open_dict
 
 from conftest import REPO, compose
 from rankmix.config import config_hash, run_key, validate
-from rankmix.distributed import build_strategy
+from rankmix.distributed import check_strategy
 from rankmix.errors import ConfigError
 
 
@@ -125,7 +126,7 @@ def test_fsdp_strategy_is_built_with_wrap_classes():
     from transformers.models.llama.modeling_llama import LlamaDecoderLayer
 
     cfg = (compose("trainer=fsdp"))
-    strategy = build_strategy(OmegaConf.to_container(cfg.trainer.strategy, resolve=True))
+    strategy = instantiate(cfg.trainer.strategy, _convert_="all")
     assert isinstance(strategy, FSDPStrategy)
     assert strategy.kwargs["use_orig_params"] is True
     assert LlamaDecoderLayer in strategy.kwargs["auto_wrap_policy"]._module_classes
@@ -137,9 +138,9 @@ def test_deepspeed_without_package_is_a_config_error():
         import deepspeed  # noqa: F401
     except ImportError:
         with pytest.raises(ConfigError, match=r"pip install -e '\.\[deepspeed\]'"):
-            build_strategy("deepspeed_stage_2")
+            check_strategy("deepspeed_stage_2")
     else:
-        assert build_strategy("deepspeed_stage_2") == "deepspeed_stage_2"
+        check_strategy("deepspeed_stage_2")
 
 
 def test_slurm_launcher_follows_the_trainer():
@@ -199,3 +200,21 @@ def test_a_checkpoint_holding_code_is_set_aside_not_loaded(tmp_path):
     torch.save({"state_dict": {}, "payload": _Payload()}, tmp_path / "checkpoints" / "last.ckpt")
     assert resumable_checkpoint(tmp_path, "abc") is None
     assert (tmp_path / "checkpoints" / "last.ckpt.unreadable").is_file()
+
+
+def test_the_trainer_is_instantiated_from_its_config_with_the_callbacks_of_one_place(tmp_path):
+    """``trainer.*`` (less rankmix's own ``preflight``) through ``hydra.utils.instantiate``; the callbacks are
+    ``cfg.callbacks`` (the SLURM requeue only in a SLURM job) plus the run's own."""
+    from lightning.pytorch.callbacks import ModelCheckpoint
+
+    from rankmix.callbacks import EpochReseed, SlurmRequeue, TrainingModes
+    from rankmix.config import check_trainer_keys
+    from rankmix.fit import build_trainer
+
+    cfg = compose("++trainer.preflight=false", "trainer.gradient_clip_val=0.5")
+    check_trainer_keys(cfg)   # rankmix's own key is not a typo of a Trainer argument
+    trainer = build_trainer(cfg, tmp_path)
+    kinds = [type(c) for c in trainer.callbacks]
+    assert TrainingModes in kinds and EpochReseed in kinds and ModelCheckpoint in kinds and SlurmRequeue not in kinds
+    assert trainer.gradient_clip_val == 0.5 and trainer.accumulate_grad_batches == 1
+    assert trainer.default_root_dir == str(tmp_path)

@@ -5,7 +5,8 @@ from pathlib import Path
 
 import pytest
 
-from rankmix.data.files import check_jsonl, write_jsonl_atomic
+from rankmix.atomic import write_jsonl_atomic
+from rankmix.data.files import check_jsonl
 from rankmix.data.instruction import InstructionDataModule
 from rankmix.data.synthetic import TASKS, generate_records
 from rankmix.errors import ConfigError, DataError
@@ -157,7 +158,7 @@ def test_prepared_data_follows_the_contents_of_the_files_it_reads(tmp_path):
 def test_data_fingerprint_changes_with_a_files_contents_not_its_mtime(tmp_path):
     import os
 
-    from rankmix.data.files import data_paths, fingerprint
+    from rankmix.data.fingerprints import data_paths, fingerprint
 
     (tmp_path / "d").mkdir()
     f = tmp_path / "d" / "test.jsonl"
@@ -175,7 +176,7 @@ def test_data_fingerprint_changes_with_a_files_contents_not_its_mtime(tmp_path):
 def test_atomic_writes_respect_the_umask_and_killed_writers_are_cleaned(tmp_path):
     import os
 
-    from rankmix.data.files import atomic_open, stale_temporaries
+    from rankmix.atomic import atomic_open, stale_temporaries
 
     old = os.umask(0o022)
     try:

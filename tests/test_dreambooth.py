@@ -108,7 +108,7 @@ def test_replacing_a_subject_photo_makes_the_run_out_of_date(tmp_path):
 
     from conftest import compose
     from rankmix.config import config_hash
-    from rankmix.data.files import record_data_fingerprint
+    from rankmix.data.fingerprints import record_data_fingerprint
 
     photos = tmp_path / "cat"
     photos.mkdir()

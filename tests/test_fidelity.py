@@ -10,8 +10,8 @@ from omegaconf import OmegaConf
 from conftest import REPO
 from rankmix.config import compose_run
 from rankmix.errors import ConfigError
-from rankmix.table_rows import all_tables, row_overrides
-from rankmix.tables import multirun_overrides, show_row
+from rankmix.table_rows import all_tables, multirun_overrides, row_overrides
+from rankmix.tables import show_row
 
 
 @cache

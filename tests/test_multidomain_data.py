@@ -67,7 +67,7 @@ def test_two_local_copies_of_the_same_name_are_each_read_as_they_are(tmp_path):
     second ``train`` folder would be served the first one's rows."""
     import datasets
 
-    from rankmix.data.files import write_hub_parquet, write_hub_readme
+    from rankmix.data.hub_files import write_hub_parquet, write_hub_readme
     from rankmix.data.multidomain import read_source
 
     features = datasets.Features({"question": datasets.Value("string"), "answer": datasets.Value("string")})

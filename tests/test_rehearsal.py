@@ -114,7 +114,7 @@ def _flat(d: dict, prefix: str = "") -> dict:
 def test_one_row_per_table_family_runs_at_paper_scale_on_stand_ins(tmp_path, monkeypatch):
     def not_committed(hub, *args, **kwargs):  # a full-width measurement takes minutes and up to 16 GiB
         raise AssertionError(f"{hub}: no committed activation measurement for this row's settings; run "
-                             "`python -m rankmix.rehearsal.projection --report results/rehearse/cpu.md` and commit "
+                             "`python -m rankmix.rehearsal --reproject results/rehearse/cpu.md` and commit "
                              "results/rehearse/activation-bytes/")
 
     monkeypatch.setattr(memory, "_layers", not_committed)

@@ -16,14 +16,8 @@ from transformers import (
 )
 
 from rankmix.errors import RankmixError
-from rankmix.rehearsal.standins import (
-    LAYERS,
-    STANDINS,
-    WIDTH_DIVISOR,
-    build_standin,
-    real_config,
-    standin_config,
-)
+from rankmix.rehearsal.standin_basics import LAYERS, WIDTH_DIVISOR
+from rankmix.rehearsal.standins import STANDINS, build_standin, real_config, standin_config
 
 LLAMA2, LLAMA3 = "meta-llama/Llama-2-7b-hf", "meta-llama/Meta-Llama-3-8B-Instruct"
 AUTO = {"AutoModelForCausalLM": AutoModelForCausalLM, "AutoModel": AutoModel,

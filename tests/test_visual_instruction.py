@@ -210,7 +210,7 @@ def _oracle(folders: dict[str, str]):
 
     import datasets
 
-    from rankmix.data.files import local_dataset_kwargs
+    from rankmix.data.hub_files import local_dataset_kwargs
 
     def key(image):
         return hashlib.sha256(image.convert("RGB").tobytes()).hexdigest()

@@ -214,6 +214,14 @@ class SlurmRequeue(pl.Callback):
                 pass
 
     @classmethod
+    def under_slurm(cls) -> SlurmRequeue | None:
+        """The callback in a SLURM batch job (srun's tasks included), where Lightning requeues; None elsewhere
+        (``conf/callbacks/default.yaml``)."""
+        from lightning.fabric.plugins.environments import SLURMEnvironment
+
+        return cls() if SLURMEnvironment.detect() else None
+
+    @classmethod
     def _record(cls, signum, frame) -> None:
         cls.received = signum
 

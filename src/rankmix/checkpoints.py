@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING
 
 from omegaconf import DictConfig
 
-from rankmix.data.files import atomic_open
+from rankmix.atomic import atomic_open
 
 if TYPE_CHECKING:
     import lightning.pytorch as pl

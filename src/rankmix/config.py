@@ -28,6 +28,9 @@ EXECUTION = ("paths", "logger", "callbacks", "hydra", "rerun", "trainer.accelera
 # LABELS: how a run is named and filed; in config_hash (its result file), not in computation_hash, so a run listed
 # in two tables (SMoRA Tab. 1 and its full Tab. 5) is trained once.
 LABELS = ("table", "optimized_metric", "backbone.name", "backbone.paper_label")
+# keys of ``trainer`` that are rankmix's, not arguments of Lightning's Trainer: the memory check before loading
+# (``++trainer.preflight=false``, ``rankmix.rehearsal.preflight``)
+OWN_TRAINER_KEYS = ("preflight",)
 MAX_KEY_LEN = 120
 TABLE_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
 
@@ -180,15 +183,17 @@ def check_trainer_keys(cfg: DictConfig) -> None:
 
     known = set(inspect.signature(Trainer.__init__).parameters) - {"self"}
     for key in cfg.trainer:
-        if key != "_target_" and key not in known:
+        if key != "_target_" and key not in known and key not in OWN_TRAINER_KEYS:
             near = difflib.get_close_matches(key, sorted(known), n=1)
             raise ConfigError(f"trainer.{key}", cfg.trainer[key], "not an argument of Lightning's Trainer"
                               + (f"; did you mean trainer.{near[0]}?" if near else ""))
 
 
-def compose_run(overrides: list[str], conf_dir: str | None = None) -> DictConfig:
-    """The config ``python -m rankmix.train <overrides>`` would run, validated, without
-    its ``hydra`` node (what a run's result JSON records as its ``config``)."""
+def compose_config(overrides: list[str], conf_dir: str | None = None, *, validated: bool = True,
+                   keep_hydra: bool = False) -> DictConfig:
+    """The one way rankmix composes a config outside the entry: ``conf/train.yaml`` with ``overrides`` as
+    ``python -m rankmix.train <overrides>`` would, Hydra's runtime set (the run's folder, named from it, resolves);
+    checked by ``validate`` unless ``validated`` is false, and without the ``hydra`` node unless ``keep_hydra``."""
     from hydra import compose, initialize_config_dir
     from hydra.core.hydra_config import HydraConfig
 
@@ -199,8 +204,16 @@ def compose_run(overrides: list[str], conf_dir: str | None = None) -> DictConfig
     HydraConfig.instance().set_config(cfg.copy())  # the run's folder is named from the Hydra config
     with open_dict(cfg):
         cfg.hydra.runtime.output_dir = OmegaConf.select(cfg, "hydra.run.dir")
-    HydraConfig.instance().set_config(cfg)
-    validate(cfg)
-    with open_dict(cfg):
-        cfg.pop("hydra")
+    HydraConfig.instance().set_config(cfg.copy())   # a copy: Hydra makes what it holds read-only
+    if validated:
+        validate(cfg)
+    if not keep_hydra:
+        with open_dict(cfg):
+            cfg.pop("hydra")
     return cfg
+
+
+def compose_run(overrides: list[str], conf_dir: str | None = None) -> DictConfig:
+    """The config ``python -m rankmix.train <overrides>`` would run, validated, without its ``hydra`` node (what a
+    run's result JSON records as its ``config``)."""
+    return compose_config(overrides, conf_dir)

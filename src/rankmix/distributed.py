@@ -1,7 +1,7 @@
 """Data parallelism: Lightning strategies from config, and the sums adapter layers take over the data-parallel group.
 
-Strategies: registry strings pass through; ``_target_`` nodes are built here so that class-path strings (FSDP
-``auto_wrap_policy``) become classes.
+Strategies: ``trainer.strategy`` is a Lightning registry name or a ``_target_`` node that ``hydra.utils.instantiate``
+builds with the Trainer (FSDP through ``fsdp_strategy``, whose wrap classes are class paths in the config).
 
 ``data_parallel_sum`` sums a tensor over every process of the default group: statistics that an adapter layer
 updates in its forward (SMoRA's per-rank counts behind the balancing bias, Eq. 7; the routing statistics of
@@ -13,7 +13,6 @@ is the data-parallel group.
 from __future__ import annotations
 
 import importlib
-from collections.abc import Mapping
 
 import torch
 
@@ -31,7 +30,18 @@ def data_parallel_sum(tensor: torch.Tensor) -> torch.Tensor:
     return tensor
 
 
-def import_class(path: str) -> type:
+def fsdp_strategy(auto_wrap_policy: list[str] | None = None, **kwargs):
+    """Lightning's ``FSDPStrategy`` with ``auto_wrap_policy`` given as class paths (a backbone's
+    ``fsdp_blocks``, e.g. ``transformers.models.llama.modeling_llama.LlamaDecoderLayer``): each block class wrapped
+    on its own. ``conf/trainer/fsdp.yaml`` instantiates it."""
+    from lightning.pytorch.strategies import FSDPStrategy
+
+    if auto_wrap_policy is not None:
+        kwargs["auto_wrap_policy"] = {_import_class(p) for p in auto_wrap_policy}
+    return FSDPStrategy(**kwargs)
+
+
+def _import_class(path: str) -> type:
     module, _, name = path.rpartition(".")
     try:
         return getattr(importlib.import_module(module), name)
@@ -39,18 +49,11 @@ def import_class(path: str) -> type:
         raise ConfigError("trainer.strategy.auto_wrap_policy", path, "no such class") from None
 
 
-def build_strategy(spec):
-    if isinstance(spec, str):
-        if spec.startswith("deepspeed"):
-            try:
-                import deepspeed  # noqa: F401
-            except ImportError:
-                raise ConfigError("trainer.strategy", spec, "needs DeepSpeed: pip install -e '.[deepspeed]'") from None
-        return spec
-    if isinstance(spec, Mapping):
-        spec = dict(spec)
-        cls = import_class(spec.pop("_target_"))
-        if "auto_wrap_policy" in spec:
-            spec["auto_wrap_policy"] = {import_class(p) for p in spec["auto_wrap_policy"]}
-        return cls(**spec)
-    raise ConfigError("trainer.strategy", spec, "must be a strategy name or a mapping with _target_")
+def check_strategy(spec) -> None:
+    """A strategy this machine cannot build is refused before any work: DeepSpeed without its package."""
+    name = spec if isinstance(spec, str) else str((spec or {}).get("_target_", ""))
+    if "deepspeed" in name.lower():
+        try:
+            import deepspeed  # noqa: F401
+        except ImportError:
+            raise ConfigError("trainer.strategy", name, "needs DeepSpeed: pip install -e '.[deepspeed]'") from None

@@ -116,7 +116,7 @@ def adapted_model(cfg, run_dir: Path, tokenizer, checkpoint: Path):
     from omegaconf import OmegaConf
 
     from rankmix.adapters import adapter_state_dict, inject
-    from rankmix.adapters.io import load_fitting
+    from rankmix.adapters.inject import load_fitting
     from rankmix.backbones import build_backbone
 
     backbone = build_backbone(cfg.backbone, tokenizer)

@@ -16,7 +16,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from rankmix.batching import accumulation, batch_layout
 from rankmix.checkpoints import drop_hpc_checkpoints, resumable_checkpoint, selected_checkpoint, truncate_log
-from rankmix.config import run_key
+from rankmix.config import OWN_TRAINER_KEYS, run_key
 
 if TYPE_CHECKING:
     import lightning.pytorch as pl
@@ -25,36 +25,31 @@ log = logging.getLogger("rankmix.train")
 
 
 def build_trainer(cfg: DictConfig, run_dir: Path, extra_callbacks: list | None = None) -> pl.Trainer:
-    """Lightning's Trainer from ``cfg.trainer``, the callbacks and loggers; with ``task.select_best`` (a paper's
-    checkpoint selection, e.g. MoSLoRA's ``load_best_model_at_end``) also validation every ``every_n_steps``
-    optimizer steps and a ModelCheckpoint that keeps the weights with the best ``monitor``."""
-    import lightning.pytorch as pl
-    from lightning.fabric.plugins.environments import SLURMEnvironment
+    """Lightning's Trainer, instantiated from ``cfg.trainer`` (its strategy from ``trainer.strategy``, a name or a
+    ``_target_`` node) with the callbacks of ``cfg.callbacks`` and the loggers of ``cfg.logger``. What the config
+    cannot hold is added here: the accumulation a row's ``task.global_batch_size`` asks of these devices, the run's
+    own ``extra_callbacks``, and with ``task.select_best`` (a paper's checkpoint selection, e.g. MoSLoRA's
+    ``load_best_model_at_end``) validation every ``every_n_steps`` optimizer steps and a ModelCheckpoint that keeps
+    the weights with the best ``monitor``."""
     from lightning.pytorch.callbacks import ModelCheckpoint
 
-    from rankmix.callbacks import SlurmRequeue, TrainingModes
-    from rankmix.distributed import build_strategy
     from rankmix.quiet import quiet_lightning
 
     quiet_lightning()
-
-    callbacks = [instantiate(c) for c in (cfg.get("callbacks") or {}).values() if c] + [TrainingModes()]
-    if SLURMEnvironment.detect():  # a SLURM batch job (srun's tasks included): Lightning requeues it
-        callbacks.append(SlurmRequeue())
+    callbacks = [c for c in (instantiate(c) for c in (cfg.get("callbacks") or {}).values() if c) if c is not None]
     callbacks += extra_callbacks or []
     loggers = [instantiate(lg) for lg in (cfg.get("logger") or {}).values() if lg]
-    kwargs = OmegaConf.to_container(cfg.trainer, resolve=True)
-    kwargs.pop("_target_", None)
-    kwargs["strategy"] = build_strategy(kwargs.get("strategy", "auto"))
-    kwargs["accumulate_grad_batches"] = accumulation(cfg)  # from task.global_batch_size when the row sets one
+    kwargs = {"accumulate_grad_batches": accumulation(cfg)}  # from task.global_batch_size when the row sets one
     select = cfg.task.get("select_best")
     if select:
         callbacks.append(ModelCheckpoint(dirpath=str(run_dir / "checkpoints"), filename="best", monitor=select.monitor,
                                          mode=select.mode, save_top_k=1, save_last=False, auto_insert_metric_name=False))
         if select.get("every_n_steps"):  # HF eval_steps count optimizer steps; Lightning counts batches
-            kwargs["val_check_interval"] = int(select.every_n_steps) * int(kwargs.get("accumulate_grad_batches", 1))
+            kwargs["val_check_interval"] = int(select.every_n_steps) * kwargs["accumulate_grad_batches"]
             kwargs["check_val_every_n_epoch"] = None
-    return pl.Trainer(**kwargs, callbacks=callbacks, logger=loggers or False, default_root_dir=str(run_dir))
+    trainer = {k: v for k, v in OmegaConf.to_container(cfg.trainer, resolve=True).items() if k not in OWN_TRAINER_KEYS}
+    return instantiate(trainer, **kwargs, callbacks=callbacks, logger=loggers or False,
+                       default_root_dir=str(run_dir), _convert_="all")
 
 
 def cpu_fallback(cfg: DictConfig) -> dict[str, list[str]]:

@@ -10,6 +10,7 @@ from pathlib import Path
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
 
+from rankmix.distributed import check_strategy
 from rankmix.errors import ConfigError, RankmixError
 
 
@@ -22,6 +23,7 @@ def check_launch(cfg: DictConfig, multirun: bool) -> None:
             raise ConfigError("trainer.accelerator", cfg.trainer.accelerator, "no CUDA GPU is visible on this "
                               "machine; use trainer=cpu here, or run on a machine with one")
     strategy = cfg.trainer.get("strategy")
+    check_strategy(strategy)
     name = strategy if isinstance(strategy, str) else str((strategy or {}).get("_target_", ""))
     relaunches = cfg.trainer.devices not in (1, "1") and not name.endswith("ddp_spawn") and any(
         s in name.lower() for s in ("ddp", "fsdp", "deepspeed"))

@@ -109,7 +109,7 @@ def from_pretrained(base_model: nn.Module, path: str | Path, adapter_name: str =
     from peft import LoraConfig
     from safetensors.torch import load_file
 
-    from rankmix.adapters.io import load_fitting
+    from rankmix.adapters.inject import load_fitting
     from rankmix.adapters.registry import peft_exportable
 
     d = Path(path)

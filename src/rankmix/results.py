@@ -16,7 +16,7 @@ import subprocess
 from importlib import metadata
 from pathlib import Path
 
-from rankmix.data.files import atomic_open
+from rankmix.atomic import atomic_open
 
 PACKAGES = ("rankmix", "torch", "transformers", "lightning", "hydra-core", "omegaconf", "datasets", "peft",
             "triton", "timm", "wandb")

@@ -139,11 +139,25 @@ def key_overrides(table_id: str, key: str, conf_dir: Path = CONF_DIR) -> list[st
     return base_overrides(table_id, rows, conf_dir) + items
 
 
+def multirun_overrides(overrides: list[str]) -> list[str]:
+    """The user's overrides as a table's multirun must pass them: ``key=value`` as ``++key=value``.
+
+    Hydra composes a multirun's default config (``task=generated``) before any row, and that config lacks the
+    keys only a row's task has (``task.datamodule.source.test_file``); ``++`` sets a key whether or not
+    the config has it. Group choices (``trainer=gpu``), ``hydra.*`` and already prefixed overrides pass as
+    they are; the run key drops the prefix, so the runs are the same as one-by-one runs.
+    """
+    out = []
+    for o in overrides:
+        key = o.split("=", 1)[0]
+        plain = "=" in o and "." in key and not key.startswith(("+", "~", "hydra."))
+        out.append(f"++{o}" if plain else o)
+    return out
+
+
 def reproduce_command(table_id: str, overrides: list[str], conf_dir: Path = CONF_DIR) -> list[str]:
     """The multirun of a table's rows: ``python -m rankmix.train -m <rows> <overrides>`` (without the
     interpreter)."""
-    from rankmix.tables import multirun_overrides
-
     spec, rows = table_spec(table_id, conf_dir), sweep_spec(table_id, conf_dir)
     if rows is None:
         cmd = ["-m", "rankmix.train", "-m", "experiment=" + ",".join(all_tables(conf_dir)[table_id])]

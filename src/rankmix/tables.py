@@ -52,7 +52,7 @@ import sys
 from pathlib import Path
 
 from rankmix import uncertainty
-from rankmix.data.files import atomic_open
+from rankmix.atomic import atomic_open
 from rankmix.errors import RankmixError
 from rankmix.locations import results_root
 from rankmix.results import current_format, read_json
@@ -682,22 +682,6 @@ def table_status(table_id: str, results_dir: Path) -> str:
     return f"{scales} ({len(ok)} runs" + (f", {failed} failed)" if failed else ")")
 
 
-def multirun_overrides(overrides: list[str]) -> list[str]:
-    """The user's overrides as a table's multirun must pass them: ``key=value`` as ``++key=value``.
-
-    Hydra composes a multirun's default config (``task=generated``) before any row, and that config lacks the
-    keys only a row's task has (``task.datamodule.source.test_file``); ``++`` sets a key whether or not
-    the config has it. Group choices (``trainer=gpu``), ``hydra.*`` and already prefixed overrides pass as
-    they are; the run key drops the prefix, so the runs are the same as one-by-one runs.
-    """
-    out = []
-    for o in overrides:
-        key = o.split("=", 1)[0]
-        plain = "=" in o and "." in key and not key.startswith(("+", "~", "hydra."))
-        out.append(f"++{o}" if plain else o)
-    return out
-
-
 def show_row(table_id: str, row: str, overrides: list[str]) -> str:
     """The fully resolved config of one row, as YAML: exactly what its run will use."""
     from omegaconf import OmegaConf
@@ -719,7 +703,7 @@ def stale_runs(table_id: str, results_dir: Path) -> list[str]:
     experiment file, a changed default): ``make reproduce-table-<id>`` would run them again. A run whose key
     cannot be read back into overrides (a long key cut to a hash) counts as stale."""
     from rankmix.config import compose_run, config_hash
-    from rankmix.data.files import record_data_fingerprint
+    from rankmix.data.fingerprints import record_data_fingerprint
 
     stale = []
     for p in sorted((Path(results_dir) / table_id / "runs").glob("*.json")):

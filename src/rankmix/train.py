@@ -20,6 +20,7 @@ from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
 from rankmix import locations
+from rankmix.atomic import stale_temporaries
 from rankmix.batching import accumulation
 from rankmix.config import (
     check_table_id,
@@ -29,7 +30,7 @@ from rankmix.config import (
     run_key,
     validate,
 )
-from rankmix.data.files import record_data_fingerprint, stale_temporaries
+from rankmix.data.fingerprints import record_data_fingerprint
 from rankmix.errors import RankmixError
 from rankmix.fit import cpu_fallback, fit_and_test, release_memory
 from rankmix.guards import (

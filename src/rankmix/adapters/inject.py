@@ -1,4 +1,5 @@
-"""Inject adapter layers into a model by target-module names, freeze the rest, report what changed."""
+"""Inject adapter layers into a model by target-module names, freeze the rest, report what changed; the adapters'
+state out of a model (``adapter_state_dict``) and back into one (``load_fitting``)."""
 
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ from torch import nn
 from rankmix.adapters.base import SUPPORTED_BASE_LAYERS, AdapterLayer
 from rankmix.adapters.peft_methods import PeftMethod, is_peft_adapter_param
 from rankmix.adapters.registry import FROZEN, build, get_method, instantiate
-from rankmix.errors import ConfigError, NotMergeableError
+from rankmix.errors import ConfigError, NotMergeableError, RankmixError
 
 # Used when a method config leaves target_modules empty, keyed by the HF config's model_type: peft's mapping, except
 # for the Llama-style decoders, where it is every linear layer of the block (LLaMA-Factory's ``lora_target: all``, the
@@ -211,3 +212,13 @@ def merge_and_unload(model: nn.Module) -> nn.Module:
         parent_name, _, child = name.rpartition(".")
         setattr(model.get_submodule(parent_name) if parent_name else model, child, layer.base_layer)
     return model
+
+
+def load_fitting(model: nn.Module, state: Mapping, expected: set[str], source) -> None:
+    """Load ``state`` into ``model`` (non-strict) when its keys are exactly ``expected``; else refuse, naming
+    ``source`` and the first missing or unexpected tensor."""
+    missing, unexpected = sorted(expected - set(state)), sorted(set(state) - expected)
+    if missing or unexpected:
+        raise RankmixError(f"{source}: adapter does not fit this model ({len(missing)} tensors missing, "
+                           f"{len(unexpected)} unexpected; first: {(missing or unexpected)[0]})")
+    model.load_state_dict(state, strict=False)

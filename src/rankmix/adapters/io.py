@@ -17,7 +17,7 @@ from pathlib import Path
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from rankmix.adapters.inject import adapter_layers, adapter_state_dict
+from rankmix.adapters.inject import adapter_layers, adapter_state_dict, load_fitting
 from rankmix.adapters.registry import method_defaults, peft_exportable
 from rankmix.errors import RankmixError
 
@@ -38,16 +38,6 @@ def save_adapter(model: nn.Module, directory: str | Path, method_cfg: Mapping) -
 def load_adapter(model: nn.Module, directory: str | Path) -> None:
     """Load weights saved by ``save_adapter`` into ``model`` (already injected with the same method)."""
     load_fitting(model, load_file(Path(directory) / "adapter.safetensors"), set(adapter_state_dict(model)), directory)
-
-
-def load_fitting(model: nn.Module, state: Mapping, expected: set[str], source) -> None:
-    """Load ``state`` into ``model`` (non-strict) when its keys are exactly ``expected``; else refuse, naming
-    ``source`` and the first missing or unexpected tensor."""
-    missing, unexpected = sorted(expected - set(state)), sorted(set(state) - expected)
-    if missing or unexpected:
-        raise RankmixError(f"{source}: adapter does not fit this model ({len(missing)} tensors missing, "
-                           f"{len(unexpected)} unexpected; first: {(missing or unexpected)[0]})")
-    model.load_state_dict(state, strict=False)
 
 
 def peft_task_type(model: nn.Module) -> str | None:

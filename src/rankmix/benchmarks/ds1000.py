@@ -57,7 +57,8 @@ from pathlib import Path
 from rankmix import uncertainty
 from rankmix.benchmarks import ds1000_official, suspicious
 from rankmix.benchmarks.sandbox import SandboxSettings, check_isolation, run_program
-from rankmix.data.files import jsonl_lines, local_dataset_kwargs
+from rankmix.data.files import jsonl_lines
+from rankmix.data.hub_files import local_dataset_kwargs
 from rankmix.errors import DataError, first_line
 
 LIBRARIES = ("Pandas", "Numpy", "Matplotlib", "Scipy", "Sklearn", "Pytorch", "Tensorflow")

@@ -151,7 +151,7 @@ def overlay(task: str, out_dir: Path, dataset_path: str | None, extra: dict | No
     (``local_dataset_kwargs``)."""
     import yaml
 
-    from rankmix.data.files import local_dataset_kwargs
+    from rankmix.data.hub_files import local_dataset_kwargs
 
     out_dir.mkdir(parents=True, exist_ok=True)
     spec = {"include": str(lm_eval_task_file(task)), "task": task, **(extra or {})}
@@ -190,7 +190,7 @@ def load_mmlu(dataset_path: str, subject: str, split: str) -> list[dict]:
     """One split of one subject from the cais/mmlu hub id or a local copy in its layout."""
     import datasets
 
-    from rankmix.data.files import local_dataset_kwargs
+    from rankmix.data.hub_files import local_dataset_kwargs
 
     return list(datasets.load_dataset(dataset_path, subject, split=split, **local_dataset_kwargs(dataset_path)))
 

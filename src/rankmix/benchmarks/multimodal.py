@@ -55,7 +55,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from rankmix import uncertainty
-from rankmix.data.files import local_dataset_kwargs
+from rankmix.data.hub_files import local_dataset_kwargs
 from rankmix.errors import ConfigError, RankmixError
 
 
@@ -178,7 +178,7 @@ def _model_class():
 
 def task_config(name: str, settings: Mapping, judged: bool, hits: dict | None = None) -> dict:
     """The lmms-eval task dict of benchmark ``name``: its task with the data location and rankmix's overrides (a
-    local copy gets a datasets cache of its own: ``rankmix.data.files.local_dataset_kwargs``); ``hits``: MMBench's
+    local copy gets a datasets cache of its own: ``rankmix.data.hub_files.local_dataset_kwargs``); ``hits``: MMBench's
     per-question hits go there."""
     bench, path = BENCHMARKS[name], str(settings["dataset_path"])
     cfg = {"task": bench.task, "dataset_path": path, **bench.overrides}

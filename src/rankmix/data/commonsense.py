@@ -22,7 +22,8 @@ import logging
 import re
 from pathlib import Path
 
-from rankmix.data.files import check_fields, local_dataset_kwargs, read_records
+from rankmix.data.files import check_fields, read_records
+from rankmix.data.hub_files import local_dataset_kwargs
 from rankmix.errors import DataError, first_line
 
 log = logging.getLogger(__name__)

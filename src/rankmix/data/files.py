@@ -1,12 +1,11 @@
-"""Reading and writing record files (errors name the file, line and fix), and atomic writes for every file."""
+"""Reading a user's record files: JSON or JSON lines, every error naming the file, the record or line, and the fix;
+names read from them kept inside their folder."""
 
 from __future__ import annotations
 
 import json
 import os
-import tempfile
-from collections.abc import Iterable, Iterator
-from contextlib import contextmanager
+from collections.abc import Iterator
 from pathlib import Path
 
 from rankmix.errors import DataError
@@ -19,92 +18,6 @@ def inside(root: Path, relative: str, what: str, source: Path | str) -> Path:
     if os.path.isabs(norm) or norm == ".." or norm.startswith(".." + os.sep):  # lexical: symlinked folders are fine
         raise DataError(f"{source}: {what} {relative!r} leads out of {root}; names in data files must stay inside it")
     return Path(root) / relative
-
-
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
-
-
-def stale_temporaries(path: Path) -> list[Path]:
-    """The temporary files ``atomic_open`` left beside ``path`` when a writer was killed."""
-    return sorted(Path(path).parent.glob(f".{Path(path).name}.*.tmp"))
-
-
-@contextmanager
-def atomic_open(path: Path) -> Iterator:
-    """A text file that appears at ``path`` only once fully written (temporary file + ``os.replace``), with the
-    mode a plain ``open`` gives (0666 less the umask)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.chmod(tmp, 0o666 & ~_umask())
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            yield f
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
-DATA_KEYS = ("data_dir", "images_dir", "test_file", "train_dir", "train_file", "test_dir", "mixed_dir",
-             "instance_dir")  # instance_dir: the DreamBooth subject's photos
-HASHED_BYTES = 64 << 20  # files up to this size are keyed by their contents, larger ones by size and mtime
-HASHED_TOTAL = 1 << 30   # at most this much is read per fingerprint (an image folder is keyed by sizes and mtimes)
-
-
-def data_paths(node) -> list[Path]:
-    """The local files and folders a data module's config names (``data_dir``, ``test_file``, ``features.*``, ...;
-    hub ids and nulls left out), in a fixed order."""
-    from rankmix.tasks import declared_keys
-
-    found, keys = [], set(DATA_KEYS) | declared_keys()   # the benchmark folders declare theirs
-
-    def walk(n, under_features=False):
-        if isinstance(n, dict):
-            for k in sorted(n):
-                v = n[k]
-                if isinstance(v, (dict, list)):
-                    walk(v, under_features or k == "features")
-                elif isinstance(v, str) and (k in keys or under_features) and Path(v).exists():
-                    found.append(Path(v))
-        elif isinstance(n, list):
-            for v in n:
-                walk(v, under_features)
-
-    walk(node)
-    return found
-
-
-def fingerprint(paths: Iterable[Path]) -> str | None:
-    """A short hash of what ``paths`` hold: every file (folders walked) by its path and size and its contents'
-    SHA-256, or, past ``HASHED_BYTES`` per file or ``HASHED_TOTAL`` in all, its mtime; None for no paths. An
-    edited data file changes it; a copied or touched one whose contents are hashed does not."""
-    import hashlib
-
-    h, any_path, budget = hashlib.sha256(), False, HASHED_TOTAL
-    for root in paths:
-        any_path = True
-        files = sorted(p for p in root.rglob("*") if p.is_file()) if root.is_dir() else [root]
-        for p in files:
-            st = p.stat()
-            h.update(f"{p}\0{st.st_size}\0".encode())
-            if st.st_size <= min(HASHED_BYTES, budget):
-                budget -= st.st_size
-                with open(p, "rb") as f:
-                    for block in iter(lambda: f.read(1 << 20), b""):
-                        h.update(block)
-            else:
-                h.update(f"mtime {st.st_mtime_ns}\0".encode())
-    return h.hexdigest()[:16] if any_path else None
-
-
-def write_jsonl_atomic(path: Path, records: Iterable[dict]) -> None:
-    with atomic_open(path) as f:
-        for r in records:
-            f.write(json.dumps(r, ensure_ascii=False) + "\n")
 
 
 def read_records(path: Path) -> list[dict]:
@@ -181,50 +94,3 @@ def check_jsonl(path: Path, required: tuple[str, ...]) -> int:
     if n == 0:
         raise DataError(f"{path}: no records")
     return n
-
-
-def write_hub_parquet(path: Path, rows: list[dict], features) -> None:
-    """``rows`` as a hub parquet file: the arrow table of a ``datasets.Dataset``, its features in the metadata."""
-    import datasets
-    import pyarrow.parquet as pq
-
-    path.parent.mkdir(parents=True, exist_ok=True)
-    pq.write_table(datasets.Dataset.from_list(rows, features=features).data.table, path)
-
-
-def write_hub_readme(path: Path, configs: dict[str, dict[str, str]], note: str) -> None:
-    """A hub dataset README whose YAML ``configs`` map each config's splits to file globs
-    (``{config: {split: "data/test-*"}}``): what ``datasets.load_dataset(folder, config)`` reads."""
-    lines = ["---", "configs:"]
-    for name, splits in configs.items():
-        lines += [f"- config_name: {name}", "  data_files:"]
-        lines += [f"  - split: {split}\n    path: \"{glob}\"" for split, glob in splits.items()]
-    with atomic_open(path) as f:
-        f.write("\n".join([*lines, "---", "", note, ""]))
-
-
-def local_dataset_kwargs(path: Path | str) -> dict:
-    """``load_dataset`` keywords for a local folder in a hub dataset's layout (nothing for a hub id): a cache of its
-    own, named by the folder's absolute path. The shared cache keys a folder with README ``configs`` by its name and
-    file patterns alone (datasets 5), so two copies named ``mmlu`` with different contents would both get the first
-    one read."""
-    import datasets
-
-    from rankmix.config import digest
-
-    if not Path(path).is_dir():
-        return {}
-    where = str(Path(path).resolve())
-    return {"cache_dir": str(Path(datasets.config.HF_DATASETS_CACHE) / "rankmix-local" / digest(where, 16))}
-
-
-
-def record_data_fingerprint(cfg) -> None:
-    """``cfg.data_fingerprint``: the contents of the data files the task reads (``fingerprint`` of ``data_paths``),
-    so an edited file makes the run's config hash, and so its result, out of date. Generated data: no key."""
-    from omegaconf import OmegaConf, open_dict
-
-    found = fingerprint(data_paths(OmegaConf.to_container(cfg.task.datamodule, resolve=True)))
-    if found is not None:
-        with open_dict(cfg):
-            cfg.data_fingerprint = found

@@ -22,9 +22,11 @@ import torch
 from torch.utils.data import DataLoader
 
 from rankmix.adapters.base import choice
+from rankmix.atomic import write_jsonl_atomic
 from rankmix.config import digest
 from rankmix.data import commonsense
-from rankmix.data.files import check_jsonl, data_paths, fingerprint, write_jsonl_atomic
+from rankmix.data.files import check_jsonl
+from rankmix.data.fingerprints import data_paths, fingerprint
 from rankmix.data.loading import seeded_loader
 from rankmix.data.sources import build_splits
 from rankmix.errors import ConfigError, DataError

@@ -147,7 +147,7 @@ def write_vl_benchmarks(root: Path, scenes_file: Path, images_dir: Path, seed: i
     ``decoded_image`` and ``metadata`` struct."""
     from datasets import Features, Image, Sequence, Value
 
-    from rankmix.data.files import write_hub_parquet, write_hub_readme
+    from rankmix.data.hub_files import write_hub_parquet, write_hub_readme
 
     root = Path(root)
     folders = {"mmbench_en": root / "MMBench", "mmbench_cn": root / "MMBench", "seedbench": root / "SEED-Bench",

@@ -20,7 +20,8 @@ from __future__ import annotations
 from collections.abc import Mapping
 from pathlib import Path
 
-from rankmix.data.files import check_fields, local_dataset_kwargs, read_records
+from rankmix.data.files import check_fields, read_records
+from rankmix.data.hub_files import local_dataset_kwargs
 from rankmix.errors import ConfigError, DataError, first_line
 
 # record format -> (instruction field, input field or None, response field)

@@ -22,7 +22,8 @@ import json
 import random
 from pathlib import Path
 
-from rankmix.data.files import atomic_open, write_hub_parquet, write_hub_readme
+from rankmix.atomic import atomic_open
+from rankmix.data.hub_files import write_hub_parquet, write_hub_readme
 
 LAW_SUBJECTS = ("professional_law", "jurisprudence")
 MEDICAL_SUBJECTS = ("clinical_knowledge", "college_medicine")

@@ -20,7 +20,7 @@ import io
 import sys
 from pathlib import Path
 
-from rankmix.data.files import atomic_open
+from rankmix.atomic import atomic_open
 from rankmix.figures import moslora, routing, smola, smora  # noqa: F401  (each registers its figures)
 from rankmix.figures.core import (
     FIGURES,

@@ -22,7 +22,7 @@ import torch
 
 from rankmix.backbones import STANDIN_DIR
 from rankmix.config import digest
-from rankmix.rehearsal.standins import (
+from rankmix.rehearsal.standin_basics import (
     LAYERS,
     SEED,
     WIDTH_DIVISOR,

@@ -14,16 +14,14 @@
     trained part at full width with the row's method, precision and checkpointing, × the row's micro batch ×
     cutoff, × depth; with checkpointing, depth × what a checkpointed layer keeps plus one layer's recompute peak;
   - logits: micro batch × cutoff × vocabulary × 8 bytes (fp32 for the loss, and its gradient).
-- ``python -m rankmix.rehearsal.projection --report results/rehearse/<device>.md``: the projection of every row of
-  that report recomputed from the rows' paper configs, the rehearsal's own columns kept (``main``).
+- ``python -m rankmix.rehearsal --reproject results/rehearse/<device>.md`` (``rankmix.rehearsal.run.reproject``):
+  the projection of every row of that report recomputed from the rows' paper configs, the rehearsal's own columns
+  kept.
 """
 
 from __future__ import annotations
 
-import argparse
-import re
 import sys
-from pathlib import Path
 
 import torch
 
@@ -208,39 +206,11 @@ def fmt_fits(p: dict) -> str:
     return ", ".join(str(c) for c in p["fits"]) or "none"
 
 
-def reproject(report: Path, tables: list[str] | None = None) -> Path:
-    """Recompute the projection of the rows of the rehearsal ``report`` (its ``.json`` beside it; ``tables``: only
-    theirs) from each row's paper config, keeping the rehearsal's own columns and its date. Both files are
-    rewritten after each row, so an interrupted run keeps what it measured."""
-    import json
-
-    from rankmix.rehearsal import run as rr
-
-    header = report.read_text().split("\n", 3)[2]
-    when = re.search(r"`make rehearse` at (.+?) UTC", header)
-    length = re.search(r"the length \(`([^`]*)`\)", header)
-    width = "full" if report.stem.endswith("-full") else "reduced"
-    rows = [rr.Row(**r) for r in json.loads(report.with_suffix(".json").read_text())]
-    chosen = [r for r in rows if not tables or r.table in tables]
-    for i, row in enumerate(chosen, 1):
-        print(f"rankmix: project [{i}/{len(chosen)}] {row.table} {row.experiment}", flush=True)
-        config = rr.compose_paper(row)
-        row.result["projection"] = project(config, rr.pretrained_parts(config["backbone"]))
-        row.result["settings"] = {**row.result.get("settings", {}), **rr.settings(config)}
-        rows = rr.merged(rows, report.with_suffix(".json"))
-        report.write_text(rr.report(rows, width, length.group(1).split() if length else [],
-                                    when=when.group(1) if when else None))
-    return report
-
-
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m rankmix.rehearsal.projection", description=__doc__.split("\n")[0])
-    ap.add_argument("--report", type=Path, required=True,
-                    help="a rehearsal report (results/rehearse/<device>.md) whose projections to recompute")
-    ap.add_argument("--tables", nargs="*", help="only these tables' rows (default: every row of the report)")
-    a = ap.parse_args(argv)
-    print(f"rankmix: report: {reproject(a.report, a.tables)}")
-    return 0
+    """The recomputation of a report's projections moved to the rehearsal's own command."""
+    print("rankmix: error: `python -m rankmix.rehearsal.projection --report R [--tables ...]` is now "
+          "`python -m rankmix.rehearsal --reproject R [--tables ...]`", file=sys.stderr)
+    return 2
 
 
 if __name__ == "__main__":

@@ -31,7 +31,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from rankmix.locations import CONF_DIR, SOURCE, results_root, work_root
+from rankmix.locations import SOURCE, results_root, work_root
 
 INSTRUCTION_TASKS = ("flan", "commonsense", "generated")   # InstructionDataModule: an example limit of its own
 BENCHMARKS = {"multidomain": ("mmlu", "gsm8k", "humaneval"), "codealpaca": ("ds1000",),  # scored after training
@@ -85,25 +85,21 @@ def family_of(table: str, task: str) -> str:
 def all_rows(tables: list[str] | None = None) -> list[Row]:
     """Every row of the chosen tables (all by default), composed at ``scale=paper`` to read its family,
     method and backbone."""
-    from hydra import compose, initialize_config_dir
-
-    from rankmix.config import register_resolvers
+    from rankmix.config import compose_config
     from rankmix.table_rows import all_tables, row_overrides
 
-    register_resolvers()
     known = all_tables()
     unknown = sorted(set(tables or []) - set(known))
     if unknown:
         raise SystemExit(f"rankmix: error: unknown table(s) {', '.join(unknown)}; known: {', '.join(known)}")
     out = []
-    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
-        for table, experiments in known.items():
-            if tables and table not in tables:
-                continue
-            for exp in experiments:
-                cfg = compose("train", overrides=[*row_overrides(table, exp), "scale=paper"])
-                out.append(Row(table, exp, family_of(table, cfg.task.name), cfg.method.name, cfg.backbone.name,
-                               cfg.task.name))
+    for table, experiments in known.items():
+        if tables and table not in tables:
+            continue
+        for exp in experiments:
+            cfg = compose_config([*row_overrides(table, exp), "scale=paper"], validated=False)
+            out.append(Row(table, exp, family_of(table, cfg.task.name), cfg.method.name, cfg.backbone.name,
+                           cfg.task.name))
     return out
 
 
@@ -195,8 +191,7 @@ def written_data(task: str, composed: dict, root: Path) -> dict[str, str]:
 
 def run_row(row: Row, overrides: list[str], work: Path, timeout: int) -> dict:
     """Run one row as its table's multirun would, in its own results folder; what it left there."""
-    from rankmix.table_rows import row_overrides
-    from rankmix.tables import multirun_overrides
+    from rankmix.table_rows import multirun_overrides, row_overrides
 
     results, runs = work / "results", work / "runs"
     cmd = [sys.executable, "-m", "rankmix.train", "-m", *row_overrides(row.table, row.experiment), "scale=paper",
@@ -336,10 +331,10 @@ def _per_step(run: dict) -> str:
 
 def report(rows: list[Row], width: str, length: list[str], when: str | None = None) -> str:
     """The rehearsal's report; ``when``: the rehearsal's date (default now), given where only the projections
-    are recomputed (``rankmix.rehearsal.projection --report``)."""
+    are recomputed (``python -m rankmix.rehearsal --reproject``)."""
     from rankmix.rehearsal.memory_report import memory_sections
     from rankmix.rehearsal.projection import fmt_count, fmt_fits, fmt_gib
-    from rankmix.rehearsal.standins import LAYERS, WIDTH_DIVISOR
+    from rankmix.rehearsal.standin_basics import LAYERS, WIDTH_DIVISOR
 
     passed = sum(r.result.get("status") == "pass" for r in rows)
     shape = "real widths" if width == "full" else f"widths ÷ {WIDTH_DIVISOR}"
@@ -385,6 +380,29 @@ def report(rows: list[Row], width: str, length: list[str], when: str | None = No
     return "\n".join(lines) + "\n"
 
 
+def reproject(path: Path, tables: list[str] | None = None) -> Path:
+    """Recompute the projection of the rows of the rehearsal report ``path`` (its ``.json`` beside it; ``tables``: only
+    theirs) from each row's paper config, keeping the rehearsal's own columns and its date. Both files are
+    rewritten after each row, so an interrupted run keeps what it measured."""
+    from rankmix.rehearsal.projection import project
+
+    header = path.read_text().split("\n", 3)[2]
+    when = re.search(r"`make rehearse` at (.+?) UTC", header)
+    length = re.search(r"the length \(`([^`]*)`\)", header)
+    width = "full" if path.stem.endswith("-full") else "reduced"
+    rows = [Row(**r) for r in json.loads(path.with_suffix(".json").read_text())]
+    chosen = [r for r in rows if not tables or r.table in tables]
+    for i, row in enumerate(chosen, 1):
+        print(f"rankmix: project [{i}/{len(chosen)}] {row.table} {row.experiment}", flush=True)
+        config = compose_paper(row)
+        row.result["projection"] = project(config, pretrained_parts(config["backbone"]))
+        row.result["settings"] = {**row.result.get("settings", {}), **settings(config)}
+        rows = merged(rows, path.with_suffix(".json"))
+        path.write_text(report(rows, width, length.group(1).split() if length else [],
+                               when=when.group(1) if when else None))
+    return path
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="rankmix-rehearse", description=__doc__.split("\n")[0])
     ap.add_argument("--rows", choices=["all", "one", "family"], default="all")
@@ -402,7 +420,13 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--batches", type=int, help="training batches per epoch (default: as many as the steps need)")
     ap.add_argument("--override", action="append", default=[], metavar="KEY=VALUE",
                     help="a Hydra override added to every row's command (make gpu-check: its step-cost callback)")
+    ap.add_argument("--reproject", type=Path, metavar="REPORT",
+                    help="run nothing: recompute the projections of a report (results/rehearse/<device>.md) from "
+                         "its rows' paper configs (with --tables: only theirs)")
     a = ap.parse_args(argv)
+    if a.reproject:
+        print(f"rankmix: report: {reproject(a.reproject, a.tables)}")
+        return 0
     own = dict(kv.split("=", 1) for kv in a.set)
     rows = select(all_rows(a.tables), a.rows)
     out = a.out or results_root() / "rehearse" / f"{device_name()}{'' if a.width == 'reduced' else '-full'}.md"

@@ -1,0 +1,45 @@
+"""Atomic writes: a file appears whole or not at all (a temporary file in the same folder, renamed over the
+target), with the umask's mode; what a killed writer left is found by ``stale_temporaries``."""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def stale_temporaries(path: Path) -> list[Path]:
+    """The temporary files ``atomic_open`` left beside ``path`` when a writer was killed."""
+    return sorted(Path(path).parent.glob(f".{Path(path).name}.*.tmp"))
+
+
+@contextmanager
+def atomic_open(path: Path) -> Iterator:
+    """A text file that appears at ``path`` only once fully written (temporary file + ``os.replace``), with the
+    mode a plain ``open`` gives (0666 less the umask)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.chmod(tmp, 0o666 & ~_umask())
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            yield f
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def write_jsonl_atomic(path: Path, records: Iterable[dict]) -> None:
+    with atomic_open(path) as f:
+        for r in records:
+            f.write(json.dumps(r, ensure_ascii=False) + "\n")
