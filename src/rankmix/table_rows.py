@@ -47,7 +47,7 @@ def table_spec(table_id: str, conf_dir: Path = CONF_DIR) -> dict:
 def sweep_spec(table_id: str, conf_dir: Path = CONF_DIR) -> dict | None:
     """The table's ``rows:`` block (checked), or None for a table of experiment rows."""
     path = spec_path(table_id, conf_dir)
-    rows = (table_spec(table_id, conf_dir) or {}).get("rows") if path else None
+    rows = OmegaConf.to_container(OmegaConf.load(path), resolve=False).get("rows") if path else None
     if rows is None:
         return None
     where = f"{path}: rows"
@@ -81,12 +81,18 @@ def base_overrides(table_id: str, rows: dict, conf_dir: Path = CONF_DIR) -> list
     return out + [str(o) for o in rows.get("set") or []]
 
 
+def experiment_rows(table_id: str, conf_dir: Path = CONF_DIR) -> list[str]:
+    """The experiment rows of table ``<paper>-<table>``: ``conf/experiment/<paper>/<table>/*.yaml``, by name."""
+    paper, _, table = table_id.partition("-")
+    return sorted(f"{paper}/{table}/{y.stem}" for y in (Path(conf_dir) / "experiment" / paper / table).glob("*.yaml"))
+
+
 def all_tables(conf_dir: Path = CONF_DIR) -> dict[str, list[str]]:
     """``{table id: [row, ...]}``: experiment rows by their experiment name (``smora/1/lora_64``), sweep rows by
     their run's name (``method.k=2``)."""
     out = {}
     for d in sorted((Path(conf_dir) / "experiment").glob("*/*/")):
-        rows = sorted(f"{d.parent.name}/{d.name}/{y.stem}" for y in d.glob("*.yaml"))
+        rows = experiment_rows(f"{d.parent.name}-{d.name}", conf_dir)
         if rows:
             out[f"{d.parent.name}-{d.name}"] = rows
     for path in sorted((Path(conf_dir) / "table").glob("*.yaml")):
@@ -129,7 +135,7 @@ def key_overrides(table_id: str, key: str, conf_dir: Path = CONF_DIR) -> list[st
     head, *rest = key.split(",")
     rows = sweep_spec(table_id, conf_dir)
     if rows is None:
-        full = {r.rsplit("/", 1)[-1]: r for r in all_tables(conf_dir).get(table_id, [])}
+        full = {r.rsplit("/", 1)[-1]: r for r in experiment_rows(table_id, conf_dir)}   # this table's folder only
         return [f"experiment={full[head]}", *rest] if head in full else None
     items = key.split(",")
     if rows.get("experiment"):

@@ -39,11 +39,11 @@ def scorer_function(name: str):
     """``task.scorer``: a built-in scorer, or the ``score`` of the benchmark folder ``rankmix/tasks/<name>/``."""
     from rankmix import tasks
 
-    if name in SCORERS:
+    if name in SCORERS:   # a built-in scorer is found without importing any benchmark folder
         return SCORERS[name]
-    if name in tasks.names() and hasattr(tasks.get(name), "score"):
-        return tasks.get(name).score
-    return SCORERS[choice("task.scorer", name, (*SCORERS, *(n for n in tasks.names() if hasattr(tasks.get(n), "score"))))]
+    own = {n: getattr(tasks.get(n), "score", None) for n in tasks.names()}
+    scorers = {n: f for n, f in own.items() if f is not None}
+    return scorers[choice("task.scorer", name, (*SCORERS, *scorers))]
 
 
 class CausalLMModule(AdapterModule):
