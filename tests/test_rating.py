@@ -115,7 +115,9 @@ def test_one_rating_round_in_a_headless_chromium(tmp_path):
             page.goto(url)
             for n in range(1, 7):
                 page.wait_for_function(f"document.getElementById('progress').textContent.startsWith('Question {n} ')")
-                assert page.locator("#left").evaluate("img => img.complete && img.naturalWidth") == 8
+                for side in ("#left", "#right"):  # the question shows only once both images are on screen
+                    assert page.locator(side).evaluate("img => img.complete && img.naturalWidth") == 8
+                assert page.locator("#vote-tie").is_enabled()
                 question = page.locator("#question").text_content()
                 criterion = "subject similarity" if "subject" in question else "prompt consistency"
                 page.click(f"#vote-{clicks[criterion]}")

@@ -134,9 +134,9 @@ padding:.5em 1em}#done{display:none}</style></head><body>
 <div class="pair"><figure><img id="left" alt="left image"><figcaption>Left</figcaption></figure>
 <figure><img id="right" alt="right image"><figcaption>Right</figcaption></figure></div>
 <p id="question"></p>
-<button id="vote-left" onclick="vote('left')">Left is better</button>
-<button id="vote-tie" onclick="vote('tie')">Tie</button>
-<button id="vote-right" onclick="vote('right')">Right is better</button></div>
+<button id="vote-left" disabled onclick="vote('left')">Left is better</button>
+<button id="vote-tie" disabled onclick="vote('tie')">Tie</button>
+<button id="vote-right" disabled onclick="vote('right')">Right is better</button></div>
 <p id="done">All pairs rated. Thank you.</p>
 <script>
 let current = null;
@@ -145,15 +145,23 @@ async function next() {
   if (current.done) { document.getElementById('task').style.display = 'none';
     document.getElementById('done').style.display = 'block'; document.getElementById('progress').textContent = '';
     return; }
-  document.getElementById('progress').textContent = `Question ${current.number} of ${current.total}`;
   document.getElementById('prompt').textContent = current.prompt;
   document.getElementById('question').textContent = current.question;
-  document.getElementById('left').src = `/image?pair=${current.pair}&side=left`;
-  document.getElementById('right').src = `/image?pair=${current.pair}&side=right`;
+  const left = document.getElementById('left'), right = document.getElementById('right');
+  left.src = `/image?pair=${current.pair}&side=left`;
+  right.src = `/image?pair=${current.pair}&side=right`;
   document.getElementById('refs').innerHTML = current.references.map(
     (_, i) => `<img src="/reference?i=${i}" alt="reference ${i}">`).join('');
+  // no vote before both images of the pair are on screen
+  await Promise.all([left.decode(), right.decode()]).catch(() => {});
+  document.getElementById('progress').textContent = `Question ${current.number} of ${current.total}`;
+  setVoting(true);
+}
+function setVoting(on) {
+  for (const b of document.querySelectorAll('button[id^="vote-"]')) b.disabled = !on;
 }
 async function vote(choice) {
+  setVoting(false);
   await fetch('/vote', {method: 'POST', headers: {'Content-Type': 'application/json'},
     body: JSON.stringify({pair: current.pair, criterion: current.criterion, choice: choice})});
   next();
