@@ -59,3 +59,23 @@ def test_the_package_has_no_import_cycles_and_nothing_imports_the_entry():
     cycles = [(m, t) for m, ts in graph.items() for t in ts if not t.startswith(m + ".") and reaches(t, m)
               and not m.startswith(t + ".")]
     assert not cycles, cycles
+
+
+def test_a_runs_config_goes_down_from_the_entry_and_comes_back_at_most_twice(tmp_path):
+    """Following ``cfg`` from ``train(cfg)`` through the functions that receive it, during a whole tiny run: the entry
+    hands it down twice (the checks, then the run) and is not re-entered otherwise."""
+    import json
+    import os
+    import subprocess
+    import sys
+
+    from conftest import OFFLINE_ENV, fast, path_overrides
+
+    proc = subprocess.run([sys.executable, str(REPO / "tests" / "config_trace.py"), *path_overrides(tmp_path),
+                           *fast(trainer__max_epochs=1)], cwd=REPO, capture_output=True, text=True, timeout=600,
+                          env={**os.environ, **OFFLINE_ENV})
+    line = next(x for x in proc.stdout.splitlines() if x.startswith("CONFIG_TRACE "))
+    sequence = json.loads(line.split(" ", 1)[1])
+    assert "rankmix: result:" in proc.stdout, proc.stderr[-2000:]  # the whole run was followed, to its result
+    assert {"rankmix.run_checks", "rankmix.execution", "rankmix.fit", "rankmix.records"} <= set(sequence)
+    assert sequence[0] == "rankmix.train" and sequence[1:].count("rankmix.train") <= 2, sequence

@@ -9,8 +9,6 @@ import sys
 from datetime import UTC, datetime
 from pathlib import Path
 
-from hydra.core.hydra_config import HydraConfig
-from hydra.types import RunMode
 from omegaconf import DictConfig
 
 from rankmix.config import check_table_id
@@ -38,23 +36,26 @@ def failure_path(path: Path) -> Path:
     return path.parent.parent / "failed" / path.name
 
 
-def record_failure(path, key, cfg, chash, started, message) -> None:
-    """A failed run leaves a ``status: failed`` JSON in ``failed/`` (listed under its table, never a row), so a
-    finished result is never replaced by a failure; ``path`` None (a config refused before training, not a run)
-    leaves none. In a sweep either is counted for the sweep's exit code."""
-    if path is not None:
+def record_failure(cfg: DictConfig, run, message: str) -> None:
+    """A failed run (a ``rankmix.run_checks.RunState``) that had started training leaves a ``status: failed`` JSON in
+    ``failed/`` (listed under its table, never a row), so a finished result is never replaced by a failure, and its
+    table is rebuilt; a config refused before training is not a run and leaves none. In a sweep either is counted
+    for the sweep's exit code."""
+    if run.trained and run.path is not None:
         failure = {"status": "failed", "error": message,
-                   "run": {"key": key, "table": cfg.table.id, "scale": cfg.get("scale"), "config_hash": chash,
-                           "started_at": started, "finished_at": now()}}
+                   "run": {"key": run.key, "table": cfg.table.id, "scale": cfg.get("scale"), "config_hash": run.chash,
+                           "started_at": run.started, "finished_at": now()}}
         try:
-            write_json_atomic(failure_path(path), failure)
+            write_json_atomic(failure_path(run.path), failure)
         except OSError as e:
-            print(f"rankmix: error: cannot record the failure in {failure_path(path)} ({e.strerror})",
+            print(f"rankmix: error: cannot record the failure in {failure_path(run.path)} ({e.strerror})",
                   file=sys.stderr)
+    if run.trained:
+        rebuild_table(cfg)
     sweep_failures = os.environ.get(SWEEP_FAILURES)
-    if sweep_failures and HydraConfig.get().mode == RunMode.MULTIRUN:
+    if sweep_failures and run.multirun:
         with open(sweep_failures, "a") as f:
-            f.write(f"{key}\t{message.splitlines()[0] if message else ''}\n")
+            f.write(f"{run.key}\t{message.splitlines()[0] if message else ''}\n")
 
 
 def rebuild_table(cfg: DictConfig) -> None:
