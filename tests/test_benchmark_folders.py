@@ -3,12 +3,16 @@ task yaml: found by name, its tiny data read by its own reader, its files in the
 written for the rehearsal, and a tiny run that trains and scores with it, without editing anything else."""
 
 import json
+import os
+import shutil
+import subprocess
+import sys
 import textwrap
 
 import pytest
 
 import rankmix.tasks
-from conftest import REPO, run_train
+from conftest import OFFLINE_ENV, REPO, run_train
 from rankmix.data.fingerprints import data_paths, fingerprint
 from rankmix.data.sources import build_splits
 from rankmix.errors import ConfigError
@@ -117,3 +121,33 @@ def test_a_tiny_run_trains_and_scores_with_the_folder_and_one_yaml(folder, tmp_p
     result = r.result()
     assert "test/accuracy" in result["metrics"] and result["config"]["task"]["datamodule"]["source"]["kind"] == "toyqa"
     assert (REPO / "src" / "rankmix" / "tasks" / "toyqa").exists() is False
+
+
+TABLE_YAML = """id: toy
+title: "toyqa: LoRA on LLaMA-2 7B"
+rows:
+  set: [task=toyqa, backbone=llama2_7b, method=lora]
+  sweep: {method.r: [8]}
+"""
+
+
+@pytest.mark.slow
+def test_a_newcomers_benchmark_and_its_table_rehearse_at_paper_scale_with_nothing_else_edited(tmp_path):
+    """In a copy of the checkout: the folder, its task yaml and a table yaml added, nothing else; ``make rehearse``
+    of that table runs its row at ``scale=paper`` on the LLaMA-2 7B stand-in with data its ``write`` made."""
+    copy = tmp_path / "checkout"
+    for part in ("src", "conf", "kernels"):
+        shutil.copytree(REPO / part, copy / part, symlinks=True, ignore=shutil.ignore_patterns("__pycache__", "local"))
+    (copy / "src" / "rankmix" / "tasks" / "toyqa").mkdir()
+    (copy / "src" / "rankmix" / "tasks" / "toyqa" / "__init__.py").write_text(textwrap.dedent(BENCHMARK))
+    (copy / "conf" / "task" / "toyqa.yaml").write_text(TASK_YAML)
+    (copy / "conf" / "table" / "toy.yaml").write_text(TABLE_YAML)
+    report = tmp_path / "rehearse.md"
+    proc = subprocess.run([sys.executable, "-m", "rankmix.rehearsal", "--tables", "toy", "--out", str(report)],
+                          cwd=copy, capture_output=True, text=True, timeout=900,
+                          env={**os.environ, **OFFLINE_ENV, "PYTHONPATH": str(copy / "src")})
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+    text = report.read_text()
+    assert "1/1 rows pass" in text.splitlines()[0]
+    (row,) = [line for line in text.splitlines() if line.startswith("| toy | method.r=8 | toyqa | pass |")]
+    assert "`{inputs} =`" in row and "| 6.76B |" in row   # its prompt, and the real 7B's projected size
