@@ -87,3 +87,15 @@ def test_the_shipped_sweep_table_composes_its_rows():
     assert sweep_spec("smora-1") is None and row_overrides("smora-1", "smora/1/lora_64") == ["experiment=smora/1/lora_64"]
     c = OmegaConf.to_container(compose_run(row_overrides("rankmix-smora-k", "method.k=8")), resolve=True)
     assert (c["method"]["name"], c["method"]["r"], c["method"]["k"], c["table"]["id"]) == ("smora", 16, 8, "rankmix-smora-k")
+
+
+def test_a_table_has_one_name_its_yaml_is_its_id_and_the_old_form_is_refused_in_one_line():
+    import subprocess
+    import sys
+
+    for path in (REPO / "conf" / "table").glob("*.yaml"):
+        assert OmegaConf.load(path).id == path.stem, path
+    r = subprocess.run([sys.executable, "-m", "rankmix.train", "table=smora_1", "--cfg", "job"], cwd=REPO,
+                       capture_output=True, text=True, timeout=120)
+    assert r.returncode == 2 and r.stderr.strip().splitlines() == [
+        "rankmix: error: table=smora_1 is now table=smora-1: a table's yaml is named by its id (conf/table/<id>.yaml)"]

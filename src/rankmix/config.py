@@ -173,6 +173,17 @@ def validate(cfg: DictConfig) -> None:
            cfg.trainer.max_epochs, "must be a non-negative integer")
 
 
+def renamed_override(arguments: list[str]) -> str | None:
+    """One line naming the current form of a command-line override whose old form is gone, else None: a table's
+    yaml is named by its id (``table=smora_1`` is now ``table=smora-1``)."""
+    for argument in arguments:
+        key, equals, value = argument.partition("=")
+        new = value.replace("_", "-")
+        if equals and key.lstrip("+~") == "table" and new != value and (CONF_DIR / "table" / f"{new}.yaml").is_file():
+            return f"{argument} is now {key}={new}: a table's yaml is named by its id (conf/table/<id>.yaml)"
+    return None
+
+
 def check_trainer_keys(cfg: DictConfig) -> None:
     """Every ``trainer.*`` key is an argument of Lightning's ``Trainer`` (a typo such as ``++trainer.max_stepz``
     is refused in one line, with the nearest argument, instead of failing inside Lightning)."""

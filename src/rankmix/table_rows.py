@@ -1,7 +1,7 @@
 """Which tables exist, which rows each has, and the Hydra overrides that compose a row.
 
 A table ``<id>`` is ``make reproduce-table-<id>``; its runs and ``table.md`` live in ``results/<id>/`` and its spec
-(title, paper CSV, cells) in ``conf/table/``, as ``<id>.yaml`` or, for the papers' tables, ``<id with _>.yaml``.
+(title, paper CSV, cells) in ``conf/table/<id>.yaml``: one name for the table, its make target and its yaml.
 Its rows come in one of two forms:
 
 - **Experiment rows**: one Hydra experiment file per row, ``conf/experiment/<paper>/<table>/<row>.yaml``, for rows
@@ -30,12 +30,9 @@ ROW_KEYS = ("experiment", "set", "sweep")
 
 
 def spec_path(table_id: str, conf_dir: Path = CONF_DIR) -> Path | None:
-    """The table's yaml: ``conf/table/<id>.yaml``, else ``conf/table/<id with _>.yaml``; None if it has none."""
-    for stem in dict.fromkeys((table_id, table_id.replace("-", "_"))):
-        path = Path(conf_dir) / "table" / f"{stem}.yaml"
-        if path.is_file():
-            return path
-    return None
+    """The table's yaml, ``conf/table/<id>.yaml``; None if it has none."""
+    path = Path(conf_dir) / "table" / f"{table_id}.yaml"
+    return path if path.is_file() else None
 
 
 def table_spec(table_id: str, conf_dir: Path = CONF_DIR) -> dict:

@@ -17,7 +17,7 @@ import hydra
 from omegaconf import DictConfig
 
 from rankmix import locations
-from rankmix.config import register_resolvers
+from rankmix.config import register_resolvers, renamed_override
 from rankmix.errors import RankmixError
 from rankmix.execution import execute
 from rankmix.fit import release_memory
@@ -60,8 +60,17 @@ def train(cfg: DictConfig) -> float | None:
 
 
 @hydra.main(version_base="1.3", config_path=CONF_DIR, config_name="train")
-def main(cfg: DictConfig) -> float | None:
+def _composed(cfg: DictConfig) -> float | None:
     return train(cfg)
+
+
+def main() -> float | None:
+    """``python -m rankmix.train``: an override of a renamed form is refused in one line; Hydra composes the rest."""
+    renamed = renamed_override(sys.argv[1:])
+    if renamed:
+        print(f"rankmix: error: {renamed}", file=sys.stderr)
+        sys.exit(2)
+    return _composed()
 
 
 if __name__ == "__main__":
