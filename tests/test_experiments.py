@@ -83,8 +83,8 @@ def test_smora_full_tables_read_the_scorers_task_keys():
 
     test = [{**r, "task": base_task(r["task"])} for r in load_test(REPO / "tests" / "fixtures" / "flan" / "combined_test.json")]
     written = {f"test/{k}" for k in score_flan([{**r, "prediction": r["targets"]} for r in test])}
-    for row in ("smora/5/lora_16", "smora/6/smora_64_8"):
-        cells = _resolved(row, "paper")["table"]["cells"]
+    for table, row in (("smora-5", "smora/5/lora_16"), ("smora-6", "smora/1/smora_64_8")):
+        cells = _resolved(row, "paper", table)["table"]["cells"]
         assert len(cells) == 56
         keys = {c["metric"] for c in cells}
         fixture_tasks = {r["task"] for r in test}

@@ -10,13 +10,16 @@ from omegaconf import OmegaConf
 from conftest import REPO
 from rankmix.config import compose_run
 from rankmix.errors import ConfigError
-from rankmix.table_rows import all_tables, multirun_overrides, row_overrides
+from rankmix.table_rows import all_tables, multirun_overrides, row_name, row_overrides
 from rankmix.tables import show_row
 
 
 @cache
 def row(name: str, scale: str = "paper", *extra: str) -> dict:
-    return OmegaConf.to_container(compose_run([f"experiment={name}", f"scale={scale}", *extra]), resolve=True)
+    """Row ``<paper>/<table>/<row>`` of table ``<paper>-<table>``, its own experiment file or a row it reuses."""
+    paper, table, short = name.split("/")
+    overrides = row_overrides(f"{paper}-{table}", row_name(f"{paper}-{table}", short))
+    return OmegaConf.to_container(compose_run([*overrides, f"scale={scale}", *extra]), resolve=True)
 
 
 # -- SMoRA (official config_flan/llama2_{7b,13b}/*.yaml, trained with LLaMA-Factory) ---------------------------

@@ -68,6 +68,55 @@ def test_a_sweep_from_a_starting_row_names_its_runs_after_it(conf):
     assert key_overrides("my-k", "lora_64,method.k=2", conf) is None   # not a row of this table
 
 
+REUSE = """id: my-13b
+title: "Two of Tab. 1's rows on Llama-2-13b"
+rows:
+  reuse: smora-1
+  only: [lora_64, hydralora]
+  set: [backbone=llama2_13b]
+"""
+
+
+def test_a_new_table_of_another_tables_rows_is_one_yaml_and_its_runs_keep_their_names(conf):
+    from rankmix.config import computation_hash
+
+    (conf / "table" / "my-13b.yaml").write_text(REUSE)
+    (conf / "table" / "my-copy.yaml").write_text("id: my-copy\nrows: {reuse: smora-1, only: [lora_64]}\n")
+    rows = all_tables(conf)["my-13b"]
+    assert rows == ["smora/1/hydralora", "smora/1/lora_64"]
+    register_resolvers()
+    cmd = reproduce_command("my-13b", [], conf)
+    assert cmd[3] == "experiment=smora/1/hydralora,smora/1/lora_64" and "backbone=llama2_13b" in cmd
+    with initialize_config_dir(config_dir=str(conf), version_base="1.3"):
+        for row in rows:   # each job of the table's multirun is named as the row
+            job = compose("train", overrides=[f"experiment={row}", *cmd[4:]], return_hydra_config=True)
+            assert run_key(job.hydra.job.override_dirname) == row.rsplit("/", 1)[-1]
+    for row in rows:
+        cfg = compose_run([*row_overrides("my-13b", row, conf), "scale=paper"], conf_dir=str(conf))
+        assert (cfg.table.id, cfg.backbone.name_or_path) == ("my-13b", "meta-llama/Llama-2-13b-hf")
+        assert "rows" not in cfg.table   # how a table is made is not part of its runs
+    own = OmegaConf.to_container(compose_run(["experiment=smora/1/lora_64"], conf_dir=str(conf)), resolve=True)
+    copy = compose_run(row_overrides("my-copy", "smora/1/lora_64", conf), conf_dir=str(conf))
+    assert copy.table.id == "my-copy"
+    assert computation_hash(OmegaConf.to_container(copy, resolve=True)) == computation_hash(own)  # reused, not trained
+    assert key_overrides("my-copy", "lora_64,seed=1", conf)[-1] == "seed=1" and key_overrides("my-copy", "lora_8", conf) is None
+
+
+@pytest.mark.parametrize(("text", "problem"), [
+    ("id: bad\nrows: {reuse: nope}\n", "no such table"),
+    ("id: bad\nrows: {reuse: smora-1, only: [lora_65]}\n", r"not rows of smora-1"),
+    ("id: bad\nrows: {reuse: rankmix-smora-k}\n", "sweep table"),
+    ("id: bad\nrows: {reuse: smora-1, sweep: {method.r: [4]}}\n", "not both"),
+    ("id: bad\nrows: {reuse: bad2}\n", "in a circle"),
+])
+def test_a_bad_reuse_is_refused_naming_the_file(conf, text, problem):
+    (conf / "table" / "bad.yaml").write_text(text)
+    (conf / "table" / "bad2.yaml").write_text("id: bad2\nrows: {reuse: bad}\n")
+    with pytest.raises(RankmixError, match=problem) as e:
+        all_tables(conf)
+    assert "bad" in str(e.value) and ".yaml" in str(e.value)
+
+
 @pytest.mark.parametrize(("text", "problem"), [
     ("id: bad\nrows: {sweep: {}}\n", "non-empty 'sweep'"),
     ("id: bad\nrows: {sweep: {method.r: 4}}\n", "non-empty list"),

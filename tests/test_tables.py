@@ -241,4 +241,4 @@ def test_a_result_of_an_older_format_is_neither_up_to_date_nor_reused(tmp_path):
         write_json_atomic(path, {"status": "ok", "run": {"key": "r4", "config_hash": chash, "format": fmt},
                                  "config": config})
         assert is_up_to_date(path, chash) is expected
-        assert (same_computation(tmp_path / f"f{fmt}", config, exclude=tmp_path / "other.json") == path) is expected
+        assert (same_computation(tmp_path / f"f{fmt}", config, own=tmp_path / "other.json") == path) is expected

@@ -10,6 +10,7 @@ import time
 
 import pytest
 import torch
+from omegaconf import OmegaConf
 
 from conftest import FAST, OFFLINE_ENV, REPO, fast, run_train, train_cmd
 
@@ -89,6 +90,16 @@ def test_a_run_listed_in_two_tables_is_trained_once(tmp_path):
     changed = run_train(tmp_path, *FAST, "table.id=third", "method.r=4")  # another computation: trained
     assert changed.returncode == 0 and "same computation" not in changed.stdout
     assert "reused_from" not in changed.result("third")["run"]
+    c = changed.result("third")
+    # a label edited (as in the table's yaml): the run keeps its name and file, and is not trained again
+    excluded = OmegaConf.load(REPO / "conf" / "train.yaml").hydra.job.config.override_dirname.exclude_keys
+    relabelled = run_train(tmp_path, *FAST, "table.id=third", "method.r=4", "table.title=Renamed",
+                           f"hydra.job.config.override_dirname.exclude_keys=[{','.join([*excluded, 'table.title'])}]")
+    assert relabelled.returncode == 0 and "only its labels changed" in relabelled.stdout, relabelled.stdout
+    d = relabelled.result("third")
+    assert d["metrics"] == c["metrics"] and d["run"]["started_at"] == c["run"]["started_at"]
+    assert d["config"]["table"]["title"] == "Renamed" and d["run"]["config_hash"] != c["run"]["config_hash"]
+    assert "reused_from" not in d["run"]
 
 
 def test_multirun_over_ranks(tmp_path):

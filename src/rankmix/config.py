@@ -173,6 +173,14 @@ def validate(cfg: DictConfig) -> None:
            cfg.trainer.max_epochs, "must be a non-negative integer")
 
 
+def drop_table_rows(cfg: DictConfig) -> None:
+    """Remove ``table.rows``: it says how a table is made (``rankmix.table_rows``), not how a run computes, so it is
+    not part of a run's config or hash, and adding a row to a table leaves its other runs current."""
+    if "rows" in cfg.get("table", {}):
+        with open_dict(cfg):
+            cfg.table.pop("rows")
+
+
 def renamed_override(arguments: list[str]) -> str | None:
     """One line naming the current form of a command-line override whose old form is gone, else None: a table's
     yaml is named by its id (``table=smora_1`` is now ``table=smora-1``)."""
@@ -216,6 +224,7 @@ def compose_config(overrides: list[str], conf_dir: str | None = None, *, validat
     with open_dict(cfg):
         cfg.hydra.runtime.output_dir = OmegaConf.select(cfg, "hydra.run.dir")
     HydraConfig.instance().set_config(cfg.copy())   # a copy: Hydra makes what it holds read-only
+    drop_table_rows(cfg)
     if validated:
         validate(cfg)
     if not keep_hydra:

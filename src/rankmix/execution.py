@@ -35,17 +35,22 @@ def execute(cfg: DictConfig, run: RunState) -> float | None:
 
 
 def _earlier_result(cfg: DictConfig, run: RunState, config: dict) -> tuple[dict, Path | None] | None:
-    """The metrics of the run's own current result, or of a finished run of the same computation (its numbers are
-    reused, in a result JSON of this run), with the path to report; None when the run must be trained."""
+    """The metrics of the run's own current result, or of a finished run of the same computation, its own earlier
+    result included (its numbers are reused, in a result JSON of this run), with the path to report; None when the
+    run must be trained."""
     if not cfg.rerun and is_up_to_date(run.path, run.chash):
         failure_path(run.path).unlink(missing_ok=True)
         print(f"rankmix: up to date: {run.path} (rerun=true runs it again)")
         return read_json(run.path)["metrics"], None
-    same = None if cfg.rerun else same_computation(Path(cfg.paths.results_dir), config, exclude=run.path)
+    same = None if cfg.rerun else same_computation(Path(cfg.paths.results_dir), config, own=run.path)
     if same is None:
         return None
-    print(f"rankmix: {run.key}: same computation as {same}; its numbers are reused (rerun=true trains again)"
-          + ("; no wandb run is made for it (nothing was trained)" if cfg.get("logger", {}).get("wandb") else ""))
+    if same == run.path:
+        print(f"rankmix: {run.key}: only its labels changed (its table's title or cells, a paper label); its numbers "
+              "are kept and its result rewritten (rerun=true trains again)")
+    else:
+        print(f"rankmix: {run.key}: same computation as {same}; its numbers are reused (rerun=true trains again)"
+              + ("; no wandb run is made for it (nothing was trained)" if cfg.get("logger", {}).get("wandb") else ""))
     result = reused_record(read_json(same), same, run.key, cfg, run.chash, config)
     write_json_atomic(run.path, result)
     failure_path(run.path).unlink(missing_ok=True)

@@ -57,14 +57,16 @@ def is_up_to_date(path: Path, config_hash: str) -> bool:
         and current_format(r)
 
 
-def same_computation(results_dir: Path, config: dict, exclude: Path) -> Path | None:
-    """A finished run, in any table, whose configuration computes the same thing (``computation_hash``)."""
+def same_computation(results_dir: Path, config: dict, own: Path) -> Path | None:
+    """A finished run whose configuration computes the same thing (``computation_hash``): the run's own earlier
+    result ``own`` first (only how it is labelled changed: its table's title or cells, a row's paper label), else
+    one in any table."""
     from rankmix.config import computation_hash
 
     want = computation_hash(config)
-    for path in sorted(Path(results_dir).glob("*/runs/*.json")):
+    for path in [own, *(p for p in sorted(Path(results_dir).glob("*/runs/*.json")) if p != own)]:
         r = read_json(path)
-        if path != exclude and r and r.get("status") == "ok" and "config" in r and current_format(r) \
+        if r and r.get("status") == "ok" and "config" in r and current_format(r) \
                 and computation_hash(r["config"]) == want:
             return path
     return None

@@ -17,7 +17,7 @@ from hydra.types import RunMode
 from omegaconf import DictConfig
 
 from rankmix.batching import accumulation
-from rankmix.config import check_table_id, check_trainer_keys, config_hash, run_key, validate
+from rankmix.config import check_table_id, check_trainer_keys, config_hash, drop_table_rows, run_key, validate
 from rankmix.data.fingerprints import record_data_fingerprint
 from rankmix.fit import cpu_fallback
 from rankmix.guards import check_launch
@@ -52,6 +52,7 @@ def check_run(cfg: DictConfig, run: RunState) -> None:
     """Refuse a config that cannot run, before any work: the table, the values, the Trainer's keys, the launch, a
     global batch the devices cannot reach, the writable folders; resolve the precision's CPU fallback and the data's
     fingerprint, then the config hash (which covers both)."""
+    drop_table_rows(cfg)
     check_table_id(cfg)
     run.path = result_path(Path(cfg.paths.results_dir), cfg.table.id, run.key)
     validate(cfg)

@@ -2,7 +2,7 @@
 
 A table ``<id>`` is ``make reproduce-table-<id>``; its runs and ``table.md`` live in ``results/<id>/`` and its spec
 (title, paper CSV, cells) in ``conf/table/<id>.yaml``: one name for the table, its make target and its yaml.
-Its rows come in one of two forms:
+Its rows come in one of three forms:
 
 - **Experiment rows**: one Hydra experiment file per row, ``conf/experiment/<paper>/<table>/<row>.yaml``, for rows
   that really differ (another method, backbone or setting each). The row's name is the file's stem.
@@ -14,6 +14,18 @@ Its rows come in one of two forms:
         sweep: {method.k: [1, 2, 4, 8]}   # every combination is a row
 
   A row is named as its run is: the swept ``key=value`` pairs in Hydra's order (after the starting row's name).
+- **Another table's rows, reused**, in the table's yaml, beside any experiment rows of its own (a row of its own
+  replaces the reused row of the same name)::
+
+      rows:
+        reuse: smora-1                    # that table's rows, listed under this table
+        only: [lora_64, hydralora]        # optional: those rows only
+        set: [backbone=llama2_13b]        # optional: overrides of every row, not part of the run's name
+
+  Without ``set`` a reused row is the same computation as the other table's run, whose numbers it reuses.
+
+A table's ``rows:`` says how the table is made, not how a run computes: it is not part of a run's config
+(``rankmix.config.drop_table_rows``), so adding a row leaves the others current.
 """
 
 from __future__ import annotations
@@ -27,6 +39,7 @@ from rankmix.errors import ConfigError, RankmixError
 from rankmix.locations import CONF_DIR
 
 ROW_KEYS = ("experiment", "set", "sweep")
+REUSE_KEYS = ("reuse", "only", "set")
 
 
 def spec_path(table_id: str, conf_dir: Path = CONF_DIR) -> Path | None:
@@ -41,20 +54,71 @@ def table_spec(table_id: str, conf_dir: Path = CONF_DIR) -> dict:
     return OmegaConf.to_container(OmegaConf.load(path), resolve=False) if path else {}
 
 
-def sweep_spec(table_id: str, conf_dir: Path = CONF_DIR) -> dict | None:
-    """The table's ``rows:`` block (checked), or None for a table of experiment rows."""
+def _rows_block(table_id: str, conf_dir: Path) -> tuple[dict | None, str]:
     path = spec_path(table_id, conf_dir)
     rows = OmegaConf.to_container(OmegaConf.load(path), resolve=False).get("rows") if path else None
-    if rows is None:
-        return None
-    where = f"{path}: rows"
-    if not isinstance(rows, dict) or set(rows) - set(ROW_KEYS) or not rows.get("sweep"):
-        raise ConfigError(where, rows, f"must be a mapping with a non-empty 'sweep' and optionally {ROW_KEYS[:2]}")
-    if not isinstance(rows["sweep"], dict) or not all(isinstance(v, list) and v for v in rows["sweep"].values()):
-        raise ConfigError(f"{where}.sweep", rows["sweep"], "must map each key to a non-empty list of values")
+    if rows is not None and (not isinstance(rows, dict) or ("sweep" in rows) == ("reuse" in rows)):
+        raise ConfigError(f"{path}: rows", rows, "must be a mapping with either a 'sweep' (rows made of a sweep) or "
+                          "a 'reuse' (another table's rows), not both")
+    return rows, f"{path}: rows"
+
+
+def _check_set(rows: dict, where: str) -> None:
     if not isinstance(rows.get("set") or [], list):
         raise ConfigError(f"{where}.set", rows["set"], "must be a list of overrides, e.g. [method=smora, method.r=16]")
+
+
+def sweep_spec(table_id: str, conf_dir: Path = CONF_DIR) -> dict | None:
+    """The table's ``rows:`` sweep (checked), or None for a table of experiment or reused rows."""
+    rows, where = _rows_block(table_id, conf_dir)
+    if rows is None or "sweep" not in rows:
+        return None
+    if set(rows) - set(ROW_KEYS) or not rows.get("sweep"):
+        raise ConfigError(where, rows, f"a sweep must have a non-empty 'sweep' and optionally {ROW_KEYS[:2]}")
+    if not isinstance(rows["sweep"], dict) or not all(isinstance(v, list) and v for v in rows["sweep"].values()):
+        raise ConfigError(f"{where}.sweep", rows["sweep"], "must map each key to a non-empty list of values")
+    _check_set(rows, where)
     return rows
+
+
+def reuse_spec(table_id: str, conf_dir: Path = CONF_DIR) -> dict | None:
+    """The table's ``rows:`` reuse of another table (checked), or None."""
+    rows, where = _rows_block(table_id, conf_dir)
+    if rows is None or "reuse" not in rows:
+        return None
+    if set(rows) - set(REUSE_KEYS) or not isinstance(rows["reuse"], str) or rows["reuse"] == table_id:
+        raise ConfigError(where, rows, f"a reuse names another table ('reuse: smora-1') and optionally {REUSE_KEYS[1:]}")
+    if not isinstance(rows.get("only") or [], list):
+        raise ConfigError(f"{where}.only", rows["only"], "must be a list of the reused table's row names")
+    _check_set(rows, where)
+    return rows
+
+
+def _reused_rows(table_id: str, conf_dir: Path, seen: tuple = ()) -> dict[str, list[str]]:
+    """``{row: the overrides that move it into this table}`` for every row of a table that reuses another's:
+    its own experiment rows (``[]``) and the other table's rows (its ``set`` after theirs), by name."""
+    own = {r: [] for r in experiment_rows(table_id, conf_dir)}
+    rows = reuse_spec(table_id, conf_dir)
+    if rows is None:
+        return own
+    source, where = rows["reuse"], f"{spec_path(table_id, conf_dir)}: rows.reuse"
+    if source in seen:
+        raise ConfigError(where, source, f"tables reuse each other in a circle: {' -> '.join([*seen, source])}")
+    if spec_path(source, conf_dir) is None and not experiment_rows(source, conf_dir):
+        raise ConfigError(where, source, "no such table")
+    if sweep_spec(source, conf_dir) is not None:
+        raise ConfigError(where, source, "is a sweep table; list its runs with a sweep of your own")
+    theirs = _reused_rows(source, conf_dir, (*seen, table_id))
+    names = {r.rsplit("/", 1)[-1]: r for r in theirs}
+    only = [str(n) for n in rows.get("only") or names]
+    missing = [n for n in only if n not in names]
+    if missing:
+        raise ConfigError(f"{spec_path(table_id, conf_dir)}: rows.only", missing,
+                          f"not rows of {source}; its rows: {', '.join(names)}")
+    mine = {r.rsplit("/", 1)[-1] for r in own}
+    fixed = [f"table={table_id}", *(str(o) for o in rows.get("set") or [])]
+    reused = {names[n]: _merged([*theirs[names[n]], *fixed]) for n in only if n not in mine}
+    return dict(sorted({**reused, **{r: fixed for r in own}}.items(), key=lambda kv: kv[0].rsplit("/", 1)[-1]))
 
 
 def _value(v) -> str:
@@ -85,8 +149,8 @@ def experiment_rows(table_id: str, conf_dir: Path = CONF_DIR) -> list[str]:
 
 
 def all_tables(conf_dir: Path = CONF_DIR) -> dict[str, list[str]]:
-    """``{table id: [row, ...]}``: experiment rows by their experiment name (``smora/1/lora_64``), sweep rows by
-    their run's name (``method.k=2``)."""
+    """``{table id: [row, ...]}``: experiment rows, the reused rows included, by their experiment name
+    (``smora/1/lora_64``), sweep rows by their run's name (``method.k=2``)."""
     out = {}
     for d in sorted((Path(conf_dir) / "experiment").glob("*/*/")):
         rows = experiment_rows(f"{d.parent.name}-{d.name}", conf_dir)
@@ -98,10 +162,13 @@ def all_tables(conf_dir: Path = CONF_DIR) -> dict[str, list[str]]:
             table_id = str(spec.get("id") or path.stem)
             if spec_path(table_id, conf_dir) != path:
                 raise RankmixError(f"{path}: a table's yaml is named after its id: rename it to {table_id}.yaml")
-            if table_id in out:
+            if sweep_spec(table_id, conf_dir) is None:
+                out[table_id] = list(_reused_rows(table_id, conf_dir))
+            elif table_id in out:
                 raise RankmixError(f"{path}: table {table_id} has experiment rows under conf/experiment/ and a "
                                    "'rows:' sweep; keep one of them")
-            out[table_id] = sweep_rows(sweep_spec(table_id, conf_dir))
+            else:
+                out[table_id] = sweep_rows(sweep_spec(table_id, conf_dir))
     return dict(sorted(out.items()))
 
 
@@ -118,9 +185,12 @@ def row_name(table_id: str, row: str) -> str:
 
 def row_overrides(table_id: str, row: str, conf_dir: Path = CONF_DIR) -> list[str]:
     """The overrides that compose one row (``row`` as ``all_tables`` names it)."""
-    if sweep_spec(table_id, conf_dir) is None:
+    if sweep_spec(table_id, conf_dir) is not None:
+        return key_overrides(table_id, row, conf_dir) or []
+    if reuse_spec(table_id, conf_dir) is None:
         return [f"experiment={row}"]
-    return key_overrides(table_id, row, conf_dir) or []
+    moved = _reused_rows(table_id, conf_dir)[row]   # as the table's multirun runs it: the same run name and folder
+    return [f"experiment={row}", *moved, _excluded(moved, conf_dir)]
 
 
 def key_overrides(table_id: str, key: str, conf_dir: Path = CONF_DIR) -> list[str] | None:
@@ -132,8 +202,12 @@ def key_overrides(table_id: str, key: str, conf_dir: Path = CONF_DIR) -> list[st
     head, *rest = key.split(",")
     rows = sweep_spec(table_id, conf_dir)
     if rows is None:
-        full = {r.rsplit("/", 1)[-1]: r for r in experiment_rows(table_id, conf_dir)}   # this table's folder only
-        return [f"experiment={full[head]}", *rest] if head in full else None
+        reused = _reused_rows(table_id, conf_dir)   # this table's folder, and the rows it reuses
+        full = {r.rsplit("/", 1)[-1]: r for r in reused}
+        if head not in full:
+            return None
+        moved = reused[full[head]]
+        return [f"experiment={full[head]}", *moved, *([_excluded(moved, conf_dir)] if moved else []), *rest]
     items = key.split(",")
     if rows.get("experiment"):
         if head != rows["experiment"].rsplit("/", 1)[-1]:
@@ -162,18 +236,41 @@ def reproduce_command(table_id: str, overrides: list[str], conf_dir: Path = CONF
     """The multirun of a table's rows: ``python -m rankmix.train -m <rows> <overrides>`` (without the
     interpreter)."""
     spec, rows = table_spec(table_id, conf_dir), sweep_spec(table_id, conf_dir)
-    if rows is None:
+    if rows is None and reuse_spec(table_id, conf_dir) is None:
         cmd = ["-m", "rankmix.train", "-m", "experiment=" + ",".join(all_tables(conf_dir)[table_id])]
+    elif rows is None:   # reused rows: one multirun per set of overrides that moves rows into this table
+        groups = {}
+        for row, moved in _reused_rows(table_id, conf_dir).items():
+            groups.setdefault(tuple(moved), []).append(row)
+        if len(groups) > 1:
+            raise ConfigError(f"{spec_path(table_id, conf_dir)}: rows", table_id, "its rows need different "
+                              "overrides to join this table, so one multirun cannot run them; reuse one table")
+        ((moved, rows_), ) = groups.items()
+        cmd = ["-m", "rankmix.train", "-m", "experiment=" + ",".join(rows_), *moved, _excluded(moved, conf_dir)]
     else:
-        fixed = ["table"] + [str(o).split("=", 1)[0].lstrip("+~") for o in rows.get("set") or []]
-        excluded = OmegaConf.load(Path(conf_dir) / "train.yaml").hydra.job.config.override_dirname.exclude_keys
         cmd = ["-m", "rankmix.train", "-m", *base_overrides(table_id, rows, conf_dir),
                *(f"{k}={','.join(_value(v) for v in rows['sweep'][k])}" for k in sorted(rows["sweep"])),
-               # the table and its fixed overrides are the same for every row: not part of the runs' names
-               "hydra.job.config.override_dirname.exclude_keys=[" + ",".join([*excluded, *fixed]) + "]"]
+               _excluded(["table", *(rows.get("set") or [])], conf_dir)]
     cmd += multirun_overrides(overrides)
     if spec.get("seeds") and not any(o.startswith("seed=") for o in overrides):
         cmd.append("seed=" + ",".join(str(s) for s in spec["seeds"]))
     if spec.get("launcher") and not any(o.startswith("hydra/launcher=") for o in overrides):
         cmd.append(f"hydra/launcher={spec['launcher']}")
     return cmd
+
+
+def _excluded(fixed, conf_dir: Path) -> str:
+    """The override keeping a table's fixed overrides (the same for every row) out of its runs' names."""
+    excluded = OmegaConf.load(Path(conf_dir) / "train.yaml").hydra.job.config.override_dirname.exclude_keys
+    keys = [str(o).split("=", 1)[0].lstrip("+~") for o in fixed]
+    return "hydra.job.config.override_dirname.exclude_keys=[" + ",".join([*excluded, *keys]) + "]"
+
+
+def _merged(overrides: list[str]) -> list[str]:
+    """Overrides with a later one of the same key replacing an earlier one (as Hydra applies them)."""
+    out = {}
+    for o in overrides:
+        key = o.split("=", 1)[0].lstrip("+~")
+        out.pop(key, None)
+        out[key] = o
+    return list(out.values())
