@@ -82,7 +82,7 @@ def main(argv=None) -> int:
     from rankmix.data.loading import prepared_datamodule
 
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--experiment", default="smora/1/smora_64_8", help="a SMoRA experiment config (its backbone and task)")
+    ap.add_argument("--experiment", default="smora-1/smora_64_8", help="a SMoRA experiment config (its backbone and task)")
     ap.add_argument("--scale", default="tiny", choices=["tiny", "paper"])
     ap.add_argument("--n", type=int, default=100, help="test prompts timed (the paper: 100)")
     ap.add_argument("--warmup", type=int, default=3)

@@ -34,10 +34,10 @@ def test_fsdp_wraps_the_backbones_own_blocks(backbone):
 
 
 @pytest.mark.parametrize(("row", "setting"), [
-    ("smora/1/lora_64", "reentrant"), ("smora/1/smora_64_8_13b", "reentrant"), ("smora/4/smora_64_8", "reentrant"),
-    ("smora/2/smora_64_8", "reentrant"), ("moslora/5/moslora_kaiming", "reentrant"), ("moslora/5/qlora", "reentrant"),
-    ("moslora/1/lora_16", "none"), ("moslora/6/lora", "none"), ("routing/1/adapter_128_add", "none"),
-    ("routing/7/adapter_add", "none"), ("smola/a1/lora_128", "none"),
+    ("smora-1/lora_64", "reentrant"), ("smora-1/smora_64_8_13b", "reentrant"), ("smora-4/smora_64_8", "reentrant"),
+    ("smora-2/smora_64_8", "reentrant"), ("moslora-5/moslora_kaiming", "reentrant"), ("moslora-5/qlora", "reentrant"),
+    ("moslora-1/lora_16", "none"), ("moslora-6/lora", "none"), ("routing-1/adapter_128_add", "none"),
+    ("routing-7/adapter_add", "none"), ("smola-a1/lora_128", "none"),
 ])
 def test_each_row_has_its_official_setting(row, setting):
     assert compose(f"experiment={row}", "scale=paper").backbone.activation_checkpointing == setting

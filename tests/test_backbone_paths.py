@@ -42,7 +42,7 @@ def _folder(root: Path, name: str, config: dict, sub: str = "") -> str:
     return str(root / name)
 
 
-def _backbone(*overrides: str, row: str = "smora/1/lora_64_13b") -> dict:
+def _backbone(*overrides: str, row: str = "smora-1/lora_64_13b") -> dict:
     return OmegaConf.to_container(compose_run([f"experiment={row}", "scale=paper", *overrides]).backbone, resolve=True)
 
 
@@ -126,7 +126,7 @@ def test_where_the_folder_is_given_changes_the_hash_as_backbone_name_or_path_did
     def chash(row, *args):
         return config_hash(compose_run([f"experiment={row}", "scale=paper", *args]))
 
-    seven, thirteen = "smora/1/lora_64", "smora/1/lora_64_13b"
+    seven, thirteen = "smora-1/lora_64", "smora-1/lora_64_13b"
     assert chash(seven, "paths.models.llama2_13b=/m/13b") == chash(seven)   # a key the row does not read
     assert chash(thirteen, "paths.models.llama2_13b=/m/13b") == chash(thirteen, "backbone.name_or_path=/m/13b")
     assert chash(thirteen, "paths.models.llama2_13b=/m/13b") != chash(thirteen)   # hub id vs folder, as before
@@ -143,7 +143,7 @@ def test_a_7b_folder_on_a_13b_row_is_refused_with_one_line_naming_the_key(tmp_pa
                                                     "hidden_size=4096, num_hidden_layers=32")
         assert "Llama2-13b, needs hidden_size=5120, num_hidden_layers=40" in line
         assert "set paths.models.llama2_13b to a folder of Llama2-13b's weights" in line
-    check_local_architectures(_backbone(f"backbone.name_or_path={seven}", row="smora/1/lora_64"))   # 7b row: its own
+    check_local_architectures(_backbone(f"backbone.name_or_path={seven}", row="smora-1/lora_64"))   # 7b row: its own
     check_local_architectures(_backbone(f"paths.models.llama2_13b={_folder(tmp_path, 'llama-2-13b', LLAMA2_13B)}"))
 
 
@@ -168,7 +168,7 @@ def test_a_run_with_a_7b_folder_on_a_13b_row_stops_before_training(tmp_path):
 
     seven = _folder(tmp_path, "llama-2-7b", LLAMA2_7B)
     data = [f"{k}={v}" for k, v in WRITERS["flan"](tmp_path / "data").items()]
-    r = run_train(tmp_path, "experiment=smora/1/lora_64_13b", "scale=paper", "trainer=cpu", *data,
+    r = run_train(tmp_path, "experiment=smora-1/lora_64_13b", "scale=paper", "trainer=cpu", *data,
                   f"backbone.name_or_path={seven}", timeout=300)
     assert r.returncode != 0
     errors = [ln for ln in r.stderr.splitlines() if ln.startswith("rankmix: error:")]
@@ -182,11 +182,11 @@ def test_sdxl_checks_the_unet_and_the_vae_each_under_its_key(tmp_path):
                  "cross_attention_dim": 768, "transformer_layers_per_block": 1, "in_channels": 4, "out_channels": 4}
     pipe = _folder(tmp_path, "sd15", sd15_unet, "unet")
     with pytest.raises(ConfigError, match=r"its unet/config\.json has cross_attention_dim=768.*paths\.models\.sdxl "):
-        check_local_architectures(_backbone(f"paths.models.sdxl={pipe}", row="moslora/6/moslora"))
+        check_local_architectures(_backbone(f"paths.models.sdxl={pipe}", row="moslora-6/moslora"))
     sd3_vae = {"_class_name": "AutoencoderKL", "block_out_channels": [128, 256, 512, 512], "latent_channels": 16}
     vae = _folder(tmp_path, "sd3-vae", sd3_vae)
     with pytest.raises(ConfigError, match=r"backbone\.vae=.*latent_channels=16.*set paths\.models\.sdxl_vae to"):
-        check_local_architectures(_backbone(f"paths.models.sdxl_vae={vae}", row="moslora/6/moslora"))
+        check_local_architectures(_backbone(f"paths.models.sdxl_vae={vae}", row="moslora-6/moslora"))
 
 
 def test_a_llava_vision_tower_is_read_from_a_whole_clip_checkpoint(tmp_path):
@@ -199,7 +199,7 @@ def test_a_llava_vision_tower_is_read_from_a_whole_clip_checkpoint(tmp_path):
         return {"architectures": ["CLIPModel"], "model_type": "clip", "projection_dim": 768,
                 "logit_scale_init_value": 2.6592, "text_config": text, "vision_config": vision}
 
-    row = "moslora/5/lora"
+    row = "moslora-5/lora"
     check_local_architectures(_backbone(f"paths.models.clip_vit_large_336={_folder(tmp_path, 'l336', clip(336))}",
                                         row=row))
     with pytest.raises(ConfigError, match=r"backbone\.vision\.name_or_path=.*image_size=224.*clip_vit_large_336"):
@@ -253,13 +253,13 @@ def test_a_stand_in_of_the_wrong_model_is_refused_as_its_weights_would_be(standi
         check_local_architectures(_backbone(f"backbone.name_or_path={seven}"))
     clip = standins["openai/clip-vit-large-patch14-336"]
     with pytest.raises(ConfigError, match=r"backbone\.llm\.name_or_path=.*hidden_size=1024"):
-        check_local_architectures(_backbone(f"backbone.llm.name_or_path={clip}", row="moslora/5/lora"))
+        check_local_architectures(_backbone(f"backbone.llm.name_or_path={clip}", row="moslora-5/lora"))
 
 
 def test_the_rehearsal_points_the_backbone_at_its_stand_in_not_at_a_weights_folder():
     from rankmix.rehearsal import run as rr
 
-    row = rr.Row("smora-1", "smora/1/lora_64_13b", "SMoRA FLAN", "lora", "llama2_13b", "flan")
+    row = rr.Row("smora-1", "smora-1/lora_64_13b", "SMoRA FLAN", "lora", "llama2_13b", "flan")
     out = rr.rehearsal_overrides(row, {"name_or_path": "meta-llama/Llama-2-13b-hf"},
                                  {"meta-llama/Llama-2-13b-hf": "/s/13b"}, {}, gpu=False, length=[])
     assert out == ["backbone.name_or_path=/s/13b"]
@@ -268,7 +268,7 @@ def test_the_rehearsal_points_the_backbone_at_its_stand_in_not_at_a_weights_fold
 def test_a_weights_folder_on_the_command_line_is_not_part_of_the_run_key():
     from rankmix.config import run_key
 
-    assert run_key("experiment=smora/1/lora_64_13b,paths.models.llama2_13b=/models/llama-2-13b,method.r=4") == \
+    assert run_key("experiment=smora-1/lora_64_13b,paths.models.llama2_13b=/models/llama-2-13b,method.r=4") == \
         "lora_64_13b,method.r=4"
 
 

@@ -32,4 +32,4 @@ def test_end_to_end_bench_refuses_a_method_without_a_sparse_path():
     from rankmix.kernels import bench_e2e
 
     with pytest.raises(SystemExit, match="pick a SMoRA one"):
-        bench_e2e.main(["--experiment", "smora/1/lora_64", "--n", "1"])
+        bench_e2e.main(["--experiment", "smora-1/lora_64", "--n", "1"])

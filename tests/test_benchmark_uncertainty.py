@@ -268,7 +268,7 @@ def test_dreambooth_scores_are_means_over_prompts(tmp_path):
     from rankmix.metrics.subject_fidelity import subject_scores
     from rankmix.modules.dreambooth import record_prompt_scores
 
-    encoders = OmegaConf.to_container(compose("experiment=moslora/6/moslora").task.auto_scores, resolve=True)
+    encoders = OmegaConf.to_container(compose("experiment=moslora-6/moslora").task.auto_scores, resolve=True)
     colours = [(200, 30, 30), (20, 90, 230), (30, 200, 40), (240, 240, 20), (90, 20, 90), (10, 10, 10)]
     records = []
     for i, colour in enumerate(colours):

@@ -73,8 +73,8 @@ def test_wheel_problems_are_humaneval():
 
 @pytest.mark.parametrize("row", ROWS)
 def test_table2_rows_at_paper_scale_are_table1_settings_on_llama2_7b(row):
-    two = OmegaConf.to_container(compose(f"experiment=smora/2/{row}", "scale=paper"), resolve=True)
-    one = OmegaConf.to_container(compose(f"experiment=smora/1/{row}", "scale=paper"), resolve=True)
+    two = OmegaConf.to_container(compose(f"experiment=smora-2/{row}", "scale=paper"), resolve=True)
+    one = OmegaConf.to_container(compose(f"experiment=smora-1/{row}", "scale=paper"), resolve=True)
     assert two["method"] == one["method"] and two["optimizer"] == one["optimizer"]
     assert two["backbone"]["name_or_path"] == "meta-llama/Llama-2-7b-hf" == one["backbone"]["name_or_path"]
     expected_accumulation = 32 if row == "smora_64_8" else 16  # config_multidomain/*_mix_data.yaml
@@ -86,8 +86,8 @@ def test_table2_rows_at_paper_scale_are_table1_settings_on_llama2_7b(row):
 
 @pytest.mark.parametrize("row", ["lora_64", "smora_64_8"])
 def test_table4_rows_at_paper_scale_are_on_llama3_instruct_with_ds1000(row):
-    four = OmegaConf.to_container(compose(f"experiment=smora/4/{row}", "scale=paper"), resolve=True)
-    one = OmegaConf.to_container(compose(f"experiment=smora/1/{row}", "scale=paper"), resolve=True)
+    four = OmegaConf.to_container(compose(f"experiment=smora-4/{row}", "scale=paper"), resolve=True)
+    one = OmegaConf.to_container(compose(f"experiment=smora-1/{row}", "scale=paper"), resolve=True)
     assert four["method"] == one["method"]
     assert four["backbone"]["name_or_path"] == "meta-llama/Meta-Llama-3-8B-Instruct"
     ds1000 = four["task"]["benchmarks"]["ds1000"]
@@ -99,7 +99,7 @@ def test_table4_rows_at_paper_scale_are_on_llama3_instruct_with_ds1000(row):
 
 @pytest.mark.slow
 def test_a_tiny_table2_row_trains_and_scores_every_column(tmp_path):
-    run = run_train(tmp_path, "experiment=smora/2/smora_64_8", "task.max_epochs=1", "task.suite.n_mmlu=4",
+    run = run_train(tmp_path, "experiment=smora-2/smora_64_8", "task.max_epochs=1", "task.suite.n_mmlu=4",
                     "task.suite.n_gsm8k=3", "task.suite.n_humaneval=2", "task.benchmarks.humaneval.samples.n=3",
                     "task.benchmarks.humaneval.k=[1,3]", "task.average=[mmlu/overall,humaneval/pass@1]")
     assert run.returncode == 0, run.stderr[-3000:]

@@ -163,7 +163,7 @@ def test_tiny_captioning_runs_table_and_figures(tmp_path):
     from rankmix.figures import build_figure
 
     # ++: a sweep first composes without the swept experiment, where these keys do not exist yet
-    r = run_train(tmp_path, "experiment=routing/4/lora_64_none,routing/4/lora_64_proj", "trainer.max_epochs=1",
+    r = run_train(tmp_path, "experiment=routing-4/lora_64_none,routing-4/lora_64_proj", "trainer.max_epochs=1",
                   "++task.datamodule.source.n_train=12", "++task.datamodule.source.n_val=2",
                   "++task.datamodule.source.n_test=4", "++backbone.language.warm_start.epochs=1",
                   multirun=True)

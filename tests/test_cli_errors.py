@@ -41,9 +41,9 @@ def test_bad_config_gives_one_clear_line(tmp_path, overrides, message, detail):
 
 @pytest.mark.parametrize(("overrides", "expected"), [
     ([], {("trainer", "max_epochs"): 12, ("scale",): "tiny"}),  # ${task.max_epochs} of the tiny generated task
-    (["experiment=smora/1/lora_64", "scale=paper"], {("optimizer", "lr"): 1e-4, ("trainer", "precision"): "bf16-mixed",
+    (["experiment=smora-1/lora_64", "scale=paper"], {("optimizer", "lr"): 1e-4, ("trainer", "precision"): "bf16-mixed",
                                                      ("backbone", "name_or_path"): "meta-llama/Llama-2-7b-hf"}),
-    (["experiment=routing/7/adapter_mul", "scale=paper"], {("trainer", "max_epochs"): 20, ("method", "activation"):
+    (["experiment=routing-7/adapter_mul", "scale=paper"], {("trainer", "max_epochs"): 20, ("method", "activation"):
                                                            "gelu_new", ("backbone", "unfreeze"): "vl_adapter"}),
 ], ids=["default", "smora-1 paper", "routing-7 paper"])
 def test_the_resolved_config_prints_before_anything_runs(tmp_path, overrides, expected):

@@ -135,7 +135,7 @@ def test_unfreeze_refuses_an_unknown_part():
 
 @pytest.mark.slow
 def test_tiny_multitask_run(tmp_path):
-    r = run_train(tmp_path, "experiment=routing/7/lora_proj", "trainer.max_epochs=1",
+    r = run_train(tmp_path, "experiment=routing-7/lora_proj", "trainer.max_epochs=1",
                   "task.datamodule.source.n_train=16", "task.datamodule.source.n_val=2",
                   "task.datamodule.source.n_test=4", "backbone.language.warm_start.epochs=1",
                   "backbone.caption_warm_start.epochs=1")

@@ -69,14 +69,14 @@ def test_the_run_key_leaves_out_what_the_hash_leaves_out():
 
 
 def test_by_scale_picks_the_running_scale():
-    tiny, paper = (compose("experiment=smora/1/lora_64", f"scale={s}") for s in ("tiny", "paper"))
+    tiny, paper = (compose("experiment=smora-1/lora_64", f"scale={s}") for s in ("tiny", "paper"))
     assert (tiny.optimizer.lr, paper.optimizer.lr) == (3e-3, 1e-4)
     assert (tiny.trainer.precision, paper.trainer.precision) == ("32-true", "bf16-mixed")
-    assert compose("experiment=smora/1/lora_64", "scale=paper", "optimizer.lr=2e-4").optimizer.lr == 2e-4
+    assert compose("experiment=smora-1/lora_64", "scale=paper", "optimizer.lr=2e-4").optimizer.lr == 2e-4
 
 
 def test_experiment_is_a_global_diff():
-    cfg = (compose("experiment=rankmix/ranks/r4"))
+    cfg = (compose("experiment=rankmix-ranks/r4"))
     assert cfg.method.r == 4 and cfg.method.alpha == 8 and cfg.table.id == "rankmix-ranks"
 
 
@@ -164,7 +164,7 @@ def test_computation_hash_ignores_labels_not_hyperparameters():
 
 
 def test_run_keys_lead_with_the_row_and_normalise_values():
-    assert run_key("backbone.x=1,experiment=smora/1/lora_64,++task.a.b=2") == "lora_64,backbone.x=1,task.a.b=2"
+    assert run_key("backbone.x=1,experiment=smora-1/lora_64,++task.a.b=2") == "lora_64,backbone.x=1,task.a.b=2"
     assert run_key("optimizer.lr=3e-3") == run_key("optimizer.lr=0.003") == "optimizer.lr=0.003"
     assert run_key("seed=2,method.r=4") == "seed=2,method.r=4"  # integers stay as written
 

@@ -15,7 +15,7 @@ PROMPTS = ["a photo of ikat cat", "A picture of a ikat cat in the snow"]
 
 
 def _pipe(tmp_path):
-    spec = OmegaConf.to_container(compose("experiment=moslora/6/moslora").backbone, resolve=True)
+    spec = OmegaConf.to_container(compose("experiment=moslora-6/moslora").backbone, resolve=True)
     return build_sdxl(spec, PROMPTS, tmp_path)
 
 
@@ -51,7 +51,7 @@ def test_an_exported_unet_adapter_loads_in_diffusers_with_identical_outputs(tmp_
 
 def test_the_paper_rows_carry_the_official_recipe():
     for row in ("lora", "moslora"):
-        c = OmegaConf.to_container(compose(f"experiment=moslora/6/{row}", "scale=paper"), resolve=True)
+        c = OmegaConf.to_container(compose(f"experiment=moslora-6/{row}", "scale=paper"), resolve=True)
         assert c["backbone"]["name_or_path"] == "stabilityai/stable-diffusion-xl-base-1.0"
         assert c["backbone"]["vae"] == "madebyollin/sdxl-vae-fp16-fix"
         assert (c["method"]["r"], c["method"]["alpha"], c["method"]["target_modules"]) == (4, 4, ["to_q", "to_k", "to_v", "to_out.0"])
@@ -61,12 +61,12 @@ def test_the_paper_rows_carry_the_official_recipe():
         dm = c["task"]["datamodule"]
         assert (dm["resolution"], dm["batch_size"], dm["instance_prompt"]) == (1024, 1, "a photo of ikat cat")
         assert c["task"]["num_inference_steps"] == 50 and len(dm["templates"]) == 25
-    assert compose("experiment=moslora/6/moslora", "scale=paper").method.mixer_init == "orthogonal"
+    assert compose("experiment=moslora-6/moslora", "scale=paper").method.mixer_init == "orthogonal"
 
 
 @pytest.mark.slow
 def test_a_tiny_dreambooth_run_writes_images_and_a_diffusers_lora(tmp_path):
-    run = run_train(tmp_path, "experiment=moslora/6/moslora", "trainer.max_steps=4",
+    run = run_train(tmp_path, "experiment=moslora-6/moslora", "trainer.max_steps=4",
                     "task.datamodule.templates=['A picture of a ikat {} in the snow','A picture of a wet ikat {}']",
                     "task.num_inference_steps=2")
     assert run.returncode == 0, run.stderr[-3000:]
@@ -86,7 +86,7 @@ def test_dino_and_clip_scores_are_cosines_and_an_unloadable_encoder_is_missing_w
     from rankmix.backbones import word_level_tokenizer
     from rankmix.metrics.subject_fidelity import subject_scores
 
-    encoders = OmegaConf.to_container(compose("experiment=moslora/6/moslora").task.auto_scores, resolve=True)
+    encoders = OmegaConf.to_container(compose("experiment=moslora-6/moslora").task.auto_scores, resolve=True)
     same = tmp_path / "same.png"
     Image.new("RGB", (40, 40), (200, 30, 30)).save(same)
     other = tmp_path / "other.png"
@@ -116,7 +116,7 @@ def test_replacing_a_subject_photo_makes_the_run_out_of_date(tmp_path):
         Image.new("RGB", (8, 8), colour).save(photos / f"{i:02d}.jpg")
 
     def hashed():
-        cfg = compose("experiment=moslora/6/lora", f"task.datamodule.instance_dir={photos}")
+        cfg = compose("experiment=moslora-6/lora", f"task.datamodule.instance_dir={photos}")
         record_data_fingerprint(cfg)
         return config_hash(cfg)
 

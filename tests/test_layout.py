@@ -2,6 +2,8 @@
 
 import ast
 
+import pytest
+
 from conftest import REPO
 
 
@@ -61,6 +63,7 @@ def test_the_package_has_no_import_cycles_and_nothing_imports_the_entry():
     assert not cycles, cycles
 
 
+@pytest.mark.slow
 def test_a_runs_config_goes_down_from_the_entry_and_comes_back_at_most_twice(tmp_path):
     """Following ``cfg`` from ``train(cfg)`` through the functions that receive it, during a whole tiny run: the entry
     hands it down twice (the checks, then the run) and is not re-entered otherwise."""

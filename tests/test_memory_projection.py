@@ -95,5 +95,5 @@ def test_preflight_shards_weights_and_optimizer_under_fsdp(monkeypatch):
 def test_the_preflight_key_changes_no_config_hash():
     from rankmix.config import compose_run, config_hash
 
-    base = ["experiment=smora/1/lora_64", "scale=paper"]
+    base = ["experiment=smora-1/lora_64", "scale=paper"]
     assert config_hash(compose_run(base)) == config_hash(compose_run([*base, "++trainer.preflight=false"]))

@@ -29,7 +29,7 @@ def _with(cfg, **trainer):
 
 @pytest.mark.parametrize("row", sorted(ROWS5))
 def test_a_tab5_row_reaches_the_papers_global_batch_of_64_on_any_devices(row):
-    cfg = compose(f"experiment=moslora/5/{row}", "scale=paper")
+    cfg = compose(f"experiment=moslora-5/{row}", "scale=paper")
     per_device = ROWS5[row]
     assert cfg.task.global_batch_size == 64 and cfg.task.datamodule.batch_size == per_device
     assert cfg.trainer.accumulate_grad_batches is None   # computed at start-up
@@ -40,7 +40,7 @@ def test_a_tab5_row_reaches_the_papers_global_batch_of_64_on_any_devices(row):
 
 
 def test_a_global_batch_the_devices_cannot_reach_is_refused_in_one_line():
-    cfg = compose("experiment=moslora/5/qlora", "scale=paper")
+    cfg = compose("experiment=moslora-5/qlora", "scale=paper")
     with pytest.raises(ConfigError, match=r"task.global_batch_size=64: is not a multiple of .* 3 x 1 x 16 = 48") as e:
         accumulation(_with(cfg, devices=3))
     assert "\n" not in str(e.value)
@@ -50,8 +50,8 @@ def test_a_global_batch_the_devices_cannot_reach_is_refused_in_one_line():
 
 
 def test_rows_without_a_global_batch_keep_their_accumulation():
-    assert accumulation(compose("experiment=moslora/6/lora", "scale=paper")) == 4
-    tiny = compose("experiment=moslora/5/lora")   # tiny: no global batch, accumulation 1, seed 0 as before
+    assert accumulation(compose("experiment=moslora-6/lora", "scale=paper")) == 4
+    tiny = compose("experiment=moslora-5/lora")   # tiny: no global batch, accumulation 1, seed 0 as before
     assert tiny.task.get("global_batch_size") is None and accumulation(tiny) == 1 and tiny.seed == 0
     with pytest.raises(ConfigError, match="trainer.accumulate_grad_batches=None"):
         accumulation(_with(tiny, accumulate_grad_batches=None))
@@ -67,7 +67,7 @@ def test_device_counts_are_read_as_lightning_reads_them():
 
 
 def test_the_layout_recorded_is_the_trainers():
-    cfg = compose("experiment=moslora/5/lora", "scale=paper")
+    cfg = compose("experiment=moslora-5/lora", "scale=paper")
 
     class Trainer:
         num_devices, num_nodes, accumulate_grad_batches = 1, 1, 8
@@ -77,7 +77,7 @@ def test_the_layout_recorded_is_the_trainers():
 
 
 def test_a_run_refuses_a_global_batch_its_devices_cannot_reach_before_any_work(tmp_path):
-    run = run_train(tmp_path, "experiment=moslora/5/qlora", "+task.global_batch_size=24",
+    run = run_train(tmp_path, "experiment=moslora-5/qlora", "+task.global_batch_size=24",
                     "trainer.accumulate_grad_batches=null")
     assert run.returncode == 1
     error = [ln for ln in run.stderr.splitlines() if ln.startswith("rankmix: error:")]
@@ -87,7 +87,7 @@ def test_a_run_refuses_a_global_batch_its_devices_cannot_reach_before_any_work(t
 
 @pytest.mark.slow
 def test_a_tiny_internlm2_run_trains_the_head_and_records_its_batch_layout(tmp_path):
-    run = run_train(tmp_path, "experiment=moslora/5/qmoslora_orthogonal", "+trainer.max_steps=2",
+    run = run_train(tmp_path, "experiment=moslora-5/qmoslora_orthogonal", "+trainer.max_steps=2",
                     "+task.global_batch_size=32", "trainer.accumulate_grad_batches=null", "task.benchmarks={}",
                     "task.datamodule.generate.n_train=64", "task.datamodule.generate.n_test=4",
                     "task.datamodule.val_size=4")
@@ -129,7 +129,7 @@ def test_internlm2s_head_output_is_among_the_targets_and_gets_the_llms_adapter(t
 
     assert "output" in DEFAULT_TARGETS["internlm2"]
     for row in ("qlora", "qmoslora_kaiming", "qmoslora_orthogonal"):
-        assert "output" in compose(f"experiment=moslora/5/{row}", "scale=paper").method.target_modules
+        assert "output" in compose(f"experiment=moslora-5/{row}", "scale=paper").method.target_modules
     model, tok = _tiny_llava(tmp_path, "internlm2")
     head = model.lm_head
     report = inject_llm(model, {"name": "moslora", "r": 4, "alpha": 2, "mixer_init": "kaiming",
@@ -164,7 +164,7 @@ PROMPTS6 = ["a photo of ikat cat", "A picture of a ikat cat in the snow"]
 def _sdxl(tmp_path):
     from rankmix.diffusion import build_sdxl
 
-    spec = OmegaConf.to_container(compose("experiment=moslora/6/moslora").backbone, resolve=True)
+    spec = OmegaConf.to_container(compose("experiment=moslora-6/moslora").backbone, resolve=True)
     return spec, build_sdxl(spec, PROMPTS6, tmp_path)
 
 
@@ -211,7 +211,7 @@ def test_the_official_lora_file_loses_the_mixer_when_diffusers_loads_it(tmp_path
 
 def test_official_inference_is_the_default_of_the_tab6_rows_and_adapted_is_offered():
     for row in ("lora", "moslora"):
-        c = compose(f"experiment=moslora/6/{row}", "scale=paper")
+        c = compose(f"experiment=moslora-6/{row}", "scale=paper")
         assert c.task.inference == "official" and c.task.num_inference_steps == 50
         assert c.task.datamodule.crop == "per_image" and c.seed == 0   # train_sdxl_lora_cat.sh --seed=0
     from rankmix.modules.dreambooth import INFERENCE

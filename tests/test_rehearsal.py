@@ -13,7 +13,7 @@ from rankmix.rehearsal import run as rr
 HUB_7B = "meta-llama/Llama-2-7b-hf"
 
 
-def _row(table="smora-1", exp="smora/1/smora_64_8", family="SMoRA FLAN", method="smora", task="flan"):
+def _row(table="smora-1", exp="smora-1/smora_64_8", family="SMoRA FLAN", method="smora", task="flan"):
     return rr.Row(table, exp, family, method, "llama2_7b", task)
 
 
@@ -36,19 +36,19 @@ def test_gpu_rows_run_on_the_gpu_trainer():
 
 
 def test_pretrained_parts_of_a_vision_text_backbone():
-    cfg = rr.compose_paper(rr.Row("routing-1", "routing/1/lora_64_none", "VQA", "routing", "vit_roberta", "vqa"))
+    cfg = rr.compose_paper(rr.Row("routing-1", "routing-1/lora_64_none", "VQA", "routing", "vit_roberta", "vqa"))
     assert rr.pretrained_parts(cfg["backbone"]) == {"vision.name_or_path": "google/vit-base-patch16-224-in21k",
                                                      "text.name_or_path": "FacebookAI/roberta-base"}
-    sdxl = rr.compose_paper(rr.Row("moslora-6", "moslora/6/moslora", "dreambooth", "moslora", "sdxl", "dreambooth"))
+    sdxl = rr.compose_paper(rr.Row("moslora-6", "moslora-6/moslora", "dreambooth", "moslora", "sdxl", "dreambooth"))
     assert rr.pretrained_parts(sdxl["backbone"]) == {"name_or_path": "stabilityai/stable-diffusion-xl-base-1.0",
                                                       "vae": "madebyollin/sdxl-vae-fp16-fix"}
 
 
 def test_family_selection_takes_the_papers_method():
-    rows = [_row(exp="smora/1/lora_64", method="lora"), _row(), _row(exp="smora/1/moslora", method="moslora"),
-            rr.Row("smola-a1", "smola/a1/frozen", "SMoLA", "none", "clip_bart", "vl_multitask"),
-            rr.Row("smola-a1", "smola/a1/smola_o_4", "SMoLA", "smola", "clip_bart", "vl_multitask")]
-    assert [r.experiment for r in rr.select(rows, "family")] == ["smora/1/smora_64_8", "smola/a1/smola_o_4"]
+    rows = [_row(exp="smora-1/lora_64", method="lora"), _row(), _row(exp="smora-1/moslora", method="moslora"),
+            rr.Row("smola-a1", "smola-a1/frozen", "SMoLA", "none", "clip_bart", "vl_multitask"),
+            rr.Row("smola-a1", "smola-a1/smola_o_4", "SMoLA", "smola", "clip_bart", "vl_multitask")]
+    assert [r.experiment for r in rr.select(rows, "family")] == ["smora-1/smora_64_8", "smola-a1/smola_o_4"]
     assert len(rr.select(rows, "one")) == 5 and len(rr.select(rows, "all")) == 5
 
 
@@ -62,15 +62,15 @@ def test_half_precision_on_a_cpu_runs_in_fp32_with_a_notice(capsys):
     from rankmix.config import compose_run
     from rankmix.fit import cpu_fallback
 
-    cfg = compose_run(["experiment=smora/1/smora_64_8", "scale=paper"])
+    cfg = compose_run(["experiment=smora-1/smora_64_8", "scale=paper"])
     assert cfg.trainer.precision == "bf16-mixed" and cfg.backbone.dtype == "bfloat16"
     assert cpu_fallback(cfg) == {"trainer.precision": ["bf16-mixed", "32-true"],
                                  "backbone.dtype": ["bfloat16", "float32"]}
     assert cfg.trainer.precision == "32-true" and cfg.backbone.dtype == "float32"
     assert "bf16-mixed -> 32-true" in capsys.readouterr().err
-    gpu = compose_run(["experiment=smora/1/smora_64_8", "scale=paper", "trainer=gpu"])
+    gpu = compose_run(["experiment=smora-1/smora_64_8", "scale=paper", "trainer=gpu"])
     assert cpu_fallback(gpu) == {} and gpu.trainer.precision == "bf16-mixed"
-    tiny = compose_run(["experiment=smora/1/smora_64_8"])
+    tiny = compose_run(["experiment=smora-1/smora_64_8"])
     assert cpu_fallback(tiny) == {}
 
 
@@ -139,7 +139,7 @@ def test_one_row_per_table_family_runs_at_paper_scale_on_stand_ins(tmp_path, mon
 
 
 def test_a_schedule_spanning_the_run_gets_the_shortest_length_its_phases_allow():
-    method = rr.compose_paper(rr.Row("moslora-4", "moslora/4/adalora", "", "adalora", "", "commonsense"))["method"]
+    method = rr.compose_paper(rr.Row("moslora-4", "moslora-4/adalora", "", "adalora", "", "commonsense"))["method"]
     out = rr.length_overrides("commonsense", method=method)
     assert f"method.total_step={method['tinit'] + method['tfinal'] + 1}" in out
     assert not any("total_step" in o for o in rr.length_overrides("flan", method={"name": "lora"}))

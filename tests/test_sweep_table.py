@@ -65,7 +65,7 @@ def test_compare_draws_a_metric_against_a_swept_key_per_method(sweep):
 
 @pytest.mark.slow
 def test_seeds_2_show_mean_and_std_per_cell_and_the_run_keeps_its_item_scores(tmp_path):
-    r = run_train(tmp_path, *FAST, "experiment=rankmix/ranks/r2", "seed=0,1", multirun=True)
+    r = run_train(tmp_path, *FAST, "experiment=rankmix-ranks/r2", "seed=0,1", multirun=True)
     assert r.returncode == 0, r.stderr[-3000:]
     results = [json.loads(p.read_text()) for p in sorted((tmp_path / "results" / "rankmix-ranks" / "runs").glob("*"))]
     assert [x["run"]["key"][:9] for x in results] == ["r2,seed=0", "r2,seed=1"]  # long keys end in a hash

@@ -10,7 +10,14 @@ from omegaconf import OmegaConf
 from conftest import REPO
 from rankmix.config import compose_run, register_resolvers, run_key
 from rankmix.errors import RankmixError
-from rankmix.table_rows import all_tables, key_overrides, reproduce_command, row_overrides, sweep_spec
+from rankmix.table_rows import (
+    all_tables,
+    key_overrides,
+    renamed_override,
+    reproduce_command,
+    row_overrides,
+    sweep_spec,
+)
 
 SWEEP = """id: my-ranks
 title: LoRA rank, my sweep
@@ -60,7 +67,7 @@ def test_each_row_is_named_as_the_multirun_names_its_run(conf):
 
 
 def test_a_sweep_from_a_starting_row_names_its_runs_after_it(conf):
-    (conf / "table" / "my-k.yaml").write_text("id: my-k\nrows:\n  experiment: smora/1/smora_64_8\n"
+    (conf / "table" / "my-k.yaml").write_text("id: my-k\nrows:\n  experiment: smora-1/smora_64_8\n"
                                               "  sweep: {method.k: [2, 4]}\n")
     assert all_tables(conf)["my-k"] == ["smora_64_8,method.k=2", "smora_64_8,method.k=4"]
     cfg = compose_run([*row_overrides("my-k", "smora_64_8,method.k=2", conf)], conf_dir=str(conf))
@@ -83,10 +90,10 @@ def test_a_new_table_of_another_tables_rows_is_one_yaml_and_its_runs_keep_their_
     (conf / "table" / "my-13b.yaml").write_text(REUSE)
     (conf / "table" / "my-copy.yaml").write_text("id: my-copy\nrows: {reuse: smora-1, only: [lora_64]}\n")
     rows = all_tables(conf)["my-13b"]
-    assert rows == ["smora/1/hydralora", "smora/1/lora_64"]
+    assert rows == ["smora-1/hydralora", "smora-1/lora_64"]
     register_resolvers()
     cmd = reproduce_command("my-13b", [], conf)
-    assert cmd[3] == "experiment=smora/1/hydralora,smora/1/lora_64" and "backbone=llama2_13b" in cmd
+    assert cmd[3] == "experiment=smora-1/hydralora,smora-1/lora_64" and "backbone=llama2_13b" in cmd
     with initialize_config_dir(config_dir=str(conf), version_base="1.3"):
         for row in rows:   # each job of the table's multirun is named as the row
             job = compose("train", overrides=[f"experiment={row}", *cmd[4:]], return_hydra_config=True)
@@ -95,8 +102,8 @@ def test_a_new_table_of_another_tables_rows_is_one_yaml_and_its_runs_keep_their_
         cfg = compose_run([*row_overrides("my-13b", row, conf), "scale=paper"], conf_dir=str(conf))
         assert (cfg.table.id, cfg.backbone.name_or_path) == ("my-13b", "meta-llama/Llama-2-13b-hf")
         assert "rows" not in cfg.table   # how a table is made is not part of its runs
-    own = OmegaConf.to_container(compose_run(["experiment=smora/1/lora_64"], conf_dir=str(conf)), resolve=True)
-    copy = compose_run(row_overrides("my-copy", "smora/1/lora_64", conf), conf_dir=str(conf))
+    own = OmegaConf.to_container(compose_run(["experiment=smora-1/lora_64"], conf_dir=str(conf)), resolve=True)
+    copy = compose_run(row_overrides("my-copy", "smora-1/lora_64", conf), conf_dir=str(conf))
     assert copy.table.id == "my-copy"
     assert computation_hash(OmegaConf.to_container(copy, resolve=True)) == computation_hash(own)  # reused, not trained
     assert key_overrides("my-copy", "lora_64,seed=1", conf)[-1] == "seed=1" and key_overrides("my-copy", "lora_8", conf) is None
@@ -133,7 +140,7 @@ def test_a_bad_rows_block_is_refused_naming_the_file(conf, text, problem):
 def test_the_shipped_sweep_table_composes_its_rows():
     rows = all_tables()["rankmix-smora-k"]
     assert rows == [f"method.k={k}" for k in (1, 2, 4, 8, 16)]
-    assert sweep_spec("smora-1") is None and row_overrides("smora-1", "smora/1/lora_64") == ["experiment=smora/1/lora_64"]
+    assert sweep_spec("smora-1") is None and row_overrides("smora-1", "smora-1/lora_64") == ["experiment=smora-1/lora_64"]
     c = OmegaConf.to_container(compose_run(row_overrides("rankmix-smora-k", "method.k=8")), resolve=True)
     assert (c["method"]["name"], c["method"]["r"], c["method"]["k"], c["table"]["id"]) == ("smora", 16, 8, "rankmix-smora-k")
 
@@ -148,3 +155,9 @@ def test_a_table_has_one_name_its_yaml_is_its_id_and_the_old_form_is_refused_in_
                        capture_output=True, text=True, timeout=120)
     assert r.returncode == 2 and r.stderr.strip().splitlines() == [
         "rankmix: error: table=smora_1 is now table=smora-1: a table's yaml is named by its id (conf/table/<id>.yaml)"]
+    assert renamed_override(["experiment=smora/1/lora_64"]) == (
+        "experiment=smora/1/lora_64 is now experiment=smora-1/lora_64: a table's rows are named by its id "
+        "(conf/experiment/<id>/<row>.yaml)")
+    assert renamed_override(["experiment=smora/5/hydralora"]).startswith(
+        "experiment=smora/5/hydralora is now row hydralora of table smora-5, reusing smora-1/hydralora")
+    assert renamed_override(["experiment=smora-1/lora_64", "table=smora-1"]) is None

@@ -71,7 +71,7 @@ def test_status_reflects_scales(tmp_path):
 
 def test_experiment_tables_come_from_the_config_tree():
     tables = all_tables()
-    assert tables["rankmix-ranks"] == [f"rankmix/ranks/r{r}" for r in (16, 2, 4, 8)]
+    assert tables["rankmix-ranks"] == [f"rankmix-ranks/r{r}" for r in (16, 2, 4, 8)]
 
 
 def test_paper_tables_are_shipped_in_their_format():
@@ -190,7 +190,7 @@ def test_reproduce_sweeps_the_seeds_and_picks_the_tables_launcher(tmp_path, monk
     monkeypatch.setattr(tables.subprocess, "call", lambda cmd: calls.append(cmd) or 0)
     assert tables.reproduce("routing-c15", ["scale=tiny"], tmp_path) == 0
     assert calls[0][-2:] == ["seed=0,1,2", "hydra/launcher=joblib"]
-    assert "experiment=routing/c15/adapter_matmul," in " ".join(calls[0])
+    assert "experiment=routing-c15/adapter_matmul," in " ".join(calls[0])
     tables.reproduce("routing-c15", ["seed=4", "hydra/launcher=slurm"], tmp_path)  # the caller's choice wins
     assert calls[1][-2:] == ["seed=4", "hydra/launcher=slurm"]
     tables.reproduce("routing-7", [], tmp_path)
@@ -202,7 +202,7 @@ def test_runs_that_predate_their_rows_config_are_found(tmp_path):
     from rankmix.results import RESULT_FORMAT
     from rankmix.tables import stale_runs
 
-    fresh = {k: config_hash(compose_run([f"experiment=rankmix/ranks/{k}", "scale=tiny"])) for k in ("r2", "r4")}
+    fresh = {k: config_hash(compose_run([f"experiment=rankmix-ranks/{k}", "scale=tiny"])) for k in ("r2", "r4")}
     runs = tmp_path / "rankmix-ranks" / "runs"
     for key, chash, fmt in (("r2", fresh["r2"], 1), ("r4", fresh["r4"], RESULT_FORMAT), ("r8", "an-old-hash", RESULT_FORMAT)):
         write_json_atomic(runs / f"{key}.json", {"status": "ok", "run": {"key": key, "scale": "tiny", "config_hash": chash,
@@ -234,7 +234,7 @@ def test_a_result_of_an_older_format_is_neither_up_to_date_nor_reused(tmp_path):
     from rankmix.config import compose_run, config_hash
     from rankmix.results import RESULT_FORMAT, is_up_to_date, same_computation
 
-    cfg = compose_run(["experiment=rankmix/ranks/r4", "scale=tiny"])
+    cfg = compose_run(["experiment=rankmix-ranks/r4", "scale=tiny"])
     config, chash = OmegaConf.to_container(cfg, resolve=True), config_hash(cfg)
     for fmt, expected in ((1, False), (RESULT_FORMAT, True)):
         path = tmp_path / f"f{fmt}" / "rankmix-ranks" / "runs" / "r4.json"

@@ -377,7 +377,7 @@ def test_the_entry_applies_command_line_values_over_the_scaled_config(tmp_path):
 
 
 def test_a_table_sweep_with_failed_rows_exits_non_zero(tmp_path):
-    r = run_train(tmp_path, *FAST, "experiment=rankmix/ranks/r4,rankmix/ranks/r8", "method.r=-1", multirun=True)
+    r = run_train(tmp_path, *FAST, "experiment=rankmix-ranks/r4,rankmix-ranks/r8", "method.r=-1", multirun=True)
     assert r.returncode == 1 and "2 run(s) of this sweep failed" in r.stderr, r.stderr[-2000:]
     assert not list((tmp_path / "results").glob("*/failed/*.json"))  # refused configs, not runs
 

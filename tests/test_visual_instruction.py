@@ -111,7 +111,7 @@ def test_the_model_is_xtuners_llava_with_the_released_projector(tmp_path):
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="the CPU refusal; on a GPU 4-bit loading runs")
 def test_qlora_on_a_cpu_is_refused_with_the_fix():
-    spec = OmegaConf.to_container(compose("experiment=moslora/5/qlora", "scale=paper").backbone.llm, resolve=True)
+    spec = OmegaConf.to_container(compose("experiment=moslora-5/qlora", "scale=paper").backbone.llm, resolve=True)
     with pytest.raises(ConfigError, match=r"backbone.llm.quantization.*needs a CUDA GPU.*~backbone.llm.quantization"):
         quantization_config(spec["quantization"])
 
@@ -126,7 +126,7 @@ def test_the_paper_rows_carry_table_8_per_part():
     with open(REPO / "results" / "paper" / "moslora_table8.csv") as f:
         tab8 = {(r["method"], r["hyperparameter"]): r for r in csv.DictReader(f)}
     for row, (model, llm_method, vision_method, init) in ROWS.items():
-        c = OmegaConf.to_container(compose(f"experiment=moslora/5/{row}", "scale=paper"), resolve=True)
+        c = OmegaConf.to_container(compose(f"experiment=moslora-5/{row}", "scale=paper"), resolve=True)
         assert c["backbone"]["paper_label"] == model
         rank, alpha = tab8[(model, "rank r")], tab8[(model, "alpha")]
         assert (c["method"]["name"], c["method"]["r"], c["method"]["alpha"]) == (
@@ -139,8 +139,8 @@ def test_the_paper_rows_carry_table_8_per_part():
         assert c["task"]["datamodule"]["batch_size"] == int(tab8[(model, "batch size")]["value"])
         accum = int(tab8[(model, "accumulative (gradient accumulation steps)")]["value"])
         assert c["task"]["global_batch_size"] == 4 * c["task"]["datamodule"]["batch_size"] * accum  # 4 GPUs (§4.2)
-        assert accumulation(compose(f"experiment=moslora/5/{row}", "scale=paper", "trainer.devices=4")) == accum
-        assert accumulation(compose(f"experiment=moslora/5/{row}", "scale=paper")) == 4 * accum  # one device
+        assert accumulation(compose(f"experiment=moslora-5/{row}", "scale=paper", "trainer.devices=4")) == accum
+        assert accumulation(compose(f"experiment=moslora-5/{row}", "scale=paper")) == 4 * accum  # one device
         assert (c["optimizer"]["schedule"], c["optimizer"]["warmup_ratio"], c["trainer"]["gradient_clip_val"]) == (
             "cosine", 0.03, 1.0)
         assert c["task"]["datamodule"]["max_length"] == 2048 - 576
@@ -187,7 +187,7 @@ def test_records_without_an_answer_token_within_the_cut_are_left_out_as_xtuner_d
 
 @pytest.mark.slow
 def test_a_tiny_run_is_scored_by_lmms_eval_and_the_judged_cells_say_why_not(tmp_path):
-    run = run_train(tmp_path, "experiment=moslora/5/moslora_orthogonal", "trainer.max_epochs=1",
+    run = run_train(tmp_path, "experiment=moslora-5/moslora_orthogonal", "trainer.max_epochs=1",
                     "task.datamodule.generate.n_train=24", "task.datamodule.generate.n_test=4",
                     "task.datamodule.val_size=4", "task.max_new_tokens=3")
     assert run.returncode == 0, run.stderr[-3000:]

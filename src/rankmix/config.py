@@ -90,7 +90,7 @@ def config_hash(cfg: DictConfig) -> str:
 def run_key(override_dirname: str) -> str:
     """A file-name-safe run name from Hydra's ``override_dirname`` (``default`` when empty).
 
-    ``experiment=<paper>/<table>/<row>`` becomes ``<row>``: the table already names the folder.
+    ``experiment=<table>/<row>`` becomes ``<row>``: the table already names the folder.
     The row's name comes first, so a key cut to its head still says which row it is; ``+``/``++`` are dropped
     (``++k=v`` and ``k=v`` configure the same run). Every ``paths.*`` key is left out (where the weights and data
     folders are does not make another run: ``paths.models.<backbone>=DIR``), beside Hydra's ``exclude_keys``.
@@ -179,17 +179,6 @@ def drop_table_rows(cfg: DictConfig) -> None:
     if "rows" in cfg.get("table", {}):
         with open_dict(cfg):
             cfg.table.pop("rows")
-
-
-def renamed_override(arguments: list[str]) -> str | None:
-    """One line naming the current form of a command-line override whose old form is gone, else None: a table's
-    yaml is named by its id (``table=smora_1`` is now ``table=smora-1``)."""
-    for argument in arguments:
-        key, equals, value = argument.partition("=")
-        new = value.replace("_", "-")
-        if equals and key.lstrip("+~") == "table" and new != value and (CONF_DIR / "table" / f"{new}.yaml").is_file():
-            return f"{argument} is now {key}={new}: a table's yaml is named by its id (conf/table/<id>.yaml)"
-    return None
 
 
 def check_trainer_keys(cfg: DictConfig) -> None:

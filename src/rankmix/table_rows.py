@@ -1,15 +1,16 @@
 """Which tables exist, which rows each has, and the Hydra overrides that compose a row.
 
 A table ``<id>`` is ``make reproduce-table-<id>``; its runs and ``table.md`` live in ``results/<id>/`` and its spec
-(title, paper CSV, cells) in ``conf/table/<id>.yaml``: one name for the table, its make target and its yaml.
+(title, paper CSV, cells) in ``conf/table/<id>.yaml``: one name for the table, its make target, its yaml and its
+experiment folder; ``conf/experiment/<paper>/`` holds a paper's setups shared by its tables' rows.
 Its rows come in one of three forms:
 
-- **Experiment rows**: one Hydra experiment file per row, ``conf/experiment/<paper>/<table>/<row>.yaml``, for rows
+- **Experiment rows**: one Hydra experiment file per row, ``conf/experiment/<id>/<row>.yaml``, for rows
   that really differ (another method, backbone or setting each). The row's name is the file's stem.
 - **A sweep**, in the table's own yaml, so that a new table of this kind is that one file::
 
       rows:
-        experiment: smora/1/lora_64       # optional: the row every row starts from
+        experiment: smora-1/lora_64       # optional: the row every row starts from
         set: [method=smora, method.r=16]  # optional: overrides of every row, not part of the run's name
         sweep: {method.k: [1, 2, 4, 8]}   # every combination is a row
 
@@ -31,6 +32,7 @@ A table's ``rows:`` says how the table is made, not how a run computes: it is no
 from __future__ import annotations
 
 import itertools
+import re
 from pathlib import Path
 
 from omegaconf import OmegaConf
@@ -143,19 +145,18 @@ def base_overrides(table_id: str, rows: dict, conf_dir: Path = CONF_DIR) -> list
 
 
 def experiment_rows(table_id: str, conf_dir: Path = CONF_DIR) -> list[str]:
-    """The experiment rows of table ``<paper>-<table>``: ``conf/experiment/<paper>/<table>/*.yaml``, by name."""
-    paper, _, table = table_id.partition("-")
-    return sorted(f"{paper}/{table}/{y.stem}" for y in (Path(conf_dir) / "experiment" / paper / table).glob("*.yaml"))
+    """The experiment rows of a table: ``conf/experiment/<id>/*.yaml``, by experiment name (``smora-1/lora_64``)."""
+    return sorted(f"{table_id}/{y.stem}" for y in (Path(conf_dir) / "experiment" / table_id).glob("*.yaml"))
 
 
 def all_tables(conf_dir: Path = CONF_DIR) -> dict[str, list[str]]:
     """``{table id: [row, ...]}``: experiment rows, the reused rows included, by their experiment name
-    (``smora/1/lora_64``), sweep rows by their run's name (``method.k=2``)."""
+    (``smora-1/lora_64``), sweep rows by their run's name (``method.k=2``)."""
     out = {}
-    for d in sorted((Path(conf_dir) / "experiment").glob("*/*/")):
-        rows = experiment_rows(f"{d.parent.name}-{d.name}", conf_dir)
+    for d in sorted((Path(conf_dir) / "experiment").glob("*-*/")):   # <paper>/ holds a paper's shared setups
+        rows = experiment_rows(d.name, conf_dir)
         if rows:
-            out[f"{d.parent.name}-{d.name}"] = rows
+            out[d.name] = rows
     for path in sorted((Path(conf_dir) / "table").glob("*.yaml")):
         spec = OmegaConf.load(path)
         if "rows" in spec:
@@ -274,3 +275,31 @@ def _merged(overrides: list[str]) -> list[str]:
         out.pop(key, None)
         out[key] = o
     return list(out.values())
+
+
+def renamed_override(arguments: list[str], conf_dir: Path = CONF_DIR) -> str | None:
+    """One line naming the current form of a command-line override whose old form is gone, else None. A table has
+    one name: its yaml is ``conf/table/<id>.yaml`` (``table=smora_1`` is now ``table=smora-1``) and its rows
+    ``conf/experiment/<id>/`` (``experiment=smora/1/lora_64`` is now ``experiment=smora-1/lora_64``); a row that
+    reuses another table's run is named with its table (``experiment=smora/5/hydralora`` is now row ``hydralora``
+    of ``conf/table/smora-5.yaml``)."""
+    for argument in arguments:
+        key, equals, value = argument.partition("=")
+        if not equals:
+            continue
+        if key.lstrip("+~") == "table":
+            new = value.replace("_", "-")
+            if new != value and spec_path(new, conf_dir):
+                return f"{argument} is now {key}={new}: a table's yaml is named by its id (conf/table/<id>.yaml)"
+        old = re.fullmatch(r"([a-z]+)/([a-z0-9]+)/(\w+)", value) if key.lstrip("+~") == "experiment" else None
+        if old:
+            table_id, row = f"{old[1]}-{old[2]}", old[3]
+            rows = {r.rsplit("/", 1)[-1]: r for r in all_tables(conf_dir).get(table_id, [])}
+            if rows.get(row) == f"{table_id}/{row}":
+                return (f"{argument} is now {key}={table_id}/{row}: a table's rows are named by its id "
+                        "(conf/experiment/<id>/<row>.yaml)")
+            if row in rows:
+                return (f"{argument} is now row {row} of table {table_id}, reusing {rows[row]} "
+                        f"(conf/table/{table_id}.yaml): make reproduce-table-{table_id} runs it, "
+                        f"make show-row TABLE={table_id} ROW={row} shows it")
+    return None

@@ -17,13 +17,14 @@ import hydra
 from omegaconf import DictConfig
 
 from rankmix import locations
-from rankmix.config import register_resolvers, renamed_override
+from rankmix.config import register_resolvers
 from rankmix.errors import RankmixError
 from rankmix.execution import execute
 from rankmix.fit import release_memory
 from rankmix.guards import lightning_config_errors, stop_on_sigterm
 from rankmix.records import record_failure
 from rankmix.run_checks import RunState, check_run
+from rankmix.table_rows import renamed_override
 
 log = logging.getLogger("rankmix.train")
 CONF_DIR = str(locations.CONF_DIR)
