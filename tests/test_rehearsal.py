@@ -143,3 +143,16 @@ def test_a_schedule_spanning_the_run_gets_the_shortest_length_its_phases_allow()
     out = rr.length_overrides("commonsense", method=method)
     assert f"method.total_step={method['tinit'] + method['tfinal'] + 1}" in out
     assert not any("total_step" in o for o in rr.length_overrides("flan", method={"name": "lora"}))
+
+
+def test_a_partial_rehearsal_replaces_its_rows_of_the_report_even_under_their_old_paths(tmp_path):
+    from rankmix.rehearsal.run import Row, merged
+
+    def row(table, experiment, status):
+        return Row(table=table, experiment=experiment, family="flan", method="lora", backbone="llama2_7b",
+                   task="flan", result={"status": status})
+
+    report = tmp_path / "cpu.json"
+    merged([row("smora-1", "smora/1/lora_64", "fail"), row("smora-1", "smora/1/lora_8", "pass")], report)
+    out = merged([row("smora-1", "smora-1/lora_64", "pass")], report)
+    assert [(r.experiment, r.result["status"]) for r in out] == [("smora-1/lora_64", "pass"), ("smora/1/lora_8", "pass")]

@@ -308,9 +308,12 @@ def merged(rows: list[Row], path: Path) -> list[Row]:
     their rows of the report, the others stay); the union is written back to ``path``."""
     from dataclasses import asdict
 
-    fresh = {(r.table, r.experiment) for r in rows}
+    def named(r: Row) -> tuple[str, str]:   # a row's name in its table (a report may predate a row's new path)
+        return r.table, r.experiment.rsplit("/", 1)[-1]
+
+    fresh = {named(r) for r in rows}
     kept = [Row(**r) for r in json.loads(path.read_text())] if path.is_file() else []
-    out = sorted([r for r in kept if (r.table, r.experiment) not in fresh] + rows, key=lambda r: (r.table, r.experiment))
+    out = sorted([r for r in kept if named(r) not in fresh] + rows, key=named)
     slim = [{**asdict(r), "result": {k: v for k, v in r.result.items() if k != "run"}
              | ({"run": {k: r.result["run"][k] for k in ("train", "params")}} if "run" in r.result else {})}
             for r in out]
@@ -390,7 +393,11 @@ def reproject(path: Path, tables: list[str] | None = None) -> Path:
     when = re.search(r"`make rehearse` at (.+?) UTC", header)
     length = re.search(r"the length \(`([^`]*)`\)", header)
     width = "full" if path.stem.endswith("-full") else "reduced"
+    from rankmix.table_rows import row_name
+
     rows = [Row(**r) for r in json.loads(path.with_suffix(".json").read_text())]
+    for row in rows:   # a report may name a row by an older path (smora/1/lora_64 for smora-1/lora_64)
+        row.experiment = row_name(row.table, row.experiment.rsplit("/", 1)[-1])
     chosen = [r for r in rows if not tables or r.table in tables]
     for i, row in enumerate(chosen, 1):
         print(f"rankmix: project [{i}/{len(chosen)}] {row.table} {row.experiment}", flush=True)
