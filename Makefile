@@ -83,7 +83,7 @@ rehearse: ## every table's rows at scale=paper on stand-ins of the real backbone
 	$(OFFLINE) $(PY) -m rankmix.rehearsal --rows $(ROWS) --width $(WIDTH) $(ARGS)
 
 SEEDS ?=
-reproduce-table-%: ## run table <paper>-<id>'s multirun (missing/stale runs only), then write results/<paper>-<id>/table.md; SCALE=paper for the paper's setting; SEEDS=n: seeds 0..n-1, mean ± std per cell
+reproduce-table-%: ## run table <id>'s multirun (its rows: conf/experiment/<id>/ or conf/table/<id>.yaml; missing/stale runs only), then write results/<id>/table.md; SCALE=paper for the paper's setting; SEEDS=n: seeds 0..n-1, mean ± std per cell
 	$(PY) -m rankmix.tables reproduce $* scale=$(SCALE) $(if $(SEEDS),seed=$(shell seq -s, 0 $$(($(SEEDS)-1)))) $(ARGS)
 
 rate: ## the blind rating page of a table's two methods for one rater: make rate TABLE=moslora-6 RATER=ann (answers → results/<table>/ratings/<rater>.csv)
