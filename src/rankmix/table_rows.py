@@ -97,8 +97,9 @@ def reuse_spec(table_id: str, conf_dir: Path = CONF_DIR) -> dict | None:
 
 
 def _reused_rows(table_id: str, conf_dir: Path, seen: tuple = ()) -> dict[str, list[str]]:
-    """``{row: the overrides that move it into this table}`` for every row of a table that reuses another's:
-    its own experiment rows (``[]``) and the other table's rows (its ``set`` after theirs), by name."""
+    """``{row: the overrides that move it into this table}`` for every row of a table, by name: ``[]`` for each
+    experiment row of a table that reuses none; for one that reuses another's, ``table=<id>`` and its ``set`` for its
+    own experiment rows, and for the other table's rows what moved them there with this table's after it."""
     own = {r: [] for r in experiment_rows(table_id, conf_dir)}
     rows = reuse_spec(table_id, conf_dir)
     if rows is None:
@@ -239,7 +240,7 @@ def reproduce_command(table_id: str, overrides: list[str], conf_dir: Path = CONF
     spec, rows = table_spec(table_id, conf_dir), sweep_spec(table_id, conf_dir)
     if rows is None and reuse_spec(table_id, conf_dir) is None:
         cmd = ["-m", "rankmix.train", "-m", "experiment=" + ",".join(all_tables(conf_dir)[table_id])]
-    elif rows is None:   # reused rows: one multirun per set of overrides that moves rows into this table
+    elif rows is None:   # reused rows: one multirun, every row moved into this table by the same overrides
         groups = {}
         for row, moved in _reused_rows(table_id, conf_dir).items():
             groups.setdefault(tuple(moved), []).append(row)
