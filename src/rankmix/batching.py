@@ -49,7 +49,7 @@ def accumulation(cfg: DictConfig) -> int:
             raise ConfigError("trainer.accumulate_grad_batches", None, "is computed only from task.global_batch_size, "
                               "which this row does not set; give a number")
         return int(given)
-    devices, nodes = device_count(cfg.trainer), int(cfg.trainer.num_nodes)
+    devices, nodes = device_count(cfg.trainer), int(cfg.trainer.get("num_nodes", 1))
     batch = int(cfg.task.datamodule.batch_size)
     per_step = devices * nodes * batch
     if int(wanted) < 1 or int(wanted) % per_step:

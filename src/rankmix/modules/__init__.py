@@ -28,5 +28,5 @@ def build(cfg, run_dir):
 
     module, _, function = BUILDERS[kind].partition(":")
     built = getattr(importlib.import_module(module), function)(cfg, run_dir)
-    enable_activation_checkpointing(built[0], cfg.backbone.activation_checkpointing)
+    enable_activation_checkpointing(built[0], cfg.backbone.get("activation_checkpointing", "none"))
     return built

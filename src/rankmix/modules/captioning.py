@@ -106,7 +106,7 @@ def build_captioning(cfg, run_dir: Path, cached_only: bool = False):
     if spec.get("warm_start"):
         lm = warm_start(lm, tokenizer, texts, spec.warm_start, Path(cfg.paths.cache_dir), cached_only=cached_only)
     report = inject(lm, OmegaConf.to_container(cfg.method, resolve=True))
-    model = VisionPrefixCaptioner(vision, lm, x_r=cfg.task.x_r)
+    model = VisionPrefixCaptioner(vision, lm, x_r=cfg.task.get("x_r", "image"))
     module = CaptioningModule(model, tokenizer, OmegaConf.to_container(cfg.optimizer, resolve=True),
                               max_new_tokens=cfg.task.max_new_tokens, num_beams=cfg.task.get("num_beams", 1),
                               predictions_path=str(run_dir / "predictions.jsonl"))

@@ -99,7 +99,7 @@ def build_vqa(cfg, run_dir: Path):
     report = inject(text, OmegaConf.to_container(cfg.method, resolve=True))
     ans2label = json.loads(dm.ans2label_path().read_text())
     label2ans = [a for a, _ in sorted(ans2label.items(), key=lambda kv: kv[1])]
-    model = VisionPrefixClassifier(vision, text, len(label2ans), x_r=cfg.task.x_r)
+    model = VisionPrefixClassifier(vision, text, len(label2ans), x_r=cfg.task.get("x_r", "image"))
     module = VQAModule(model, label2ans, OmegaConf.to_container(cfg.optimizer, resolve=True),
                        predictions_path=str(run_dir / "predictions.jsonl"))
     return module, dm, report, text
