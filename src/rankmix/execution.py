@@ -51,7 +51,7 @@ def _earlier_result(cfg: DictConfig, run: RunState, config: dict) -> tuple[dict,
     else:
         print(f"rankmix: {run.key}: same computation as {same}; its numbers are reused (rerun=true trains again)"
               + ("; no wandb run is made for it (nothing was trained)" if cfg.get("logger", {}).get("wandb") else ""))
-    result = reused_record(read_json(same), same, run.key, cfg, run.chash, config)
+    result = reused_record(read_json(same), None if same == run.path else same, run.key, cfg, run.chash, config)
     write_json_atomic(run.path, result)
     failure_path(run.path).unlink(missing_ok=True)
     return result["metrics"], run.path

@@ -20,7 +20,6 @@ from rankmix.results import (
     git_state,
     machine,
     package_versions,
-    result_path,
     write_json_atomic,
 )
 from rankmix.sweep import SWEEP_FAILURES
@@ -105,12 +104,13 @@ def result_record(cfg: DictConfig, key: str, chash: str, run_dir: Path, started:
     }
 
 
-def reused_record(done: dict, same: Path, key: str, cfg: DictConfig, chash: str, config: dict) -> dict:
-    """The result of a run whose computation a finished run already made (``same``): its numbers, filed under this
-    run's key and table. Its own earlier result (only its labels changed) keeps where its numbers came from."""
+def reused_record(done: dict, reused_from: Path | None, key: str, cfg: DictConfig, chash: str, config: dict) -> dict:
+    """The result of a run whose computation a finished run already made (``done``, at ``reused_from``): its numbers,
+    filed under this run's key and table. ``reused_from`` None: ``done`` is the run's own earlier result (only its
+    labels changed), which keeps where its numbers came from."""
     run = {**done["run"], "key": key, "table": cfg.table.id, "config_hash": chash}
-    if Path(same) != result_path(Path(cfg.paths.results_dir), cfg.table.id, key):
-        run["reused_from"] = str(same)
+    if reused_from is not None:
+        run["reused_from"] = str(reused_from)
     return {**done, "run": run, "config": config}
 
 

@@ -189,10 +189,13 @@ def row_overrides(table_id: str, row: str, conf_dir: Path = CONF_DIR) -> list[st
     """The overrides that compose one row (``row`` as ``all_tables`` names it)."""
     if sweep_spec(table_id, conf_dir) is not None:
         return key_overrides(table_id, row, conf_dir) or []
-    if reuse_spec(table_id, conf_dir) is None:
-        return [f"experiment={row}"]
-    moved = _reused_rows(table_id, conf_dir)[row]   # as the table's multirun runs it: the same run name and folder
-    return [f"experiment={row}", *moved, _excluded(moved, conf_dir)]
+    return _experiment_overrides(row, _reused_rows(table_id, conf_dir).get(row, []), conf_dir)
+
+
+def _experiment_overrides(row: str, moved: list[str], conf_dir: Path) -> list[str]:
+    """An experiment row with what moves it into its table, as the table's multirun runs it (the same run name and
+    folder: the moving overrides are kept out of the name)."""
+    return [f"experiment={row}", *moved, *([_excluded(moved, conf_dir)] if moved else [])]
 
 
 def key_overrides(table_id: str, key: str, conf_dir: Path = CONF_DIR) -> list[str] | None:
@@ -208,8 +211,7 @@ def key_overrides(table_id: str, key: str, conf_dir: Path = CONF_DIR) -> list[st
         full = {r.rsplit("/", 1)[-1]: r for r in reused}
         if head not in full:
             return None
-        moved = reused[full[head]]
-        return [f"experiment={full[head]}", *moved, *([_excluded(moved, conf_dir)] if moved else []), *rest]
+        return [*_experiment_overrides(full[head], reused[full[head]], conf_dir), *rest]
     items = key.split(",")
     if rows.get("experiment"):
         if head != rows["experiment"].rsplit("/", 1)[-1]:
@@ -238,9 +240,7 @@ def reproduce_command(table_id: str, overrides: list[str], conf_dir: Path = CONF
     """The multirun of a table's rows: ``python -m rankmix.train -m <rows> <overrides>`` (without the
     interpreter)."""
     spec, rows = table_spec(table_id, conf_dir), sweep_spec(table_id, conf_dir)
-    if rows is None and reuse_spec(table_id, conf_dir) is None:
-        cmd = ["-m", "rankmix.train", "-m", "experiment=" + ",".join(all_tables(conf_dir)[table_id])]
-    elif rows is None:   # reused rows: one multirun, every row moved into this table by the same overrides
+    if rows is None:   # experiment rows, and reused ones: one multirun, every row moved by the same overrides
         groups = {}
         for row, moved in _reused_rows(table_id, conf_dir).items():
             groups.setdefault(tuple(moved), []).append(row)
@@ -248,7 +248,7 @@ def reproduce_command(table_id: str, overrides: list[str], conf_dir: Path = CONF
             raise ConfigError(f"{spec_path(table_id, conf_dir)}: rows", table_id, "its rows need different "
                               "overrides to join this table, so one multirun cannot run them; reuse one table")
         ((moved, rows_), ) = groups.items()
-        cmd = ["-m", "rankmix.train", "-m", "experiment=" + ",".join(rows_), *moved, _excluded(moved, conf_dir)]
+        cmd = ["-m", "rankmix.train", "-m", *_experiment_overrides(",".join(rows_), list(moved), conf_dir)]
     else:
         cmd = ["-m", "rankmix.train", "-m", *base_overrides(table_id, rows, conf_dir),
                *(f"{k}={','.join(_value(v) for v in rows['sweep'][k])}" for k in sorted(rows["sweep"])),
