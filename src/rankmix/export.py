@@ -39,9 +39,11 @@ from pathlib import Path
 import torch
 
 from rankmix.errors import NotMergeableError, RankmixError
+from rankmix.modules.builder import builder_target
 
 CHECKPOINT_PREFIX = "model."   # Lightning saves the module's ``model`` attribute under this prefix
 LM_EVAL_GROUP = "rankmix"
+INSTRUCTION_BUILDER = "rankmix.modules.causal_lm.build_causal_lm"   # the runs export takes
 EM_REGEXES = [r"^\s+", r"\s+$", r"\."]   # in this order: strip, then drop periods (normalize_em; case is ignored)
 
 
@@ -238,9 +240,9 @@ def export_run(run_dir: str | Path, out: str | Path, verify: bool | None = None,
     register_resolvers()
     run_dir, out = Path(run_dir).resolve(), Path(out).resolve()
     cfg, result = run_config(run_dir)
-    kind = cfg.task.get("kind", "causal_lm")
-    if kind != "causal_lm":
-        raise RankmixError(f"{run_dir}: task.kind={kind!r}; export takes instruction-tuning runs (task.kind=causal_lm)")
+    if builder_target(cfg.task) != INSTRUCTION_BUILDER:
+        raise RankmixError(f"{run_dir}: its task is built by {builder_target(cfg.task)}; export takes instruction-tuning "
+                           f"runs (built by {INSTRUCTION_BUILDER})")
     if out.exists() and any(out.iterdir()):
         raise RankmixError(f"{out}: exists and is not empty; give a new folder")
     checkpoint = tested_checkpoint(run_dir, result)

@@ -89,7 +89,22 @@ def lock_run_dir(run_dir: Path):
     return handle
 
 
-def lightning_config_errors() -> tuple[type, ...]:
-    """Lightning's own config error, when Lightning has been imported (a config refused before it never is)."""
+def config_errors() -> tuple[type, ...]:
+    """What a bad config raises, reported in one line (``refusal``): rankmix's errors, a key the config lacks
+    (OmegaConf), and Lightning's own config error once Lightning has been imported."""
+    from omegaconf.errors import ConfigAttributeError, ConfigKeyError, MissingMandatoryValue
+
     mod = sys.modules.get("lightning.fabric.utilities.exceptions")
-    return (mod.MisconfigurationException,) if mod else ()
+    return (RankmixError, ConfigAttributeError, ConfigKeyError, MissingMandatoryValue,
+            *((mod.MisconfigurationException,) if mod else ()))
+
+
+def refusal(err: Exception) -> str:
+    """One line for an error of ``config_errors``: a key the config lacks is named with where to set it."""
+    from omegaconf.errors import OmegaConfBaseException
+
+    if isinstance(err, OmegaConfBaseException) and getattr(err, "full_key", None):
+        group = str(err.full_key).split(".")[0]
+        return (f"{err.full_key}: not set; write it in the yaml of the run's {group} (conf/{group}/<name>.yaml), or "
+                f"give ++{err.full_key}=<value> (python -m rankmix.train --cfg job shows the composed config)")
+    return str(err)

@@ -18,10 +18,9 @@ from omegaconf import DictConfig
 
 from rankmix import locations
 from rankmix.config import register_resolvers
-from rankmix.errors import RankmixError
 from rankmix.execution import execute
 from rankmix.fit import release_memory
-from rankmix.guards import lightning_config_errors, stop_on_sigterm
+from rankmix.guards import config_errors, refusal, stop_on_sigterm
 from rankmix.records import record_failure
 from rankmix.run_checks import RunState, check_run
 from rankmix.table_rows import renamed_override
@@ -38,10 +37,10 @@ def train(cfg: DictConfig) -> float | None:
     try:
         check_run(cfg, run)
         return execute(cfg, run)
-    except (RankmixError, *lightning_config_errors()) as e:
-        record_failure(cfg, run, str(e))
-        print(f"rankmix: error: {e}", file=sys.stderr)
-        log.error(str(e))
+    except config_errors() as e:
+        record_failure(cfg, run, refusal(e))
+        print(f"rankmix: error: {refusal(e)}", file=sys.stderr)
+        log.error(refusal(e))
         if run.multirun:
             return None
         sys.exit(1)

@@ -1,32 +1,26 @@
-"""The LightningModules, one per kind of benchmark (``task.kind``), each on ``base.AdapterModule``, and the builder of
-each: ``build(cfg, run_dir)`` gives (LightningModule, data module, injection report, the adapted model), with the
-backbone's activation checkpointing (``backbone.activation_checkpointing``) switched on as the row says."""
+"""The LightningModules, one per family of benchmark, each on ``base.AdapterModule``, and what builds a run.
+
+A task yaml names its builder by ``_target_``::
+
+    builder:
+      _target_: rankmix.modules.vqa.build_vqa
+      _partial_: true
+
+A builder is a function ``(cfg, run_dir) -> (LightningModule, data module, injection report, the adapted model)``,
+declared with ``@builds(...)`` (``rankmix.modules.builder``): what model it makes, which the rehearsal's projection
+reads. ``build`` switches on the backbone's activation checkpointing (``backbone.activation_checkpointing``) as the
+row says. A task of one's own may name a builder of one's own the same way.
+"""
 
 from __future__ import annotations
 
-import importlib
-
-BUILDERS = {  # task.kind -> "module:function"
-    "causal_lm": "rankmix.modules.causal_lm:build_causal_lm",
-    "vqa": "rankmix.modules.vqa:build_vqa",
-    "caption": "rankmix.modules.captioning:build_captioning",
-    "vl_multitask": "rankmix.modules.clip_bart:build_vl_multitask",
-    "benchmark_lm": "rankmix.modules.benchmark_lm:build_benchmark_lm",
-    "dreambooth": "rankmix.modules.dreambooth:build_dreambooth",
-    "visual_instruction": "rankmix.modules.visual_instruction:build_visual_instruction",
-}
+from rankmix.modules.builder import builder_of
 
 
 def build(cfg, run_dir):
-    """The task's model, data and LightningModule, by ``cfg.task.kind`` (``causal_lm`` when unset)."""
-    from rankmix.errors import ConfigError
-
-    kind = cfg.task.get("kind", "causal_lm")
-    if kind not in BUILDERS:
-        raise ConfigError("task.kind", kind, f"unknown; kinds: {', '.join(BUILDERS)}")
+    """The task's model, data and LightningModule, from ``cfg.task.builder``."""
     from rankmix.backbones import enable_activation_checkpointing
 
-    module, _, function = BUILDERS[kind].partition(":")
-    built = getattr(importlib.import_module(module), function)(cfg, run_dir)
+    built = builder_of(cfg.task)(cfg, run_dir)
     enable_activation_checkpointing(built[0], cfg.backbone.get("activation_checkpointing", "none"))
     return built

@@ -39,6 +39,7 @@ from rankmix.benchmarks import ds1000, harness, humaneval
 from rankmix.benchmarks.sandbox import SandboxSettings, check_isolation, settings_record
 from rankmix.data.loading import pad_left
 from rankmix.errors import ConfigError
+from rankmix.modules.builder import builds
 from rankmix.modules.causal_lm import CausalLMModule, adapted_lm
 
 log = logging.getLogger(__name__)
@@ -284,6 +285,7 @@ def write_records(path: Path, records: list[dict]) -> None:
             f.write(json.dumps(r) + "\n")
 
 
+@builds()
 def build_benchmark_lm(cfg, run_dir: Path):
     """(LightningModule, data module, injection report, the adapted LM) for a mixture-plus-benchmarks config."""
     from omegaconf import OmegaConf
@@ -301,7 +303,7 @@ def build_benchmark_lm(cfg, run_dir: Path):
                                benchmarks=task["benchmarks"], sandbox=task.get("sandbox") or {},
                                prompt_template=task["datamodule"]["prompt_template"], out_dir=str(run_dir),
                                average=task.get("average") or (), eval_batch_size=task["datamodule"]["eval_batch_size"],
-                               max_length=int(task.get("eval_max_length", task["datamodule"]["max_length"])),
+                               max_length=int(cfg.task.eval_max_length),
                                seed=int(cfg.seed))
     return module, dm, report, model
 

@@ -21,6 +21,7 @@ from rankmix.adapters import adapter_context
 from rankmix.adapters.base import choice
 from rankmix.metrics.captioning import CHEAP, FIVE, score_captions
 from rankmix.modules.base import AdapterModule
+from rankmix.modules.builder import builds
 from rankmix.modules.vision_prefix import X_R, check_widths, visual_features
 
 
@@ -87,6 +88,7 @@ class CaptioningModule(AdapterModule):
                                   "prediction": text.strip(), "references": batch["references"][i]})
 
 
+@builds(language="language.name_or_path", image="prefix", decoder=False)
 def build_captioning(cfg, run_dir: Path, cached_only: bool = False):
     """(LightningModule, data module, injection report, the adapted language model) for a captioning config;
     ``cached_only``: the warm-started language model must come from the cache (rebuilding a finished run)."""

@@ -27,6 +27,7 @@ from rankmix.errors import ConfigError
 from rankmix.metrics.flan import score_flan
 from rankmix.metrics.text import score_generations
 from rankmix.modules.base import AdapterModule
+from rankmix.modules.builder import builds
 
 SCORERS = {"generic": score_generations, "flan": score_flan, "commonsense": score_commonsense}
 # Scorers whose protocol reads its prediction out of the decoded prompt + generation (LLM-Adapters'
@@ -118,6 +119,7 @@ def adapted_lm(cfg, run_dir: Path):
     return dm, tokenizer, model, report
 
 
+@builds()
 def build_causal_lm(cfg, run_dir: Path):
     """(LightningModule, data module, injection report, the adapted LM) for an instruction-tuning config."""
     from omegaconf import OmegaConf

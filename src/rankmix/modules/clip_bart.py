@@ -34,6 +34,7 @@ from rankmix.metrics.captioning import FIVE, score_captions
 from rankmix.metrics.vl_tasks import gqa_accuracy, nlvr_accuracy, nlvr_predictions
 from rankmix.metrics.vqa import score_vqa
 from rankmix.modules.base import AdapterModule
+from rankmix.modules.builder import builds
 from rankmix.uncertainty import combine, prefixed
 
 X_R_DECODER = ("encoder_mean", "visual")
@@ -216,6 +217,7 @@ def unfreeze(bart: nn.Module, policy, method) -> int:
     return added
 
 
+@builds(language="language.name_or_path", auto_class="AutoModelForSeq2SeqLM", decoder=False)
 def build_vl_multitask(cfg, run_dir: Path):
     """(LightningModule, data module, injection report, the adapted BART) for a CLIP-BART multitask config."""
     from omegaconf import OmegaConf

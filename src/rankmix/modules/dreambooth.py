@@ -34,6 +34,7 @@ import torch.nn.functional as F
 from rankmix import uncertainty
 from rankmix.adapters import adapter_layers
 from rankmix.modules.base import AdapterModule
+from rankmix.modules.builder import builds
 
 INFERENCE = ("adapted", "official")
 
@@ -190,6 +191,7 @@ def _encoders_loaded_once():
         subject_fidelity._encoder = real
 
 
+@builds(decoder=False)
 def build_dreambooth(cfg, run_dir: Path):
     """(LightningModule, data module, injection report, the adapted UNet) for a DreamBooth config."""
     from omegaconf import OmegaConf
@@ -220,5 +222,5 @@ def build_dreambooth(cfg, run_dir: Path):
                               guidance_scale=task.guidance_scale, seed=int(cfg.seed),
                               auto_scores=OmegaConf.to_container(task.auto_scores, resolve=True)
                               if task.get("auto_scores") else None,
-                              inference=task.get("inference", "adapted"), official=official)
+                              inference=task.inference, official=official)
     return module, dm, report, pipe.unet

@@ -29,6 +29,7 @@ from rankmix.data.llava_instruct import encode_text, pixel_values_of, prompt_tex
 from rankmix.data.loading import pad_left
 from rankmix.errors import ConfigError
 from rankmix.modules.base import AdapterModule
+from rankmix.modules.builder import builds
 
 
 class VisualInstructionModule(AdapterModule):
@@ -181,6 +182,7 @@ def adapted_llava(cfg, run_dir: Path):
     return dm, tokenizer, processor, model, report
 
 
+@builds(language="llm.name_or_path", image="patches")
 def build_visual_instruction(cfg, run_dir: Path):
     """(LightningModule, data module, injection report, the adapted model) for a visual-instruction config."""
     from omegaconf import OmegaConf
@@ -194,6 +196,6 @@ def build_visual_instruction(cfg, run_dir: Path):
                                      OmegaConf.to_container(cfg.optimizer, resolve=True), benchmarks=benchmarks,
                                      out_dir=str(run_dir), average=task.get("average") or (),
                                      eval_batch_size=task["datamodule"]["eval_batch_size"],
-                                     max_new_tokens=task.get("max_new_tokens"), judge=task.get("judge"),
-                                     pad_image_to_square=task["datamodule"].get("pad_image_to_square", True))
+                                     max_new_tokens=cfg.task.max_new_tokens, judge=task.get("judge"),
+                                     pad_image_to_square=cfg.task.datamodule.pad_image_to_square)
     return module, dm, report, model

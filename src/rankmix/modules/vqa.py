@@ -23,6 +23,7 @@ from rankmix.adapters import adapter_context
 from rankmix.adapters.base import choice
 from rankmix.metrics.vqa import score_vqa
 from rankmix.modules.base import AdapterModule
+from rankmix.modules.builder import builds
 from rankmix.modules.vision_prefix import X_R, check_widths, visual_features
 
 
@@ -77,6 +78,7 @@ class VQAModule(AdapterModule):
                                   "answer_type": batch["answer_type"][i], "question_type": batch["question_type"][i]})
 
 
+@builds(language="text.name_or_path", auto_class="AutoModel", image="prefix", decoder=False)
 def build_vqa(cfg, run_dir: Path):
     """(LightningModule, data module, injection report, the adapted text encoder) for a VQA config."""
     from omegaconf import OmegaConf
@@ -99,7 +101,7 @@ def build_vqa(cfg, run_dir: Path):
     report = inject(text, OmegaConf.to_container(cfg.method, resolve=True))
     ans2label = json.loads(dm.ans2label_path().read_text())
     label2ans = [a for a, _ in sorted(ans2label.items(), key=lambda kv: kv[1])]
-    model = VisionPrefixClassifier(vision, text, len(label2ans), x_r=cfg.task.get("x_r", "image"))
+    model = VisionPrefixClassifier(vision, text, len(label2ans), x_r=cfg.task.x_r)
     module = VQAModule(model, label2ans, OmegaConf.to_container(cfg.optimizer, resolve=True),
                        predictions_path=str(run_dir / "predictions.jsonl"))
     return module, dm, report, text

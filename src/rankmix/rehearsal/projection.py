@@ -25,6 +25,8 @@ import sys
 
 import torch
 
+from rankmix.modules.builder import facts_of
+
 # Training records per epoch of the real files (the dataset notes in docs/protocol.md).
 TRAIN_RECORDS = {
     "commonsense": 170_420,       # commonsense_170k.json (before the 120 held out)
@@ -43,20 +45,6 @@ LOGIT_BYTES = 8        # fp32 logits for the loss and their gradient
 CARDS_GIB = (80, 40, 24)
 
 
-def _auto_class(kind: str):
-    from transformers import AutoModel, AutoModelForCausalLM, AutoModelForSeq2SeqLM
-
-    return {"vqa": AutoModel, "vl_multitask": AutoModelForSeq2SeqLM}.get(kind, AutoModelForCausalLM)
-
-
-MEMORY_KINDS = ("causal_lm", "benchmark_lm", "visual_instruction")   # tasks whose memory per GPU is measured
-
-
-def _language_key(kind: str) -> str:
-    return {"vqa": "text.name_or_path", "caption": "language.name_or_path", "vl_multitask": "language.name_or_path",
-            "visual_instruction": "llm.name_or_path"}.get(kind, "name_or_path")
-
-
 def _records(config: dict) -> int | None:
     task = config["task"]
     source = (task.get("datamodule") or {}).get("source") or {}
@@ -73,10 +61,11 @@ def _seq_len(config: dict, parts: dict[str, str]) -> int:
     dm = config["task"].get("datamodule") or {}
     if config["task"]["name"] == "vl_multitask":  # question tokens + the visual tokens of an NLVR2 pair
         return int(dm.get("max_text_length", 20)) + 2 * int(dm.get("n_boxes", 36))
-    if config["task"].get("kind") == "visual_instruction":   # the image, counted as one text token, is its patches
+    image = facts_of(config["task"]).image
+    if image == "patches":   # the image, counted as one text token, is its patches
         vision = real_config(parts["vision.name_or_path"])
         return int(dm["max_length"]) - 1 + (vision.image_size // vision.patch_size) ** 2
-    extra = 1 if config["task"].get("kind") in ("vqa", "caption") else 0   # the image's [CLS] prefix
+    extra = 1 if image == "prefix" else 0   # the image's [CLS] prefix
     return int(dm.get("max_length", 0)) + extra
 
 
@@ -100,13 +89,16 @@ def _trained(config: dict, key: str, language: str) -> dict | None:
     return None
 
 
-def _parameters(hub: str, kind: str, method: dict | None, quantized: bool) -> dict:
-    """Parameter counts of one part at its true size (meta device), ``method`` injected where it is trained."""
+def _parameters(hub: str, auto_class: str, method: dict | None, quantized: bool) -> dict:
+    """Parameter counts of one part at its true size (meta device, made by transformers' ``auto_class``),
+    ``method`` injected where it is trained."""
+    import transformers
+
     from rankmix.adapters import adapter_layers, inject
     from rankmix.rehearsal.standins import real_config
 
     with torch.device("meta"):
-        model = _auto_class(kind).from_config(real_config(hub))
+        model = getattr(transformers, auto_class).from_config(real_config(hub))
         if method is None:
             model.requires_grad_(False)
             total = sum(p.numel() for p in model.parameters())
@@ -125,8 +117,8 @@ def project(config: dict, parts: dict[str, str]) -> dict:
     from rankmix.rehearsal.memory import at, measure
     from rankmix.rehearsal.pipelines import PIPELINES
 
-    kind = config["task"].get("kind", "causal_lm")
-    language = _language_key(kind)
+    facts = facts_of(config["task"])
+    language = facts.language
     hub = parts.get(language)
     if hub is None:
         return {"notes": [f"{config['task']['name']}: no hub backbone to project"]}
@@ -140,14 +132,15 @@ def project(config: dict, parts: dict[str, str]) -> dict:
     # memory is measured where the trained model is a decoder LM (alone or as LLaVA's LLM); the routing functions'
     # and SMoLA's encoder-decoder rows need per-call inputs (visual features, task ids) the measurement does not
     # build, and they fit any card by a wide margin (their models are under 1B parameters)
-    measured_kind = kind in MEMORY_KINDS
+    measured_kind = facts.decoder
     weights = optimizer = activations = 0.0
     counts, measured = {"total": 0, "trainable": 0, "activated": 0}, []
     for key, part in parts.items():
         if key.endswith("projector.name_or_path") or part in PIPELINES:
             continue
         method = _trained(config, key, language)
-        n = _parameters(part, kind if key == language else "vqa", method, quantized and key == language)
+        n = _parameters(part, facts.auto_class if key == language else "AutoModel", method,
+                        quantized and key == language)
         for k in counts:
             counts[k] += n[k] if k != "activated" or key == language else 0
         dtype = _dtype(backbone, key)
@@ -166,7 +159,7 @@ def project(config: dict, parts: dict[str, str]) -> dict:
     if not measured_kind:
         return {**counts, "tokens_per_epoch": records * seq if records else None, "micro_batch": micro, "seq": seq,
                 "checkpointing": checkpointing, "precision": precision, "quantized": quantized,
-                "notes": [f"{kind}: memory not measured (per-call inputs of its methods are not built by "
+                "notes": [f"{config['task']['name']}: memory not measured (per-call inputs of its methods are not built by "
                           "rankmix.rehearsal.memory); parameter counts only"]}
     from rankmix.rehearsal.standins import real_config
 

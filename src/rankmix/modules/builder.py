@@ -1,0 +1,93 @@
+"""``task.builder``: the function that builds a run, named by ``_target_``, and what it declares of its model.
+
+``@builds(...)`` states, where the builder is written, the facts of the model it makes that other parts read
+without building it: the backbone key of the trained language model's weights, the transformers auto class that
+makes that model from a config, and how an image enters its sequence. The rehearsal projects a paper row's memory
+and parameters from them (``rankmix.rehearsal.projection``); a builder without them is read as a decoder LM.
+
+Tasks not yet moved to ``builder`` name their builder by ``task.kind`` (``KINDS``, ``causal_lm`` when neither is
+set); a task that sets both is refused.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+
+from rankmix.errors import ConfigError, first_line
+
+KINDS = {  # task.kind -> the builder's _target_
+    "causal_lm": "rankmix.modules.causal_lm.build_causal_lm",
+    "caption": "rankmix.modules.captioning.build_captioning",
+    "vl_multitask": "rankmix.modules.clip_bart.build_vl_multitask",
+}
+
+
+@dataclass(frozen=True)
+class ModelFacts:
+    """What a builder's model is, declared with ``@builds``.
+
+    language: the ``backbone`` key of the trained language model's weights (``name_or_path``, ``text.name_or_path``,
+    ``llm.name_or_path``, ...); auto_class: the transformers class that makes it from a config; image: how an image
+    enters the language model's sequence: ``None`` (no image, or not as tokens), ``"prefix"`` (one token in front),
+    ``"patches"`` (the vision tower's patches in place of one text token); decoder: whether it is a decoder LM whose
+    memory per GPU the rehearsal measures."""
+
+    language: str = "name_or_path"
+    auto_class: str = "AutoModelForCausalLM"
+    image: str | None = None
+    decoder: bool = True
+
+
+def builds(**facts) -> Callable:
+    """Declare a builder's ``ModelFacts`` on it (``builder.facts``)."""
+    declared = ModelFacts(**facts)
+
+    def mark(function):
+        function.facts = declared
+        return function
+
+    return mark
+
+
+def builder_target(task: Mapping) -> str:
+    """The dotted path of ``task``'s builder."""
+    node = task.get("builder")
+    if node is not None:
+        if "kind" in task:
+            raise ConfigError("task.kind", task["kind"], "set with task.builder: keep only task.builder")
+        target = node.get("_target_") if isinstance(node, Mapping) else None
+        if not isinstance(target, str):
+            raise ConfigError("task.builder", node, "must be {_target_: <module>.<function>, _partial_: true}, e.g. "
+                              f"_target_: {KINDS['causal_lm']}")
+        return target
+    kind = task.get("kind", "causal_lm")
+    if kind not in KINDS:
+        raise ConfigError("task.kind", kind, f"unknown; kinds: {', '.join(KINDS)} (or set task.builder._target_)")
+    return KINDS[kind]
+
+
+def builder_function(task: Mapping):
+    """The function ``task``'s builder calls (for its ``facts``)."""
+    from hydra.utils import get_method
+
+    target = builder_target(task)
+    try:
+        return get_method(target)
+    except Exception as e:  # noqa: BLE001 - Hydra wraps import errors in its own; one line names the key
+        raise ConfigError("task.builder._target_", target, f"cannot be imported: {first_line(e)}") from None
+
+
+def builder_of(task) -> Callable:
+    """``task``'s builder, ``(cfg, run_dir) -> (module, data module, report, model)``, with the arguments its node
+    adds."""
+    from hydra.utils import instantiate
+
+    function = builder_function(task)  # a target that cannot be imported is refused in one line
+    node = task.get("builder")
+    return function if node is None else instantiate(node, _partial_=True)
+
+
+def facts_of(task: Mapping) -> ModelFacts:
+    """The ``ModelFacts`` ``task``'s builder declares (a decoder LM's when it declares none)."""
+    return getattr(builder_function(task), "facts", ModelFacts())
