@@ -18,7 +18,6 @@ from rankmix.errors import ConfigError, first_line
 
 KINDS = {  # task.kind -> the builder's _target_
     "causal_lm": "rankmix.modules.causal_lm.build_causal_lm",
-    "caption": "rankmix.modules.captioning.build_captioning",
     "vl_multitask": "rankmix.modules.clip_bart.build_vl_multitask",
 }
 

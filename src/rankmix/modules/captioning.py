@@ -108,8 +108,8 @@ def build_captioning(cfg, run_dir: Path, cached_only: bool = False):
     if spec.get("warm_start"):
         lm = warm_start(lm, tokenizer, texts, spec.warm_start, Path(cfg.paths.cache_dir), cached_only=cached_only)
     report = inject(lm, OmegaConf.to_container(cfg.method, resolve=True))
-    model = VisionPrefixCaptioner(vision, lm, x_r=cfg.task.get("x_r", "image"))
+    model = VisionPrefixCaptioner(vision, lm, x_r=cfg.task.x_r)
     module = CaptioningModule(model, tokenizer, OmegaConf.to_container(cfg.optimizer, resolve=True),
-                              max_new_tokens=cfg.task.max_new_tokens, num_beams=cfg.task.get("num_beams", 1),
+                              max_new_tokens=cfg.task.max_new_tokens, num_beams=cfg.task.num_beams,
                               predictions_path=str(run_dir / "predictions.jsonl"))
     return module, dm, report, lm
