@@ -41,6 +41,7 @@ def test_a_builder_of_ones_own_is_named_by_target_with_its_arguments():
     ({"builder": "rankmix.modules.vqa.build_vqa"}, "task.builder", "_partial_: true"),
     ({"kind": "vqa", "builder": {"_target_": "rankmix.modules.vqa.build_vqa"}}, "task.kind", "keep only task.builder"),
     ({"kind": "vision"}, "task.kind", "unknown"),
+    ({"kind": "vqa"}, "task.kind", "write builder: {_target_: rankmix.modules.vqa.build_vqa, _partial_: true}"),
 ])
 def test_a_bad_builder_is_refused_in_one_line(task, key, says):
     with pytest.raises(ConfigError) as err:

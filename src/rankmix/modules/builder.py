@@ -6,7 +6,7 @@ makes that model from a config, and how an image enters its sequence. The rehear
 and parameters from them (``rankmix.rehearsal.projection``); a builder without them is read as a decoder LM.
 
 Tasks not yet moved to ``builder`` name their builder by ``task.kind`` (``KINDS``, ``causal_lm`` when neither is
-set); a task that sets both is refused.
+set); a kind that has moved is refused in one line naming its builder, and so is a task that sets both.
 """
 
 from __future__ import annotations
@@ -16,10 +16,16 @@ from dataclasses import dataclass
 
 from rankmix.errors import ConfigError, first_line
 
-KINDS = {  # task.kind -> the builder's _target_
+TARGETS = {  # task.kind -> its builder's _target_
     "causal_lm": "rankmix.modules.causal_lm.build_causal_lm",
+    "vqa": "rankmix.modules.vqa.build_vqa",
+    "caption": "rankmix.modules.captioning.build_captioning",
     "vl_multitask": "rankmix.modules.clip_bart.build_vl_multitask",
+    "benchmark_lm": "rankmix.modules.benchmark_lm.build_benchmark_lm",
+    "dreambooth": "rankmix.modules.dreambooth.build_dreambooth",
+    "visual_instruction": "rankmix.modules.visual_instruction.build_visual_instruction",
 }
+KINDS = ("causal_lm", "vl_multitask")   # still selected by task.kind; the others are refused naming their builder
 
 
 @dataclass(frozen=True)
@@ -58,12 +64,15 @@ def builder_target(task: Mapping) -> str:
         target = node.get("_target_") if isinstance(node, Mapping) else None
         if not isinstance(target, str):
             raise ConfigError("task.builder", node, "must be {_target_: <module>.<function>, _partial_: true}, e.g. "
-                              f"_target_: {KINDS['causal_lm']}")
+                              f"_target_: {TARGETS['causal_lm']}")
         return target
     kind = task.get("kind", "causal_lm")
-    if kind not in KINDS:
-        raise ConfigError("task.kind", kind, f"unknown; kinds: {', '.join(KINDS)} (or set task.builder._target_)")
-    return KINDS[kind]
+    if kind in KINDS:
+        return TARGETS[kind]
+    if kind in TARGETS:
+        raise ConfigError("task.kind", kind, f"no longer read: write builder: {{_target_: {TARGETS[kind]}, "
+                          "_partial_: true}} in the task yaml instead")
+    raise ConfigError("task.kind", kind, f"unknown; kinds: {', '.join(KINDS)} (or set task.builder._target_)")
 
 
 def builder_function(task: Mapping):
