@@ -172,3 +172,21 @@ def test_smola_figures_count_singular_values_and_draw_phi_gram(tmp_path):
     off = {(r["panel"], r["series"]): float(r["y"]) for r in _rows(png)}
     assert off[("vision", "L0 q_proj")] == 0.0 and off[("text", "L1 q_proj")] == 0.5
     assert "text 0.500, vision 0.000, multimodal 0.500" in (png.parent / "caption.md").read_text()
+
+
+def test_a_run_reused_from_another_tables_run_reads_the_files_of_the_run_that_trained(tmp_path):
+    from rankmix.figures.core import Sources
+
+    results, runs = tmp_path / "results", tmp_path / "runs"
+    chain = {("routing-4", "lora_64_none"): "results/routing-b11/runs/coco_lora_64_none.json",
+             ("routing-b11", "coco_lora_64_none"): "results/routing-6/runs/coco_lora_64.json",
+             ("routing-6", "coco_lora_64"): None}
+    for (table, key), source in chain.items():
+        write_json_atomic(results / table / "runs" / f"{key}.json",
+                          {"status": "ok", "run": {"key": key, **({"reused_from": source} if source else {})}})
+    (runs / "routing-6" / "coco_lora_64").mkdir(parents=True)
+    (runs / "routing-6" / "coco_lora_64" / "adapter_init.pt").write_bytes(b"x")
+    src = Sources(results, runs)
+    assert src.run_file("routing-4", "lora_64_none", "adapter_init.pt") == runs / "routing-6" / "coco_lora_64" / "adapter_init.pt"
+    with pytest.raises(FigureError, match="routing-6/coco_lora_64/checkpoints/last.ckpt not found"):
+        src.run_file("routing-4", "lora_64_none", "checkpoints/last.ckpt")

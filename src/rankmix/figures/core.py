@@ -51,8 +51,21 @@ class Sources:
                               f"run `make reproduce-table-{table}` first")
         return found
 
+    def run_folder(self, table: str, key: str) -> Path:
+        """The folder holding a run's files: its own, or, for a run whose numbers were reused from another run of the
+        same computation (``run.reused_from`` in its result), that run's, followed to the run that trained."""
+        seen = set()
+        while (table, key) not in seen:
+            seen.add((table, key))
+            source = ((read_json(self.results_dir / table / "runs" / f"{key}.json") or {}).get("run") or {}).get(
+                "reused_from")
+            if not source:
+                break
+            table, key = Path(source).parent.parent.name, Path(source).stem
+        return self.runs_dir / table / key
+
     def run_file(self, table: str, key: str, name: str) -> Path:
-        path = self.runs_dir / table / key / name
+        path = self.run_folder(table, key) / name
         if not path.is_file():
             raise FigureError(f"run {table}/{key}: {path} not found; it is written by the run itself "
                               f"(`make reproduce-table-{table} ARGS=rerun=true` to make it here)")
