@@ -72,7 +72,8 @@ def builder_target(task: Mapping) -> str:
     if kind in TARGETS:
         raise ConfigError("task.kind", kind, f"no longer read: write builder: {{_target_: {TARGETS[kind]}, "
                           "_partial_: true}} in the task yaml instead")
-    raise ConfigError("task.kind", kind, f"unknown; kinds: {', '.join(KINDS)} (or set task.builder._target_)")
+    raise ConfigError("task.kind", kind, f"unknown; kinds: {', '.join(KINDS)}, or name a builder in the task yaml: "
+                      "builder: {_target_: <module>.<function>, _partial_: true}")
 
 
 def builder_function(task: Mapping):
