@@ -240,9 +240,10 @@ def export_run(run_dir: str | Path, out: str | Path, verify: bool | None = None,
     register_resolvers()
     run_dir, out = Path(run_dir).resolve(), Path(out).resolve()
     cfg, result = run_config(run_dir)
-    if builder_target(cfg.task) != INSTRUCTION_BUILDER:
-        raise RankmixError(f"{run_dir}: its task is built by {builder_target(cfg.task)}; export takes instruction-tuning "
-                           f"runs (built by {INSTRUCTION_BUILDER})")
+    built_by = builder_target(cfg.task)
+    if built_by != INSTRUCTION_BUILDER:
+        raise RankmixError(f"{run_dir}: its task is built by {built_by}; export takes instruction-tuning runs (built by "
+                           f"{INSTRUCTION_BUILDER})")
     if out.exists() and any(out.iterdir()):
         raise RankmixError(f"{out}: exists and is not empty; give a new folder")
     checkpoint = tested_checkpoint(run_dir, result)

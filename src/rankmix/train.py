@@ -38,9 +38,10 @@ def train(cfg: DictConfig) -> float | None:
         check_run(cfg, run)
         return execute(cfg, run)
     except config_errors() as e:
-        record_failure(cfg, run, refusal(e))
-        print(f"rankmix: error: {refusal(e)}", file=sys.stderr)
-        log.error(refusal(e))
+        message = refusal(e)
+        record_failure(cfg, run, message)
+        print(f"rankmix: error: {message}", file=sys.stderr)
+        log.error(message)
         if run.multirun:
             return None
         sys.exit(1)

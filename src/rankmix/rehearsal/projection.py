@@ -55,13 +55,13 @@ def _records(config: dict) -> int | None:
     return TRAIN_RECORDS.get(task["name"])
 
 
-def _seq_len(config: dict, parts: dict[str, str]) -> int:
+def _seq_len(config: dict, parts: dict[str, str], image: str | None) -> int:
+    """Tokens per sequence at the row's full length; ``image``: how an image enters it (``ModelFacts.image``)."""
     from rankmix.rehearsal.standins import real_config
 
     dm = config["task"].get("datamodule") or {}
     if config["task"]["name"] == "vl_multitask":  # question tokens + the visual tokens of an NLVR2 pair
         return int(dm.get("max_text_length", 20)) + 2 * int(dm.get("n_boxes", 36))
-    image = facts_of(config["task"]).image
     if image == "patches":   # the image, counted as one text token, is its patches
         vision = real_config(parts["vision.name_or_path"])
         return int(dm["max_length"]) - 1 + (vision.image_size // vision.patch_size) ** 2
@@ -128,7 +128,7 @@ def project(config: dict, parts: dict[str, str]) -> dict:
     precision = str(trainer.get("precision", "32-true"))
     checkpointing = str(backbone.get("activation_checkpointing") or "none")
     quantized = bool((backbone.get("llm") or {}).get("quantization"))
-    micro, seq = int(config["task"]["datamodule"].get("batch_size") or 1), _seq_len(config, parts)
+    micro, seq = int(config["task"]["datamodule"].get("batch_size") or 1), _seq_len(config, parts, facts.image)
     # memory is measured where the trained model is a decoder LM (alone or as LLaVA's LLM); the routing functions'
     # and SMoLA's encoder-decoder rows need per-call inputs (visual features, task ids) the measurement does not
     # build, and they fit any card by a wide margin (their models are under 1B parameters)
