@@ -164,10 +164,10 @@ def test_the_loader_checks_before_the_weights_load(tmp_path):
 
 
 def test_a_run_with_a_7b_folder_on_a_13b_row_stops_before_training(tmp_path):
-    from rankmix.rehearsal.data import WRITERS
+    import rankmix.tasks
 
     seven = _folder(tmp_path, "llama-2-7b", LLAMA2_7B)
-    data = [f"{k}={v}" for k, v in WRITERS["flan"](tmp_path / "data").items()]
+    data = [f"task.datamodule.source.{k}={v}" for k, v in rankmix.tasks.get("flan").write(tmp_path / "data", 0).items()]
     r = run_train(tmp_path, "experiment=smora-1/lora_64_13b", "scale=paper", "trainer=cpu", *data,
                   f"backbone.name_or_path={seven}", timeout=300)
     assert r.returncode != 0

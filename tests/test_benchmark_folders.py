@@ -46,23 +46,15 @@ def score(records):
     return {"accuracy": 100 * sum(r["prediction"].strip() == r["targets"] for r in records) / len(records)}
 '''
 
-TASK_YAML = """name: toyqa
-scorer: toyqa
-context: [attention_mask]
-max_epochs: 1
-datamodule:
-  _target_: rankmix.data.instruction.InstructionDataModule
-  _convert_: all
-  data_dir: null
-  source: {kind: toyqa, qa_file: null, seed: "${seed}"}
-  prompt_template: "{inputs} ="
-  max_length: 16
-  max_new_tokens: 4
-  batch_size: 8
-  max_eval_samples: {validation: 4}
-  seed: ${seed}
-  num_workers: 0
-"""
+
+def readme_task_yaml() -> str:
+    """The task yaml the README's "Adding a benchmark" gives, for this folder."""
+    text = (REPO / "README.md").read_text()
+    block = text.split("## Adding a benchmark", 1)[1].split("```yaml\n", 1)[1].split("```", 1)[0]
+    return block.replace("mybench", "toyqa").replace("my_file", "qa_file").replace("max_epochs: 3", "max_epochs: 1")
+
+
+TASK_YAML = readme_task_yaml()
 
 
 @pytest.fixture()
@@ -98,6 +90,17 @@ def test_the_rehearsal_writes_its_data_from_the_folder(folder, tmp_path):
     composed = {"task": {"datamodule": {"source": {"kind": "toyqa"}}}}
     out = written_data("toyqa", composed, tmp_path / "r")
     assert list(out) == ["task.datamodule.source.qa_file"] and out["task.datamodule.source.qa_file"].endswith("qa.json")
+
+
+@pytest.mark.parametrize(("task", "key"), [("flan", "test_file"), ("commonsense", "test_dir")])
+def test_at_paper_scale_a_benchmark_reads_its_files_never_its_made_up_copy(task, key, tmp_path):
+    from rankmix.config import compose_run
+    from rankmix.data.loading import prepared_datamodule
+
+    cfg = compose_run([f"task={task}", "scale=paper", f"paths.cache_dir={tmp_path}"])
+    with pytest.raises(ConfigError, match=f"task.datamodule.source.{key}=None: is required .* {task}: "):
+        prepared_datamodule(cfg)
+    assert not (tmp_path / "tiny_data").exists()
 
 
 def test_a_half_given_or_unknown_benchmark_is_refused(folder, tmp_path):

@@ -42,6 +42,8 @@ def test_a_builder_of_ones_own_is_named_by_target_with_its_arguments():
     ({"kind": "vqa", "builder": {"_target_": "rankmix.modules.vqa.build_vqa"}}, "task.kind", "keep only task.builder"),
     ({"kind": "vision"}, "task.kind", "unknown"),
     ({"kind": "vqa"}, "task.kind", "write builder: {_target_: rankmix.modules.vqa.build_vqa, _partial_: true}"),
+    ({"kind": "causal_lm"}, "task.kind", "_target_: rankmix.modules.causal_lm.build_causal_lm, _partial_: true"),
+    ({"name": "mine"}, "task.builder", "not set: write builder: {_target_:"),
 ])
 def test_a_bad_builder_is_refused_in_one_line(task, key, says):
     with pytest.raises(ConfigError) as err:

@@ -23,6 +23,22 @@ FIXTURES = Path(__file__).parent / "fixtures" / "commonsense"
 S16 = " " * 16
 
 
+def llm_adapters_files(root: Path, datasets: list[str], n_train: int, n_test: int, seed: int = 0,
+                       n_validation: int = 1) -> dict:
+    """A ``commonsense`` source on made-up files in LLM-Adapters' layout: ``n_train`` training records per set in one
+    file (``n_validation`` of them held out), ``n_test`` per set in ``<set>/test.json``."""
+    from rankmix.tasks.commonsense.made_up import generate_commonsense_like
+
+    train = [rec for _, rec in generate_commonsense_like(datasets, n_train, seed)]
+    (root / "train.json").write_text(json.dumps(train))
+    for name in datasets:
+        (root / "dataset" / name).mkdir(parents=True)
+        recs = [rec for set_name, rec in generate_commonsense_like(datasets, n_test, seed + 1) if set_name == name]
+        (root / "dataset" / name / "test.json").write_text(json.dumps(recs))
+    return {"kind": "commonsense", "train_file": str(root / "train.json"), "test_dir": str(root / "dataset"),
+            "datasets": datasets, "n_validation": n_validation, "seed": seed}
+
+
 def test_training_wrapper_is_byte_exact():
     expected = ("Below is an instruction that describes a task. Write a response that appropriately completes the "
                 "request.  \n"
@@ -121,7 +137,7 @@ def test_missing_training_data_names_the_fix(tmp_path):
 
 
 def test_generated_suite_is_deterministic_and_answers_follow_the_content():
-    from rankmix.data.commonsense_like import WEIGHT, generate_commonsense_like
+    from rankmix.tasks.commonsense.made_up import WEIGHT, generate_commonsense_like
 
     a = list(generate_commonsense_like(list(DATASETS), 30, seed=3))
     assert a == list(generate_commonsense_like(list(DATASETS), 30, seed=3))
@@ -139,11 +155,10 @@ def test_generated_suite_is_deterministic_and_answers_follow_the_content():
     assert len(labels) > 2  # the right ending's position varies
 
 
-def test_train_fraction_keeps_nested_subsets():
+def test_train_fraction_keeps_nested_subsets(tmp_path):
     from rankmix.data.sources import build_splits
 
-    source = {"kind": "commonsense_like", "datasets": ["boolq", "piqa"], "n_train": 40, "n_validation": 2,
-              "n_test": 2, "seed": 5}
+    source = llm_adapters_files(tmp_path, ["boolq", "piqa"], 40, 2, seed=5, n_validation=0)
     full = build_splits(source)["train"]
     quarter = build_splits({**source, "train_fraction": 0.25})["train"]
     half = build_splits({**source, "train_fraction": 0.5})["train"]
@@ -155,8 +170,7 @@ def test_data_module_encodes_the_moslora_wrappers(tmp_path):
     from rankmix.backbones import build_word_level_tokenizer
     from rankmix.data.instruction import InstructionDataModule
 
-    source = {"kind": "commonsense_like", "datasets": ["piqa", "winogrande"], "n_train": 3, "n_validation": 1,
-              "n_test": 1, "seed": 0}
+    source = llm_adapters_files(tmp_path, ["piqa", "winogrande"], 3, 1)
     dm = InstructionDataModule(None, str(tmp_path), source=source, prompt_format="moslora",
                                loss_on_prompt=False, max_length=96)
     dm.prepare_data()
@@ -178,8 +192,7 @@ def test_overlong_records_are_cut_like_finetune_py(tmp_path):
     from rankmix.backbones import build_word_level_tokenizer
     from rankmix.data.instruction import InstructionDataModule
 
-    source = {"kind": "commonsense_like", "datasets": ["boolq"], "n_train": 2, "n_validation": 1, "n_test": 1,
-              "seed": 0}
+    source = llm_adapters_files(tmp_path, ["boolq"], 2, 1)
     dm = InstructionDataModule(None, str(tmp_path), source=source, prompt_format="moslora",
                                loss_on_prompt=False, max_length=20, overlong="truncate")
     dm.prepare_data()
@@ -201,8 +214,7 @@ def test_batched_beam_search_with_left_padding_matches_one_by_one(tmp_path):
     from rankmix.backbones import build_word_level_tokenizer
     from rankmix.data.instruction import InstructionDataModule
 
-    source = {"kind": "commonsense_like", "datasets": ["boolq", "piqa", "hellaswag"], "n_train": 2,
-              "n_validation": 1, "n_test": 1, "seed": 0}
+    source = llm_adapters_files(tmp_path, ["boolq", "piqa", "hellaswag"], 2, 1)
     dm = InstructionDataModule(None, str(tmp_path), source=source, prompt_format="moslora", max_length=96)
     dm.prepare_data()
     tok = build_word_level_tokenizer([dm.files()["train"]], tmp_path / "tok", dm.template_text())
@@ -224,12 +236,14 @@ def test_batched_beam_search_with_left_padding_matches_one_by_one(tmp_path):
 def test_prediction_is_read_from_prompt_and_generation_as_the_evaluator_does():
     """commonsense_evaluate.py decodes prompt + generation and keeps the text after the first "### Response:"; a
     model that writes the marker itself is cut there (scoring only the generated tokens would read past it)."""
-    from rankmix.modules.causal_lm import FROM_FULL_TEXT
+    from rankmix.modules.causal_lm import prediction_function
 
     generated = "the correct answer is solution2\n### Response: solution1"
     decoded = eval_prompt("Which is right? solution1 or solution2") + generated
-    assert FROM_FULL_TEXT["commonsense"](decoded) == "the correct answer is solution2"
-    assert extract_answer("piqa", FROM_FULL_TEXT["commonsense"](decoded)) == "solution2"
+    read = prediction_function("commonsense")   # the benchmark folder's
+    assert read(decoded) == "the correct answer is solution2"
+    assert extract_answer("piqa", read(decoded)) == "solution2"
+    assert prediction_function("generic") is None and prediction_function("flan") is None
 
 
 @pytest.mark.parametrize(("record", "message"), [

@@ -7,10 +7,10 @@ from pathlib import Path
 import pytest
 
 from rankmix.data import flan
-from rankmix.data.flan_like import TASKS, generate_flan_like
 from rankmix.data.sources import build_splits
 from rankmix.errors import ConfigError, DataError
 from rankmix.metrics.flan import CLUSTERS, flan_bleu, flan_em, record_scores, score_flan
+from rankmix.tasks.flan.made_up import TASKS, generate_flan_like
 
 FIXTURES = Path(__file__).parent / "fixtures" / "flan"
 

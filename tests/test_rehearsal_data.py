@@ -10,6 +10,7 @@ import pytest
 from hydra.utils import instantiate
 from PIL import Image
 
+import rankmix.tasks
 from rankmix.backbones import word_level_tokenizer
 from rankmix.config import compose_run
 from rankmix.data import commonsense, flan
@@ -40,26 +41,54 @@ def vl(tmp_path_factory):
     return base, rdata.write_vl_multitask(base / "root", cache_dir=base / "cache")
 
 
-def test_flan_has_smoras_48_tasks_and_the_training_files(tmp_path):
-    overrides = rdata.write_flan(tmp_path)
-    source = paper_datamodule_config("flan", overrides).source
+def folder_overrides(name: str, root: Path) -> dict[str, str]:
+    """The overrides the rehearsal gives a benchmark folder's task: its own ``write`` (``rankmix.tasks``)."""
+    return {f"task.datamodule.source.{k}": v for k, v in rankmix.tasks.get(name).write(root, 0).items()}
+
+
+def test_flan_files_in_smoras_layout_read_by_the_paper_source(tmp_path):
+    source = paper_datamodule_config("flan", folder_overrides("flan", tmp_path)).source
     test_file, train_dir = Path(source.test_file), Path(source.train_dir)
     assert test_file.relative_to(tmp_path).as_posix() == "smora/datasets/combined_test.json"
+    assert train_dir.relative_to(tmp_path).as_posix() == "flan/train"
     records = flan.load_test(test_file)
-    assert len({r["task"] for r in records}) == 48 and all(r["task"].endswith("_10templates") for r in records)
-    assert {r["domain"] for r in records} == set(CLUSTERS) and {r["metric"] for r in records} <= set(flan.METRICS)
-    assert {(flan.base_task(r["task"]), r["domain"], r["metric"]) for r in records} == set(rdata.FLAN_TASKS)
-    for r in records:  # an option task's target is one of its options
-        if "OPTIONS:\n- " in r["inputs"]:
-            assert r["targets"] in r["inputs"].split("OPTIONS:\n- ")[1].split("\n- ")
-    rows = [json.loads(line) for line in (train_dir / "copa_10templates_train.jsonl").read_text().splitlines()]
-    assert len(rows) == 12 and set(rows[0]) == {"inputs", "targets", "task"} and rows[0]["task"] == "copa_10templates"
-    splits = build_splits(source)  # the paper source: 1,000 + 10 per task asked, all 12 there taken
-    assert {len({r["task"] for r in splits[s]}) for s in splits} == {48}
-    assert len(splits["validation"]) == 480 and len(splits["train"]) == 96 and len(splits["test"]) == 96
+    assert all(r["task"].endswith("_10templates") for r in records)   # as SMoRA's copy names them
+    assert {r["domain"] for r in records} == set(CLUSTERS) and {r["metric"] for r in records} == set(flan.METRICS)
+    tasks = {flan.base_task(r["task"]) for r in records}
+    for task in tasks:
+        rows = [json.loads(line) for line in (train_dir / f"{task}_10templates_train.jsonl").read_text().splitlines()]
+        assert set(rows[0]) == {"inputs", "targets", "task"} and {r["task"] for r in rows} == {f"{task}_10templates"}
+    splits = build_splits(source)  # the paper source: 1,000 + 10 per task asked, every record there taken
+    per_task = len(rows)
+    assert {len({r["task"] for r in splits[s]}) for s in splits} == {len(tasks)}
+    assert len(splits["validation"]) == 10 * len(tasks) and len(splits["train"]) == (per_task - 10) * len(tasks)
 
 
-@pytest.mark.parametrize("writer", [rdata.write_flan, rdata.write_vqa])
+def test_commonsense_files_read_by_the_llm_adapters_loaders(tmp_path):
+    source = paper_datamodule_config("commonsense", folder_overrides("commonsense", tmp_path)).source
+    assert Path(source.train_file).relative_to(tmp_path).as_posix() == "LLM-Adapters/ft-training_set/commonsense_170k.json"
+    train = commonsense.load_train(source.train_file)
+    assert set(train[0]) == set(commonsense.FIELDS)
+    for name in commonsense.DATASETS:
+        recs = commonsense.load_test(source.test_dir, name)
+        assert recs and all(commonsense.extract_answer(name, r["output"]) == r["answer"] for r in recs)
+    splits = build_splits(source)
+    assert [len(splits[s]) for s in ("train", "validation")] == [len(train) - 120, 120]
+    assert {r["task"] for r in splits["test"]} == set(commonsense.DATASETS)
+
+
+@pytest.mark.parametrize("name", ["flan", "commonsense"])
+def test_a_benchmark_folders_copy_is_deterministic_in_its_seed(name, tmp_path):
+    write = rankmix.tasks.get(name).write
+    first, again, other = write(tmp_path / "a", 3), write(tmp_path / "b", 3), write(tmp_path / "c", 4)
+    files = lambda paths: {Path(p).relative_to(Path(p).parents[2]): Path(p) for p in paths.values()}  # noqa: E731
+    read_all = lambda path: b"".join(f.read_bytes() for f in sorted(path.rglob("*")) if f.is_file()) \
+        if path.is_dir() else path.read_bytes()  # noqa: E731
+    assert [read_all(p) for p in files(first).values()] == [read_all(p) for p in files(again).values()]
+    assert [read_all(p) for p in files(first).values()] != [read_all(p) for p in files(other).values()]
+
+
+@pytest.mark.parametrize("writer", [rdata.write_vqa, rdata.write_karpathy])
 def test_writers_are_deterministic_and_skip_a_complete_copy(writer, tmp_path):
     first = writer(tmp_path / "a", seed=3)
     stamp = tmp_path / "a" / rdata.STAMP
@@ -73,25 +102,13 @@ def test_writers_are_deterministic_and_skip_a_complete_copy(writer, tmp_path):
 
 
 def test_a_writer_rewrites_for_new_settings_and_keeps_to_its_root(tmp_path):
-    first = rdata.write_flan(tmp_path / "a", seed=3)
-    rdata.write_flan(tmp_path / "a", seed=4, n_test=1)
-    assert len(read(Path(first["task.datamodule.source.test_file"]))) == 48
-    with pytest.raises(ValueError, match="holds the rehearsal data of 'flan'"):
-        rdata.write_commonsense(tmp_path / "a")
+    rdata.write_vqa(tmp_path / "a", seed=3)
+    rdata.write_vqa(tmp_path / "a", seed=4)
+    assert read(tmp_path / "a" / rdata.STAMP)["seed"] == 4
+    with pytest.raises(ValueError, match="holds the rehearsal data of 'vqa'"):
+        rdata.write_karpathy(tmp_path / "a")
     with pytest.raises(ValueError, match="unknown split or source 'valid'"):
         rdata.write_vqa(tmp_path / "c", n_images={"valid": 2})
-
-
-def test_commonsense_files_read_by_the_llm_adapters_loaders(tmp_path):
-    source = paper_datamodule_config("commonsense", rdata.write_commonsense(tmp_path)).source
-    assert Path(source.train_file).relative_to(tmp_path).as_posix() == "LLM-Adapters/ft-training_set/commonsense_170k.json"
-    train = commonsense.load_train(source.train_file)
-    assert len(train) == 200 and set(train[0]) == set(commonsense.FIELDS)
-    for name in commonsense.DATASETS:
-        recs = commonsense.load_test(source.test_dir, name)
-        assert len(recs) == 8 and all(commonsense.extract_answer(name, r["output"]) == r["answer"] for r in recs)
-    splits = build_splits(source)
-    assert [len(splits[s]) for s in ("train", "validation", "test")] == [80, 120, 64]
 
 
 def test_vqa_bundle_and_coco_images_load_into_a_training_batch(tmp_path):

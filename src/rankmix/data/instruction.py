@@ -76,6 +76,7 @@ class InstructionDataModule(pl.LightningDataModule):
         max_eval_samples: dict | None = None,
         num_workers: int = 0,
         seed: int = 0,
+        made_up: bool = True,
     ):
         super().__init__()
         self.data_dir = Path(data_dir) if data_dir else None
@@ -92,6 +93,7 @@ class InstructionDataModule(pl.LightningDataModule):
         self.max_eval_samples = dict(max_eval_samples or {})
         self.num_workers = num_workers
         self.seed = seed
+        self.made_up = made_up   # a benchmark folder with no paths given reads its made-up copy (False at scale=paper)
         self.tokenizer = None
         self.examples: dict[str, list[dict]] = {}
 
@@ -122,7 +124,7 @@ class InstructionDataModule(pl.LightningDataModule):
     def prepare_data(self) -> None:
         files = self.files()
         if self.data_dir is None and not all(p.is_file() for p in files.values()):
-            for split, records in build_splits(self.source, self.cache_dir).items():
+            for split, records in build_splits(self.source, self.cache_dir, self.made_up).items():
                 write_jsonl_atomic(files[split], records)
         for path in files.values():
             check_jsonl(path, REQUIRED_FIELDS)

@@ -11,10 +11,15 @@ from torch.utils.data import BatchSampler, DataLoader, DistributedSampler
 
 def prepared_datamodule(cfg):
     """The data module of ``cfg.task`` (cache under ``cfg.paths.cache_dir``), its paths checked and its data
-    prepared (generated, or read and indexed)."""
-    from hydra.utils import instantiate
+    prepared (generated, or read and indexed). At ``scale=paper`` a data module that can read a benchmark's made-up
+    copy (``made_up``) reads its files only."""
+    import inspect
 
-    dm = instantiate(cfg.task.datamodule, cache_dir=cfg.paths.cache_dir)
+    from hydra.utils import get_class, instantiate
+
+    takes = "made_up" in inspect.signature(get_class(cfg.task.datamodule._target_)).parameters
+    paper = {"made_up": False} if takes and cfg.get("scale") == "paper" else {}
+    dm = instantiate(cfg.task.datamodule, cache_dir=cfg.paths.cache_dir, **paper)
     dm.check_paths()
     dm.prepare_data()
     return dm

@@ -5,8 +5,9 @@ without building it: the backbone key of the trained language model's weights, t
 makes that model from a config, and how an image enters its sequence. The rehearsal projects a paper row's memory
 and parameters from them (``rankmix.rehearsal.projection``); a builder without them is read as a decoder LM.
 
-Tasks not yet moved to ``builder`` name their builder by ``task.kind`` (``KINDS``, ``causal_lm`` when neither is
-set); a kind that has moved is refused in one line naming its builder, and so is a task that sets both.
+The ``vl_multitask`` task, not yet moved to ``builder``, names its builder by ``task.kind`` (``KINDS``); a kind
+that has moved is refused in one line naming its builder, and so are a task that sets both and a task that sets
+neither.
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ TARGETS = {  # task.kind -> its builder's _target_
     "dreambooth": "rankmix.modules.dreambooth.build_dreambooth",
     "visual_instruction": "rankmix.modules.visual_instruction.build_visual_instruction",
 }
-KINDS = ("causal_lm", "vl_multitask")   # still selected by task.kind; the others are refused naming their builder
+KINDS = ("vl_multitask",)   # still selected by task.kind; the others are refused naming their builder
 
 
 @dataclass(frozen=True)
@@ -66,7 +67,10 @@ def builder_target(task: Mapping) -> str:
             raise ConfigError("task.builder", node, "must be {_target_: <module>.<function>, _partial_: true}, e.g. "
                               f"_target_: {TARGETS['causal_lm']}")
         return target
-    kind = task.get("kind", "causal_lm")
+    if "kind" not in task:
+        raise ConfigError("task.builder", None, "not set: write builder: {_target_: <module>.<function>, _partial_: "
+                          f"true}} in the task yaml, e.g. _target_: {TARGETS['causal_lm']}")
+    kind = task["kind"]
     if kind in KINDS:
         return TARGETS[kind]
     if kind in TARGETS:

@@ -2,11 +2,11 @@
 
 Training minimises the token cross-entropy of the response. Validation and test generate from the prompt
 (greedy, or beam search with ``num_beams`` > 1; left padding with the attention mask) and score with the
-task's scorer: ``generic`` (``rankmix.metrics.text``: per task, then the mean over tasks), ``flan``
-(``rankmix.metrics.flan``: SMoRA's FLAN protocol, clusters and average) or ``commonsense``
-(``rankmix.data.commonsense``: LLM-Adapters' answer extraction from the text after the first "### Response:"
-of the decoded prompt + generation, accuracy per test set and average), or a benchmark folder's own
-(``rankmix.tasks``).
+task's scorer: ``generic`` (``rankmix.metrics.text``: per task, then the mean over tasks), or the ``score`` of a
+benchmark folder (``rankmix.tasks``: ``flan``, SMoRA's FLAN protocol, clusters and average; ``commonsense``,
+LLM-Adapters' answer extraction from the text after the first "### Response:" of the decoded prompt + generation,
+accuracy per test set and average; or one's own). A folder that defines ``prediction`` reads the prediction from
+the decoded prompt + generation; otherwise it is the generated text.
 Checkpoints hold the adapter weights and buffers (``rankmix.modules.base``); the frozen backbone is rebuilt from its
 config.
 """
@@ -20,31 +20,31 @@ from pathlib import Path
 from rankmix.adapters import adapter_context
 from rankmix.adapters.base import choice
 from rankmix.adapters.peft_methods import peft_tuner
-from rankmix.data.commonsense import prediction as commonsense_prediction
-from rankmix.data.commonsense import score_commonsense
 from rankmix.data.instruction import RECORD_KEYS
 from rankmix.errors import ConfigError
-from rankmix.metrics.flan import score_flan
 from rankmix.metrics.text import score_generations
 from rankmix.modules.base import AdapterModule
 from rankmix.modules.builder import builds
 
-SCORERS = {"generic": score_generations, "flan": score_flan, "commonsense": score_commonsense}
-# Scorers whose protocol reads its prediction out of the decoded prompt + generation (LLM-Adapters'
-# evaluator: the text after the first "### Response:"); the others read the generated tokens only.
-FROM_FULL_TEXT = {"commonsense": commonsense_prediction}
-
+SCORERS = {"generic": score_generations}
 
 
 def scorer_function(name: str):
-    """``task.scorer``: a built-in scorer, or the ``score`` of the benchmark folder ``rankmix/tasks/<name>/``."""
+    """``task.scorer``: ``generic``, or the ``score`` of the benchmark folder ``rankmix/tasks/<name>/``."""
     from rankmix import tasks
 
-    if name in SCORERS:   # a built-in scorer is found without importing any benchmark folder
+    if name in SCORERS:   # the generic scorer is found without importing any benchmark folder
         return SCORERS[name]
     own = {n: getattr(tasks.get(n), "score", None) for n in tasks.names()}
     scorers = {n: f for n, f in own.items() if f is not None}
     return scorers[choice("task.scorer", name, (*SCORERS, *scorers))]
+
+
+def prediction_function(name: str):
+    """The benchmark folder ``name``'s ``prediction`` (read from the decoded prompt + generation), or None."""
+    from rankmix import tasks
+
+    return getattr(tasks.get(name), "prediction", None) if name not in SCORERS else None
 
 
 class CausalLMModule(AdapterModule):
@@ -55,6 +55,7 @@ class CausalLMModule(AdapterModule):
         self.tokenizer = tokenizer
         self.scorer = scorer
         self.score_fn = scorer_function(scorer)
+        self.from_full_text = prediction_function(scorer)
         self.scorer_options = dict(scorer_options or {})  # e.g. flan: {rouge_package: rouge}
         accepted = [p for p in inspect.signature(self.score_fn).parameters if p != "records"]
         for name in self.scorer_options:
@@ -91,9 +92,9 @@ class CausalLMModule(AdapterModule):
             input_ids=batch["prompt_ids"], attention_mask=batch["prompt_mask"], max_new_tokens=self.max_new_tokens,
             num_beams=self.num_beams, do_sample=False, pad_token_id=self.tokenizer.pad_token_id, eos_token_id=self.tokenizer.eos_token_id,
         )
-        if self.scorer in FROM_FULL_TEXT:
+        if self.from_full_text is not None:
             full = self.tokenizer.batch_decode(generated, skip_special_tokens=True)
-            texts = [FROM_FULL_TEXT[self.scorer](t) for t in full]
+            texts = [self.from_full_text(t) for t in full]
         else:
             texts = self.tokenizer.batch_decode(generated[:, batch["prompt_ids"].shape[1]:], skip_special_tokens=True)
         for i, text in enumerate(texts):
@@ -126,10 +127,9 @@ def build_causal_lm(cfg, run_dir: Path):
 
     dm, tokenizer, model, report = adapted_lm(cfg, run_dir)
     module = CausalLMModule(model, tokenizer, OmegaConf.to_container(cfg.optimizer, resolve=True),
-                            max_new_tokens=cfg.task.datamodule.max_new_tokens, num_beams=cfg.task.get("num_beams", 1),
-                            validation_generates=(cfg.task.get("select_best") or {}).get("generate", True),
-                            scorer=cfg.task.get("scorer", "generic"),
-                            scorer_options=OmegaConf.to_container(cfg.task.scorer_options, resolve=True)
-                            if cfg.task.get("scorer_options") else {},
+                            max_new_tokens=cfg.task.datamodule.max_new_tokens, num_beams=cfg.task.num_beams,
+                            validation_generates=(cfg.task.select_best or {}).get("generate", True),
+                            scorer=cfg.task.scorer,
+                            scorer_options=OmegaConf.to_container(cfg.task.scorer_options, resolve=True),
                             predictions_path=str(run_dir / "predictions.jsonl"))
     return module, dm, report, model

@@ -1,11 +1,8 @@
 """Rehearsal data: the files the README tells users to download for ``scale=paper``, in their exact layouts
-(names, nesting, fields, id formats, splits), with made-up content, never copied records.
+(names, nesting, fields, id formats, splits), with made-up content, never copied records. A benchmark folder's
+files (FLAN, commonsense: ``rankmix.tasks``) are written by its own ``write``, as at ``scale=tiny``; this module
+writes the others.
 
-- ``write_flan``: SMoRA's ``datasets/combined_test.json`` (github StyxXuan/smora; its 48 tasks with the
-  ``_10templates`` suffix, their 10 clusters and metrics) and ``train/{task}_10templates_train.jsonl`` of HF
-  ``Muennighoff/flan`` (``inputs, targets, task``).
-- ``write_commonsense``: LLM-Adapters' ``ft-training_set/commonsense_170k.json`` and ``dataset/<set>/test.json``
-  of the 8 test sets (github AGI-Edgerunners/LLM-Adapters), drawn from ``rankmix.data.commonsense_like``.
 - ``write_vqa``: VL-T5's ``datasets/vqa/`` (github j-min/VL-T5: ``karpathy_{train,val,test}.json``,
   ``trainval_ans2label.json``, ``trainval_label2ans.json``, the VQA v2 ``v2_mscoco_{train,val}2014_annotations
   .json``) and COCO 2014 images ``train2014/COCO_train2014_%012d.jpg``, ``val2014/COCO_val2014_%012d.jpg``.
@@ -32,99 +29,10 @@ from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
 
-from rankmix.data.commonsense_like import DATASETS as COMMONSENSE_SETS
-from rankmix.data.commonsense_like import generate_commonsense_like
-from rankmix.data.flan import SUFFIX
 from rankmix.data.shapes import captions, generate_shapes
 from rankmix.data.shapes_compositional import gqa_questions, nlvr_statement
 
 STAMP = "rehearsal.json"
-
-# ---------------------------------------------------------------------------------------------------------
-# FLAN: (task, cluster, metric) of SMoRA's datasets/combined_test.json, in its order (50 records each, cb 45)
-FLAN_TASKS = (
-    ("web_nlg_en", "struct to text", "rouge"), ("dart", "struct to text", "rouge"),
-    ("e2e_nlg", "struct to text", "rouge"), ("common_gen", "struct to text", "rouge"),
-    ("story_cloze", "commonsense", "em"), ("piqa", "commonsense", "em"), ("copa", "commonsense", "em"),
-    ("hellaswag", "commonsense", "em"), ("sst2", "sentiment", "em"), ("yelp_polarity_reviews", "sentiment", "em"),
-    ("imdb_reviews", "sentiment", "em"), ("sentiment140", "sentiment", "em"), ("multirc", "reading comp", "em"),
-    ("squad_v2", "reading comp", "em"), ("squad_v1", "reading comp", "em"), ("openbookqa", "reading comp", "em"),
-    ("bool_q", "reading comp", "em"), ("drop", "reading comp", "em"),
-    ("natural_questions", "closed_book QA", "em"), ("arc_easy", "closed_book QA", "em"),
-    ("arc_challenge", "closed_book QA", "em"), ("definite_pronoun_resolution", "coreference", "em"),
-    ("wsc", "coreference", "em"), ("cosmos_qa", "read.comp.w:commonsense", "em"),
-    ("record", "read.comp.w:commonsense", "em"), ("paws_wiki", "paraphrase", "em"), ("glue_qqp", "paraphrase", "em"),
-    ("glue_mrpc", "paraphrase", "em"), ("cb", "nli", "em"), ("wnli", "nli", "em"), ("mnli_matched", "nli", "em"),
-    ("anli_r3", "nli", "em"), ("anli_r2", "nli", "em"), ("anli_r1", "nli", "em"), ("mnli_mismatched", "nli", "em"),
-    ("snli", "nli", "em"), ("qnli", "nli", "em"), ("rte", "nli", "em"),
-    ("wmt16_translate_tren", "translation", "bleu"), ("wmt16_translate_deen", "translation", "bleu"),
-    ("wmt16_translate_ruen", "translation", "bleu"), ("wmt16_translate_fien", "translation", "bleu"),
-    ("wmt16_translate_roen", "translation", "bleu"), ("wmt14_enfr", "translation", "bleu"),
-    ("wmt16_translate_csen", "translation", "bleu"), ("stsb", "paraphrase", "em"),
-    ("trivia_qa", "closed_book QA", "em"), ("para_crawl_enes", "translation", "bleu"),
-)
-# task → (kind, template of its inputs); the kind decides the target (an option, a span, a sentence)
-FLAN_TEMPLATES = {
-    "web_nlg_en": ("data", "Describe this data in one sentence: {data}"),
-    "dart": ("data", "Data: {data}\n\nWhat sentence says the same?"),
-    "e2e_nlg": ("data", "Facts about a restaurant: {data}. Write a sentence that uses all of them."),
-    "common_gen": ("data", "Concepts: {data}\n\nWrite a sentence that uses every concept."),
-    "story_cloze": ("choice", "{text}\n\nHow does the story end?\n{options}"),
-    "piqa": ("choice", "Goal: how to {verb} a {thing}\n\nWhich way reaches it?\n\n{options}"),
-    "copa": ("choice", "{text}\n\nWhat happened next?\n{options}"),
-    "hellaswag": ("choice", "Continue the passage.\n\n{text}\n{options}"),
-    "sst2": ("sentiment", "Is this phrase positive or negative?\n\n{review}\n{options}"),
-    "yelp_polarity_reviews": ("sentiment", "{review}\nWas this review positive or negative?\n{options}"),
-    "imdb_reviews": ("sentiment", "{review}\n\nDid the reviewer like it?\n{options}"),
-    "sentiment140": ("sentiment", "{review}\nWhat is the mood of this post?\n{options}"),
-    "multirc": ("yes_no", "{text}\n\nQuestion: {question}\n\nIs \"{answer}\" a correct answer?\n{options}"),
-    "squad_v2": ("span", "Read this: {text}\n\n{question} (If it cannot be answered, say \"unanswerable\")"),
-    "squad_v1": ("span", "{text}\n\nQ: {question}\nA:"),
-    "openbookqa": ("choice", "Fact: {text}\n\n{question}\n\n{options}"),
-    "bool_q": ("yes_no", "{text}\n\nBased on that, {check}\n\n{options}"),
-    "drop": ("count", "{text}\n\nAnswer this: {question}"),
-    "natural_questions": ("closed", "Answer this question: {question}"),
-    "arc_easy": ("choice", "Question: {question}\n\nPick the right answer.\n{options}"),
-    "arc_challenge": ("choice", "Question: {question}\n\nWhich answer is correct?\n{options}"),
-    "definite_pronoun_resolution": ("names", "Who does \"they\" refer to here?\n{text}\n\n{options}"),
-    "wsc": ("yes_no", "{text}\n\nDoes \"it\" mean the {thing} here?\n\n{options}"),
-    "cosmos_qa": ("choice", "{text}\n\nQuestion: {question}\n{options}"),
-    "record": ("choice", "Write the next sentence.\n\n{text}\n\n{options}"),
-    "paws_wiki": ("yes_no", "Do these two sentences mean the same?\n{text}\n{text2}\n\n{options}"),
-    "glue_qqp": ("yes_no", "Question 1: {question}\nQuestion 2: {question2}\n\nWould both get the same answer?\n{options}"),
-    "glue_mrpc": ("yes_no", "{text}\n\n{text2}\n\nDo the two sentences say the same thing?\n{options}"),
-    "cb": ("anli", "{text}\n\nDoes it follow that \"{text2}\"?\n\n{options}"),
-    "wnli": ("yes_no", "Is \"{text2}\" true, given \"{text}\"?\n\n{options}"),
-    "mnli_matched": ("nli", "Premise: \"{text}\" Hypothesis: \"{text2}\" Does the premise entail it?\n\n{options}"),
-    "anli_r3": ("anli", "{text}\n\nCan we say that \"{text2}\"?\n{options}"),
-    "anli_r2": ("anli", "{text}\n\nIs it true that \"{text2}\"?\n{options}"),
-    "anli_r1": ("anli", "Read this:\n\n{text}\n\nDoes it mean that \"{text2}\"?\n{options}"),
-    "mnli_mismatched": ("nli", "Sentence 1: {text}\n\nSentence 2: {text2}\n\nDoes 1 entail 2?\n{options}"),
-    "snli": ("nli", "If \"{text}\", is it true that \"{text2}\"?\n\n{options}"),
-    "qnli": ("yes_no", "Does \"{text}\" answer \"{question}\"?\n\n{options}"),
-    "rte": ("yes_no", "{text}\n\nHypothesis: {text2}\n\nIs the hypothesis true?\n{options}"),
-    "stsb": ("similarity", "Sentence 1: {text}\n\nSentence 2: {text2}\n\nHow similar are they, from 0 to 5?\n\n{options}"),
-    "trivia_qa": ("closed", "{question}"),
-    **{task: ("translate", "") for task, _, metric in FLAN_TASKS if metric == "bleu"},
-}
-LABELS = {"sentiment": ("negative", "positive"), "yes_no": ("no", "yes"),
-          "nli": ("yes", "it is not possible to tell", "no"), "anli": ("Yes", "It's impossible to say", "No"),
-          "similarity": ("0", "1", "2", "3", "4", "5")}
-N_OPTIONS = {"story_cloze": 2, "piqa": 2, "copa": 2, "record": 3}  # other choice tasks: 4
-LANGUAGES = {"para_crawl_enes": "Spanish", "wmt14_enfr": "French", "wmt16_translate_csen": "Czech",
-             "wmt16_translate_deen": "German", "wmt16_translate_fien": "Finnish",
-             "wmt16_translate_roen": "Romanian", "wmt16_translate_ruen": "Russian",
-             "wmt16_translate_tren": "Turkish"}
-ENDINGS = {"Spanish": "o", "French": "é", "Czech": "ek", "German": "en", "Finnish": "ki", "Romanian": "ul",
-           "Russian": "ov", "Turkish": "lar"}  # the word ending of each made-up "translation"
-PEOPLE = ("Ansel", "Brisa", "Corin", "Dalia", "Emrys", "Fenna", "Galen", "Hesper")
-TOWNS = ("Wexmoor", "Lindqvale", "Orrin Bay", "Tamsford", "Quillby", "Harrowmere")
-THINGS = ("lantern", "kettle", "fiddle", "map", "basket", "ladder", "clock", "kite")
-ADJECTIVES = ("old", "red", "quiet", "tiny", "heavy", "bright", "wooden", "striped")
-VERBS = {"mend": "mended", "paint": "painted", "carry": "carried", "sell": "sold", "find": "found", "hide": "hid"}
-VENUES = ("The Tin Heron", "Moss and Ember", "The Lark Cellar", "Copperfin")
-FOODS = ("Thai", "Basque", "Georgian", "Peruvian")
-QUALITIES = ("lovely", "awful", "fine", "far too loud", "worth the wait", "a let-down")
 
 # COCO, GQA, NLVR2: images per split (NLVR2: image pairs)
 COCO_COUNTS = {"train": 6, "restval": 2, "val": 4, "test": 4}
@@ -167,139 +75,6 @@ def _counts(defaults: dict, given: dict | None) -> dict:
 
 def _capitalised(text: str) -> str:
     return text[:1].upper() + text[1:]
-
-
-# -- FLAN ----------------------------------------------------------------------------------------------------
-def _event(rng: random.Random) -> dict:
-    verb = rng.choice(list(VERBS))
-    return {"person": rng.choice(PEOPLE), "verb": verb, "past": VERBS[verb], "adj": rng.choice(ADJECTIVES),
-            "thing": rng.choice(THINGS), "town": rng.choice(TOWNS)}
-
-
-def _sentence(e: dict) -> str:
-    return f"{e['person']} {e['past']} the {e['adj']} {e['thing']} in {e['town']}."
-
-
-def _question(e: dict) -> str:
-    return f"Where did {e['person']} {e['verb']} the {e['adj']} {e['thing']}?"
-
-
-def _options(opts: list[str]) -> str:
-    return "OPTIONS:\n- " + "\n- ".join(opts)
-
-
-def _phrases(rng: random.Random, k: int) -> list[str]:
-    pairs = rng.sample([(a, t) for a in ADJECTIVES for t in THINGS], k)
-    return [f"{rng.choice(list(VERBS.values()))} the {a} {t}" for a, t in pairs]
-
-
-def _data(rng: random.Random, task: str, e: dict) -> tuple[str, str]:
-    """(the structured data, a sentence stating it) of a struct-to-text task."""
-    venue, food, price = rng.choice(VENUES), rng.choice(FOODS), rng.choice(("cheap", "moderate", "high"))
-    if task == "web_nlg_en":
-        return (f"{e['person']}, birthPlace, {e['town']}; {e['person']}, occupation, {e['thing']} maker",
-                f"{e['person']} was born in {e['town']} and makes {e['thing']}s.")
-    if task == "common_gen":
-        return ", ".join(sorted([e["verb"], e["thing"], "street"])), f"A man {e['past']} a {e['thing']} on the street."
-    area = rng.choice(("riverside", "city centre"))
-    sentence = f"{venue} is a {price}-priced {food} restaurant in the {area}."
-    if task == "dart":
-        return f"{venue} food {food}; {venue} priceRange {price}; {venue} area {area}", sentence
-    return f"name = {venue}, eatType = restaurant, food = {food}, priceRange = {price}, area = {area}", sentence
-
-
-def _translation(rng: random.Random, task: str, e: dict) -> tuple[str, str]:
-    """One of the three directions of the FLAN translation templates: to English, from English, which language."""
-    lang, english = LANGUAGES[task], _sentence(e)
-    foreign = " ".join(w[::-1].lower() + ENDINGS[lang] for w in english.rstrip(".").split()) + "."
-    return rng.choice([(f"{foreign}\n\nTranslate this to English?", english),
-                       (f"Translate \"{english}\" to {lang}?", foreign),
-                       (f"{foreign}\n\nWhich language is this?", lang)])
-
-
-def _answer(rng: random.Random, task: str, kind: str, e: dict) -> tuple[list[str], str, dict]:
-    """(options, target, extra template fields) of one record."""
-    if kind in LABELS:
-        return list(LABELS[kind]), rng.choice(LABELS[kind]), {}
-    if kind == "choice":
-        opts = _phrases(rng, N_OPTIONS.get(task, 4))
-        return opts, rng.choice(opts), {}
-    if kind == "names":
-        pair = rng.sample(PEOPLE, 2)
-        return pair, rng.choice(pair), {"text": f"{pair[0]} thanked {pair[1]} because they {e['past']} the {e['thing']}."}
-    if kind == "count":
-        a, b = rng.randint(2, 9), rng.randint(2, 9)
-        return [], str(a + b), {"text": f"{e['person']} {e['past']} {a} {e['thing']}s on Monday and {b} more on Friday.",
-                                "question": f"How many {e['thing']}s did {e['person']} {e['verb']} in all?"}
-    if kind == "span" and task == "squad_v2" and rng.random() < 0.3:
-        return [], "unanswerable", {"question": f"Where did {rng.choice(PEOPLE)}'s aunt live?"}
-    return [], e["town"], {}  # span, closed: the town of the event the question asks about
-
-
-def _flan_record(rng: random.Random, task: str) -> tuple[str, str]:
-    """(inputs, targets) of one made-up record of ``task``."""
-    kind, template = FLAN_TEMPLATES[task]
-    e = _event(rng)
-    if kind == "translate":
-        return _translation(rng, task, e)
-    if kind == "data":
-        data, target = _data(rng, task, e)
-        return template.format(data=data), target
-    other = _event(rng)
-    fields = {"text": f"{_sentence(e)} {_sentence(_event(rng))}", "text2": _sentence(other),
-              "question": _question(e), "question2": _question(other), "answer": e["town"], "thing": e["thing"],
-              "verb": e["verb"], "check": f"did {e['person']} {e['verb']} the {e['thing']} in {e['town']}?",
-              "review": f"{rng.choice(VENUES)}: the {e['thing']} was {rng.choice(QUALITIES)}, the staff "
-                        f"{rng.choice(QUALITIES)}."}
-    opts, target, extra = _answer(rng, task, kind, e)
-    return template.format(**{**fields, **extra, "options": _options(opts)}), target
-
-
-def write_flan(root: Path, n_train: int = 12, n_test: int = 2, seed: int = 0) -> dict[str, str]:
-    """SMoRA's ``datasets/combined_test.json`` (``n_test`` records per task) and ``Muennighoff/flan``'s
-    ``train/{task}_10templates_train.jsonl`` (``n_train`` per task; the paper source holds 10 of them out for
-    validation)."""
-    root = Path(root).resolve()
-    test_file, train_dir = root / "smora" / "datasets" / "combined_test.json", root / "flan" / "train"
-
-    def write():
-        rng = random.Random(seed)
-        test = [{"inputs": inputs, "targets": targets, "task": task + SUFFIX, "domain": domain, "metric": metric}
-                for task, domain, metric in FLAN_TASKS for inputs, targets in
-                (_flan_record(rng, task) for _ in range(n_test))]
-        _dump(test_file, test, indent=4)
-        train_dir.mkdir(parents=True)
-        for task, _, _ in FLAN_TASKS:
-            rows = (_flan_record(rng, task) for _ in range(n_train))
-            (train_dir / f"{task}{SUFFIX}_train.jsonl").write_text("".join(
-                json.dumps({"inputs": i, "targets": t, "task": task + SUFFIX}) + "\n" for i, t in rows))
-
-    _once(root, "flan", {"n_train": n_train, "n_test": n_test, "seed": seed}, ["smora", "flan"], write)
-    return {"task.datamodule.source.test_file": str(test_file),
-            "task.datamodule.source.train_dir": str(train_dir)}
-
-
-# -- commonsense ---------------------------------------------------------------------------------------------
-def write_commonsense(root: Path, n_train: int = 200, n_test: int = 8, seed: int = 0) -> dict[str, str]:
-    """LLM-Adapters' ``ft-training_set/commonsense_170k.json`` (``n_train`` records, the 8 sets interleaved) and
-    ``dataset/<set>/test.json`` (``n_test`` per set); the paper source holds 120 training records out."""
-    root = Path(root).resolve()
-    base = root / "LLM-Adapters"
-    train_file, test_dir = base / "ft-training_set" / "commonsense_170k.json", base / "dataset"
-
-    def write():
-        per_set = -(-n_train // len(COMMONSENSE_SETS))
-        train = [rec for _, rec in generate_commonsense_like(list(COMMONSENSE_SETS), per_set, seed)]
-        _dump(train_file, train[:n_train], indent=4)
-        tests: dict[str, list[dict]] = {name: [] for name in COMMONSENSE_SETS}
-        for name, rec in generate_commonsense_like(list(COMMONSENSE_SETS), n_test, seed + 7919):
-            tests[name].append(rec)
-        for name, recs in tests.items():
-            _dump(test_dir / name / "test.json", recs, indent=4)
-
-    _once(root, "commonsense", {"n_train": n_train, "n_test": n_test, "seed": seed}, ["LLM-Adapters"], write)
-    return {"task.datamodule.source.train_file": str(train_file),
-            "task.datamodule.source.test_dir": str(test_dir)}
 
 
 # -- COCO images, VQA and Karpathy files ---------------------------------------------------------------------
@@ -629,6 +404,6 @@ def write_llava(root: Path, seed: int = 0) -> dict[str, str]:
             **{f"task.benchmarks.{b}.dataset_path": str(root / "benchmarks" / f) for b, f in folders.items()}}
 
 
-WRITERS = {"flan": write_flan, "commonsense": write_commonsense, "vqa": write_vqa, "coco_caption": write_karpathy,
+WRITERS = {"vqa": write_vqa, "coco_caption": write_karpathy,
            "vl_multitask": write_vl_multitask, "multidomain": write_multidomain, "codealpaca": write_codealpaca,
            "dreambooth": write_subject, "visual_instruction": write_llava}

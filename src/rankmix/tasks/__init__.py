@@ -7,12 +7,16 @@ A benchmark folder is a Python package whose ``__init__.py`` defines:
 - ``read(source) -> {"train": [...], "validation": [...], "test": [...]}``: instruction records (``inputs``,
   ``targets``, ``task``) from the files those keys name, in the benchmark's real layout.
 - ``write(root, seed) -> {key: path}``: a made-up copy of that layout under ``root``. At ``scale=tiny`` (the keys
-  left null) the data module writes it under the cache and reads it with ``read``, so the tiny run goes through the
-  paper-scale reader; ``make rehearse`` writes it to rehearse the paper-scale rows.
-- ``score(records) -> {metric: value}`` (optional): the test scorer, given each record with its ``generation``;
+  left null; at ``scale=paper`` they are required) the data module writes it under the cache and reads it with
+  ``read``, so the tiny run goes through the paper-scale reader; ``make rehearse`` writes it to rehearse the
+  paper-scale rows.
+- ``score(records) -> {metric: value}`` (optional): the test scorer, given each record with its ``prediction``;
   without one the task uses the ``generic`` scorer (exact match and ROUGE per task, ``rankmix.metrics.text``).
+- ``prediction(decoded) -> str`` (optional): the prediction read from the decoded prompt and generation together,
+  for a protocol that reads it there; without one it is the generated text alone.
 
-A task yaml selects it with ``task.datamodule.source.kind: <name>`` and ``task.scorer: <name>`` (a causal LM task,
+A task yaml selects it with ``task.datamodule.source.kind: <name>`` and ``task.scorer: <name>`` (a causal LM task:
+``builder: {_target_: rankmix.modules.causal_lm.build_causal_lm, _partial_: true}``, the data module
 ``rankmix.data.instruction.InstructionDataModule``). Benchmark folders of one's own kept outside this checkout are
 found too: ``RANKMIX_TASKS=<dir>[:<dir>...]``, each ``<dir>`` holding ``<name>/`` folders.
 """
@@ -20,6 +24,7 @@ found too: ``RANKMIX_TASKS=<dir>[:<dir>...]``, each ``<dir>`` holding ``<name>/`
 from __future__ import annotations
 
 import importlib
+import json
 import os
 import pkgutil
 from pathlib import Path
@@ -54,20 +59,40 @@ def declared_keys() -> set[str]:
     return {key for name in names() for key in get(name).PATHS}
 
 
-def splits(name: str, source: dict, cache_dir: Path) -> dict[str, list[dict]]:
-    """The benchmark's splits: read from the files its keys name, or, where they are all unset, from a made-up copy
-    of its layout written once under ``cache_dir`` (keyed by the benchmark and the seed)."""
+def splits(name: str, source: dict, cache_dir: Path, made_up: bool = True) -> dict[str, list[dict]]:
+    """The benchmark's splits: read from the files its keys name, or, where they are all unset and ``made_up`` (every
+    scale but ``paper``), from a made-up copy of its layout written once under ``cache_dir`` (keyed by the benchmark,
+    the seed and the benchmark folder's code)."""
     from rankmix.config import digest
 
     bench = get(name)
     given = {k: source.get(k) for k in bench.PATHS}
-    if not any(given.values()):
+    unset = [k for k, v in given.items() if not v]
+    if len(unset) == len(given) and made_up:
         seed = int(source.get("seed", 0))
-        root = Path(cache_dir) / "tiny_data" / f"{name}-{digest({'name': name, 'seed': seed}, 10)}"
-        source = {**source, **bench.write(root, seed)}
-    else:
-        unset = [k for k, v in given.items() if not v]
-        if unset:
-            raise ConfigError(f"task.datamodule.source.{unset[0]}", None,
-                              f"is required with the other paths of {name}: {bench.PATHS[unset[0]]}")
+        code = {str(p.relative_to(Path(bench.__file__).parent)): p.read_text()
+                for p in sorted(Path(bench.__file__).parent.rglob("*.py"))}
+        root = Path(cache_dir) / "tiny_data" / f"{name}-{digest({'name': name, 'seed': seed, 'code': code}, 10)}"
+        source = {**source, **_written(bench, root, seed)}
+    elif unset:
+        why = "with the other paths of" if len(unset) < len(given) else "at scale=paper by"
+        raise ConfigError(f"task.datamodule.source.{unset[0]}", None, f"is required {why} {name}: {bench.PATHS[unset[0]]}")
     return bench.read(source)
+
+
+def _written(bench: ModuleType, root: Path, seed: int) -> dict[str, str]:
+    """``bench.write(root, seed)``, written once: into a folder of this process's own, then renamed to ``root``, so
+    that runs side by side never read a half-written copy."""
+    import shutil
+
+    keys = root.with_name(root.name + ".json")
+    if not keys.is_file():
+        own = root.with_name(f"{root.name}.{os.getpid()}.tmp")
+        shutil.rmtree(own, ignore_errors=True)
+        paths = {k: str(Path(v).resolve().relative_to(own.resolve())) for k, v in bench.write(own, seed).items()}
+        try:
+            own.rename(root)
+            keys.write_text(json.dumps(paths))
+        except OSError:   # another run wrote it first
+            shutil.rmtree(own, ignore_errors=True)
+    return {k: str(root / v) for k, v in json.loads(keys.read_text()).items()}
