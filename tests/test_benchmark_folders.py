@@ -103,6 +103,12 @@ def test_at_paper_scale_a_benchmark_reads_its_files_never_its_made_up_copy(task,
     assert not (tmp_path / "tiny_data").exists()
 
 
+@pytest.mark.parametrize(("kind", "now"), [("flan_like", "flan"), ("commonsense_like", "commonsense")])
+def test_a_former_generated_kind_is_refused_naming_the_folder(kind, now):
+    with pytest.raises(ConfigError, match=rf"source.kind='{kind}': no longer a kind: write kind: {now} .*tasks/{now}/"):
+        build_splits({"kind": kind, "seed": 0})
+
+
 def test_a_half_given_or_unknown_benchmark_is_refused(folder, tmp_path):
     with pytest.raises(ConfigError, match="no benchmark folder rankmix/tasks/nope/"):
         rankmix.tasks.get("nope")

@@ -20,6 +20,7 @@ from rankmix.data.synthetic import generate_records
 from rankmix.errors import ConfigError
 
 KINDS = ("symbolic", "multidomain")
+MOVED = {"flan_like": "flan", "commonsense_like": "commonsense"}   # former kinds -> the benchmark folder now read
 
 
 def build_splits(source: Mapping, cache_dir: Path | None = None, made_up: bool = True) -> dict[str, list[dict]]:
@@ -50,5 +51,8 @@ def _splits(source: Mapping, cache_dir: Path | None, made_up: bool) -> dict[str,
         return multidomain.splits(source)
     if kind in tasks.names():
         return tasks.splits(kind, dict(source), cache_dir or Path(".cache"), made_up)
+    if kind in MOVED:
+        raise ConfigError("task.datamodule.source.kind", kind, f"no longer a kind: write kind: {MOVED[kind]} with its "
+                          f"paths null, and the benchmark folder rankmix/tasks/{MOVED[kind]}/ writes its made-up files")
     raise ConfigError("task.datamodule.source.kind", kind,
                       f"must be one of {', '.join(KINDS)} or a benchmark folder ({', '.join(tasks.names()) or 'none'})")
