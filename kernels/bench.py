@@ -22,8 +22,8 @@ from pathlib import Path
 import torch
 
 from rankmix.kernels import reference, smora_triton
+from rankmix.locations import SOURCE
 
-REPO = Path(__file__).resolve().parents[1]
 TARGETS = [  # (other variant, minimum speed-up of triton over it in fwd+bwd); lora_r = plain LoRA of rank r
     ("eager_dense", 3.0), ("compiled_dense", 1.3), ("naive_gather", 8.0), ("for_loop", 20.0), ("lora_r", 1 / 1.15)]
 HBM_SHARE = 0.75  # target: the triton variant's achieved fwd and bwd bandwidth as a share of the GPU's HBM bandwidth
@@ -119,7 +119,7 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--gate", choices=["sigmoid", "softmax"], default="sigmoid")
     ap.add_argument("--quick", action="store_true", help="one shape, few iterations (a smoke run)")
-    ap.add_argument("--out", type=Path, default=REPO / "results" / "bench")
+    ap.add_argument("--out", type=Path, default=SOURCE / "results" / "bench")
     a = ap.parse_args(argv)
     gpu = torch.cuda.is_available() and smora_triton.triton is not None
     device = torch.cuda.get_device_name(0) if gpu else "cpu"

@@ -22,19 +22,14 @@ from pathlib import Path
 
 import torch
 
-REPO = Path(__file__).resolve().parents[1]
+from rankmix.locations import SOURCE
 
 
 def compose(experiment: str, scale: str, overrides: list[str]):
-    from hydra import compose as hydra_compose
-    from hydra import initialize_config_dir
+    """The experiment's run config, composed as ``python -m rankmix.train`` composes it (``rankmix.config``)."""
+    from rankmix.config import compose_config
 
-    from rankmix.config import register_resolvers
-
-    register_resolvers()
-    with initialize_config_dir(config_dir=str(REPO / "conf"), version_base=None):
-        cfg = hydra_compose("train", overrides=[f"experiment={experiment}", f"scale={scale}", *overrides])
-    return cfg
+    return compose_config([f"experiment={experiment}", f"scale={scale}", *overrides])
 
 
 def variants(method: dict, gpu: bool) -> dict[str, dict]:
@@ -86,7 +81,7 @@ def main(argv=None) -> int:
     ap.add_argument("--scale", default="tiny", choices=["tiny", "paper"])
     ap.add_argument("--n", type=int, default=100, help="test prompts timed (the paper: 100)")
     ap.add_argument("--warmup", type=int, default=3)
-    ap.add_argument("--out", type=Path, default=REPO / "results" / "bench")
+    ap.add_argument("--out", type=Path, default=SOURCE / "results" / "bench")
     ap.add_argument("overrides", nargs="*", help="extra Hydra overrides")
     a = ap.parse_args(argv)
     cfg = compose(a.experiment, a.scale, a.overrides)

@@ -26,7 +26,8 @@ import time
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
+from rankmix.locations import SOURCE
+
 RANKS = (8, 16, 32, 64, 128)
 DTYPES = ("fp32", "bf16", "fp16")
 CONFIG_DTYPES = ("fp32", "bf16")
@@ -210,7 +211,7 @@ def write(rows: list[dict], out: Path, which: str) -> Path:
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--matrix", choices=["full", "representative"], default="full")
-    ap.add_argument("--out", type=Path, default=REPO / "results" / "bench")
+    ap.add_argument("--out", type=Path, default=SOURCE / "results" / "bench")
     ap.add_argument("--jobs", type=int, default=os.cpu_count(), help="compiles side by side")
     a = ap.parse_args(argv)
     if os.environ.get("TRITON_INTERPRET") == "1":

@@ -36,7 +36,8 @@ import tempfile
 import time
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
+from rankmix.locations import SOURCE
+
 PARTS = {"kernel-tests": 100, "bench-kernels": 150, "bench-e2e": 40, "train-step": 170}  # seconds on one GPU
 DRY = {"kernel-tests": 150, "bench-kernels": 120, "bench-e2e": 120, "train-step": 420}   # on 2 busy CPU cores
 BUDGET = 8 * 60
@@ -55,7 +56,7 @@ def timed(cmd: list[str], box: float, log: Path, env: dict | None = None) -> tup
     Returns (exit status, or None when stopped at the box; seconds)."""
     t0 = time.perf_counter()
     with open(log, "w") as f:
-        proc = subprocess.Popen(cmd, cwd=REPO, stdout=f, stderr=subprocess.STDOUT, start_new_session=True,
+        proc = subprocess.Popen(cmd, cwd=SOURCE, stdout=f, stderr=subprocess.STDOUT, start_new_session=True,
                                 env={**os.environ, **(env or {})})
         try:
             return proc.wait(timeout=max(box, 1)), time.perf_counter() - t0
@@ -220,7 +221,7 @@ def main(argv=None) -> int:
 
     if not a.dry and not torch.cuda.is_available():
         raise SystemExit("rankmix gpu-check: no CUDA GPU here; `make gpu-check DRY=1` runs its parts on the CPU")
-    a.out = a.out or REPO / (".cache/gpu-check" if a.dry else "results/bench")
+    a.out = a.out or SOURCE / (".cache/gpu-check" if a.dry else "results/bench")
     boxes = {k: v * a.scale_boxes for k, v in (DRY if a.dry else PARTS).items()}
     tag, jobs = device_tag(), 0 if a.dry else min(8, os.cpu_count() or 1)
     a.out.mkdir(parents=True, exist_ok=True)

@@ -148,8 +148,8 @@ def test_adalora_row_trains_at_tiny_scale(tmp_path):
     with gradient accumulation so that allocations follow optimizer steps, not batches."""
     from conftest import run_train
 
-    run = run_train(tmp_path, "experiment=moslora-4/adalora", "task.max_epochs=1", "task.datamodule.source.n_train=64",
-                    "task.datamodule.source.n_test=4",
+    run = run_train(tmp_path, "experiment=moslora-4/adalora", "task.max_epochs=1", "+task.datamodule.source.train_fraction=0.25",
+                    "++task.datamodule.max_eval_samples={validation:4,test:4}",
                     "method.tinit=1", "method.tfinal=1", "method.deltaT=1", "trainer.accumulate_grad_batches=2",
                     timeout=300)
     assert run.returncode == 0, run.stderr[-3000:]

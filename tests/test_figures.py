@@ -109,8 +109,7 @@ def test_routing_figure_from_a_real_run(tmp_path):
     from conftest import run_train
 
     r = run_train(tmp_path, "experiment=smora-1/smora_64_8", "trainer.max_epochs=1",
-                  "task.datamodule.source.n_train=6", "task.datamodule.source.n_validation=1",
-                  "task.datamodule.source.n_test=3")
+                  "task.datamodule.source.n_train=6", "task.datamodule.source.n_validation=1")
     assert r.returncode == 0, r.stderr[-2000:]
     png = _build(tmp_path, "smora-fig4")
     rows = _rows(png)

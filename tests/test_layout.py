@@ -82,3 +82,13 @@ def test_a_runs_config_goes_down_from_the_entry_and_comes_back_at_most_twice(tmp
     assert "rankmix: result:" in proc.stdout, proc.stderr[-2000:]  # the whole run was followed, to its result
     assert {"rankmix.run_checks", "rankmix.execution", "rankmix.fit", "rankmix.records"} <= set(sequence)
     assert sequence[0] == "rankmix.train" and sequence[1:].count("rankmix.train") <= 2, sequence
+
+
+def test_every_package_is_in_the_distribution():
+    """A wheel holds the packages pyproject.toml lists: every folder of the package with an ``__init__.py``."""
+    import tomllib
+
+    listed = set(tomllib.loads((REPO / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"])
+    root = REPO / "src"
+    found = {".".join(p.parent.relative_to(root).parts) for p in (root / "rankmix").rglob("__init__.py")}
+    assert found - listed == set() and "rankmix.kernels" in listed
