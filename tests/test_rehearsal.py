@@ -78,15 +78,15 @@ def test_every_readme_paper_command_reads_only_paths_the_rehearsal_writes(tmp_pa
     """The README's paper commands name the data a table reads; the rehearsal writes each of those paths itself (it
     reads the row's config, not the README), so a path a README command needs and no writer makes is a gap."""
     from conftest import REPO
-    from rankmix.rehearsal.data import WRITERS
     from rankmix.table_rows import all_tables
 
     found = re.findall(r'make reproduce-table-([a-z0-9-]+) SCALE=paper ARGS="([^"]*)"', (REPO / "README.md").read_text())
     assert {"smora-1", "moslora-4", "routing-1", "routing-4"} <= {t for t, _ in found}
     for table, args in found:
         first = all_tables()[table][0]
-        task = rr.compose_paper(rr.Row(table, first, "", "", "", ""))["task"]["name"]
-        data = WRITERS[task](tmp_path / task) if task in WRITERS else {}
+        composed = rr.compose_paper(rr.Row(table, first, "", "", "", ""))
+        task = composed["task"]["name"]
+        data = rr.written_data(task, composed, tmp_path / task)
         paths = [a.split("=", 1)[0] for a in args.split() if "/data/" in a]
         assert all(p in data for p in paths), (table, paths, list(data))
         out = rr.rehearsal_overrides(rr.Row(table, first, "", "", "", task), {}, {}, data, gpu=False)
