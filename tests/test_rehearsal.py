@@ -3,11 +3,12 @@
 
 from __future__ import annotations
 
+import json
 import re
 
 import pytest
 
-from rankmix.rehearsal import memory
+from rankmix.rehearsal import memory, projection
 from rankmix.rehearsal import run as rr
 
 HUB_7B = "meta-llama/Llama-2-7b-hf"
@@ -107,6 +108,28 @@ def _flat(d: dict, prefix: str = "") -> dict:
     for k, v in d.items():
         out.update(_flat(v, f"{prefix}{k}.") if isinstance(v, dict) and v else {f"{prefix}{k}": v})
     return out
+
+
+def test_a_stopped_rehearsal_keeps_the_rows_it_ran(tmp_path, monkeypatch):
+    """The report and its JSON are written after each row, so a rehearsal stopped at its second row keeps its first."""
+    calls = []
+
+    def run_row(row, overrides, work, timeout):
+        calls.append(row.experiment)
+        if len(calls) == 2:
+            raise KeyboardInterrupt   # the session stops here
+        return {"status": "pass", "seconds": 1.0, "rc": 0}
+
+    monkeypatch.setattr(rr, "run_row", run_row)
+    monkeypatch.setattr(rr, "written_data", lambda *a: {})
+    monkeypatch.setattr(rr, "pretrained_parts", lambda backbone: {})
+    monkeypatch.setattr(projection, "project", lambda config, parts: {})
+    rows = [rr.Row("rankmix-ranks", f"rankmix-ranks/{r}", "generated tasks", "lora", "llama2_7b", "generated")
+            for r in ("r2", "r4")]
+    with pytest.raises(KeyboardInterrupt):
+        rr.rehearse(rows, "reduced", tmp_path / "cpu.md", tmp_path / "work")
+    kept = json.loads((tmp_path / "cpu.json").read_text())
+    assert [r["experiment"] for r in kept] == ["rankmix-ranks/r2"] and "1/1 rows pass" in (tmp_path / "cpu.md").read_text()
 
 
 @pytest.mark.slow
