@@ -34,6 +34,7 @@ from rankmix.errors import ConfigError, RankmixError
 
 __path__ += [d for d in os.environ.get("RANKMIX_TASKS", "").split(os.pathsep) if d]  # noqa: F821 -- one's own
 REQUIRED = ("PATHS", "read", "write")
+PATHS_FILE = "written.json"   # in a made-up copy: {key: path under it} as its write returned them
 
 
 def names() -> list[str]:
@@ -88,18 +89,18 @@ def splits(name: str, source: dict, cache_dir: Path, made_up: bool = True) -> di
 
 
 def _written(bench: ModuleType, root: Path, seed: int) -> dict[str, str]:
-    """``bench.write(root, seed)``, written once: into a folder of this process's own, then renamed to ``root``, so
-    that runs side by side never read a half-written copy."""
+    """``bench.write(root, seed)``, written once: into a folder of this process's own, with the paths it returned
+    (``PATHS_FILE``), then renamed to ``root``, so that runs side by side never read a half-written copy."""
     import shutil
 
-    keys = root.with_name(root.name + ".json")
+    keys = root / PATHS_FILE
     if not keys.is_file():
         own = root.with_name(f"{root.name}.{os.getpid()}.tmp")
         shutil.rmtree(own, ignore_errors=True)
         paths = {k: str(Path(v).resolve().relative_to(own.resolve())) for k, v in bench.write(own, seed).items()}
+        (own / PATHS_FILE).write_text(json.dumps(paths))
         try:
             own.rename(root)
-            keys.write_text(json.dumps(paths))
         except OSError:   # another run wrote it first
             shutil.rmtree(own, ignore_errors=True)
     return {k: str(root / v) for k, v in json.loads(keys.read_text()).items()}
