@@ -198,3 +198,23 @@ def test_names_from_data_files_stay_inside_their_folder(tmp_path):
     assert inside(tmp_path, "linked/c.jpg", "image file", "x.json") == tmp_path / "linked" / "c.jpg"
     with pytest.raises(DataError, match=r"x.json: task name '../../etc/passwd' leads out of"):
         inside(tmp_path, "../../etc/passwd", "task name", "x.json")
+
+
+def test_runs_side_by_side_fill_a_shared_cache_one_after_the_other(tmp_path):
+    """A second process that fills the same cache waits for the first (it failed on h5py's lock before)."""
+    import subprocess
+    import sys
+    import time
+
+    from rankmix.atomic import one_writer
+
+    cache = tmp_path / "prepared" / "shapes-x"
+    waiter = ("import sys, time; from rankmix.atomic import one_writer\n"
+              f"with one_writer({str(cache)!r}): print(time.time())")
+    with one_writer(cache):
+        proc = subprocess.Popen([sys.executable, "-c", waiter], stdout=subprocess.PIPE, text=True)
+        time.sleep(1.5)
+        assert proc.poll() is None   # still waiting for the lock
+        released = time.time()
+    out, _ = proc.communicate(timeout=60)
+    assert proc.returncode == 0 and float(out) >= released

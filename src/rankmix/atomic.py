@@ -1,5 +1,7 @@
 """Atomic writes: a file appears whole or not at all (a temporary file in the same folder, renamed over the
-target), with the umask's mode; what a killed writer left is found by ``stale_temporaries``."""
+target), with the umask's mode; what a killed writer left is found by ``stale_temporaries``. ``one_writer``: a
+cache that several runs side by side may fill (a folder of generated data, a features file) is filled by one of
+them while the others wait."""
 
 from __future__ import annotations
 
@@ -43,3 +45,19 @@ def write_jsonl_atomic(path: Path, records: Iterable[dict]) -> None:
     with atomic_open(path) as f:
         for r in records:
             f.write(json.dumps(r, ensure_ascii=False) + "\n")
+
+
+@contextmanager
+def one_writer(path: Path) -> Iterator[None]:
+    """Hold an exclusive lock on ``<path>.lock`` (blocking): runs side by side that fill the same cache at ``path``
+    do so one after the other, and each then finds what the first wrote."""
+    import fcntl
+
+    lock = Path(f"{path}.lock")
+    lock.parent.mkdir(parents=True, exist_ok=True)
+    with open(lock, "a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)

@@ -36,6 +36,7 @@ from pathlib import Path
 
 import numpy as np
 
+from rankmix.atomic import one_writer
 from rankmix.config import digest
 
 SHAPES = ("square", "circle", "triangle")
@@ -107,10 +108,15 @@ def soft_label(answers: list[str]) -> dict[str, float]:
 
 
 def generate_shapes(root: Path, n_images: dict[str, int], size: int = 32, seed: int = 0, noise: float = 0.2) -> Path:
-    """Write the data set under ``root`` (skipped when ``root/done.json`` says it holds these settings)."""
+    """Write the data set under ``root`` (skipped when ``root/done.json`` says it holds these settings); runs side
+    by side wait for the first to write it."""
+    with one_writer(root):
+        return _generate_shapes(Path(root), n_images, size, seed, noise)
+
+
+def _generate_shapes(root: Path, n_images: dict[str, int], size: int, seed: int, noise: float) -> Path:
     from PIL import Image
 
-    root = Path(root)
     settings = {"n_images": n_images, "size": size, "seed": seed, "noise": noise}
     stamp = root / "done.json"
     if stamp.is_file() and json.loads(stamp.read_text()) == settings:

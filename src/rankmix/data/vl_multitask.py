@@ -35,6 +35,7 @@ import lightning.pytorch as pl
 import torch
 from torch.utils.data import DataLoader, Dataset
 
+from rankmix.atomic import one_writer
 from rankmix.data.files import read_records
 from rankmix.data.loading import pad_right
 from rankmix.data.shapes import generate_from_source, prepared_root
@@ -167,12 +168,13 @@ class VLMultitaskDataModule(pl.LightningDataModule):
         for h5 in self._h5.values():  # Lightning prepares again before testing: let go of the open files
             h5.close()
         self._h5.clear()
-        root = generate_from_source(self.root(), self.source)
-        generate_compositional(root, seed=self.source.get("seed", 0))
-        size = self.feature_image_size
-        images = image_files(root / "images")
-        encoder = grid_encoder("tiny", image_size=size, calibrate=calibration_images(images, size))
-        extract(encoder, images, self.feature_file("coco"), size)
+        with one_writer(self.root() / "vl_multitask"):  # runs side by side share this cache: one fills it, then the rest read it
+            root = generate_from_source(self.root(), self.source)
+            generate_compositional(root, seed=self.source.get("seed", 0))
+            size = self.feature_image_size
+            images = image_files(root / "images")
+            encoder = grid_encoder("tiny", image_size=size, calibrate=calibration_images(images, size))
+            extract(encoder, images, self.feature_file("coco"), size)
 
     # -- examples ------------------------------------------------------------------------------
     def set_tokenizer(self, tokenizer) -> None:
