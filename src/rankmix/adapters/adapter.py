@@ -31,8 +31,9 @@ from functools import partial
 import torch
 from torch import nn
 
-from rankmix.adapters.base import AdapterLayer, choice, positive_int, probability, real
+from rankmix.adapters.base import AdapterLayer
 from rankmix.adapters.registry import register
+from rankmix.checked import choice, positive_int, probability, real
 
 # gelu_new is GPT-2's tanh approximation; swish (VL-Adapter's name) is SiLU.
 ACTIVATIONS = {

@@ -11,7 +11,8 @@ import math
 import torch
 from torch import nn
 
-from rankmix.adapters.base import AdapterLayer, positive_int, probability
+from rankmix.adapters.base import AdapterLayer
+from rankmix.checked import positive_int, probability
 from rankmix.distributed import data_parallel_sum
 
 

@@ -13,8 +13,9 @@ import math
 import torch
 from torch import nn
 
-from rankmix.adapters.base import AdapterLayer, positive_int, probability
+from rankmix.adapters.base import AdapterLayer
 from rankmix.adapters.registry import register
+from rankmix.checked import positive_int, probability
 
 
 @register("hydralora")

@@ -17,9 +17,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from rankmix.adapters.base import positive_int
 from rankmix.adapters.experts import ExpertBankLayer
 from rankmix.adapters.registry import declared_defaults, register
+from rankmix.checked import positive_int
 from rankmix.errors import ConfigError
 
 ROUTINGS = ("top1", "top2", "topk", "soft")

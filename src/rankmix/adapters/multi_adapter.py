@@ -21,10 +21,10 @@ import torch
 from torch import nn
 
 from rankmix.adapters.adapter import BottleneckLayer, bottleneck, dropout_module, make_activation
-from rankmix.adapters.base import choice, positive_int
 from rankmix.adapters.context import per_example
 from rankmix.adapters.registry import register
 from rankmix.adapters.routing import ROUTING_FUNCTIONS, route, visual_input
+from rankmix.checked import choice, positive_int
 from rankmix.errors import ConfigError
 
 

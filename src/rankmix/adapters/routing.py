@@ -67,9 +67,10 @@ import torch.nn.functional as F
 from torch import nn
 
 from rankmix.adapters.adapter import INITS, BottleneckLayer, bottleneck, dropout_module, make_activation
-from rankmix.adapters.base import AdapterLayer, choice, positive_int, real
+from rankmix.adapters.base import AdapterLayer
 from rankmix.adapters.context import adapter_context, per_example
 from rankmix.adapters.registry import register
+from rankmix.checked import choice, positive_int, real
 from rankmix.errors import ConfigError
 
 ROUTING_FUNCTIONS: dict[str, Callable[[torch.Tensor, torch.Tensor], torch.Tensor]] = {

@@ -41,8 +41,9 @@ import math
 import torch
 from torch import nn
 
-from rankmix.adapters.base import AdapterLayer, positive_int
+from rankmix.adapters.base import AdapterLayer
 from rankmix.adapters.registry import register
+from rankmix.checked import positive_int
 from rankmix.errors import ConfigError
 
 VARIANTS = ("mm", "o")

@@ -34,8 +34,9 @@ from functools import cache
 import torch
 from torch import nn
 
-from rankmix.adapters.base import AdapterLayer, choice, positive_int, probability
+from rankmix.adapters.base import AdapterLayer
 from rankmix.adapters.registry import declared_defaults, register
+from rankmix.checked import choice, positive_int, probability
 from rankmix.distributed import data_parallel_sum
 from rankmix.errors import ConfigError
 from rankmix.kernels import reference

@@ -21,8 +21,8 @@ import lightning.pytorch as pl
 import torch
 from torch.utils.data import DataLoader
 
-from rankmix.adapters.base import choice
 from rankmix.atomic import write_jsonl_atomic
+from rankmix.checked import choice
 from rankmix.config import digest
 from rankmix.data import commonsense
 from rankmix.data.files import check_jsonl

@@ -16,7 +16,7 @@ from dataclasses import dataclass, fields
 import lightning.pytorch as pl
 
 from rankmix.adapters import adapter_state_dict
-from rankmix.adapters.base import choice
+from rankmix.checked import choice
 from rankmix.errors import ConfigError, RankmixError
 from rankmix.modules.evaluation import ScoredEvaluation
 from rankmix.modules.training import SCHEDULES, adamw_with_warmup

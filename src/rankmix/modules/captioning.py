@@ -18,7 +18,7 @@ import torch
 from torch import nn
 
 from rankmix.adapters import adapter_context
-from rankmix.adapters.base import choice
+from rankmix.checked import choice
 from rankmix.metrics.captioning import CHEAP, FIVE, score_captions
 from rankmix.modules.base import AdapterModule
 from rankmix.modules.builder import builds

@@ -18,8 +18,8 @@ from collections.abc import Mapping
 from pathlib import Path
 
 from rankmix.adapters import adapter_context
-from rankmix.adapters.base import choice
 from rankmix.adapters.peft_methods import peft_tuner
+from rankmix.checked import choice
 from rankmix.data.instruction import RECORD_KEYS
 from rankmix.errors import ConfigError
 from rankmix.metrics.text import score_generations

@@ -28,7 +28,7 @@ import torch
 from torch import nn
 
 from rankmix.adapters import adapter_context
-from rankmix.adapters.base import choice
+from rankmix.checked import choice
 from rankmix.errors import ConfigError
 from rankmix.metrics.captioning import FIVE, score_captions
 from rankmix.metrics.vl_tasks import gqa_accuracy, nlvr_accuracy, nlvr_predictions
