@@ -218,3 +218,8 @@ def test_the_trainer_is_instantiated_from_its_config_with_the_callbacks_of_one_p
     assert TrainingModes in kinds and EpochReseed in kinds and ModelCheckpoint in kinds and SlurmRequeue not in kinds
     assert trainer.gradient_clip_val == 0.5 and trainer.accumulate_grad_batches == 1
     assert trainer.default_root_dir == str(tmp_path)
+    assert not [c for c in trainer.callbacks if isinstance(c, ModelCheckpoint) and c.monitor]   # select_best: null
+
+    cfg = compose("++trainer.preflight=false", "+task.select_best={monitor: val/loss, mode: min, every_n_steps: 3}")
+    best = [c for c in build_trainer(cfg, tmp_path).callbacks if isinstance(c, ModelCheckpoint) and c.monitor]
+    assert [(c.monitor, c.mode, c.filename) for c in best] == [("val/loss", "min", "best")]   # from conf/callbacks

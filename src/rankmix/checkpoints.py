@@ -107,6 +107,18 @@ def truncate_log(path: Path, step: int) -> None:
             writer.writerows(kept)
 
 
+def best_checkpoint(select, dirpath: str):
+    """The ModelCheckpoint that keeps the weights with the best ``select.monitor`` (``task.select_best``: a paper's
+    checkpoint selection, e.g. MoSLoRA's ``load_best_model_at_end``), as ``best.ckpt``; None (no callback) when
+    the task tests its final weights (``select_best: null``). Named in ``conf/callbacks``."""
+    if not select:
+        return None
+    from lightning.pytorch.callbacks import ModelCheckpoint
+
+    return ModelCheckpoint(dirpath=dirpath, filename="best", monitor=select["monitor"], mode=select["mode"],
+                           save_top_k=1, save_last=False, auto_insert_metric_name=False)
+
+
 def selected_checkpoint(cfg: DictConfig, trainer: pl.Trainer) -> tuple[str | None, dict | None]:
     """The checkpoint to test and what was selected: the best by ``task.select_best.monitor`` when that ran,
     else the final weights (``None``)."""

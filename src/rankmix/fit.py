@@ -26,13 +26,10 @@ log = logging.getLogger("rankmix.train")
 
 def build_trainer(cfg: DictConfig, run_dir: Path, extra_callbacks: list | None = None) -> pl.Trainer:
     """Lightning's Trainer, instantiated from ``cfg.trainer`` (its strategy from ``trainer.strategy``, a name or a
-    ``_target_`` node) with the callbacks of ``cfg.callbacks`` and the loggers of ``cfg.logger``. What the config
-    cannot hold is added here: the accumulation a row's ``task.global_batch_size`` asks of these devices, the run's
-    own ``extra_callbacks``, and with ``task.select_best`` (a paper's checkpoint selection, e.g. MoSLoRA's
-    ``load_best_model_at_end``) validation every ``every_n_steps`` optimizer steps and a ModelCheckpoint that keeps
-    the weights with the best ``monitor``."""
-    from lightning.pytorch.callbacks import ModelCheckpoint
-
+    ``_target_`` node) with the callbacks of ``cfg.callbacks`` (the checkpoint ``task.select_best`` asks for
+    included) and the loggers of ``cfg.logger``. What the config cannot hold is added here: the accumulation a
+    row's ``task.global_batch_size`` asks of these devices, the run's own ``extra_callbacks`` (its record for the
+    loggers), and with ``task.select_best`` validation every ``every_n_steps`` optimizer steps."""
     from rankmix.quiet import quiet_lightning
 
     quiet_lightning()
@@ -41,12 +38,9 @@ def build_trainer(cfg: DictConfig, run_dir: Path, extra_callbacks: list | None =
     loggers = [instantiate(lg) for lg in (cfg.get("logger") or {}).values() if lg]
     kwargs = {"accumulate_grad_batches": accumulation(cfg)}  # from task.global_batch_size when the row sets one
     select = cfg.task.get("select_best")
-    if select:
-        callbacks.append(ModelCheckpoint(dirpath=str(run_dir / "checkpoints"), filename="best", monitor=select.monitor,
-                                         mode=select.mode, save_top_k=1, save_last=False, auto_insert_metric_name=False))
-        if select.get("every_n_steps"):  # HF eval_steps count optimizer steps; Lightning counts batches
-            kwargs["val_check_interval"] = int(select.every_n_steps) * kwargs["accumulate_grad_batches"]
-            kwargs["check_val_every_n_epoch"] = None
+    if select and select.get("every_n_steps"):  # HF eval_steps count optimizer steps; Lightning counts batches
+        kwargs["val_check_interval"] = int(select.every_n_steps) * kwargs["accumulate_grad_batches"]
+        kwargs["check_val_every_n_epoch"] = None
     trainer = {k: v for k, v in OmegaConf.to_container(cfg.trainer, resolve=True).items() if k not in OWN_TRAINER_KEYS}
     return instantiate(trainer, **kwargs, callbacks=callbacks, logger=loggers or False,
                        default_root_dir=str(run_dir), _convert_="all")
