@@ -18,7 +18,7 @@ from rankmix.errors import ConfigError
 def device_count(trainer: DictConfig) -> int:
     """The number of devices per node that ``trainer.devices`` asks for (Lightning's reading: an int, ``-1`` or
     ``"auto"`` for every visible GPU (one CPU process), a string ``"4"``, or a list / ``"0,1"`` of device ids)."""
-    devices = trainer.get("devices", 1)
+    devices = trainer.devices
     if isinstance(devices, str) and "," in devices:
         return len([d for d in devices.split(",") if d.strip()])
     if not isinstance(devices, (int, str)):  # a list of ids
@@ -49,7 +49,7 @@ def accumulation(cfg: DictConfig) -> int:
             raise ConfigError("trainer.accumulate_grad_batches", None, "is computed only from task.global_batch_size, "
                               "which this row does not set; give a number")
         return int(given)
-    devices, nodes = device_count(cfg.trainer), int(cfg.trainer.get("num_nodes", 1))
+    devices, nodes = device_count(cfg.trainer), int(cfg.trainer.num_nodes)
     batch = int(cfg.task.datamodule.batch_size)
     per_step = devices * nodes * batch
     if int(wanted) < 1 or int(wanted) % per_step:

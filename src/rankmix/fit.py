@@ -56,7 +56,7 @@ def cpu_fallback(cfg: DictConfig) -> dict[str, list[str]]:
     if cfg.trainer.get("accelerator") != "cpu":
         return {}
     changed = {}
-    precision = str(cfg.trainer.get("precision", "32-true"))
+    precision = str(cfg.trainer.precision)
     if precision.startswith(("bf16", "16")):
         changed["trainer.precision"] = [precision, "32-true"]
         cfg.trainer.precision = "32-true"

@@ -22,5 +22,5 @@ def build(cfg, run_dir):
     from rankmix.backbones import enable_activation_checkpointing
 
     built = builder_of(cfg.task)(cfg, run_dir)
-    enable_activation_checkpointing(built[0], cfg.backbone.get("activation_checkpointing", "none"))
+    enable_activation_checkpointing(built[0], cfg.backbone.activation_checkpointing)
     return built
