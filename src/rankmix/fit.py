@@ -96,7 +96,7 @@ def fit_and_test(cfg: DictConfig, run_dir: Path, chash: str, on_fit: Callable[[]
     pl.seed_everything(cfg.seed, workers=True, verbose=False)
     module, dm, report, model = build(cfg, run_dir)
     log.info(str(report))
-    check_context(model, cfg.task.get("context", []))
+    check_context(model, cfg.task.context)
     resume = resumable_checkpoint(run_dir, chash, fresh=bool(cfg.rerun))
     if resume is None:  # a run from scratch: its log starts empty (a resumed one appends to it)
         (run_dir / "csv" / "metrics.csv").unlink(missing_ok=True)
