@@ -47,6 +47,7 @@ def test_default_run_learns(tmp_path):
     # the result JSON documents the run
     assert t["params"]["trainable"] < t["params"]["total"] and t["params"]["wrapped_layers"] == 14  # the Llama default: 7 linear layers x 2 blocks
     assert t["meta"]["versions"]["torch"] and "commit" in t["meta"]["git"]
+    assert t["meta"]["machine"]["torch_threads"] >= 1   # a CPU run's numbers depend on it
     lock = (REPO / "requirements.lock").read_bytes()
     assert t["meta"]["environment"]["lock_sha256"] == hashlib.sha256(lock).hexdigest()
     assert t["train"]["wall_time_s"] > 0 and t["train"]["peak_memory"]["cpu_rss_mb"] > 0

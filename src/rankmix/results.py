@@ -191,11 +191,14 @@ def peak_memory_mb() -> dict[str, float]:
 
 
 def machine() -> dict:
+    """Where the run ran; ``torch_threads``: the CPU threads of its matrix products, which change a CPU run's floating-
+    point sums and so its numbers (``OMP_NUM_THREADS=1`` makes a tiny run reproducible)."""
     import torch
 
     return {
         "python": platform.python_version(),
         "platform": platform.platform(),
         "cpus": os.cpu_count(),
+        "torch_threads": torch.get_num_threads(),
         "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
     }
