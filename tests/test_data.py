@@ -218,3 +218,35 @@ def test_runs_side_by_side_fill_a_shared_cache_one_after_the_other(tmp_path):
         released = time.time()
     out, _ = proc.communicate(timeout=60)
     assert proc.returncode == 0 and float(out) >= released
+
+
+def test_generated_data_in_the_cache_is_keyed_by_the_code_that_wrote_it(tmp_path, monkeypatch):
+    """An edited generator writes its data again: the cached copy a run reads never comes from older code (committed
+    CLIP-BART numbers once came from a features file an earlier extractor had left in the cache)."""
+    from rankmix.data import fingerprints, shapes
+    from rankmix.data.fingerprints import code_fingerprint
+    from rankmix.modules.warm_start import warm_start_path
+
+    (tmp_path / "made_up_writer.py").write_text("SIZE = 1\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    before = code_fingerprint("made_up_writer")
+    (tmp_path / "made_up_writer.py").write_text("SIZE = 2\n")
+    assert code_fingerprint("made_up_writer") != before
+
+    source = {"n_train": 4, "n_val": 2, "n_test": 2, "size": 32, "seed": 0}
+
+    class Config:
+        model_type = "toy"
+
+        @staticmethod
+        def to_dict():
+            return {"model_type": "toy"}
+
+    model = type("Model", (), {"config": Config})()
+    root, weights = shapes.prepared_root(tmp_path, source), warm_start_path(model, ["a b"], {"epochs": 1}, tmp_path)
+    monkeypatch.setattr(fingerprints, "code_fingerprint", lambda *modules: "edited")
+    import rankmix.modules.warm_start as warm_start
+
+    monkeypatch.setattr(warm_start, "code_fingerprint", lambda *modules: "edited")
+    assert shapes.prepared_root(tmp_path, source) != root
+    assert warm_start_path(model, ["a b"], {"epochs": 1}, tmp_path) != weights

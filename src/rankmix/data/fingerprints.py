@@ -1,6 +1,7 @@
 """What a run's data is: the local files and folders its data module's config names (``data_paths``: the built-in
 data keys and those each benchmark folder declares), and a short hash of what they hold (``fingerprint``), recorded
-in the run's config so an edited file makes its result out of date."""
+in the run's config so an edited file makes its result out of date. ``code_fingerprint``: what generated data in the
+cache is keyed by beside its settings, the code that wrote it, so an edited generator writes it again."""
 
 from __future__ import annotations
 
@@ -68,3 +69,14 @@ def record_data_fingerprint(cfg) -> None:
     if found is not None:
         with open_dict(cfg):
             cfg.data_fingerprint = found
+
+
+def code_fingerprint(*modules: str) -> str:
+    """A short hash of the named modules' source files. Data a run generates into the cache (the shapes sets, their
+    CLIP features, warm-started weights, ...) is keyed by it beside its settings: a run after an edit of the code that
+    wrote it writes it again, rather than reading what the older code wrote."""
+    import importlib.util
+
+    from rankmix.config import digest
+
+    return digest({m: Path(importlib.util.find_spec(m).origin).read_text() for m in modules}, 10)

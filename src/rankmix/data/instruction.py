@@ -26,7 +26,7 @@ from rankmix.checked import choice
 from rankmix.config import digest
 from rankmix.data import commonsense
 from rankmix.data.files import check_jsonl
-from rankmix.data.fingerprints import data_paths, fingerprint
+from rankmix.data.fingerprints import code_fingerprint, data_paths, fingerprint
 from rankmix.data.loading import seeded_loader
 from rankmix.data.sources import build_splits
 from rankmix.errors import ConfigError, DataError
@@ -54,6 +54,9 @@ def llama_factory_truncation(source: list[int], target: list[int], cutoff: int) 
         max_target = int(cutoff * (len(target) / (len(source) + len(target))))
     n_target = min(max_target, len(target))
     return source[: min(max(cutoff - n_target, 0), len(source))], target[:n_target]
+
+
+GENERATORS = ("rankmix.data.sources", "rankmix.data.synthetic", "rankmix.data.multidomain")   # the built-in kinds
 
 
 class InstructionDataModule(pl.LightningDataModule):
@@ -113,6 +116,8 @@ class InstructionDataModule(pl.LightningDataModule):
             keyed["_files"] = files
         if keyed.get("kind") in tasks.names():   # a benchmark folder's reader (and writer) are keyed by their code
             keyed["_code"] = tasks.code(keyed["kind"])
+        else:   # and so are the built-in generators and readers
+            keyed["_code"] = code_fingerprint(*GENERATORS)
         return self.cache_dir / "prepared" / f"{self.source.get('kind', 'symbolic')}-{digest(keyed, 10)}"
 
     def check_paths(self) -> None:

@@ -160,9 +160,16 @@ def _generate_shapes(root: Path, n_images: dict[str, int], size: int, seed: int,
     return root
 
 
+GENERATORS = ("rankmix.data.shapes", "rankmix.data.shapes_compositional", "rankmix.data.clip_features",
+              "rankmix.data.images")   # what writes a prepared shapes folder (its images, files and CLIP features)
+
+
 def prepared_root(cache_dir: Path, source: dict) -> Path:
-    """Where the set generated from ``source`` (``n_train, n_val, n_test, size, seed, noise``) lives in the cache."""
-    return Path(cache_dir) / "prepared" / f"shapes-{digest(dict(source), 10)}"
+    """Where the set generated from ``source`` (``n_train, n_val, n_test, size, seed, noise``) lives in the cache,
+    keyed by ``source`` and by its generators' code."""
+    from rankmix.data.fingerprints import code_fingerprint
+
+    return Path(cache_dir) / "prepared" / f"shapes-{digest({**dict(source), '_code': code_fingerprint(*GENERATORS)}, 10)}"
 
 
 def generate_from_source(root: Path, source: dict) -> Path:

@@ -20,6 +20,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader
 
+from rankmix.data.fingerprints import code_fingerprint
 from rankmix.data.loading import seeded_loader
 from rankmix.errors import ConfigError, DataError
 
@@ -60,7 +61,7 @@ class SubjectDataModule(pl.LightningDataModule):
         if self.instance_dir is not None:
             return self.instance_dir
         g = self.generate
-        return self.cache_dir / "subjects" / f"shape-{g['n_images']}-{g['size']}-{g['seed']}"
+        return self.cache_dir / "subjects" / f"shape-{g['n_images']}-{g['size']}-{g['seed']}-{code_fingerprint(__name__)}"
 
     def prompts(self) -> list[str]:
         """The evaluation prompts, in order."""

@@ -16,6 +16,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from rankmix.data.fingerprints import code_fingerprint
 from rankmix.errors import RankmixError
 
 
@@ -50,7 +51,7 @@ def warm_start_path(model: torch.nn.Module, texts: list[str], spec: Mapping, cac
     """Where ``warm_start`` caches the weights for this model config, these texts and these settings."""
     from rankmix.config import digest
 
-    key = digest([model.config.to_dict(), sorted(texts), dict(spec)])
+    key = digest([model.config.to_dict(), sorted(texts), dict(spec), code_fingerprint(__name__)])
     return Path(cache_dir) / "warm_start" / f"{model.config.model_type}-{key}.pt"
 
 
@@ -119,15 +120,18 @@ def multitask_warm_start(model: nn.Module, dm, spec, cache_dir: Path) -> None:
     _train_whole(model, "multitask", fingerprint, batches, len(sampler), spec, cache_dir)
 
 
+WHOLE_MODEL_CODE = ("rankmix.modules.clip_bart", "rankmix.data.vl_multitask")   # the model and batches it trains
+
+
 def _train_whole(model: nn.Module, name: str, fingerprint, batches, steps_per_epoch: int, spec, cache_dir: Path) -> None:
     """Train every weight of ``model`` on ``batches(epoch)`` (AdamW, linear warm-up over 10% of the steps, gradient
-    clipping 5), or load the result cached under a hash of ``fingerprint`` and the starting weights."""
+    clipping 5), or load the result cached under a hash of ``fingerprint``, the starting weights and the code."""
     import hashlib
     import json
 
     from tqdm import tqdm
 
-    digest = hashlib.sha256(json.dumps(fingerprint, sort_keys=True, default=str).encode())
+    digest = hashlib.sha256(json.dumps([fingerprint, code_fingerprint(__name__, *WHOLE_MODEL_CODE)], sort_keys=True, default=str).encode())
     for p in model.state_dict().values():
         digest.update(p.detach().cpu().contiguous().numpy().tobytes())
     path = Path(cache_dir) / "warm_start" / f"clip_bart-{name}-{digest.hexdigest()[:16]}.pt"
