@@ -231,6 +231,8 @@ def test_generated_data_in_the_cache_is_keyed_by_the_code_that_wrote_it(tmp_path
     monkeypatch.syspath_prepend(str(tmp_path))
     before = code_fingerprint("made_up_writer")
     (tmp_path / "made_up_writer.py").write_text("SIZE = 2\n")
+    assert code_fingerprint("made_up_writer") == before   # one key while a run goes on, edited or not
+    code_fingerprint.cache_clear()                        # the next run
     assert code_fingerprint("made_up_writer") != before
 
     source = {"n_train": 4, "n_val": 2, "n_test": 2, "size": 32, "seed": 0}

@@ -5,6 +5,7 @@ cache is keyed by beside its settings, the code that wrote it, so an edited gene
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Iterable
 from pathlib import Path
 
@@ -71,12 +72,16 @@ def record_data_fingerprint(cfg) -> None:
             cfg.data_fingerprint = found
 
 
+@functools.cache
 def code_fingerprint(*modules: str) -> str:
-    """A short hash of the named modules' source files. Data a run generates into the cache (the shapes sets, their
+    """A short hash of the named modules' source files, read once per process (a key that stays the same while the
+    run goes on, also if the code is edited meanwhile). Data a run generates into the cache (the shapes sets, their
     CLIP features, warm-started weights, ...) is keyed by it beside its settings: a run after an edit of the code that
     wrote it writes it again, rather than reading what the older code wrote."""
+    import hashlib
     import importlib.util
 
-    from rankmix.config import digest
-
-    return digest({m: Path(importlib.util.find_spec(m).origin).read_text() for m in modules}, 10)
+    sha = hashlib.sha256()
+    for m in modules:
+        sha.update(m.encode() + b"\0" + Path(importlib.util.find_spec(m).origin).read_bytes() + b"\0")
+    return sha.hexdigest()[:10]

@@ -57,7 +57,7 @@ def write_llava_like(root: Path, n_train: int, n_test: int, size: int = 32, seed
     """Write the set under ``root/llava-<digest>/`` (once): {``train_file``, ``images_dir``, ``benchmarks``: {name:
     folder} (``write_vl_benchmarks``, about the test images)}."""
     settings = {"n_train": n_train, "n_test": n_test, "size": size, "seed": seed, "text_only": text_only,
-                "code": code_fingerprint(__name__, "rankmix.data.shapes")}   # an edited writer writes it again
+                "code": code_fingerprint(__name__, "rankmix.data.shapes", "rankmix.data.hub_files")}   # an edited writer writes it again
     base = Path(root) / f"llava-{digest(settings, 10)}"
     shapes = generate_shapes(base / "shapes", {"train": n_train, "val": 0, "test": n_test}, size=size, seed=seed,
                              noise=0.0)

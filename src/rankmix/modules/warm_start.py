@@ -10,6 +10,7 @@ existed or not).
 
 from __future__ import annotations
 
+import os
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -40,11 +41,17 @@ def warm_start(model: torch.nn.Module, tokenizer, texts: list[str], spec: Mappin
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(int(spec.get("seed", 0)))
         _train_lm(model, tokenizer, texts, spec)
+    _save(model, path)
+    return model
+
+
+def _save(model: nn.Module, path: Path) -> None:
+    """The weights at ``path``, whole or not at all: written to a file of this process's own, then renamed, so runs
+    side by side that warm-start the same model never write one file together."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     torch.save(model.state_dict(), tmp)
     tmp.replace(path)
-    return model
 
 
 def warm_start_path(model: torch.nn.Module, texts: list[str], spec: Mapping, cache_dir: Path) -> Path:
@@ -155,6 +162,4 @@ def _train_whole(model: nn.Module, name: str, fingerprint, batches, steps_per_ep
                 opt.step()
                 sched.step()
         model.eval()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    torch.save(model.state_dict(), path.with_suffix(".tmp"))
-    path.with_suffix(".tmp").replace(path)
+    _save(model, path)
