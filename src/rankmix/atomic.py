@@ -50,7 +50,8 @@ def write_jsonl_atomic(path: Path, records: Iterable[dict]) -> None:
 @contextmanager
 def one_writer(path: Path) -> Iterator[None]:
     """Hold an exclusive lock on ``<path>.lock`` (blocking): runs side by side that fill the same cache at ``path``
-    do so one after the other, and each then finds what the first wrote."""
+    do so one after the other, and each then finds what the first wrote. Not re-entrant: a process that holds the
+    lock of ``path`` must not ask for it again (``flock`` would wait on itself); nested caches use their own paths."""
     import fcntl
 
     lock = Path(f"{path}.lock")
