@@ -64,6 +64,7 @@ def folder(tmp_path, monkeypatch):
     pkg.mkdir(parents=True)
     (pkg / "__init__.py").write_text(textwrap.dedent(BENCHMARK))
     monkeypatch.setattr(rankmix.tasks, "__path__", [*rankmix.tasks.__path__, str(pkg.parent)])
+    monkeypatch.delitem(sys.modules, "rankmix.tasks.toyqa", raising=False)   # this test's copy, not an earlier one
     return tmp_path / "ext"
 
 
@@ -73,6 +74,16 @@ def test_the_folder_is_found_and_its_tiny_data_goes_through_its_reader(folder, t
     assert [len(splits[s]) for s in ("train", "validation", "test")] == [36, 4, 8]
     assert list((tmp_path / "cache" / "tiny_data").glob("toyqa-*/qa.json"))   # the real layout, written once
     assert all(r["task"] == "toyqa" and "+" in r["inputs"] for r in splits["test"])
+
+
+def test_an_edited_folder_is_written_and_read_again(folder, tmp_path):
+    from rankmix.data.instruction import InstructionDataModule
+
+    prepared = lambda: InstructionDataModule(None, str(tmp_path), {"kind": "toyqa", "seed": 0}).files()["train"]  # noqa: E731
+    before = prepared()
+    with open(folder / "toyqa" / "__init__.py", "a") as f:
+        f.write("# the writer changed\n")
+    assert prepared() != before
 
 
 def test_its_declared_files_are_in_the_data_fingerprint(folder, tmp_path):

@@ -137,3 +137,32 @@ def test_setup_installs_from_the_lock_with_hashes(tmp_path):
     out = subprocess.run(["make", "-n", "setup", f"VENV={tmp_path / 'v'}"], cwd=REPO, capture_output=True,
                          text=True).stdout
     assert "pip install --no-deps --require-hashes -r requirements.lock" in out
+
+
+def test_a_runs_peak_memory_is_its_own_not_its_launchers(tmp_path):
+    """Linux keeps ``ru_maxrss`` across fork and exec: a run started by a process holding 1.5 GiB (the rehearsal, a
+    launcher) must not report that process's peak as its own (the child itself, torch imported, holds about 0.5)."""
+    import subprocess
+    import sys
+
+    held = bytearray(1536 * 2**20)
+    held[:: 4096] = b"\x01" * len(held[:: 4096])   # touched, so resident
+    code = "from rankmix.results import peak_memory_mb; print(peak_memory_mb()['cpu_rss_mb'])"
+    child = float(subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout)
+    assert child < 1024 < len(held) / 2**20
+
+
+def test_a_sweeps_next_run_starts_its_peak_afresh():
+    """Runs of one sweep process (Hydra's basic launcher) each report their own peak: a run that follows one that
+    held 1 GiB does not report that GiB."""
+    import gc
+
+    from rankmix.results import peak_memory_mb, reset_peak_memory
+
+    earlier = bytearray(1024 * 2**20)
+    earlier[:: 4096] = b"\x01" * len(earlier[:: 4096])
+    held = peak_memory_mb()["cpu_rss_mb"]
+    del earlier
+    gc.collect()
+    reset_peak_memory()
+    assert peak_memory_mb()["cpu_rss_mb"] < held - 512

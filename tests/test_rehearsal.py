@@ -3,11 +3,12 @@
 
 from __future__ import annotations
 
+import json
 import re
 
 import pytest
 
-from rankmix.rehearsal import memory
+from rankmix.rehearsal import memory, projection
 from rankmix.rehearsal import run as rr
 
 HUB_7B = "meta-llama/Llama-2-7b-hf"
@@ -78,15 +79,15 @@ def test_every_readme_paper_command_reads_only_paths_the_rehearsal_writes(tmp_pa
     """The README's paper commands name the data a table reads; the rehearsal writes each of those paths itself (it
     reads the row's config, not the README), so a path a README command needs and no writer makes is a gap."""
     from conftest import REPO
-    from rankmix.rehearsal.data import WRITERS
     from rankmix.table_rows import all_tables
 
     found = re.findall(r'make reproduce-table-([a-z0-9-]+) SCALE=paper ARGS="([^"]*)"', (REPO / "README.md").read_text())
     assert {"smora-1", "moslora-4", "routing-1", "routing-4"} <= {t for t, _ in found}
     for table, args in found:
         first = all_tables()[table][0]
-        task = rr.compose_paper(rr.Row(table, first, "", "", "", ""))["task"]["name"]
-        data = WRITERS[task](tmp_path / task) if task in WRITERS else {}
+        composed = rr.compose_paper(rr.Row(table, first, "", "", "", ""))
+        task = composed["task"]["name"]
+        data = rr.written_data(task, composed, tmp_path / task)
         paths = [a.split("=", 1)[0] for a in args.split() if "/data/" in a]
         assert all(p in data for p in paths), (table, paths, list(data))
         out = rr.rehearsal_overrides(rr.Row(table, first, "", "", "", task), {}, {}, data, gpu=False)
@@ -107,6 +108,28 @@ def _flat(d: dict, prefix: str = "") -> dict:
     for k, v in d.items():
         out.update(_flat(v, f"{prefix}{k}.") if isinstance(v, dict) and v else {f"{prefix}{k}": v})
     return out
+
+
+def test_a_stopped_rehearsal_keeps_the_rows_it_ran(tmp_path, monkeypatch):
+    """The report and its JSON are written after each row, so a rehearsal stopped at its second row keeps its first."""
+    calls = []
+
+    def run_row(row, overrides, work, timeout):
+        calls.append(row.experiment)
+        if len(calls) == 2:
+            raise KeyboardInterrupt   # the session stops here
+        return {"status": "pass", "seconds": 1.0, "rc": 0}
+
+    monkeypatch.setattr(rr, "run_row", run_row)
+    monkeypatch.setattr(rr, "written_data", lambda *a: {})
+    monkeypatch.setattr(rr, "pretrained_parts", lambda backbone: {})
+    monkeypatch.setattr(projection, "project", lambda config, parts: {})
+    rows = [rr.Row("rankmix-ranks", f"rankmix-ranks/{r}", "generated tasks", "lora", "llama2_7b", "generated")
+            for r in ("r2", "r4")]
+    with pytest.raises(KeyboardInterrupt):
+        rr.rehearse(rows, "reduced", tmp_path / "cpu.md", tmp_path / "work")
+    kept = json.loads((tmp_path / "cpu.json").read_text())
+    assert [r["experiment"] for r in kept] == ["rankmix-ranks/r2"] and "1/1 rows pass" in (tmp_path / "cpu.md").read_text()
 
 
 @pytest.mark.slow

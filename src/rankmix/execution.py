@@ -14,7 +14,14 @@ from rankmix.fit import fit_and_test, release_memory
 from rankmix.guards import is_first_process, lock_run_dir
 from rankmix.records import failure_path, finish, result_record, reused_record, write_result
 from rankmix.rehearsal import preflight
-from rankmix.results import is_up_to_date, peak_memory_mb, read_json, same_computation, write_json_atomic
+from rankmix.results import (
+    is_up_to_date,
+    peak_memory_mb,
+    read_json,
+    reset_peak_memory,
+    same_computation,
+    write_json_atomic,
+)
 from rankmix.run_checks import RunState
 
 
@@ -61,6 +68,7 @@ def _fit_and_record(cfg: DictConfig, run: RunState, config: dict) -> float | Non
     """Fit and test (``rankmix.fit``), after the projected memory is checked against the GPU's free memory; rank 0
     writes the result JSON."""
     preflight.check(cfg)   # before any weight loads
+    reset_peak_memory()    # this run's peak, not an earlier run's of the same sweep process
     metrics, info, trainer = fit_and_test(cfg, run.run_dir, run.chash, on_fit=lambda: setattr(run, "trained", True))
     rank = trainer.global_rank
     del trainer  # nothing of this run's model outlives it (a sweep's next run loads its own)

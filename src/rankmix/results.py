@@ -152,10 +152,38 @@ def environment(root: Path) -> dict:
     return out
 
 
-def peak_memory_mb() -> dict[str, float]:
+def peak_rss_mb() -> float:
+    """This process's peak resident memory in MiB: Linux's ``VmHWM`` (the high-water mark of this program's own
+    memory), else ``ru_maxrss``. Linux keeps ``ru_maxrss`` across fork and exec, so a run started by a large
+    process (the rehearsal, a launcher) would report its parent's peak there."""
+    status = Path("/proc/self/status")
+    if status.is_file():
+        for line in status.read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024.0
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+
+
+def reset_peak_memory() -> None:
+    """Start this run's peak memory from what the process holds now, so a run in a sweep that trains run after run
+    in one process (Hydra's basic launcher) reports its own peak, not the largest of the runs before it: the GPU's
+    peak statistics, and Linux's ``VmHWM`` (``/proc/self/clear_refs``; where that cannot be written the peak stays
+    the process's)."""
     import torch
 
-    out = {"cpu_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0}
+    if torch.cuda.is_available():
+        torch.cuda.reset_peak_memory_stats()
+    try:
+        Path("/proc/self/clear_refs").write_text("5")
+    except OSError:
+        pass
+
+
+def peak_memory_mb() -> dict[str, float]:
+    """The peak memory since ``reset_peak_memory``: resident (MiB) and, with a GPU, allocated on it."""
+    import torch
+
+    out = {"cpu_rss_mb": peak_rss_mb()}
     if torch.cuda.is_available():
         out["gpu_allocated_mb"] = torch.cuda.max_memory_allocated() / 2**20
     out["peak_mb"] = out.get("gpu_allocated_mb") or out["cpu_rss_mb"]  # the accelerator's: GPU if one was used

@@ -103,11 +103,16 @@ class InstructionDataModule(pl.LightningDataModule):
         return {s: root / f"{s}.jsonl" for s in SPLITS}
 
     def _generated_dir(self) -> Path:
-        """Keyed by the source config and by the contents of the files it reads (an edited file is read again)."""
+        """Keyed by the source config, by the contents of the files it reads (an edited file is read again) and by a
+        benchmark folder's code."""
+        from rankmix import tasks
+
         keyed = dict(self.source)
         files = fingerprint(data_paths(self.source))
         if files is not None:
             keyed["_files"] = files
+        if keyed.get("kind") in tasks.names():   # a benchmark folder's reader (and writer) are keyed by their code
+            keyed["_code"] = tasks.code(keyed["kind"])
         return self.cache_dir / "prepared" / f"{self.source.get('kind', 'symbolic')}-{digest(keyed, 10)}"
 
     def check_paths(self) -> None:

@@ -260,7 +260,8 @@ def settings(config: dict) -> dict:
 def rehearse(rows: list[Row], width: str, out: Path, work: Path, timeout: int = 1800,
              own: dict[str, str] | None = None, steps: int = 2, examples: int = 8,
              batches: int | None = None, extra: list[str] = ()) -> Path:
-    """Run ``rows`` and write the report ``out``; returns its path. ``own``: data paths that replace the
+    """Run ``rows`` and write the report ``out`` (and its JSON), after each row, so that a stopped rehearsal keeps
+    the rows it ran; returns its path. ``own``: data paths that replace the
     written ones where a task reads that key (a real file of the user's); ``extra``: overrides added to every
     row's command."""
     import torch
@@ -297,9 +298,9 @@ def rehearse(rows: list[Row], width: str, out: Path, work: Path, timeout: int = 
             row.result = {**row.result, "status": "fail", "error": f"{type(e).__name__}: {e}".splitlines()[0][:300]}
         print(f"rankmix: rehearse {row.experiment}: {row.result['status']}"
               + (f": {row.result['error']}" if row.result["status"] == "fail" else ""), flush=True)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    rows = merged(rows, out.with_suffix(".json"))
-    out.write_text(report(rows, width, length_overrides("flan", steps, examples, batches)))
+        out.parent.mkdir(parents=True, exist_ok=True)   # after each row: a stopped rehearsal keeps what it ran
+        done = merged(rows[:i], out.with_suffix(".json"))
+        out.write_text(report(done, width, length_overrides("flan", steps, examples, batches)))
     return out
 
 

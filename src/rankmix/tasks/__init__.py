@@ -54,6 +54,15 @@ def get(name: str) -> ModuleType:
     return module
 
 
+def code(name: str) -> str:
+    """A short hash of the benchmark folder's Python files: its made-up copy and what is read from it are cached
+    under it, so an edited writer or reader is run again."""
+    from rankmix.config import digest
+
+    folder = Path(get(name).__file__).parent
+    return digest({str(p.relative_to(folder)): p.read_text() for p in sorted(folder.rglob("*.py"))}, 10)
+
+
 def declared_keys() -> set[str]:
     """Every benchmark's path keys (``PATHS``): what the data fingerprint reads beside the built-in data keys."""
     return {key for name in names() for key in get(name).PATHS}
@@ -70,9 +79,7 @@ def splits(name: str, source: dict, cache_dir: Path, made_up: bool = True) -> di
     unset = [k for k, v in given.items() if not v]
     if len(unset) == len(given) and made_up:
         seed = int(source.get("seed", 0))
-        code = {str(p.relative_to(Path(bench.__file__).parent)): p.read_text()
-                for p in sorted(Path(bench.__file__).parent.rglob("*.py"))}
-        root = Path(cache_dir) / "tiny_data" / f"{name}-{digest({'name': name, 'seed': seed, 'code': code}, 10)}"
+        root = Path(cache_dir) / "tiny_data" / f"{name}-{digest({'name': name, 'seed': seed, 'code': code(name)}, 10)}"
         source = {**source, **_written(bench, root, seed)}
     elif unset:
         why = "with the other paths of" if len(unset) < len(given) else "at scale=paper by"
