@@ -39,8 +39,9 @@ def test_a_builder_of_ones_own_is_named_by_target_with_its_arguments():
 @pytest.mark.parametrize(("task", "key", "says"), [
     ({"builder": {"_target_": "rankmix.modules.nowhere.build"}}, "task.builder._target_", "cannot be imported"),
     ({"builder": "rankmix.modules.vqa.build_vqa"}, "task.builder", "_partial_: true"),
-    ({"kind": "vqa", "builder": {"_target_": "rankmix.modules.vqa.build_vqa"}}, "task.kind", "keep only task.builder"),
-    ({"kind": "vision"}, "task.kind", "unknown"),
+    ({"kind": "vqa", "builder": {"_target_": "rankmix.modules.vqa.build_vqa"}}, "task.kind", "no longer read"),
+    ({"kind": "vision"}, "task.kind", "not read: name the task's builder in its yaml"),
+    ({"kind": "vl_multitask"}, "task.kind", "_target_: rankmix.modules.clip_bart.build_vl_multitask, _partial_: true"),
     ({"kind": "vqa"}, "task.kind", "write builder: {_target_: rankmix.modules.vqa.build_vqa, _partial_: true}"),
     ({"kind": "causal_lm"}, "task.kind", "_target_: rankmix.modules.causal_lm.build_causal_lm, _partial_: true"),
     ({"name": "mine"}, "task.builder", "not set: write builder: {_target_:"),

@@ -5,9 +5,8 @@ without building it: the backbone key of the trained language model's weights, t
 makes that model from a config, and how an image enters its sequence. The rehearsal projects a paper row's memory
 and parameters from them (``rankmix.rehearsal.projection``); a builder without them is read as a decoder LM.
 
-The ``vl_multitask`` task, not yet moved to ``builder``, names its builder by ``task.kind`` (``KINDS``); a kind
-that has moved is refused in one line naming its builder, and so are a task that sets both and a task that sets
-neither.
+``task.kind``, which once named a builder, is refused in one line: a former kind with the builder to write
+(``FORMER_KINDS``), any other with the form; so is a task that names no builder.
 """
 
 from __future__ import annotations
@@ -17,7 +16,7 @@ from dataclasses import dataclass
 
 from rankmix.errors import ConfigError, first_line
 
-TARGETS = {  # task.kind -> its builder's _target_
+FORMER_KINDS = {  # task.kind, no longer read -> the builder's _target_ to write instead
     "causal_lm": "rankmix.modules.causal_lm.build_causal_lm",
     "vqa": "rankmix.modules.vqa.build_vqa",
     "caption": "rankmix.modules.captioning.build_captioning",
@@ -26,7 +25,6 @@ TARGETS = {  # task.kind -> its builder's _target_
     "dreambooth": "rankmix.modules.dreambooth.build_dreambooth",
     "visual_instruction": "rankmix.modules.visual_instruction.build_visual_instruction",
 }
-KINDS = ("vl_multitask",)   # still selected by task.kind; the others are refused naming their builder
 
 
 @dataclass(frozen=True)
@@ -58,26 +56,23 @@ def builds(**facts) -> Callable:
 
 def builder_target(task: Mapping) -> str:
     """The dotted path of ``task``'s builder."""
+    example = FORMER_KINDS["causal_lm"]
+    if "kind" in task:
+        kind = task["kind"]
+        if kind in FORMER_KINDS:
+            raise ConfigError("task.kind", kind, f"no longer read: write builder: {{_target_: {FORMER_KINDS[kind]}, "
+                              "_partial_: true}} in the task yaml instead")
+        raise ConfigError("task.kind", kind, "not read: name the task's builder in its yaml: builder: {_target_: "
+                          f"<module>.<function>, _partial_: true}}, e.g. _target_: {example}")
     node = task.get("builder")
-    if node is not None:
-        if "kind" in task:
-            raise ConfigError("task.kind", task["kind"], "set with task.builder: keep only task.builder")
-        target = node.get("_target_") if isinstance(node, Mapping) else None
-        if not isinstance(target, str):
-            raise ConfigError("task.builder", node, "must be {_target_: <module>.<function>, _partial_: true}, e.g. "
-                              f"_target_: {TARGETS['causal_lm']}")
-        return target
-    if "kind" not in task:
+    if node is None:
         raise ConfigError("task.builder", None, "not set: write builder: {_target_: <module>.<function>, _partial_: "
-                          f"true}} in the task yaml, e.g. _target_: {TARGETS['causal_lm']}")
-    kind = task["kind"]
-    if kind in KINDS:
-        return TARGETS[kind]
-    if kind in TARGETS:
-        raise ConfigError("task.kind", kind, f"no longer read: write builder: {{_target_: {TARGETS[kind]}, "
-                          "_partial_: true}} in the task yaml instead")
-    raise ConfigError("task.kind", kind, f"unknown; kinds: {', '.join(KINDS)}, or name a builder in the task yaml: "
-                      "builder: {_target_: <module>.<function>, _partial_: true}")
+                          f"true}} in the task yaml, e.g. _target_: {example}")
+    target = node.get("_target_") if isinstance(node, Mapping) else None
+    if not isinstance(target, str):
+        raise ConfigError("task.builder", node, f"must be {{_target_: <module>.<function>, _partial_: true}}, e.g. "
+                          f"_target_: {example}")
+    return target
 
 
 def builder_function(task: Mapping):

@@ -235,7 +235,7 @@ def build_vl_multitask(cfg, run_dir: Path):
     if spec.get("warm_start"):
         bart = warm_start(bart, tokenizer, texts, spec.warm_start, Path(cfg.paths.cache_dir))
     model = CLIPBart(bart, feat_dim=cfg.backbone.feature_dim, tasks=tuple(cfg.task.datamodule.tasks),
-                     x_r_decoder=cfg.task.get("x_r_decoder", "encoder_mean"))
+                     x_r_decoder=cfg.task.x_r_decoder)
     if cfg.backbone.get("caption_warm_start"):
         caption_warm_start(model, dm, cfg.backbone.caption_warm_start, Path(cfg.paths.cache_dir))
     if cfg.backbone.get("multitask_warm_start"):
