@@ -108,7 +108,7 @@ def fit_and_test(cfg: DictConfig, run_dir: Path, chash: str, on_fit: Callable[[]
         **OmegaConf.to_container(cfg, resolve=True)})])
     if resume is None:  # the adapters as initialised: ΔW = trained − initial (routing Fig. B8)
         torch.save(adapter_state_dict(model), run_dir / "adapter_init.pt")
-    set_training_modes(module, cfg.backbone.get("frozen_dropout", True))
+    set_training_modes(module, cfg.backbone.frozen_dropout)
     live = live_models()  # this run's own, and nothing a sweep's earlier run left
     fit_started = time.time()
     on_fit()
