@@ -223,7 +223,7 @@ def test_runs_side_by_side_fill_a_shared_cache_one_after_the_other(tmp_path):
 def test_generated_data_in_the_cache_is_keyed_by_the_code_that_wrote_it(tmp_path, monkeypatch):
     """An edited generator writes its data again: the cached copy a run reads never comes from older code (committed
     CLIP-BART numbers once came from a features file an earlier extractor had left in the cache)."""
-    from rankmix.data import fingerprints, shapes
+    from rankmix.data import shapes
     from rankmix.data.fingerprints import code_fingerprint
     from rankmix.modules.warm_start import warm_start_path
 
@@ -246,7 +246,7 @@ def test_generated_data_in_the_cache_is_keyed_by_the_code_that_wrote_it(tmp_path
 
     model = type("Model", (), {"config": Config})()
     root, weights = shapes.prepared_root(tmp_path, source), warm_start_path(model, ["a b"], {"epochs": 1}, tmp_path)
-    monkeypatch.setattr(fingerprints, "code_fingerprint", lambda *modules: "edited")
+    monkeypatch.setattr(shapes, "code_fingerprint", lambda *modules: "edited")
     import rankmix.modules.warm_start as warm_start
 
     monkeypatch.setattr(warm_start, "code_fingerprint", lambda *modules: "edited")

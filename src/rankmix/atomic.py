@@ -25,15 +25,15 @@ def stale_temporaries(path: Path) -> list[Path]:
 
 
 @contextmanager
-def atomic_open(path: Path) -> Iterator:
-    """A text file that appears at ``path`` only once fully written (temporary file + ``os.replace``), with the
-    mode a plain ``open`` gives (0666 less the umask)."""
+def atomic_open(path: Path, binary: bool = False) -> Iterator:
+    """A text file (``binary``: a bytes file, e.g. for ``torch.save``) that appears at ``path`` only once fully
+    written (temporary file + ``os.replace``), with the mode a plain ``open`` gives (0666 less the umask)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     os.chmod(tmp, 0o666 & ~_umask())
     try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
+        with (os.fdopen(fd, "wb") if binary else os.fdopen(fd, "w", encoding="utf-8")) as f:
             yield f
         os.replace(tmp, path)
     except BaseException:

@@ -38,6 +38,7 @@ import numpy as np
 
 from rankmix.atomic import one_writer
 from rankmix.config import digest
+from rankmix.data.fingerprints import code_fingerprint
 
 SHAPES = ("square", "circle", "triangle")
 COLOURS = {"red": (220, 40, 40), "green": (40, 190, 60), "blue": (50, 80, 230), "yellow": (230, 210, 40)}
@@ -167,8 +168,6 @@ GENERATORS = ("rankmix.data.shapes", "rankmix.data.shapes_compositional", "rankm
 def prepared_root(cache_dir: Path, source: dict) -> Path:
     """Where the set generated from ``source`` (``n_train, n_val, n_test, size, seed, noise``) lives in the cache,
     keyed by ``source`` and by its generators' code."""
-    from rankmix.data.fingerprints import code_fingerprint
-
     return Path(cache_dir) / "prepared" / f"shapes-{digest({**dict(source), '_code': code_fingerprint(*GENERATORS)}, 10)}"
 
 

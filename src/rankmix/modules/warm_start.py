@@ -10,13 +10,13 @@ existed or not).
 
 from __future__ import annotations
 
-import os
 from collections.abc import Mapping
 from pathlib import Path
 
 import torch
 from torch import nn
 
+from rankmix.atomic import atomic_open
 from rankmix.data.fingerprints import code_fingerprint
 from rankmix.errors import RankmixError
 
@@ -41,17 +41,9 @@ def warm_start(model: torch.nn.Module, tokenizer, texts: list[str], spec: Mappin
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(int(spec.get("seed", 0)))
         _train_lm(model, tokenizer, texts, spec)
-    _save(model, path)
+    with atomic_open(path, binary=True) as f:   # whole or not at all, also with runs side by side
+        torch.save(model.state_dict(), f)
     return model
-
-
-def _save(model: nn.Module, path: Path) -> None:
-    """The weights at ``path``, whole or not at all: written to a file of this process's own, then renamed, so runs
-    side by side that warm-start the same model never write one file together."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    torch.save(model.state_dict(), tmp)
-    tmp.replace(path)
 
 
 def warm_start_path(model: torch.nn.Module, texts: list[str], spec: Mapping, cache_dir: Path) -> Path:
@@ -162,4 +154,5 @@ def _train_whole(model: nn.Module, name: str, fingerprint, batches, steps_per_ep
                 opt.step()
                 sched.step()
         model.eval()
-    _save(model, path)
+    with atomic_open(path, binary=True) as f:   # whole or not at all, also with runs side by side
+        torch.save(model.state_dict(), f)
