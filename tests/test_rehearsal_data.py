@@ -209,3 +209,45 @@ def test_llava_files_in_xtuners_layout_and_a_projector_stand_in_the_model_reads(
     folder = build_projector_standin("xtuner/llava-llama-3-8b-pretrain", "iter_2181.pth", vision, llm, tmp_path / "cache")
     state = projector_state({"name_or_path": str(folder), "file": "iter_2181.pth"})
     assert state["linear_1.weight"].shape == (4096 // 16, 1024 // 16)   # vision width -> LLM width, both ÷ 16
+
+
+def test_the_tiny_vqa_and_caption_data_are_the_rehearsals_writer_at_tiny_size(tmp_path, monkeypatch):
+    """One way to make fake COCO data: the tiny data modules, with ``data_dir: null``, read the layout the rehearsal
+    writes (``rankmix.data.coco_like``: COCO names, VL-T5 and Karpathy files), written once per settings and code."""
+    from rankmix.data import coco_like
+    from rankmix.data.captioning import CaptionDataModule
+    from rankmix.data.vqa import VQADataModule
+
+    source = {"n_train": 6, "n_restval": 1, "n_val": 2, "n_test": 2, "size": 16, "seed": 3, "noise": 0.2}
+    vqa = VQADataModule(None, str(tmp_path), source=source, image_size=16)
+    vqa.prepare_data()
+    records = read(vqa.root() / "vqa" / "karpathy_train.json")
+    assert all(COCO_NAME.fullmatch(r["img_id"]) and r["sent"][0].isupper() for r in records)
+    assert {Image.open(p).size for p in vqa.image_root().rglob("*.jpg")} == {(16, 16), (45, 34)}   # every fourth 4:3
+    rehearsal = tmp_path / "r"
+    coco_like.write_coco_like(rehearsal, {s: source[f"n_{s}"] for s in coco_like.SPLITS}, 16, 3)
+    assert read(rehearsal / "VL-T5/datasets/vqa/karpathy_train.json") == records
+    caption = CaptionDataModule(None, str(tmp_path), source=source, image_size=16)
+    assert caption.annotations_path() == vqa.root() / "COCO" / "dataset_coco.json"   # one copy for both tasks
+    stamp = vqa.root().parents[1] / coco_like.STAMP
+    mtime = stamp.stat().st_mtime_ns
+    caption.prepare_data()
+    assert stamp.stat().st_mtime_ns == mtime
+    caption.set_tokenizer(word_level_tokenizer(caption.caption_texts(), tmp_path / "tok", split_punctuation=True))
+    caption.setup()
+    assert len(caption.examples["train"]) == 5 * 7 and len(caption.examples["test"]) == 2   # train + restval, 5 each
+    before = vqa.root()
+    monkeypatch.setattr(coco_like, "code_fingerprint", lambda *m: "edited")
+    assert vqa.root() != before and not vqa.root().exists()   # an edited writer: a new copy
+
+
+def test_a_rehearsal_copy_made_by_other_code_is_written_again(tmp_path, monkeypatch):
+    rdata.write_vqa(tmp_path / "a", seed=3)
+    stamp = tmp_path / "a" / rdata.STAMP
+    (tmp_path / "a" / "VL-T5" / "datasets" / "vqa" / "karpathy_test.json").unlink()
+    rdata.write_vqa(tmp_path / "a", seed=3)
+    assert not (tmp_path / "a" / "VL-T5" / "datasets" / "vqa" / "karpathy_test.json").exists()   # same code: kept
+    monkeypatch.setattr(rdata, "code_fingerprint", lambda *m: "edited")
+    rdata.write_vqa(tmp_path / "a", seed=3)
+    assert (tmp_path / "a" / "VL-T5" / "datasets" / "vqa" / "karpathy_test.json").is_file()
+    assert read(stamp)["code"] == "edited"

@@ -4,8 +4,8 @@ Reads ``{data_dir}/COCO/dataset_coco.json`` (Karpathy's file: ``images: [{filepa
 sentences: [{raw, tokens}]}]``, split one of train / restval / val / test) and the images
 ``{images_dir}/{filepath}/{filename}``. Training uses every sentence of the ``train_splits`` images (train and
 restval: 113,287 images); evaluation one example per val / test image with all its sentences as references.
-With ``data_dir: null`` it first writes the generated shapes set (``rankmix.data.shapes``, three captions per
-image) under the cache.
+With ``data_dir: null`` it first writes a made-up copy of the file and images under the cache
+(``rankmix.data.coco_like``), and reads that.
 
 A training example is the caption's tokens followed by the tokenizer's end-of-text token, cut to ``max_length``
 tokens (§4: maximum length 50).
@@ -19,10 +19,10 @@ from pathlib import Path
 import lightning.pytorch as pl
 import torch
 
+from rankmix.data import coco_like
 from rankmix.data.files import inside
 from rankmix.data.images import ImageStore
 from rankmix.data.loading import SeededSplitLoaders, pad_right
-from rankmix.data.shapes import generate_from_source, prepared_root
 from rankmix.errors import ConfigError, DataError
 
 WHERE = ("Karpathy's dataset_coco.json (cs.stanford.edu/people/karpathy/deepimagesent/caption_datasets.zip) under "
@@ -49,13 +49,16 @@ class CaptionDataModule(SeededSplitLoaders, pl.LightningDataModule):
 
     # -- files ---------------------------------------------------------------------------------
     def root(self) -> Path:
-        return self.data_dir if self.data_dir is not None else prepared_root(self.cache_dir, self.source)
+        return self.data_dir if self.data_dir is not None else coco_like.prepared(self.cache_dir, self.source, "data_dir")
 
     def annotations_path(self) -> Path:
         return self.root() / "COCO" / "dataset_coco.json"
 
     def image_root(self) -> Path:
-        return self.images_dir if self.images_dir is not None else self.root() / "images"
+        if self.images_dir is not None:
+            return self.images_dir
+        return self.root() / "images" if self.data_dir is not None else coco_like.prepared(self.cache_dir, self.source,
+                                                                                            "images_dir")
 
     def check_paths(self) -> None:
         if self.data_dir is None:
@@ -67,7 +70,7 @@ class CaptionDataModule(SeededSplitLoaders, pl.LightningDataModule):
 
     def prepare_data(self) -> None:
         if self.data_dir is None:
-            generate_from_source(self.root(), self.source)
+            coco_like.prepare(self.cache_dir, self.source)
 
     def images(self) -> list[dict]:
         """The Karpathy file's image records, each checked for the fields the loader reads."""

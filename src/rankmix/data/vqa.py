@@ -4,7 +4,7 @@ Reads ``{data_dir}/vqa/karpathy_{train,val,test}.json`` (``img_id, question_id, 
 answers per question from ``v2_mscoco_{train,val}2014_annotations.json`` (for the official accuracy), the answer
 vocabulary ``trainval_ans2label.json`` (3,129 answers for VQA v2), and images ``{images_dir}/{img_id}.{jpg,png}``
 (COCO's ``train2014/`` and ``val2014/`` sub-folders are searched too). With ``data_dir: null`` it first writes
-the generated shapes set (``rankmix.data.shapes``) under the cache.
+a made-up copy of these files and images under the cache (``rankmix.data.coco_like``), and reads that.
 
 Training targets are the soft scores of ``label`` over the vocabulary (out-of-vocabulary answers dropped);
 evaluation batches also carry each question's 10 answers and its answer and question types.
@@ -18,10 +18,11 @@ from pathlib import Path
 import lightning.pytorch as pl
 import torch
 
+from rankmix.data import coco_like
 from rankmix.data.files import inside, read_records
 from rankmix.data.images import ImageStore
 from rankmix.data.loading import SeededSplitLoaders, pad_right
-from rankmix.data.shapes import SPLITS, generate_from_source, prepared_root
+from rankmix.data.shapes import SPLITS
 from rankmix.errors import ConfigError, DataError
 
 RECORD_FIELDS = ("img_id", "question_id", "sent", "label")
@@ -48,10 +49,13 @@ class VQADataModule(SeededSplitLoaders, pl.LightningDataModule):
 
     # -- files ---------------------------------------------------------------------------------
     def root(self) -> Path:
-        return self.data_dir if self.data_dir is not None else prepared_root(self.cache_dir, self.source)
+        return self.data_dir if self.data_dir is not None else coco_like.prepared(self.cache_dir, self.source, "data_dir")
 
     def image_root(self) -> Path:
-        return self.images_dir if self.images_dir is not None else self.root() / "images"
+        if self.images_dir is not None:
+            return self.images_dir
+        return self.root() / "images" if self.data_dir is not None else coco_like.prepared(self.cache_dir, self.source,
+                                                                                            "images_dir")
 
     def check_paths(self) -> None:
         if self.data_dir is None:
@@ -68,7 +72,7 @@ class VQADataModule(SeededSplitLoaders, pl.LightningDataModule):
 
     def prepare_data(self) -> None:
         if self.data_dir is None:
-            generate_from_source(self.root(), self.source)
+            coco_like.prepare(self.cache_dir, self.source)
 
     # -- examples ------------------------------------------------------------------------------
     def set_tokenizer(self, tokenizer) -> None:

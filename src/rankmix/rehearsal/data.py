@@ -3,16 +3,14 @@
 files (FLAN, commonsense: ``rankmix.tasks``) are written by its own ``write``, as at ``scale=tiny``; this module
 writes the others.
 
-- ``write_vqa``: VL-T5's ``datasets/vqa/`` (github j-min/VL-T5: ``karpathy_{train,val,test}.json``,
-  ``trainval_ans2label.json``, ``trainval_label2ans.json``, the VQA v2 ``v2_mscoco_{train,val}2014_annotations
-  .json``) and COCO 2014 images ``train2014/COCO_train2014_%012d.jpg``, ``val2014/COCO_val2014_%012d.jpg``.
-- ``write_karpathy``: Karpathy's ``COCO/dataset_coco.json`` (train / restval / val / test) and the COCO images.
+- ``write_vqa``, ``write_karpathy``: the COCO 2014 images with VL-T5's ``datasets/vqa/`` and Karpathy's
+  ``dataset_coco.json`` (in ``datasets/COCO/``), written by ``rankmix.data.coco_like`` as at ``scale=tiny``.
 - ``write_vl_multitask``: VL-T5's ``datasets/`` bundle (``vqa/``, ``GQA/``, ``nlvr/``, ``COCO/``), the GQA and
   NLVR2 images, and their CLIP RN101 grid features written by ``rankmix.data.clip_features`` (a random-init
   timm ``resnet101_clip`` stands in for the OpenAI weights).
 
 Scenes, questions and captions come from the generated shapes set (``rankmix.data.shapes``,
-``rankmix.data.shapes_compositional``) at 224×224 (every fourth COCO image at 640×480), renamed to the real ids.
+``rankmix.data.shapes_compositional``) at 224×224, renamed to the real ids.
 Each writer owns its root folder, is deterministic in ``seed``, skips its work when the root's stamp
 (``rehearsal.json``, written last) holds the same settings, and returns the Hydra overrides for the files.
 """
@@ -22,14 +20,14 @@ from __future__ import annotations
 import hashlib
 import json
 import random
-import re
 import shutil
 import tempfile
-from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
 
-from rankmix.data.shapes import captions, generate_shapes
+from rankmix.data.coco_like import write_coco_like
+from rankmix.data.fingerprints import code_fingerprint
+from rankmix.data.shapes import generate_shapes
 from rankmix.data.shapes_compositional import gqa_questions, nlvr_statement
 
 STAMP = "rehearsal.json"
@@ -38,15 +36,19 @@ STAMP = "rehearsal.json"
 COCO_COUNTS = {"train": 6, "restval": 2, "val": 4, "test": 4}
 VL_COUNTS = {"coco": {"train": 4, "restval": 2, "val": 3, "test": 3}, "gqa": {"train": 3, "valid": 3, "testdev": 3},
              "nlvr": {"train": 2, "dev": 2, "test1": 2}}
-COCO_MAX_ID, VG_MAX_ID = 581929, 2417997  # the largest COCO 2014 and Visual Genome image ids
+VG_MAX_ID = 2417997  # the largest Visual Genome image id
 IMAGE_SIZE = 224
+CODE = ("rankmix.rehearsal.data", "rankmix.data.coco_like", "rankmix.data.shapes", "rankmix.data.shapes_compositional",
+        "rankmix.data.multidomain_like", "rankmix.data.subjects", "rankmix.data.llava_like",
+        "rankmix.benchmarks.ds1000_official")   # the writers: a stamp made by other code is written again
 
 
 # -- shared ------------------------------------------------------------------------------------------------
 def _once(root: Path, writer: str, settings: dict, folders: list[str], write: Callable[[], None]) -> None:
-    """Run ``write`` unless ``root``'s stamp holds these settings; ``folders`` (under ``root``) are cleared first."""
+    """Run ``write`` unless ``root``'s stamp holds these settings and was made by this code (``CODE``); ``folders``
+    (under ``root``) are cleared first."""
     root.mkdir(parents=True, exist_ok=True)
-    stamp, wanted = root / STAMP, json.loads(json.dumps({"writer": writer, **settings}))
+    stamp, wanted = root / STAMP, json.loads(json.dumps({"writer": writer, **settings, "code": code_fingerprint(*CODE)}))
     if stamp.is_file():
         held = json.loads(stamp.read_text())
         if held == wanted:
@@ -93,105 +95,24 @@ def _save_image(png: Path, out: Path, size: tuple[int, int] = (IMAGE_SIZE, IMAGE
     img.save(out, **({"quality": 90} if out.suffix == ".jpg" else {}))
 
 
-def _coco(tmp: Path, counts: dict, images_dir: Path, seed: int) -> tuple[Path, list[dict]]:
-    """Generated scenes as COCO 2014 images (Karpathy's train from train2014; restval, val, test from val2014)
-    under ``images_dir``; returns the shapes folder and one record per image."""
-    shapes = generate_shapes(tmp / "coco", {"train": counts["train"] + counts["restval"], "val": counts["val"],
-                                            "test": counts["test"]}, size=IMAGE_SIZE, seed=seed)
-    scenes = _scenes(shapes)
-    ids = random.Random(seed).sample(range(1, COCO_MAX_ID + 1), len(scenes))
-    images = []
-    for i, ((key, scene), cocoid) in enumerate(zip(scenes.items(), ids, strict=True)):
-        split = "restval" if scene["split"] == "train" and i >= counts["train"] else scene["split"]
-        source = "train2014" if split == "train" else "val2014"
-        im = {"key": key, "split": split, "source": source, "cocoid": cocoid, "name": f"COCO_{source}_{cocoid:012d}",
-              "objects": scene["objects"]}
-        _save_image(shapes / "images" / f"{key}.png", images_dir / source / f"{im['name']}.jpg",
-                    (640, 480) if i % 4 == 3 else (IMAGE_SIZE, IMAGE_SIZE))
-        images.append(im)
-    return shapes, images
-
-
-def _vqa_files(shapes: Path, images: list[dict], out: Path) -> None:
-    """VL-T5's ``vqa/`` files over ``images``: question ids as VQA v2's (image id × 1000 + k), annotations split
-    by COCO folder (VL-T5's Karpathy train holds train2014 and restval images)."""
-    by_key = {im["key"]: im for im in images}
-    asked, new_qid, image_of = Counter(), {}, {}
-    for split in ("train", "val", "test"):
-        records = json.loads((shapes / "vqa" / f"karpathy_{split}.json").read_text())
-        for r in records:
-            im = by_key[r["img_id"]]
-            qid = im["cocoid"] * 1000 + asked[im["key"]]
-            asked[im["key"]] += 1
-            new_qid[r["question_id"]], image_of[qid] = qid, im
-            r.update(img_id=im["name"], question_id=qid, sent=_capitalised(r["sent"]))
-        _dump(out / f"karpathy_{split}.json", records)
-    annotations = {"train2014": [], "val2014": []}
-    for split in ("train", "val"):
-        for a in json.loads((shapes / "vqa" / f"v2_mscoco_{split}2014_annotations.json").read_text())["annotations"]:
-            a["question_id"] = new_qid[a["question_id"]]
-            im = image_of[a["question_id"]]
-            a["image_id"] = im["cocoid"]
-            annotations[im["source"]].append(a)
-    for source, anns in annotations.items():
-        _dump(out / f"v2_mscoco_{source}_annotations.json",
-              {"info": {"description": "VQA v2 annotations (rehearsal stand-in)", "version": "2.0", "year": 2017},
-               "license": {"name": "made-up content"}, "data_subtype": source, "annotations": anns,
-               "data_type": "mscoco"})
-    ans2label = json.loads((shapes / "vqa" / "trainval_ans2label.json").read_text())
-    _dump(out / "trainval_ans2label.json", ans2label)
-    _dump(out / "trainval_label2ans.json", sorted(ans2label, key=ans2label.get))
-
-
-def _more_captions(objects: list[dict]) -> list[str]:
-    """Two captions beyond the shapes set's three: Karpathy's file has five per image."""
-    names = " and ".join(f"a {o['colour']} {o['shape']}" for o in sorted(objects, key=lambda o: o["cell"]))
-    return [f"A dark picture showing {names}.", f"{names} on a black background"]
-
-
-def _karpathy_file(images: list[dict], out: Path) -> None:
-    """Karpathy's ``dataset_coco.json``: images with filepath, sentids, filename, imgid, split, sentences
-    (tokens, raw, imgid, sentid) and cocoid."""
-    entries, sentid = [], 0
-    for imgid, im in enumerate(images):
-        raws = captions(im["objects"]) + _more_captions(im["objects"])
-        sentences = [{"tokens": re.findall(r"[a-z0-9]+", raw.lower()), "raw": raw, "imgid": imgid, "sentid": sentid + k}
-                     for k, raw in enumerate(raws)]
-        sentid += len(sentences)
-        entries.append({"filepath": im["source"], "sentids": [s["sentid"] for s in sentences],
-                        "filename": f"{im['name']}.jpg", "imgid": imgid, "split": im["split"], "sentences": sentences,
-                        "cocoid": im["cocoid"]})
-    _dump(out / "dataset_coco.json", {"images": entries, "dataset": "coco"})
+def _coco_like(root: Path, writer: str, n_images: dict | None, seed: int) -> dict[str, str]:
+    """``rankmix.data.coco_like``'s files at 224 x 224 under ``root`` (``n_images``: Karpathy train, restval, val, test)."""
+    root = Path(root).resolve()
+    counts = _counts(COCO_COUNTS, n_images)
+    _once(root, writer, {"n_images": counts, "seed": seed}, ["VL-T5", "coco"],
+          lambda: write_coco_like(root, counts, IMAGE_SIZE, seed))
+    return {"task.datamodule.data_dir": str(root / "VL-T5" / "datasets"),
+            "task.datamodule.images_dir": str(root / "coco" / "images")}
 
 
 def write_vqa(root: Path, n_images: dict | None = None, seed: int = 0) -> dict[str, str]:
-    """VL-T5's ``datasets/vqa/`` files and the COCO 2014 images (``n_images``: Karpathy train, restval, val, test)."""
-    root = Path(root).resolve()
-    counts = _counts(COCO_COUNTS, n_images)
-    bundle, images_dir = root / "VL-T5" / "datasets", root / "coco" / "images"
-
-    def write():
-        with tempfile.TemporaryDirectory(dir=root, prefix=".scratch-") as tmp:
-            shapes, images = _coco(Path(tmp), counts, images_dir, seed)
-            _vqa_files(shapes, images, bundle / "vqa")
-
-    _once(root, "vqa", {"n_images": counts, "seed": seed}, ["VL-T5", "coco"], write)
-    return {"task.datamodule.data_dir": str(bundle), "task.datamodule.images_dir": str(images_dir)}
+    """VL-T5's ``datasets/vqa/`` files and the COCO 2014 images."""
+    return _coco_like(root, "vqa", n_images, seed)
 
 
 def write_karpathy(root: Path, n_images: dict | None = None, seed: int = 0) -> dict[str, str]:
-    """Karpathy's ``COCO/dataset_coco.json`` and the COCO 2014 images (``n_images``: train, restval, val, test)."""
-    root = Path(root).resolve()
-    counts = _counts(COCO_COUNTS, n_images)
-    data_dir, images_dir = root / "karpathy", root / "coco" / "images"
-
-    def write():
-        with tempfile.TemporaryDirectory(dir=root, prefix=".scratch-") as tmp:
-            _, images = _coco(Path(tmp), counts, images_dir, seed)
-        _karpathy_file(images, data_dir / "COCO")
-
-    _once(root, "coco_caption", {"n_images": counts, "seed": seed}, ["karpathy", "coco"], write)
-    return {"task.datamodule.data_dir": str(data_dir), "task.datamodule.images_dir": str(images_dir)}
+    """Karpathy's ``dataset_coco.json`` (in VL-T5's ``datasets/COCO/``) and the COCO 2014 images."""
+    return _coco_like(root, "coco_caption", n_images, seed)
 
 
 # -- GQA, NLVR2, CLIP features -------------------------------------------------------------------------------
@@ -294,10 +215,8 @@ def write_vl_multitask(root: Path, n_images: dict | None = None, seed: int = 0,
     folders = {"coco": root / "coco" / "images", "gqa": root / "gqa" / "images", "nlvr": root / "nlvr2" / "images"}
 
     def write():
+        write_coco_like(root, counts["coco"], IMAGE_SIZE, seed)   # bundle/vqa, bundle/COCO and folders["coco"]
         with tempfile.TemporaryDirectory(dir=root, prefix=".scratch-") as tmp:
-            shapes, images = _coco(Path(tmp), counts["coco"], folders["coco"], seed)
-            _vqa_files(shapes, images, bundle / "vqa")
-            _karpathy_file(images, bundle / "COCO")
             _gqa(Path(tmp), counts["gqa"], folders["gqa"], bundle / "GQA", seed)
             _nlvr(Path(tmp), counts["nlvr"], folders["nlvr"], bundle / "nlvr", seed)
         _features(folders, features, seed, cache_dir)
