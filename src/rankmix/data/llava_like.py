@@ -1,5 +1,8 @@
-"""The tiny visual-instruction set: LLaVA-format conversations about the generated shapes images
-(``rankmix.data.shapes``), in the layout of LLaVA-1.5's mix (``llava_v1_5_mix665k.json`` + an image folder).
+"""A made-up visual-instruction set: LLaVA-format conversations about the generated shapes images
+(``rankmix.data.shapes``), in XTuner's layout of LLaVA-1.5's mix (``llava_data/LLaVA-Instruct-150K/
+llava_v1_5_mix665k.json``, its images as COCO-named JPEGs under ``llava_data/llava_images/coco/train2017/``), and
+the nine benchmarks as local copies of their hub repos. ``scale=tiny`` writes it into the cache, ``make rehearse``
+for the paper-scale rows (``rankmix.rehearsal.data``); both are read by ``rankmix.data.llava_instruct``.
 
 Each training image gets one record of two or three turns: open questions ("What color is the circle?" → "Red."),
 multiple-choice questions in LLaVA-1.5's format (options "A. red" ..., then "Answer with the option's letter from
@@ -56,12 +59,16 @@ def write_llava_like(root: Path, n_train: int, n_test: int, size: int = 32, seed
                      ) -> dict[str, str]:
     """Write the set under ``root/llava-<digest>/`` (once): {``train_file``, ``images_dir``, ``benchmarks``: {name:
     folder} (``write_vl_benchmarks``, about the test images)}."""
+    from PIL import Image
+
     settings = {"n_train": n_train, "n_test": n_test, "size": size, "seed": seed, "text_only": text_only,
                 "code": code_fingerprint(__name__, "rankmix.data.shapes", "rankmix.data.hub_files")}   # an edited writer writes it again
     base = Path(root) / f"llava-{digest(settings, 10)}"
     shapes = generate_shapes(base / "shapes", {"train": n_train, "val": 0, "test": n_test}, size=size, seed=seed,
                              noise=0.0)
-    out = {"train_file": str(base / "llava_v1_5_mix_tiny.json"), "images_dir": str(shapes / "images"),
+    data = base / "llava_data"
+    out = {"train_file": str(data / "LLaVA-Instruct-150K" / "llava_v1_5_mix665k.json"),
+           "images_dir": str(data / "llava_images"),
            "benchmarks": write_vl_benchmarks(base / "benchmarks", shapes / "scenes.json", shapes / "images", seed)}
     if Path(out["train_file"]).is_file():
         return out
@@ -90,6 +97,13 @@ def write_llava_like(root: Path, n_train: int, n_test: int, size: int = 32, seed
             {"from": "human", "value": f"Name a shape that could be {colour}."},
             {"from": "gpt", "value": f"A {colour} {rng.choice(SHAPES)}."}]})
     rng.shuffle(records)
+    for i, r in enumerate(records):   # XTuner's image paths: coco/train2017/<12-digit id>.jpg under images_dir
+        if r.get("image"):
+            name = f"coco/train2017/{100000 + i:012d}.jpg"
+            (data / "llava_images" / name).parent.mkdir(parents=True, exist_ok=True)
+            Image.open(shapes / "images" / r["image"]).convert("RGB").save(data / "llava_images" / name, quality=95)
+            r["image"] = name
+    Path(out["train_file"]).parent.mkdir(parents=True, exist_ok=True)
     Path(out["train_file"]).write_text(json.dumps(records, indent=1) + "\n")
     return out
 

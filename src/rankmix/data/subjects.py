@@ -29,17 +29,28 @@ CROPS = ("per_image", "per_batch")
 
 
 def write_shape_subject(root: Path, n_images: int, size: int, seed: int) -> Path:
-    """``n_images`` PNGs of one red circle (the subject) at different places and scales on a plain background."""
+    """``n_images`` JPEGs ``00.jpg``, ``01.jpg``, ... (the layout of MoSLoRA's ``subject_driven_generation/cat``) of
+    one red circle, the subject, at different places and scales on a plain background; written into a folder of this
+    process's own, then renamed to ``root``, so a run never reads a half-written subject."""
+    import os
+    import shutil
+
     from PIL import Image, ImageDraw
 
     rng = random.Random(seed)
-    root.mkdir(parents=True, exist_ok=True)
+    own = root.with_name(f"{root.name}.{os.getpid()}.tmp")
+    shutil.rmtree(own, ignore_errors=True)
+    own.mkdir(parents=True)
     for i in range(n_images):
         image = Image.new("RGB", (size, size), tuple(rng.randint(180, 255) for _ in range(3)))
         r = rng.randint(size // 6, size // 3)
         x, y = rng.randint(r, size - r), rng.randint(r, size - r)
         ImageDraw.Draw(image).ellipse((x - r, y - r, x + r, y + r), fill=(200, 30, 30))
-        image.save(root / f"{i:02d}.png")
+        image.save(own / f"{i:02d}.jpg", quality=95)
+    try:
+        own.rename(root)
+    except OSError:   # another run wrote it first
+        shutil.rmtree(own, ignore_errors=True)
     return root
 
 

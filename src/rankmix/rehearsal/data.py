@@ -8,6 +8,10 @@ writes the others.
 - ``write_vl_multitask``: VL-T5's ``datasets/`` bundle (``vqa/``, ``GQA/``, ``nlvr/``, ``COCO/``), the GQA and
   NLVR2 images, and their CLIP RN101 grid features written by ``rankmix.data.clip_features`` (a random-init
   timm ``resnet101_clip`` stands in for the OpenAI weights).
+- ``write_multidomain``, ``write_codealpaca``: the suite of ``rankmix.data.multidomain_like`` (the tiny tasks' ``suite:``
+  paths), DS-1000's original release folder.
+- ``write_subject``, ``write_llava``: ``rankmix.data.subjects.write_shape_subject`` and ``rankmix.data.llava_like``,
+  the writers of ``scale=tiny``.
 
 Scenes, questions and captions come from the generated shapes set (``rankmix.data.shapes``,
 ``rankmix.data.shapes_compositional``) at 224×224, renamed to the real ids.
@@ -267,60 +271,24 @@ def write_codealpaca(root: Path, seed: int = 0) -> dict[str, str]:
 
 # -- MoSLoRA Tab. 6 ------------------------------------------------------------------------------------------
 def write_subject(root: Path, seed: int = 0) -> dict[str, str]:
-    """A subject folder in the layout of MoSLoRA's ``subject_driven_generation/cat``: five JPEGs ``00.jpg``-``04.jpg``."""
-    from PIL import Image
-
+    """A subject folder in the layout of MoSLoRA's ``subject_driven_generation/cat``: five JPEGs ``00.jpg``-``04.jpg``
+    (``rankmix.data.subjects.write_shape_subject``, as at ``scale=tiny``)."""
     from rankmix.data.subjects import write_shape_subject
 
     root = Path(root).resolve()
-    folder = root / "subject"
-
-    def write():
-        png = write_shape_subject(root / "png", 5, 64, seed)
-        folder.mkdir(parents=True)
-        for p in sorted(png.glob("*.png")):
-            Image.open(p).save(folder / f"{p.stem}.jpg", quality=95)
-        shutil.rmtree(png)
-
-    _once(root, "subject", {"seed": seed}, ["subject", "png"], write)
-    return {"task.datamodule.instance_dir": str(folder)}
+    _once(root, "subject", {"seed": seed}, ["subject"], lambda: write_shape_subject(root / "subject", 5, 64, seed))
+    return {"task.datamodule.instance_dir": str(root / "subject")}
 
 
 # -- MoSLoRA Tab. 5 ------------------------------------------------------------------------------------------
 def write_llava(root: Path, seed: int = 0) -> dict[str, str]:
-    """LLaVA-1.5's files in XTuner's layout: ``llava_data/LLaVA-Instruct-150K/llava_v1_5_mix665k.json`` with its
-    images as COCO-named JPEGs under ``llava_data/llava_images/coco/train2017/`` (and one text-only record), and the
-    nine benchmarks as local copies of their hub repos (``rankmix.data.llava_like``)."""
-    from PIL import Image
-
-    from rankmix.benchmarks.multimodal import BENCHMARKS
+    """LLaVA-1.5's files in XTuner's layout and the nine benchmarks as local copies of their hub repos
+    (``rankmix.data.llava_like``, as at ``scale=tiny``)."""
     from rankmix.data.llava_like import write_llava_like
 
-    root = Path(root).resolve()
-    data, settings = root / "llava_data", {"n_train": 6, "n_test": 2, "size": 64, "seed": seed, "text_only": 1}
-
-    def write():
-        files = write_llava_like(root / "generated", **settings)
-        records = json.loads(Path(files["train_file"]).read_text())
-        images = data / "llava_images" / "coco" / "train2017"
-        images.mkdir(parents=True)
-        for i, r in enumerate(records):
-            if r.get("image"):
-                name = f"{100000 + i:012d}.jpg"
-                Image.open(Path(files["images_dir"]) / r["image"]).convert("RGB").save(images / name, quality=95)
-                r["image"] = f"coco/train2017/{name}"
-        _dump(data / "LLaVA-Instruct-150K" / "llava_v1_5_mix665k.json", records, indent=1)
-        shutil.copytree(Path(files["benchmarks"]["mme"]).parent, root / "benchmarks")
-        shutil.rmtree(root / "generated")
-
-    _once(root, "llava", settings, ["llava_data", "generated", "benchmarks"], write)
-    folders = {"mmbench_en": "MMBench", "mmbench_cn": "MMBench", "seedbench": "SEED-Bench", "ai2d": "ai2d",
-               "scienceqa_img": "ScienceQA", "textvqa": "textvqa", "mathvista": "MathVista", "mmvet": "MMVet",
-               "mme": "MME"}
-    assert set(folders) == set(BENCHMARKS)
-    return {"task.datamodule.train_file": str(data / "LLaVA-Instruct-150K" / "llava_v1_5_mix665k.json"),
-            "task.datamodule.images_dir": str(data / "llava_images"),
-            **{f"task.benchmarks.{b}.dataset_path": str(root / "benchmarks" / f) for b, f in folders.items()}}
+    files = write_llava_like(Path(root).resolve(), n_train=6, n_test=2, size=64, seed=seed, text_only=1)
+    return {"task.datamodule.train_file": files["train_file"], "task.datamodule.images_dir": files["images_dir"],
+            **{f"task.benchmarks.{b}.dataset_path": folder for b, folder in files["benchmarks"].items()}}
 
 
 WRITERS = {"vqa": write_vqa, "coco_caption": write_karpathy,
