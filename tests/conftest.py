@@ -43,6 +43,10 @@ def fast(**changes) -> list[str]:
 
 FAST = fast()
 
+# A tiny CLIP-BART multitask run's made-up bundle (rankmix.data.vl_like): images per source and split (NLVR2: pairs).
+VL_SMALL = ["task.datamodule.source.coco={train:16,restval:0,val:2,test:4}",
+            "task.datamodule.source.gqa={train:16,valid:2,testdev:4}", "task.datamodule.source.nlvr={train:8,dev:1,test1:2}"]
+
 
 def compose(*overrides: str):
     """The training config for ``overrides`` with its ``hydra`` node, not validated (tests of the checks compose

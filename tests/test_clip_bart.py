@@ -7,7 +7,7 @@ import pytest
 import torch
 from transformers import BartConfig, BartForConditionalGeneration
 
-from conftest import run_train
+from conftest import VL_SMALL, run_train
 from rankmix.adapters import adapter_layers, inject
 from rankmix.modules.clip_bart import CLIPBart
 
@@ -136,8 +136,7 @@ def test_unfreeze_refuses_an_unknown_part():
 @pytest.mark.slow
 def test_tiny_multitask_run(tmp_path):
     r = run_train(tmp_path, "experiment=routing-7/lora_proj", "trainer.max_epochs=1",
-                  "task.datamodule.source.n_train=16", "task.datamodule.source.n_val=2",
-                  "task.datamodule.source.n_test=4", "backbone.language.warm_start.epochs=1",
+                  *VL_SMALL, "backbone.language.warm_start.epochs=1",
                   "backbone.caption_warm_start.epochs=1")
     assert r.returncode == 0, r.stderr[-3000:]
     m = r.result("routing-7")["metrics"]
@@ -155,7 +154,8 @@ def test_multitask_warm_start_trains_every_task_and_then_loads_from_its_cache(tm
     from rankmix.data.vl_multitask import VLMultitaskDataModule
     from rankmix.modules import warm_start
 
-    source = {"n_train": 6, "n_val": 1, "n_test": 1, "size": 32, "seed": 1, "noise": 0.0}
+    source = {"coco": {"train": 6, "restval": 0, "val": 1, "test": 1}, "gqa": {"train": 6, "valid": 1, "testdev": 1},
+              "nlvr": {"train": 3, "dev": 1, "test1": 1}, "size": 32, "seed": 1, "noise": 0.0}
     dm = VLMultitaskDataModule(None, str(tmp_path / "data"), source=source, batch_size=6, feature_image_size=96,
                                n_boxes=9)
     dm.prepare_data()

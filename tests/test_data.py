@@ -223,7 +223,7 @@ def test_runs_side_by_side_fill_a_shared_cache_one_after_the_other(tmp_path):
 def test_generated_data_in_the_cache_is_keyed_by_the_code_that_wrote_it(tmp_path, monkeypatch):
     """An edited generator writes its data again: the cached copy a run reads never comes from older code (committed
     CLIP-BART numbers once came from a features file an earlier extractor had left in the cache)."""
-    from rankmix.data import shapes
+    from rankmix.data import coco_like
     from rankmix.data.fingerprints import code_fingerprint
     from rankmix.modules.warm_start import warm_start_path
 
@@ -235,7 +235,7 @@ def test_generated_data_in_the_cache_is_keyed_by_the_code_that_wrote_it(tmp_path
     code_fingerprint.cache_clear()                        # the next run
     assert code_fingerprint("made_up_writer") != before
 
-    source = {"n_train": 4, "n_val": 2, "n_test": 2, "size": 32, "seed": 0}
+    source = {"n_train": 4, "n_restval": 0, "n_val": 2, "n_test": 2, "size": 32, "seed": 0, "noise": 0.2}
 
     class Config:
         model_type = "toy"
@@ -245,10 +245,10 @@ def test_generated_data_in_the_cache_is_keyed_by_the_code_that_wrote_it(tmp_path
             return {"model_type": "toy"}
 
     model = type("Model", (), {"config": Config})()
-    root, weights = shapes.prepared_root(tmp_path, source), warm_start_path(model, ["a b"], {"epochs": 1}, tmp_path)
-    monkeypatch.setattr(shapes, "code_fingerprint", lambda *modules: "edited")
+    root, weights = coco_like.prepared(tmp_path, source, "data_dir"), warm_start_path(model, ["a b"], {"epochs": 1}, tmp_path)
+    monkeypatch.setattr(coco_like, "code_fingerprint", lambda *modules: "edited")
     import rankmix.modules.warm_start as warm_start
 
     monkeypatch.setattr(warm_start, "code_fingerprint", lambda *modules: "edited")
-    assert shapes.prepared_root(tmp_path, source) != root
+    assert coco_like.prepared(tmp_path, source, "data_dir") != root
     assert warm_start_path(model, ["a b"], {"epochs": 1}, tmp_path) != weights

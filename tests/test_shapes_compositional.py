@@ -3,11 +3,8 @@
 import json
 import random
 
-import pytest
-
-from rankmix.data.shapes import generate_shapes
-from rankmix.data.shapes_compositional import generate_compositional, gqa_questions, nlvr_statement
-from rankmix.errors import DataError
+from rankmix.data.shapes_compositional import gqa_questions, nlvr_statement
+from rankmix.data.vl_like import FOLDERS, write_vl_like
 
 SCENE = [{"shape": "circle", "colour": "red", "cell": (0, 0)}, {"shape": "square", "colour": "blue", "cell": (0, 1)},
          {"shape": "triangle", "colour": "red", "cell": (1, 0)}]
@@ -50,26 +47,25 @@ def test_nlvr_statements_are_true_or_false_as_asked():
             assert not want
 
 
-def test_generated_files_are_deterministic_and_balanced(tmp_path):
-    roots = []
+def test_the_made_up_bundle_is_deterministic_and_balanced(tmp_path):
+    """GQA and NLVR2 files of ``rankmix.data.vl_like`` (what the tiny scale and the rehearsal read): the same for a
+    seed, questions about their own split's images, true and false statements equally often."""
+    counts = {"coco": {"train": 2, "restval": 0, "val": 1, "test": 1}, "gqa": {"train": 30, "valid": 2, "testdev": 4},
+              "nlvr": {"train": 15, "dev": 2, "test1": 3}}
     for name in ("a", "b"):
-        root = generate_shapes(tmp_path / name, {"train": 30, "val": 4, "test": 6}, seed=5)
-        roots.append(generate_compositional(root, seed=1))
-    a, b = roots
+        write_vl_like(tmp_path / name, counts, size=16, seed=5)
+    a, b = (tmp_path / name / FOLDERS["data_dir"] for name in ("a", "b"))
     for rel in ("GQA/train.json", "GQA/testdev.json", "nlvr/train.json", "nlvr/test.json", "GQA/trainval_ans2label.json"):
         assert (a / rel).read_text() == (b / rel).read_text()
-    scenes = json.loads((a / "scenes.json").read_text())
-    gqa = json.loads((a / "GQA" / "train.json").read_text())
-    assert gqa and all(r["img_id"] in scenes and scenes[r["img_id"]]["split"] == "train" for r in gqa)
-    assert {"img_id", "question_id", "sent", "label"} <= set(gqa[0])
+    gqa = {s: json.loads((a / "GQA" / f"{s}.json").read_text()) for s in ("train", "testdev")}
+    images = tmp_path / "a" / FOLDERS["gqa"]
+    assert gqa["train"] and all((images / f"{r['img_id']}.jpg").is_file() for recs in gqa.values() for r in recs)
+    assert {r["img_id"][0] for r in gqa["testdev"]} == {"n"} and not any(r["img_id"][0] == "n" for r in gqa["train"])
+    assert {"img_id", "question_id", "sent", "label"} == set(gqa["train"][0])
     vocab = json.loads((a / "GQA" / "trainval_ans2label.json").read_text())
-    assert all(next(iter(r["label"])) in vocab for r in gqa)
+    assert all(next(iter(r["label"])) in vocab for r in gqa["train"])
     pairs = json.loads((a / "nlvr" / "train.json").read_text())
-    assert len(pairs) >= 25 and {"identifier", "img0", "img1", "sent", "label", "uid"} <= set(pairs[0])
+    assert len(pairs) >= 25 and {"identifier", "img0", "img1", "sent", "label", "uid"} == set(pairs[0])
     assert abs(sum(p["label"] for p in pairs) - len(pairs) / 2) <= 2  # true and false equally often
-    assert all(scenes[p["img0"]]["split"] == scenes[p["img1"]]["split"] == "train" for p in pairs)
-
-
-def test_a_set_without_scenes_says_how_to_regenerate(tmp_path):
-    with pytest.raises(DataError, match="scenes.json not found.*delete"):
-        generate_compositional(tmp_path)
+    nlvr_images = {p.stem for p in (tmp_path / "a" / FOLDERS["nlvr"] / "train").rglob("*.png")}
+    assert all(p["img0"] in nlvr_images and p["img1"] in nlvr_images for p in pairs)

@@ -12,7 +12,7 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 
-from conftest import FAST, OFFLINE_ENV, REPO, fast, run_train, train_cmd
+from conftest import FAST, OFFLINE_ENV, REPO, VL_SMALL, fast, run_train, train_cmd
 
 pytestmark = pytest.mark.slow
 
@@ -140,8 +140,7 @@ RESUMED = {  # a buffered method (SMoRA's balancing bias) on each kind of benchm
                 "trainer.max_epochs=3", "task.datamodule.source.n_train=24", "task.datamodule.source.n_val=2",
                 "task.datamodule.source.n_test=4", "backbone.language.warm_start.epochs=1", "optimized_metric=test/CIDEr"],
     "vl_multitask": ["task=vl_multitask", "backbone=clip_bart", "method=smora", "method.r=8", "method.k=2",
-                     "trainer.max_epochs=3", "task.datamodule.source.n_train=16", "task.datamodule.source.n_val=2",
-                     "task.datamodule.source.n_test=4", "backbone.language.warm_start.epochs=1",
+                     "trainer.max_epochs=3", *VL_SMALL, "backbone.language.warm_start.epochs=1",
                      "backbone.caption_warm_start.epochs=1", "optimized_metric=test/average"],
 }
 

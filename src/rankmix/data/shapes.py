@@ -17,14 +17,15 @@ the top left and a blue circle at the bottom right", "Two shapes: a red square a
 square is at the top left, a blue circle is at the bottom right." (case and punctuation as people write them:
 the PTB tokenizer of the COCO evaluation lower-cases and drops punctuation).
 
-Files written under ``root`` (VL-T5 / VQA v2 / Karpathy formats):
+The made-up copies the tasks read (``rankmix.data.coco_like``, ``rankmix.data.vl_like``, ``rankmix.data.llava_like``)
+rename and re-encode what this writes into the real layouts. Files written under ``root``:
 ``images/<img_id>.png``; ``vqa/karpathy_{train,val,test}.json`` (``img_id, question_id, sent, label,
 answer_type, question_type, is_topk_optimal``); ``vqa/v2_mscoco_{train,val}2014_annotations.json``
 (``annotations: [{question_id, image_id, answers: [{answer, answer_confidence, answer_id}], answer_type,
 question_type, multiple_choice_answer}]``; val holds the val and test questions); ``vqa/trainval_ans2label.json``;
 ``COCO/dataset_coco.json`` (``images: [{filename, cocoid, split, sentences: [{raw, tokens}]}]``); and
-``scenes.json`` (``{img_id: {split, objects: [{shape, colour, cell}]}}``, what ``rankmix.data.shapes_compositional``
-asks its questions about).
+``scenes.json`` (``{img_id: {split, objects: [{shape, colour, cell}]}}``, what the GQA- and NLVR2-style writers
+ask about, ``rankmix.data.shapes_compositional``).
 """
 
 from __future__ import annotations
@@ -37,8 +38,6 @@ from pathlib import Path
 import numpy as np
 
 from rankmix.atomic import one_writer
-from rankmix.config import digest
-from rankmix.data.fingerprints import code_fingerprint
 
 SHAPES = ("square", "circle", "triangle")
 COLOURS = {"red": (220, 40, 40), "green": (40, 190, 60), "blue": (50, 80, 230), "yellow": (230, 210, 40)}
@@ -159,18 +158,3 @@ def _generate_shapes(root: Path, n_images: dict[str, int], size: int, seed: int,
     (root / "scenes.json").write_text(json.dumps(scenes))
     stamp.write_text(json.dumps(settings))
     return root
-
-
-GENERATORS = ("rankmix.data.shapes", "rankmix.data.shapes_compositional", "rankmix.data.clip_features",
-              "rankmix.data.images")   # what writes a prepared shapes folder (its images, files and CLIP features)
-
-
-def prepared_root(cache_dir: Path, source: dict) -> Path:
-    """Where the set generated from ``source`` (``n_train, n_val, n_test, size, seed, noise``) lives in the cache,
-    keyed by ``source`` and by its generators' code."""
-    return Path(cache_dir) / "prepared" / f"shapes-{digest({**dict(source), '_code': code_fingerprint(*GENERATORS)}, 10)}"
-
-
-def generate_from_source(root: Path, source: dict) -> Path:
-    return generate_shapes(root, {s: source[f"n_{s}"] for s in SPLITS}, size=source.get("size", 32),
-                           seed=source.get("seed", 0), noise=source.get("noise", 0.2))

@@ -1,39 +1,25 @@
-"""GQA-style compositional questions and NLVR2-style statements about image pairs, over the generated shapes
-images (``rankmix.data.shapes``), for the tiny scale of the CLIP-BART multitask benchmark (routing functions §5).
+"""GQA-style compositional questions and NLVR2-style statements about image pairs, over the objects of the
+generated shapes scenes (``rankmix.data.shapes``), for the made-up CLIP-BART multitask data
+(``rankmix.data.vl_like``, routing functions §5).
 
-Reads the scenes the shapes generator wrote (``scenes.json``: every image's objects and split) and writes, in
-VL-T5's layouts:
+- ``gqa_questions``: questions that take two steps over the scene: a relation then an attribute ("what color is
+  the shape left of the blue circle?"), a relation to verify ("is the red square above the green triangle?"), an
+  attribute comparison ("are the circle and the square the same color?") or a disjunction ("is there a red shape
+  or a blue circle?"), each with its answer, which depends on the image only.
+- ``nlvr_statement``: a statement about the two images of a pair ("both images contain a yellow shape.", "the left
+  image has more shapes than the right image.") that is true or false as asked.
 
-- ``GQA/{train,valid,testdev}.json``: ``{img_id, question_id, sent, label: {answer: 1.0}}``, and
-  ``GQA/trainval_ans2label.json``. Questions take two steps over the scene: a relation then an attribute
-  ("what color is the shape left of the blue circle?"), a relation to verify ("is the red square above the green
-  triangle?"), an attribute comparison ("are the circle and the square the same color?") or a disjunction ("is
-  there a red shape or a blue circle?"). The answer depends on the image only.
-- ``nlvr/{train,valid,test}.json``: ``{identifier, img0, img1, sent, label, uid}`` with ``label`` 1 (true) or 0,
-  each statement about the two images of a pair ("both images contain a yellow shape.", "the left image has more
-  shapes than the right image."), true and false drawn equally often.
-
-Deterministic from ``seed``; pairs are drawn within a split. Skipped when ``compositional.json`` holds the same
-settings.
+Deterministic in the ``random.Random`` given.
 """
 
 from __future__ import annotations
 
-import json
 import random
 from collections.abc import Callable
-from pathlib import Path
 
 from rankmix.data.shapes import COLOURS, SHAPES
-from rankmix.errors import DataError
 
-GQA_SPLITS = {"train": "train", "val": "valid", "test": "testdev"}
-NLVR_SPLITS = {"train": "train", "val": "valid", "test": "test"}
 COUNT_WORDS = {0: "no", 1: "one", 2: "two", 3: "three", 4: "four", 5: "five", 6: "six"}
-
-
-def _objects(scene: dict) -> list[dict]:
-    return [{**o, "cell": tuple(o["cell"])} for o in scene["objects"]]
 
 
 def _name(o: dict) -> str:
@@ -104,48 +90,3 @@ def nlvr_statement(rng: random.Random, left: list[dict], right: list[dict], want
         if truth(left, right) == want:
             return sent
     return None
-
-
-def generate_compositional(root: Path, seed: int = 0, pairs_per_image: float = 1.0) -> Path:
-    """Write the GQA and NLVR2 files under ``root`` from its ``scenes.json``."""
-    root = Path(root)
-    settings = {"seed": seed, "pairs_per_image": pairs_per_image}
-    stamp = root / "compositional.json"
-    if stamp.is_file() and json.loads(stamp.read_text()) == settings:
-        return root
-    if not (root / "scenes.json").is_file():
-        raise DataError(f"{root / 'scenes.json'} not found: the shapes set there predates scene files; delete {root} "
-                        "and it is generated again with them")
-    scenes = json.loads((root / "scenes.json").read_text())
-    rng = random.Random(seed)
-    gqa = {s: [] for s in GQA_SPLITS.values()}
-    nlvr = {s: [] for s in NLVR_SPLITS.values()}
-    answers: set[str] = set()
-    by_split: dict[str, list[str]] = {}
-    for img_id, scene in scenes.items():
-        objects = _objects(scene)
-        by_split.setdefault(scene["split"], []).append(img_id)
-        for i, (sent, answer) in enumerate(gqa_questions(rng, objects)):
-            answers.add(answer)
-            gqa[GQA_SPLITS[scene["split"]]].append({"img_id": img_id, "question_id": f"{img_id}_{i}", "sent": sent,
-                                                   "label": {answer: 1.0}})
-    for split, ids in by_split.items():
-        if len(ids) < 2:
-            continue
-        for k in range(round(pairs_per_image * len(ids))):
-            a, b = rng.sample(ids, 2)
-            want = k % 2 == 0
-            sent = nlvr_statement(rng, _objects(scenes[a]), _objects(scenes[b]), want)
-            if sent is not None:
-                ident = f"{NLVR_SPLITS[split]}-{k}"
-                nlvr[NLVR_SPLITS[split]].append({"identifier": ident, "img0": a, "img1": b, "sent": sent,
-                                                 "label": int(want), "uid": f"nlvr2_{ident}"})
-    (root / "GQA").mkdir(exist_ok=True)
-    (root / "nlvr").mkdir(exist_ok=True)
-    for split, recs in gqa.items():
-        (root / "GQA" / f"{split}.json").write_text(json.dumps(recs))
-    (root / "GQA" / "trainval_ans2label.json").write_text(json.dumps({a: i for i, a in enumerate(sorted(answers))}))
-    for split, recs in nlvr.items():
-        (root / "nlvr" / f"{split}.json").write_text(json.dumps(recs))
-    stamp.write_text(json.dumps(settings))
-    return root

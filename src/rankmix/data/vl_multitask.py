@@ -6,8 +6,9 @@ Files under ``data_dir`` (VL-T5's ``datasets/`` bundle): ``vqa/karpathy_{train,v
 .json``; ``COCO/dataset_coco.json``. Features: h5 files keyed ``"{img_id}/features"``
 (``scripts/extract_clip_features.py``), one per image source (``features: {coco, gqa, nlvr}``); each image becomes
 ``n_boxes`` (36) max-pooled tokens, an NLVR2 pair 2 × 36 with image-order ids 0 and 1. With ``data_dir: null``
-the generated shapes set is written with its GQA- and NLVR2-style files and its tiny-encoder features (extracted
-at ``feature_image_size``: the tiny scale uses 96 × 96, a 3 × 3 grid, ``n_boxes`` 9).
+a made-up copy of the bundle, its images and a small random CLIP-ResNet's features is written under the cache
+(``rankmix.data.vl_like``, the rehearsal's writer; ``source``: images per source and split; features extracted at
+``feature_image_size``: the tiny scale uses 96 × 96, a 3 × 3 grid, ``n_boxes`` 9), and read as the real files are.
 
 Examples (input text → target text), VL-Adapter's splits and prompts (``prompts``; its code spells GQA's "gpa: ",
 ``gqa_prompt_typo: true`` keeps that):
@@ -35,11 +36,9 @@ import lightning.pytorch as pl
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from rankmix.atomic import one_writer
+from rankmix.data import vl_like
 from rankmix.data.files import read_records
 from rankmix.data.loading import pad_right
-from rankmix.data.shapes import generate_from_source, prepared_root
-from rankmix.data.shapes_compositional import generate_compositional
 from rankmix.errors import ConfigError, DataError
 
 TASKS = ("vqa", "gqa", "nlvr", "caption")
@@ -135,25 +134,29 @@ class VLMultitaskDataModule(pl.LightningDataModule):
 
     # -- files ---------------------------------------------------------------------------------
     def root(self) -> Path:
-        return self.data_dir if self.data_dir is not None else prepared_root(self.cache_dir, self.source)
+        if self.data_dir is not None:
+            return self.data_dir
+        return vl_like.prepared(self.cache_dir, self.source, self.feature_image_size) / vl_like.FOLDERS["data_dir"]
 
     def feature_file(self, source: str) -> Path:
-        """The h5 file of an image source (coco, gqa, nlvr); the tiny set has one for all its images."""
+        """The h5 file of an image source (coco, gqa, nlvr)."""
         if self.data_dir is None:
-            return self.root() / f"clip_features_tiny_{self.feature_image_size}_calibrated.h5"
+            return vl_like.feature_files(vl_like.prepared(self.cache_dir, self.source, self.feature_image_size), "tiny",
+                                         self.feature_image_size)[source]
         if source not in self.features:
             raise ConfigError(f"task.datamodule.features.{source}", None, "name the h5 file of that source's "
                               "CLIP features (scripts/extract_clip_features.py)")
         return self.features[source]
 
     def check_paths(self) -> None:
-        if self.data_dir is None:
+        """Every file the tasks read is there (the made-up copy of ``scale=tiny``: once ``prepare_data`` wrote it)."""
+        if self.data_dir is None and not (self.root().parents[1] / vl_like.STAMP).is_file():
             return
         needed = [f for t in self.tasks if t != "caption" for s in SPLIT_FILES[t].values() for f in s]
         needed += ["COCO/dataset_coco.json"] if "caption" in self.tasks else []
         for rel in needed:
-            if not (self.data_dir / rel).is_file():
-                raise ConfigError("task.datamodule.data_dir", str(self.data_dir), f"has no {rel}; use VL-T5's "
+            if not (self.root() / rel).is_file():
+                raise ConfigError("task.datamodule.data_dir", str(self.root()), f"has no {rel}; use VL-T5's "
                                   "datasets/ bundle (github j-min/VL-T5) or files of the same layout")
         for source in dict.fromkeys(_source(t) for t in self.tasks):
             if not self.feature_file(source).is_file():
@@ -163,18 +166,11 @@ class VLMultitaskDataModule(pl.LightningDataModule):
     def prepare_data(self) -> None:
         if self.data_dir is not None:
             return
-        from rankmix.data.clip_features import calibration_images, extract, grid_encoder, image_files
-
         for h5 in self._h5.values():  # Lightning prepares again before testing: let go of the open files
             h5.close()
         self._h5.clear()
-        with one_writer(self.root() / "vl_multitask"):  # runs side by side share this cache: one fills it, then the rest read it
-            root = generate_from_source(self.root(), self.source)
-            generate_compositional(root, seed=self.source.get("seed", 0))
-            size = self.feature_image_size
-            images = image_files(root / "images")
-            encoder = grid_encoder("tiny", image_size=size, calibrate=calibration_images(images, size))
-            extract(encoder, images, self.feature_file("coco"), size)
+        vl_like.prepare(self.cache_dir, self.source, self.feature_image_size)
+        self.check_paths()
 
     # -- examples ------------------------------------------------------------------------------
     def set_tokenizer(self, tokenizer) -> None:

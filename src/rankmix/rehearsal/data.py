@@ -1,38 +1,31 @@
 """Rehearsal data: the files the README tells users to download for ``scale=paper``, in their exact layouts
-(names, nesting, fields, id formats, splits), with made-up content, never copied records. A benchmark folder's
-files (FLAN, commonsense: ``rankmix.tasks``) are written by its own ``write``, as at ``scale=tiny``; this module
-writes the others.
+(names, nesting, fields, id formats, splits), with made-up content, never copied records, written by the same
+writers as the made-up copies ``scale=tiny`` reads, at the rehearsal's sizes:
 
-- ``write_vqa``, ``write_karpathy``: the COCO 2014 images with VL-T5's ``datasets/vqa/`` and Karpathy's
-  ``dataset_coco.json`` (in ``datasets/COCO/``), written by ``rankmix.data.coco_like`` as at ``scale=tiny``.
-- ``write_vl_multitask``: VL-T5's ``datasets/`` bundle (``vqa/``, ``GQA/``, ``nlvr/``, ``COCO/``), the GQA and
-  NLVR2 images, and their CLIP RN101 grid features written by ``rankmix.data.clip_features`` (a random-init
-  timm ``resnet101_clip`` stands in for the OpenAI weights).
-- ``write_multidomain``, ``write_codealpaca``: the suite of ``rankmix.data.multidomain_like`` (the tiny tasks' ``suite:``
-  paths), DS-1000's original release folder.
-- ``write_subject``, ``write_llava``: ``rankmix.data.subjects.write_shape_subject`` and ``rankmix.data.llava_like``,
-  the writers of ``scale=tiny``.
+- FLAN, commonsense: their benchmark folder's ``write`` (``rankmix.tasks``), called by ``rankmix.rehearsal.run``;
+- ``write_vqa``, ``write_karpathy``: ``rankmix.data.coco_like`` (COCO 2014 images, VL-T5's ``datasets/vqa/`` and
+  Karpathy's ``dataset_coco.json``) at 224 × 224;
+- ``write_vl_multitask``: ``rankmix.data.vl_like`` (VL-T5's ``datasets/`` bundle, the COCO, GQA and NLVR2 images)
+  at 224 × 224, with CLIP RN101 grid features from a random-init timm ``resnet101_clip`` (standing in for the
+  OpenAI weights);
+- ``write_multidomain``, ``write_codealpaca``: the suite of ``rankmix.data.multidomain_like`` (the tiny tasks'
+  ``suite:`` paths) and DS-1000's original release folder (``rankmix.benchmarks.ds1000_official``);
+- ``write_subject``, ``write_llava``: ``rankmix.data.subjects.write_shape_subject`` and ``rankmix.data.llava_like``.
 
-Scenes, questions and captions come from the generated shapes set (``rankmix.data.shapes``,
-``rankmix.data.shapes_compositional``) at 224×224, renamed to the real ids.
 Each writer owns its root folder, is deterministic in ``seed``, skips its work when the root's stamp
-(``rehearsal.json``, written last) holds the same settings, and returns the Hydra overrides for the files.
+(``rehearsal.json``, written last) holds the same settings and writers' code, and returns the Hydra overrides for
+the files.
 """
 
 from __future__ import annotations
 
-import hashlib
 import json
-import random
 import shutil
-import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
 from rankmix.data.coco_like import write_coco_like
 from rankmix.data.fingerprints import code_fingerprint
-from rankmix.data.shapes import generate_shapes
-from rankmix.data.shapes_compositional import gqa_questions, nlvr_statement
 
 STAMP = "rehearsal.json"
 
@@ -40,9 +33,9 @@ STAMP = "rehearsal.json"
 COCO_COUNTS = {"train": 6, "restval": 2, "val": 4, "test": 4}
 VL_COUNTS = {"coco": {"train": 4, "restval": 2, "val": 3, "test": 3}, "gqa": {"train": 3, "valid": 3, "testdev": 3},
              "nlvr": {"train": 2, "dev": 2, "test1": 2}}
-VG_MAX_ID = 2417997  # the largest Visual Genome image id
 IMAGE_SIZE = 224
-CODE = ("rankmix.rehearsal.data", "rankmix.data.coco_like", "rankmix.data.shapes", "rankmix.data.shapes_compositional",
+CODE = ("rankmix.rehearsal.data", "rankmix.data.coco_like", "rankmix.data.vl_like", "rankmix.data.shapes",
+        "rankmix.data.shapes_compositional", "rankmix.data.clip_features",
         "rankmix.data.multidomain_like", "rankmix.data.subjects", "rankmix.data.llava_like",
         "rankmix.benchmarks.ds1000_official")   # the writers: a stamp made by other code is written again
 
@@ -119,117 +112,30 @@ def write_karpathy(root: Path, n_images: dict | None = None, seed: int = 0) -> d
     return _coco_like(root, "coco_caption", n_images, seed)
 
 
-# -- GQA, NLVR2, CLIP features -------------------------------------------------------------------------------
-def _gqa(tmp: Path, counts: dict, images_dir: Path, out: Path, seed: int) -> None:
-    """VL-T5's ``GQA/{train,valid,testdev}.json`` and answer vocabulary; images ``{img_id}.jpg`` with Visual
-    Genome ids (train, valid) and ``n``-prefixed ids (testdev), question ids as 8-digit strings."""
-    shapes = generate_shapes(tmp / "gqa", {"train": counts["train"], "val": counts["valid"], "test": counts["testdev"]},
-                             size=IMAGE_SIZE, seed=seed + 1)
-    scenes, rng = _scenes(shapes), random.Random(seed + 1)
-    ids = iter(rng.sample(range(1, VG_MAX_ID + 1), len(scenes)))
-    qids = iter(rng.sample(range(10 ** 8), 16 * len(scenes)))
-    files = {"train": [], "valid": [], "testdev": []}
-    for key, scene in scenes.items():
-        split = {"train": "train", "val": "valid", "test": "testdev"}[scene["split"]]
-        img_id = f"n{next(ids)}" if split == "testdev" else str(next(ids))
-        _save_image(shapes / "images" / f"{key}.png", images_dir / f"{img_id}.jpg")
-        files[split] += [{"img_id": img_id, "label": {answer: 1.0}, "question_id": f"{next(qids):08d}",
-                          "sent": _capitalised(sent)} for sent, answer in gqa_questions(rng, scene["objects"])]
-    for split, records in files.items():
-        _dump(out / f"{split}.json", records)
-    answers = sorted({a for split in ("train", "valid") for r in files[split] for a in r["label"]})
-    _dump(out / "trainval_ans2label.json", {a: i for i, a in enumerate(answers)})
-    _dump(out / "trainval_label2ans.json", answers)
-
-
-def _nlvr(tmp: Path, counts: dict, images_dir: Path, out: Path, seed: int) -> None:
-    """VL-T5's ``nlvr/{train,valid,test}.json`` (NLVR2's train, dev, test1): two statements per image pair,
-    one true, one false; images ``{split}-{set}-{pair}-img{0,1}.png`` (train ones in ``train/<set % 100>/``)."""
-    shapes = generate_shapes(tmp / "nlvr", {"train": 2 * counts["train"], "val": 2 * counts["dev"],
-                                            "test": 2 * counts["test1"]}, size=IMAGE_SIZE, seed=seed + 2)
-    scenes, rng = _scenes(shapes), random.Random(seed + 2)
-    set_ids = iter(rng.sample(range(10000), sum(counts.values())))
-    for shapes_split, split, file in (("train", "train", "train"), ("val", "dev", "valid"), ("test", "test1", "test")):
-        keys = [k for k, s in scenes.items() if s["split"] == shapes_split]
-        records = []
-        for left, right in zip(keys[0::2], keys[1::2], strict=True):
-            set_id = next(set_ids)
-            prefix = f"{split}-{set_id}-{rng.randrange(4)}"
-            folder = images_dir / split / (str(set_id % 100) if split == "train" else "")
-            for k, key in enumerate((left, right)):
-                _save_image(shapes / "images" / f"{key}.png", folder / f"{prefix}-img{k}.png")
-            wants = [True, False]
-            rng.shuffle(wants)
-            for k, want in enumerate(wants):
-                sent = nlvr_statement(rng, scenes[left]["objects"], scenes[right]["objects"], want)
-                if sent is not None:
-                    records.append({"identifier": f"{prefix}-{k}", "img0": f"{prefix}-img0", "img1": f"{prefix}-img1",
-                                    "label": int(want), "sent": _capitalised(sent), "uid": f"nlvr2_{split}_{len(records)}"})
-        _dump(out / f"{file}.json", records)
-
-
-def _has_all(h5_path: Path, keys) -> bool:
-    import h5py
-
-    if not h5_path.is_file():
-        return False
-    with h5py.File(h5_path, "r") as f:
-        return all(f"{k}/features" in f for k in keys)
-
-
-def _digest(images: dict[str, dict[str, Path]], seed: int) -> str:
-    """A key of the images' bytes and the encoder's settings: equal images give the same features."""
-    h = hashlib.sha256(f"resnet101_clip/{IMAGE_SIZE}/{seed}".encode())
-    for source in sorted(images):
-        for stem in sorted(images[source]):
-            h.update(f"{source}/{stem}\0".encode())
-            h.update(images[source][stem].read_bytes())
-    return h.hexdigest()[:16]
-
-
-def _features(folders: dict[str, Path], out: Path, seed: int, cache_dir: Path | None) -> None:
-    """``{source}_RN101.h5`` (``"{img_id}/features"``, 49 × 2048) of every image under each source's folder, as
-    ``scripts/extract_clip_features.py`` writes them, from a random-init ``resnet101_clip``; with ``cache_dir``
-    the files are made (or found) there, keyed by the images, and copied to ``out``."""
-    from rankmix.data.clip_features import extract, grid_encoder, image_files
-
-    images = {source: image_files(folder) for source, folder in folders.items()}
-    work = out if cache_dir is None else Path(cache_dir) / f"rehearsal-clip-rn101-{_digest(images, seed)}"
-    encoder = None
-    for source, files in images.items():
-        path = work / f"{source}_RN101.h5"
-        if not _has_all(path, files):
-            encoder = encoder or grid_encoder("resnet101_clip", pretrained=False, image_size=IMAGE_SIZE, seed=seed)
-            extract(encoder, files, path, IMAGE_SIZE)
-        if work != out:
-            out.mkdir(parents=True, exist_ok=True)
-            shutil.copyfile(path, out / path.name)
-
-
+# -- the CLIP-BART bundle ------------------------------------------------------------------------------------
 def write_vl_multitask(root: Path, n_images: dict | None = None, seed: int = 0,
                        cache_dir: Path | None = None) -> dict[str, str]:
     """VL-T5's ``datasets/`` bundle (``vqa/``, ``GQA/``, ``nlvr/``, ``COCO/dataset_coco.json``), the COCO, GQA
-    and NLVR2 images, and their CLIP RN101 features (``n_images``: per source, images per split; NLVR2 pairs).
-    ``cache_dir`` keeps the features (the slow part) for other roots with the same images."""
+    and NLVR2 images, and their CLIP RN101 features (``n_images``: per source, images per split; NLVR2 pairs), by
+    ``rankmix.data.vl_like`` as at ``scale=tiny``. ``cache_dir`` keeps the features (the slow part) for other roots
+    with the same images."""
+    from rankmix.data.vl_like import FOLDERS, write_features, write_vl_like
+
     root = Path(root).resolve()
     given = n_images or {}
     _counts(VL_COUNTS, given)
     counts = {source: _counts(VL_COUNTS[source], given.get(source)) for source in VL_COUNTS}
-    bundle, features = root / "VL-T5" / "datasets", root / "features"
-    folders = {"coco": root / "coco" / "images", "gqa": root / "gqa" / "images", "nlvr": root / "nlvr2" / "images"}
 
     def write():
-        write_coco_like(root, counts["coco"], IMAGE_SIZE, seed)   # bundle/vqa, bundle/COCO and folders["coco"]
-        with tempfile.TemporaryDirectory(dir=root, prefix=".scratch-") as tmp:
-            _gqa(Path(tmp), counts["gqa"], folders["gqa"], bundle / "GQA", seed)
-            _nlvr(Path(tmp), counts["nlvr"], folders["nlvr"], bundle / "nlvr", seed)
-        _features(folders, features, seed, cache_dir)
+        write_vl_like(root, counts, IMAGE_SIZE, seed)
+        write_features(root, "resnet101_clip", IMAGE_SIZE, seed, cache_dir=cache_dir)
 
     _once(root, "vl_multitask", {"n_images": counts, "seed": seed}, ["VL-T5", "coco", "gqa", "nlvr2", "features"],
           write)
     # ``++``: the task's ``features: {}`` has no such keys, so a plain override would not compose
-    return {"task.datamodule.data_dir": str(bundle),
-            **{f"++task.datamodule.features.{source}": str(features / f"{source}_RN101.h5") for source in folders}}
+    return {"task.datamodule.data_dir": str(root / FOLDERS["data_dir"]),
+            **{f"++task.datamodule.features.{source}": str(root / FOLDERS["features"] / f"{source}_RN101.h5")
+               for source in VL_COUNTS}}
 
 
 # -- SMoRA Tab. 2 / Tab. 4 -----------------------------------------------------------------------------------
