@@ -33,6 +33,7 @@ from rankmix.atomic import one_writer
 from rankmix.config import digest
 from rankmix.data.fingerprints import code_fingerprint
 from rankmix.data.shapes import captions, generate_shapes
+from rankmix.errors import ConfigError
 
 SPLITS = ("train", "restval", "val", "test")   # Karpathy's
 COCO_MAX_ID = 581929   # the largest COCO 2014 image id
@@ -65,6 +66,10 @@ def prepared(cache_dir: Path, source: dict, folder: str) -> Path:
 
 def prepare(cache_dir: Path, source: dict) -> None:
     """Write the copy for ``source`` unless it is there; runs side by side wait for the first to write it."""
+    missing = [k for k in (*(f"n_{s}" for s in SPLITS), "size", "seed", "noise") if k not in source]
+    if missing:
+        raise ConfigError(f"task.datamodule.source.{missing[0]}", None, "the made-up COCO copy needs n_train, "
+                          "n_restval, n_val, n_test, size, seed and noise (conf/scaled/task/tiny/vqa.yaml)")
     root = prepared(cache_dir, source, "data_dir").parents[1]
     with one_writer(root):
         if not (root / STAMP).is_file():

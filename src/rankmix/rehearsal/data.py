@@ -15,8 +15,9 @@ writes the others.
 
 Scenes, questions and captions come from the generated shapes set (``rankmix.data.shapes``,
 ``rankmix.data.shapes_compositional``) at 224×224, renamed to the real ids.
-Each writer owns its root folder, is deterministic in ``seed``, skips its work when the root's stamp
-(``rehearsal.json``, written last) holds the same settings, and returns the Hydra overrides for the files.
+Each writer is deterministic in ``seed`` and returns the Hydra overrides for its files. Those of this module own
+their root folder and skip their work when its stamp (``rehearsal.json``, written last) holds the same settings and
+the same writers' code; ``write_llava`` relies on ``llava_like``'s own folder, keyed by its settings and code.
 """
 
 from __future__ import annotations
@@ -42,17 +43,23 @@ VL_COUNTS = {"coco": {"train": 4, "restval": 2, "val": 3, "test": 3}, "gqa": {"t
              "nlvr": {"train": 2, "dev": 2, "test1": 2}}
 VG_MAX_ID = 2417997  # the largest Visual Genome image id
 IMAGE_SIZE = 224
-CODE = ("rankmix.rehearsal.data", "rankmix.data.coco_like", "rankmix.data.shapes", "rankmix.data.shapes_compositional",
-        "rankmix.data.multidomain_like", "rankmix.data.subjects", "rankmix.data.llava_like",
-        "rankmix.benchmarks.ds1000_official")   # the writers: a stamp made by other code is written again
+CODE = {   # what each writer's files come from: a stamp made by other code is written again
+    "vqa": ("rankmix.data.coco_like", "rankmix.data.shapes"),
+    "vl_multitask": ("rankmix.rehearsal.data", "rankmix.data.coco_like", "rankmix.data.shapes",
+                     "rankmix.data.shapes_compositional", "rankmix.data.clip_features", "rankmix.data.images"),
+    "multidomain": ("rankmix.data.multidomain_like", "rankmix.data.hub_files", "rankmix.benchmarks.harness"),
+    "ds1000_release": ("rankmix.benchmarks.ds1000_official",),
+    "subject": ("rankmix.data.subjects",),
+}
+CODE.update(coco_caption=CODE["vqa"], codealpaca=CODE["multidomain"])
 
 
 # -- shared ------------------------------------------------------------------------------------------------
 def _once(root: Path, writer: str, settings: dict, folders: list[str], write: Callable[[], None]) -> None:
-    """Run ``write`` unless ``root``'s stamp holds these settings and was made by this code (``CODE``); ``folders``
-    (under ``root``) are cleared first."""
+    """Run ``write`` unless ``root``'s stamp holds these settings and was made by this code (``CODE[writer]``);
+    ``folders`` (under ``root``) are cleared first."""
     root.mkdir(parents=True, exist_ok=True)
-    stamp, wanted = root / STAMP, json.loads(json.dumps({"writer": writer, **settings, "code": code_fingerprint(*CODE)}))
+    stamp, wanted = root / STAMP, json.loads(json.dumps({"writer": writer, **settings, "code": code_fingerprint(*CODE[writer])}))
     if stamp.is_file():
         held = json.loads(stamp.read_text())
         if held == wanted:
@@ -66,9 +73,9 @@ def _once(root: Path, writer: str, settings: dict, folders: list[str], write: Ca
     stamp.write_text(json.dumps(wanted, indent=1))
 
 
-def _dump(path: Path, obj, indent: int | None = None) -> None:
+def _dump(path: Path, obj) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(obj, indent=indent, ensure_ascii=False))
+    path.write_text(json.dumps(obj, ensure_ascii=False))
 
 
 def _counts(defaults: dict, given: dict | None) -> dict:
@@ -90,13 +97,11 @@ def _scenes(shapes: Path) -> dict[str, dict]:
     return {k: {**s, "objects": [{**o, "cell": tuple(o["cell"])} for o in s["objects"]]} for k, s in scenes.items()}
 
 
-def _save_image(png: Path, out: Path, size: tuple[int, int] = (IMAGE_SIZE, IMAGE_SIZE)) -> None:
+def _save_image(png: Path, out: Path) -> None:
     from PIL import Image
 
     out.parent.mkdir(parents=True, exist_ok=True)
-    img = Image.open(png).convert("RGB")
-    img = img if img.size == size else img.resize(size, Image.BICUBIC)
-    img.save(out, **({"quality": 90} if out.suffix == ".jpg" else {}))
+    Image.open(png).convert("RGB").save(out, **({"quality": 90} if out.suffix == ".jpg" else {}))
 
 
 def _coco_like(root: Path, writer: str, n_images: dict | None, seed: int) -> dict[str, str]:
