@@ -30,7 +30,7 @@ import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
-from rankmix.data.coco_like import write_coco_like
+from rankmix.data.coco_like import _capitalised, _dump, write_coco_like  # the same JSON and sentence forms
 from rankmix.data.fingerprints import code_fingerprint
 from rankmix.data.shapes import generate_shapes
 from rankmix.data.shapes_compositional import gqa_questions, nlvr_statement
@@ -73,21 +73,12 @@ def _once(root: Path, writer: str, settings: dict, folders: list[str], write: Ca
     stamp.write_text(json.dumps(wanted, indent=1))
 
 
-def _dump(path: Path, obj) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(obj, ensure_ascii=False))
-
-
 def _counts(defaults: dict, given: dict | None) -> dict:
     """``defaults`` updated by ``given``, whose keys must be among the defaults'."""
     unknown = sorted(set(given or {}) - set(defaults))
     if unknown:
         raise ValueError(f"unknown split or source {unknown[0]!r}; known: {', '.join(defaults)}")
     return {**defaults, **(given or {})}
-
-
-def _capitalised(text: str) -> str:
-    return text[:1].upper() + text[1:]
 
 
 # -- COCO images, VQA and Karpathy files ---------------------------------------------------------------------
