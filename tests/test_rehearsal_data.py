@@ -251,3 +251,14 @@ def test_a_rehearsal_copy_made_by_other_code_is_written_again(tmp_path, monkeypa
     rdata.write_vqa(tmp_path / "a", seed=3)
     assert (tmp_path / "a" / "VL-T5" / "datasets" / "vqa" / "karpathy_test.json").is_file()
     assert read(stamp)["code"] == "edited"
+
+
+def test_the_subject_is_the_tiny_writers_jpegs_and_a_second_writer_keeps_the_first(tmp_path):
+    from rankmix.data.subjects import write_shape_subject
+
+    folder = Path(rdata.write_subject(tmp_path / "r", seed=2)["task.datamodule.instance_dir"])
+    names = [f"{i:02d}.jpg" for i in range(5)]   # MoSLoRA's subject_driven_generation/cat layout
+    assert sorted(p.name for p in folder.iterdir()) == names and {Image.open(folder / n).format for n in names} == {"JPEG"}
+    tiny = write_shape_subject(tmp_path / "t", 5, 64, 2)
+    assert all((folder / n).read_bytes() == (tiny / n).read_bytes() for n in names)
+    assert write_shape_subject(tmp_path / "t", 5, 64, 2) == tiny and sorted(p.name for p in tmp_path.iterdir()) == ["r", "t"]

@@ -33,6 +33,7 @@ from rankmix.atomic import one_writer
 from rankmix.config import digest
 from rankmix.data.fingerprints import code_fingerprint
 from rankmix.data.shapes import captions, generate_shapes
+from rankmix.errors import ConfigError
 
 SPLITS = ("train", "restval", "val", "test")   # Karpathy's
 COCO_MAX_ID = 581929   # the largest COCO 2014 image id
@@ -65,6 +66,10 @@ def prepared(cache_dir: Path, source: dict, folder: str) -> Path:
 
 def prepare(cache_dir: Path, source: dict) -> None:
     """Write the copy for ``source`` unless it is there; runs side by side wait for the first to write it."""
+    missing = [k for k in (*(f"n_{s}" for s in SPLITS), "size", "seed", "noise") if k not in source]
+    if missing:
+        raise ConfigError(f"task.datamodule.source.{missing[0]}", None, "the made-up COCO copy needs n_train, "
+                          "n_restval, n_val, n_test, size, seed and noise (conf/scaled/task/tiny/vqa.yaml)")
     root = prepared(cache_dir, source, "data_dir").parents[1]
     with one_writer(root):
         if not (root / STAMP).is_file():
@@ -73,12 +78,14 @@ def prepare(cache_dir: Path, source: dict) -> None:
             (root / STAMP).write_text(json.dumps(dict(source)))
 
 
-def _dump(path: Path, obj) -> None:
+def write_json(path: Path, obj) -> None:
+    """``obj`` as UTF-8 JSON at ``path``, making its folder."""
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(obj, ensure_ascii=False))
 
 
-def _capitalised(text: str) -> str:
+def sentence_case(text: str) -> str:
+    """``text`` with its first letter capitalised, as the datasets' questions and statements are."""
     return text[:1].upper() + text[1:]
 
 
@@ -118,8 +125,8 @@ def _vqa_files(shapes: Path, images: list[dict], out: Path) -> None:
             qid = im["cocoid"] * 1000 + asked[im["key"]]
             asked[im["key"]] += 1
             new_qid[r["question_id"]], image_of[qid] = qid, im
-            r.update(img_id=im["name"], question_id=qid, sent=_capitalised(r["sent"]))
-        _dump(out / f"karpathy_{split}.json", records)
+            r.update(img_id=im["name"], question_id=qid, sent=sentence_case(r["sent"]))
+        write_json(out / f"karpathy_{split}.json", records)
     annotations = {"train2014": [], "val2014": []}
     for split in ("train", "val"):
         for a in json.loads((shapes / "vqa" / f"v2_mscoco_{split}2014_annotations.json").read_text())["annotations"]:
@@ -128,13 +135,13 @@ def _vqa_files(shapes: Path, images: list[dict], out: Path) -> None:
             a["image_id"] = im["cocoid"]
             annotations[im["source"]].append(a)
     for source, anns in annotations.items():
-        _dump(out / f"v2_mscoco_{source}_annotations.json",
+        write_json(out / f"v2_mscoco_{source}_annotations.json",
               {"info": {"description": "VQA v2 annotations (made-up content)", "version": "2.0", "year": 2017},
                "license": {"name": "made-up content"}, "data_subtype": source, "annotations": anns,
                "data_type": "mscoco"})
     ans2label = json.loads((shapes / "vqa" / "trainval_ans2label.json").read_text())
-    _dump(out / "trainval_ans2label.json", ans2label)
-    _dump(out / "trainval_label2ans.json", sorted(ans2label, key=ans2label.get))
+    write_json(out / "trainval_ans2label.json", ans2label)
+    write_json(out / "trainval_label2ans.json", sorted(ans2label, key=ans2label.get))
 
 
 def _more_captions(objects: list[dict]) -> list[str]:
@@ -155,4 +162,4 @@ def _karpathy_file(images: list[dict], out: Path) -> None:
         entries.append({"filepath": im["source"], "sentids": [s["sentid"] for s in sentences],
                         "filename": f"{im['name']}.jpg", "imgid": imgid, "split": im["split"], "sentences": sentences,
                         "cocoid": im["cocoid"]})
-    _dump(out / "dataset_coco.json", {"images": entries, "dataset": "coco"})
+    write_json(out / "dataset_coco.json", {"images": entries, "dataset": "coco"})

@@ -17,6 +17,7 @@ import json
 import random
 from pathlib import Path
 
+from rankmix.atomic import atomic_open, one_writer
 from rankmix.config import digest
 from rankmix.data.fingerprints import code_fingerprint
 from rankmix.data.shapes import CELLS, COLOURS, SHAPES, generate_shapes
@@ -59,11 +60,16 @@ def write_llava_like(root: Path, n_train: int, n_test: int, size: int = 32, seed
                      ) -> dict[str, str]:
     """Write the set under ``root/llava-<digest>/`` (once): {``train_file``, ``images_dir``, ``benchmarks``: {name:
     folder} (``write_vl_benchmarks``, about the test images)}."""
-    from PIL import Image
-
     settings = {"n_train": n_train, "n_test": n_test, "size": size, "seed": seed, "text_only": text_only,
                 "code": code_fingerprint(__name__, "rankmix.data.shapes", "rankmix.data.hub_files")}   # an edited writer writes it again
     base = Path(root) / f"llava-{digest(settings, 10)}"
+    with one_writer(base):   # runs side by side: one writes, the others then find it written
+        return _write(base, n_train, n_test, size, seed, text_only)
+
+
+def _write(base: Path, n_train: int, n_test: int, size: int, seed: int, text_only: int) -> dict:
+    from PIL import Image
+
     shapes = generate_shapes(base / "shapes", {"train": n_train, "val": 0, "test": n_test}, size=size, seed=seed,
                              noise=0.0)
     data = base / "llava_data"
@@ -103,8 +109,8 @@ def write_llava_like(root: Path, n_train: int, n_test: int, size: int = 32, seed
             (data / "llava_images" / name).parent.mkdir(parents=True, exist_ok=True)
             Image.open(shapes / "images" / r["image"]).convert("RGB").save(data / "llava_images" / name, quality=95)
             r["image"] = name
-    Path(out["train_file"]).parent.mkdir(parents=True, exist_ok=True)
-    Path(out["train_file"]).write_text(json.dumps(records, indent=1) + "\n")
+    with atomic_open(Path(out["train_file"])) as f:   # written last: its presence says the set is complete
+        f.write(json.dumps(records, indent=1) + "\n")
     return out
 
 

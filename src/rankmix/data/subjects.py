@@ -49,8 +49,10 @@ def write_shape_subject(root: Path, n_images: int, size: int, seed: int) -> Path
         image.save(own / f"{i:02d}.jpg", quality=95)
     try:
         own.rename(root)
-    except OSError:   # another run wrote it first
+    except OSError:
         shutil.rmtree(own, ignore_errors=True)
+        if not root.is_dir():   # not another run that wrote it first
+            raise
     return root
 
 

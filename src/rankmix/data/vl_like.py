@@ -34,7 +34,7 @@ from pathlib import Path
 from rankmix.atomic import one_writer
 from rankmix.config import digest
 from rankmix.data.coco_like import SPLITS as COCO_SPLITS
-from rankmix.data.coco_like import write_coco_like
+from rankmix.data.coco_like import sentence_case, write_coco_like, write_json
 from rankmix.data.fingerprints import code_fingerprint
 from rankmix.data.shapes import generate_shapes
 from rankmix.data.shapes_compositional import gqa_questions, nlvr_statement
@@ -114,15 +114,6 @@ def feature_files(root: Path, encoder: str, image_size: int) -> dict[str, Path]:
     return {s: Path(root) / FOLDERS["features"] / f"{s}_{tag}.h5" for s in SPLITS}
 
 
-def _dump(path: Path, obj) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(obj, ensure_ascii=False))
-
-
-def _capitalised(text: str) -> str:
-    return text[:1].upper() + text[1:]
-
-
 def _scenes(shapes: Path) -> dict[str, dict]:
     """The generated scenes, cells as tuples (what the question writers take)."""
     scenes = json.loads((shapes / "scenes.json").read_text())
@@ -149,12 +140,12 @@ def _gqa(tmp: Path, counts: dict, images_dir: Path, out: Path, size: int, seed: 
         img_id = f"n{next(ids)}" if split == "testdev" else str(next(ids))
         _save_image(shapes / "images" / f"{key}.png", images_dir / f"{img_id}.jpg")
         files[split] += [{"img_id": img_id, "label": {answer: 1.0}, "question_id": f"{next(qids):08d}",
-                          "sent": _capitalised(sent)} for sent, answer in gqa_questions(rng, scene["objects"])]
+                          "sent": sentence_case(sent)} for sent, answer in gqa_questions(rng, scene["objects"])]
     for split, records in files.items():
-        _dump(out / f"{split}.json", records)
+        write_json(out / f"{split}.json", records)
     answers = sorted({a for split in ("train", "valid") for r in files[split] for a in r["label"]})
-    _dump(out / "trainval_ans2label.json", {a: i for i, a in enumerate(answers)})
-    _dump(out / "trainval_label2ans.json", answers)
+    write_json(out / "trainval_ans2label.json", {a: i for i, a in enumerate(answers)})
+    write_json(out / "trainval_label2ans.json", answers)
 
 
 def _nlvr(tmp: Path, counts: dict, images_dir: Path, out: Path, size: int, seed: int, noise: float) -> None:
@@ -177,8 +168,8 @@ def _nlvr(tmp: Path, counts: dict, images_dir: Path, out: Path, size: int, seed:
                 sent = nlvr_statement(rng, scenes[left]["objects"], scenes[right]["objects"], want)
                 if sent is not None:
                     records.append({"identifier": f"{prefix}-{k}", "img0": f"{prefix}-img0", "img1": f"{prefix}-img1",
-                                    "label": int(want), "sent": _capitalised(sent), "uid": f"nlvr2_{split}_{len(records)}"})
-        _dump(out / f"{file}.json", records)
+                                    "label": int(want), "sent": sentence_case(sent), "uid": f"nlvr2_{split}_{len(records)}"})
+        write_json(out / f"{file}.json", records)
 
 
 def _has_all(h5_path: Path, keys) -> bool:

@@ -12,9 +12,9 @@ writers as the made-up copies ``scale=tiny`` reads, at the rehearsal's sizes:
   ``suite:`` paths) and DS-1000's original release folder (``rankmix.benchmarks.ds1000_official``);
 - ``write_subject``, ``write_llava``: ``rankmix.data.subjects.write_shape_subject`` and ``rankmix.data.llava_like``.
 
-Each writer owns its root folder, is deterministic in ``seed``, skips its work when the root's stamp
-(``rehearsal.json``, written last) holds the same settings and writers' code, and returns the Hydra overrides for
-the files.
+Each writer is deterministic in ``seed`` and returns the Hydra overrides for its files. Those of this module own
+their root folder and skip their work when its stamp (``rehearsal.json``, written last) holds the same settings and
+the same writers' code; ``write_llava`` relies on ``llava_like``'s own folder, keyed by its settings and code.
 """
 
 from __future__ import annotations
@@ -34,18 +34,23 @@ COCO_COUNTS = {"train": 6, "restval": 2, "val": 4, "test": 4}
 VL_COUNTS = {"coco": {"train": 4, "restval": 2, "val": 3, "test": 3}, "gqa": {"train": 3, "valid": 3, "testdev": 3},
              "nlvr": {"train": 2, "dev": 2, "test1": 2}}
 IMAGE_SIZE = 224
-CODE = ("rankmix.rehearsal.data", "rankmix.data.coco_like", "rankmix.data.vl_like", "rankmix.data.shapes",
-        "rankmix.data.shapes_compositional", "rankmix.data.clip_features",
-        "rankmix.data.multidomain_like", "rankmix.data.subjects", "rankmix.data.llava_like",
-        "rankmix.benchmarks.ds1000_official")   # the writers: a stamp made by other code is written again
+CODE = {   # what each writer's files come from: a stamp made by other code is written again
+    "vqa": ("rankmix.data.coco_like", "rankmix.data.shapes"),
+    "vl_multitask": ("rankmix.rehearsal.data", "rankmix.data.vl_like", "rankmix.data.coco_like", "rankmix.data.shapes",
+                     "rankmix.data.shapes_compositional", "rankmix.data.clip_features", "rankmix.data.images"),
+    "multidomain": ("rankmix.data.multidomain_like", "rankmix.data.hub_files", "rankmix.benchmarks.harness"),
+    "ds1000_release": ("rankmix.benchmarks.ds1000_official",),
+    "subject": ("rankmix.data.subjects",),
+}
+CODE.update(coco_caption=CODE["vqa"], codealpaca=CODE["multidomain"])
 
 
 # -- shared ------------------------------------------------------------------------------------------------
 def _once(root: Path, writer: str, settings: dict, folders: list[str], write: Callable[[], None]) -> None:
-    """Run ``write`` unless ``root``'s stamp holds these settings and was made by this code (``CODE``); ``folders``
-    (under ``root``) are cleared first."""
+    """Run ``write`` unless ``root``'s stamp holds these settings and was made by this code (``CODE[writer]``);
+    ``folders`` (under ``root``) are cleared first."""
     root.mkdir(parents=True, exist_ok=True)
-    stamp, wanted = root / STAMP, json.loads(json.dumps({"writer": writer, **settings, "code": code_fingerprint(*CODE)}))
+    stamp, wanted = root / STAMP, json.loads(json.dumps({"writer": writer, **settings, "code": code_fingerprint(*CODE[writer])}))
     if stamp.is_file():
         held = json.loads(stamp.read_text())
         if held == wanted:
@@ -59,11 +64,6 @@ def _once(root: Path, writer: str, settings: dict, folders: list[str], write: Ca
     stamp.write_text(json.dumps(wanted, indent=1))
 
 
-def _dump(path: Path, obj, indent: int | None = None) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(obj, indent=indent, ensure_ascii=False))
-
-
 def _counts(defaults: dict, given: dict | None) -> dict:
     """``defaults`` updated by ``given``, whose keys must be among the defaults'."""
     unknown = sorted(set(given or {}) - set(defaults))
@@ -72,26 +72,7 @@ def _counts(defaults: dict, given: dict | None) -> dict:
     return {**defaults, **(given or {})}
 
 
-def _capitalised(text: str) -> str:
-    return text[:1].upper() + text[1:]
-
-
 # -- COCO images, VQA and Karpathy files ---------------------------------------------------------------------
-def _scenes(shapes: Path) -> dict[str, dict]:
-    """The generated scenes, cells as tuples (what ``shapes.captions`` and the question writers take)."""
-    scenes = json.loads((shapes / "scenes.json").read_text())
-    return {k: {**s, "objects": [{**o, "cell": tuple(o["cell"])} for o in s["objects"]]} for k, s in scenes.items()}
-
-
-def _save_image(png: Path, out: Path, size: tuple[int, int] = (IMAGE_SIZE, IMAGE_SIZE)) -> None:
-    from PIL import Image
-
-    out.parent.mkdir(parents=True, exist_ok=True)
-    img = Image.open(png).convert("RGB")
-    img = img if img.size == size else img.resize(size, Image.BICUBIC)
-    img.save(out, **({"quality": 90} if out.suffix == ".jpg" else {}))
-
-
 def _coco_like(root: Path, writer: str, n_images: dict | None, seed: int) -> dict[str, str]:
     """``rankmix.data.coco_like``'s files at 224 x 224 under ``root`` (``n_images``: Karpathy train, restval, val, test)."""
     root = Path(root).resolve()
