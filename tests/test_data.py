@@ -115,6 +115,22 @@ def test_atomic_write_leaves_no_partial_file(tmp_path):
     assert not path.exists()
 
 
+def test_an_atomic_folder_appears_whole_or_not_at_all(tmp_path):
+    from rankmix.atomic import atomic_folder
+
+    target = tmp_path / "data"
+    with pytest.raises(RuntimeError), atomic_folder(target) as own:
+        (own / "half.json").write_text("{}")
+        raise RuntimeError("interrupted")
+    assert list(tmp_path.iterdir()) == []   # neither the folder nor the writer's own copy
+    with atomic_folder(target) as own:
+        assert not target.exists()
+        (own / "a.json").write_text("1")
+    with atomic_folder(target) as own:   # a writer beside it finished first: its copy stays
+        (own / "a.json").write_text("2")
+    assert (target / "a.json").read_text() == "1" and [p.name for p in tmp_path.iterdir()] == ["data"]
+
+
 @pytest.fixture
 def tiny_tokenizer_for(tmp_path):
     from rankmix.backbones import build_word_level_tokenizer

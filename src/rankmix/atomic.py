@@ -1,5 +1,6 @@
 """Atomic writes: a file appears whole or not at all (a temporary file in the same folder, renamed over the
-target), with the umask's mode; what a killed writer left is found by ``stale_temporaries``. ``one_writer``: a
+target), with the umask's mode; what a killed writer left is found by ``stale_temporaries``. ``atomic_folder``: the
+same for a folder written once. ``one_writer``: a
 cache that several runs side by side may fill (a folder of generated data, a features file) is filled by one of
 them while the others wait."""
 
@@ -7,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import tempfile
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
@@ -39,6 +41,26 @@ def atomic_open(path: Path, binary: bool = False) -> Iterator:
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+@contextmanager
+def atomic_folder(path: Path) -> Iterator[Path]:
+    """A folder that appears at ``path`` only once fully written: yields a sibling of this process's own to write
+    into, then renames it to ``path``. Where another process renamed its copy there first (writers side by side of the
+    same deterministic content), this one is dropped; a failed write leaves nothing behind."""
+    path = Path(path)
+    own = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    shutil.rmtree(own, ignore_errors=True)
+    own.mkdir(parents=True)
+    try:
+        yield own
+        try:
+            own.rename(path)
+        except OSError:
+            if not path.is_dir():   # not another process that wrote it first
+                raise
+    finally:
+        shutil.rmtree(own, ignore_errors=True)
 
 
 def write_jsonl_atomic(path: Path, records: Iterable[dict]) -> None:

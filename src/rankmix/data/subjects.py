@@ -30,29 +30,20 @@ CROPS = ("per_image", "per_batch")
 
 def write_shape_subject(root: Path, n_images: int, size: int, seed: int) -> Path:
     """``n_images`` JPEGs ``00.jpg``, ``01.jpg``, ... (the layout of MoSLoRA's ``subject_driven_generation/cat``) of
-    one red circle, the subject, at different places and scales on a plain background; written into a folder of this
-    process's own, then renamed to ``root``, so a run never reads a half-written subject."""
-    import os
-    import shutil
-
+    one red circle, the subject, at different places and scales on a plain background; written whole or not at all
+    (``rankmix.atomic.atomic_folder``), so a run never reads a half-written subject."""
     from PIL import Image, ImageDraw
 
+    from rankmix.atomic import atomic_folder
+
     rng = random.Random(seed)
-    own = root.with_name(f"{root.name}.{os.getpid()}.tmp")
-    shutil.rmtree(own, ignore_errors=True)
-    own.mkdir(parents=True)
-    for i in range(n_images):
-        image = Image.new("RGB", (size, size), tuple(rng.randint(180, 255) for _ in range(3)))
-        r = rng.randint(size // 6, size // 3)
-        x, y = rng.randint(r, size - r), rng.randint(r, size - r)
-        ImageDraw.Draw(image).ellipse((x - r, y - r, x + r, y + r), fill=(200, 30, 30))
-        image.save(own / f"{i:02d}.jpg", quality=95)
-    try:
-        own.rename(root)
-    except OSError:
-        shutil.rmtree(own, ignore_errors=True)
-        if not root.is_dir():   # not another run that wrote it first
-            raise
+    with atomic_folder(root) as own:
+        for i in range(n_images):
+            image = Image.new("RGB", (size, size), tuple(rng.randint(180, 255) for _ in range(3)))
+            r = rng.randint(size // 6, size // 3)
+            x, y = rng.randint(r, size - r), rng.randint(r, size - r)
+            ImageDraw.Draw(image).ellipse((x - r, y - r, x + r, y + r), fill=(200, 30, 30))
+            image.save(own / f"{i:02d}.jpg", quality=95)
     return root
 
 

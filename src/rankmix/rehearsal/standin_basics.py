@@ -10,6 +10,8 @@ import random
 import shutil
 from pathlib import Path
 
+from rankmix.atomic import atomic_folder
+
 WIDTH_DIVISOR = 16  # every model and feed-forward width is divided by this; head counts are kept
 LAYERS = 2  # depth of every stack (BART: encoder and decoder)
 SEED = 0
@@ -85,9 +87,11 @@ def layout_vocab(fixed: dict[int, str], tokens: list[str], size: int) -> dict[st
 
 
 def build_once(path: Path, write) -> Path:
-    """``path``, written by ``write(tmp)`` into a temporary sibling renamed into place, unless it exists."""
-    if path.is_dir():
-        return path
+    """``path``, written by ``write(tmp)`` whole or not at all (``rankmix.atomic.atomic_folder``), unless it exists."""
+    if not path.is_dir():
+        with atomic_folder(path) as own:
+            write(own)
+    return path
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     shutil.rmtree(tmp, ignore_errors=True)
     write(tmp)

@@ -89,18 +89,13 @@ def splits(name: str, source: dict, cache_dir: Path, made_up: bool = True) -> di
 
 
 def _written(bench: ModuleType, root: Path, seed: int) -> dict[str, str]:
-    """``bench.write(root, seed)``, written once: into a folder of this process's own, with the paths it returned
-    (``PATHS_FILE``), then renamed to ``root``, so that runs side by side never read a half-written copy."""
-    import shutil
+    """``bench.write(root, seed)``, written once, whole or not at all (``rankmix.atomic.atomic_folder``), with the
+    paths it returned (``PATHS_FILE``), so that runs side by side never read a half-written copy."""
+    from rankmix.atomic import atomic_folder
 
     keys = root / PATHS_FILE
     if not keys.is_file():
-        own = root.with_name(f"{root.name}.{os.getpid()}.tmp")
-        shutil.rmtree(own, ignore_errors=True)
-        paths = {k: str(Path(v).resolve().relative_to(own.resolve())) for k, v in bench.write(own, seed).items()}
-        (own / PATHS_FILE).write_text(json.dumps(paths))
-        try:
-            own.rename(root)
-        except OSError:   # another run wrote it first
-            shutil.rmtree(own, ignore_errors=True)
+        with atomic_folder(root) as own:
+            paths = {k: str(Path(v).resolve().relative_to(own.resolve())) for k, v in bench.write(own, seed).items()}
+            (own / PATHS_FILE).write_text(json.dumps(paths))
     return {k: str(root / v) for k, v in json.loads(keys.read_text()).items()}
