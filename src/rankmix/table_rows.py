@@ -282,9 +282,8 @@ def renamed_override(arguments: list[str], conf_dir: Path = CONF_DIR) -> str | N
     """One line naming the current form of a command-line override whose old form is gone, else None. A table has
     one name: its yaml is ``conf/table/<id>.yaml`` (``table=smora_1`` is now ``table=smora-1``) and its rows
     ``conf/experiment/<id>/`` (``experiment=smora/1/lora_64`` is now ``experiment=smora-1/lora_64``); a row that
-    reuses another table's run is named with its table (``experiment=smora/5/hydralora``, and
-    ``experiment=smora-2/hydralora`` since its file gave way to ``rows: reuse``, are now row ``hydralora`` of
-    ``conf/table/smora-5.yaml``, of ``conf/table/smora-2.yaml``)."""
+    reuses another table's run is named with its table (``experiment=smora/5/hydralora`` is now row ``hydralora``
+    of ``conf/table/smora-5.yaml``)."""
     for argument in arguments:
         key, equals, value = argument.partition("=")
         if not equals:
@@ -293,10 +292,7 @@ def renamed_override(arguments: list[str], conf_dir: Path = CONF_DIR) -> str | N
             new = value.replace("_", "-")
             if new != value and spec_path(new, conf_dir):
                 return f"{argument} is now {key}={new}: a table's yaml is named by its id (conf/table/<id>.yaml)"
-        old = None
-        if key.lstrip("+~") == "experiment":   # smora/1/lora_64, or a row file that reuse replaced (smora-2/lora_64)
-            old = re.fullmatch(r"([a-z]+)[/-]([a-z0-9]+)/(\w+)", value)
-            old = old if old and not (Path(conf_dir) / "experiment" / f"{value}.yaml").is_file() else None
+        old = re.fullmatch(r"([a-z]+)/([a-z0-9]+)/(\w+)", value) if key.lstrip("+~") == "experiment" else None
         if old:
             table_id, row = f"{old[1]}-{old[2]}", old[3]
             rows = {r.rsplit("/", 1)[-1]: r for r in all_tables(conf_dir).get(table_id, [])}
