@@ -116,6 +116,8 @@ def test_atomic_write_leaves_no_partial_file(tmp_path):
 
 
 def test_an_atomic_folder_appears_whole_or_not_at_all(tmp_path):
+    import os
+
     from rankmix.atomic import atomic_folder
 
     target = tmp_path / "data"
@@ -123,9 +125,14 @@ def test_an_atomic_folder_appears_whole_or_not_at_all(tmp_path):
         (own / "half.json").write_text("{}")
         raise RuntimeError("interrupted")
     assert list(tmp_path.iterdir()) == []   # neither the folder nor the writer's own copy
-    with atomic_folder(target) as own:
-        assert not target.exists()
-        (own / "a.json").write_text("1")
+    old = os.umask(0o022)
+    try:
+        with atomic_folder(target) as own:
+            assert not target.exists()
+            (own / "a.json").write_text("1")
+    finally:
+        os.umask(old)
+    assert target.stat().st_mode & 0o777 == 0o755   # as a plain mkdir gives it, not mkdtemp's 0700
     with atomic_folder(target) as own:   # a writer beside it finished first: its copy stays
         (own / "a.json").write_text("2")
     assert (target / "a.json").read_text() == "1" and [p.name for p in tmp_path.iterdir()] == ["data"]

@@ -123,6 +123,18 @@ def test_tiny_set_is_generated_with_features(tmp_path):
     assert batch["visual"].shape[1:] in ((36, 256), (72, 256)) and "labels" in batch  # 224 px: 7x7 pooled to 6x6
 
 
+@pytest.mark.parametrize("edit, field", [({"gqa": None}, "source.gqa"), ({"nlvr": {"train": 4}}, "source.nlvr")])
+def test_a_bad_tiny_source_is_refused_naming_the_field(tmp_path, edit, field):
+    from rankmix.data.vl_like import prepare
+
+    source = {"coco": {"train": 8, "restval": 0, "val": 2, "test": 2}, "gqa": {"train": 8, "valid": 2, "testdev": 2},
+              "nlvr": {"train": 4, "dev": 1, "test1": 1}, "size": 32, "seed": 1, "noise": 0.0}
+    source = {k: v for k, v in {**source, **edit}.items() if v is not None}
+    with pytest.raises(ConfigError, match=f"task.datamodule.{field}"):
+        prepare(tmp_path, source, 224)
+    assert not (tmp_path / "prepared").exists()
+
+
 def test_gqa_exact_match_and_nlvr_logits():
     recs = [{"prediction": "cat", "label": {"cat": 1.0}}, {"prediction": "cats", "label": {"cat": 1.0}},
             {"prediction": " yes", "label": {"yes": 1.0}}]

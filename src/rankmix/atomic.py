@@ -45,13 +45,14 @@ def atomic_open(path: Path, binary: bool = False) -> Iterator:
 
 @contextmanager
 def atomic_folder(path: Path) -> Iterator[Path]:
-    """A folder that appears at ``path`` only once fully written: yields a sibling of this process's own to write
-    into, then renames it to ``path``. Where another process renamed its copy there first (writers side by side of the
+    """A folder that appears at ``path`` only once fully written, with the umask's mode: yields a temporary sibling
+    of this writer's own to write into (``stale_temporaries`` finds one a killed writer left), then renames it to
+    ``path``. Where another process renamed its copy there first (writers side by side of the
     same deterministic content), this one is dropped; a failed write leaves nothing behind."""
     path = Path(path)
-    own = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    shutil.rmtree(own, ignore_errors=True)
-    own.mkdir(parents=True)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    own = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp"))   # unique across hosts too
+    os.chmod(own, 0o777 & ~_umask())   # mkdtemp's 0700 would stay on the renamed folder
     try:
         yield own
         try:

@@ -38,6 +38,7 @@ from rankmix.data.coco_like import sentence_case, write_coco_like, write_json
 from rankmix.data.fingerprints import code_fingerprint
 from rankmix.data.shapes import generate_shapes
 from rankmix.data.shapes_compositional import gqa_questions, nlvr_statement
+from rankmix.errors import ConfigError
 
 SPLITS = {"coco": COCO_SPLITS, "gqa": ("train", "valid", "testdev"), "nlvr": ("train", "dev", "test1")}   # NLVR2: pairs
 FOLDERS = {"data_dir": "VL-T5/datasets", "coco": "coco/images", "gqa": "gqa/images", "nlvr": "nlvr2/images",
@@ -74,7 +75,7 @@ def write_features(root: Path, encoder: str, image_size: int, seed: int = 0, cal
     root = Path(root)
     images = {s: image_files(root / FOLDERS[s]) for s in SPLITS}
     out = feature_files(root, encoder, image_size)
-    settings = f"{encoder}/{image_size}/{seed}/{calibrate}"
+    settings = f"{encoder}/{image_size}/{seed}/{calibrate}/{code_fingerprint('rankmix.data.clip_features', 'rankmix.data.images')}"
     work = root / FOLDERS["features"] if cache_dir is None else Path(cache_dir) / f"clip-{_images_key(images, settings)}"
     model = None
     for source, files in images.items():
@@ -98,6 +99,13 @@ def prepared(cache_dir: Path, source: dict, feature_image_size: int) -> Path:
 
 def prepare(cache_dir: Path, source: dict, feature_image_size: int) -> dict[str, Path]:
     """Write the tiny copy unless it is there (runs side by side wait for the first); returns its feature files."""
+    for key in (*SPLITS, "size", "seed", "noise"):
+        if key not in source:
+            raise ConfigError(f"task.datamodule.source.{key}", None, "the made-up VL-T5 bundle needs coco, gqa and nlvr "
+                              "(images per split), size, seed and noise (conf/scaled/task/tiny/vl_multitask.yaml)")
+    for key, splits in SPLITS.items():
+        if not isinstance(source[key], dict) or set(source[key]) != set(splits):
+            raise ConfigError(f"task.datamodule.source.{key}", source[key], f"must give images per split: {', '.join(splits)}")
     root = prepared(cache_dir, source, feature_image_size)
     with one_writer(root):
         if not (root / STAMP).is_file():

@@ -5,9 +5,7 @@ weights, the built-in English corpus their tokenizers are trained on, and writin
 from __future__ import annotations
 
 import json
-import os
 import random
-import shutil
 from pathlib import Path
 
 from rankmix.atomic import atomic_folder
@@ -91,12 +89,4 @@ def build_once(path: Path, write) -> Path:
     if not path.is_dir():
         with atomic_folder(path) as own:
             write(own)
-    return path
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    write(tmp)
-    try:
-        tmp.rename(path)
-    except OSError:  # another process finished the same stand-in first
-        shutil.rmtree(tmp)
     return path

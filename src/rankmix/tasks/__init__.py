@@ -98,4 +98,6 @@ def _written(bench: ModuleType, root: Path, seed: int) -> dict[str, str]:
         with atomic_folder(root) as own:
             paths = {k: str(Path(v).resolve().relative_to(own.resolve())) for k, v in bench.write(own, seed).items()}
             (own / PATHS_FILE).write_text(json.dumps(paths))
+        if not keys.is_file():
+            raise RankmixError(f"{root} has no {PATHS_FILE}: it was not written by this writer; delete the folder")
     return {k: str(root / v) for k, v in json.loads(keys.read_text()).items()}
