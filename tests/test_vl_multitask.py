@@ -113,8 +113,14 @@ def test_missing_files_are_named(tmp_path):
 def test_tiny_set_is_generated_with_features(tmp_path):
     source = {"coco": {"train": 8, "restval": 0, "val": 2, "test": 2}, "gqa": {"train": 8, "valid": 2, "testdev": 2},
               "nlvr": {"train": 4, "dev": 1, "test1": 1}, "size": 32, "seed": 1, "noise": 0.0}
+    from rankmix.data.vl_like import prepared
+
+    left = prepared(tmp_path, source, 224) / "features" / "coco_tiny_224.h5"   # as a killed writer leaves it
+    left.parent.mkdir(parents=True)
+    left.write_bytes(b"\x89HDF\r\n")
     dm = VLMultitaskDataModule(None, str(tmp_path), source=source, batch_size=6)
     dm.prepare_data()   # the made-up bundle in VL-T5's layout, its paths then checked as a given bundle's are
+    assert dm.feature_file("coco") == left
     assert {p.name for p in dm.feature_file("gqa").parent.iterdir()} == {f"{s}_tiny_224.h5" for s in ("coco", "gqa", "nlvr")}
     dm.setup()
     assert all(len(dm.examples["train"][t]) > 0 for t in ("vqa", "gqa", "nlvr", "caption"))

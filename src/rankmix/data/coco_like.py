@@ -25,6 +25,7 @@ from __future__ import annotations
 import json
 import random
 import re
+import shutil
 import tempfile
 from collections import Counter
 from pathlib import Path
@@ -73,6 +74,7 @@ def prepare(cache_dir: Path, source: dict) -> None:
     root = prepared(cache_dir, source, "data_dir").parents[1]
     with one_writer(root):
         if not (root / STAMP).is_file():
+            shutil.rmtree(root, ignore_errors=True)   # what a killed writer left: the stamp is written last
             write_coco_like(root, {s: int(source[f"n_{s}"]) for s in SPLITS}, size=int(source["size"]),
                             seed=int(source["seed"]), noise=float(source["noise"]))
             (root / STAMP).write_text(json.dumps(dict(source)))

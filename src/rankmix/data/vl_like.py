@@ -109,6 +109,7 @@ def prepare(cache_dir: Path, source: dict, feature_image_size: int) -> dict[str,
     root = prepared(cache_dir, source, feature_image_size)
     with one_writer(root):
         if not (root / STAMP).is_file():
+            shutil.rmtree(root, ignore_errors=True)   # what a killed writer left: the stamp is written last
             counts = {s: {k: int(v) for k, v in source[s].items()} for s in SPLITS}
             write_vl_like(root, counts, int(source["size"]), int(source["seed"]), float(source["noise"]))
             write_features(root, "tiny", feature_image_size, calibrate=True)
