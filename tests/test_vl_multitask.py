@@ -110,11 +110,14 @@ def test_missing_files_are_named(tmp_path):
         VLMultitaskDataModule(None, str(tmp_path), tasks=("vqa", "okvqa"))
 
 
+TINY_SOURCE = {"coco": {"train": 8, "restval": 0, "val": 2, "test": 2}, "gqa": {"train": 8, "valid": 2, "testdev": 2},
+               "nlvr": {"train": 4, "dev": 1, "test1": 1}, "size": 32, "seed": 1, "noise": 0.0}
+
+
 def test_tiny_set_is_generated_with_features(tmp_path):
-    source = {"coco": {"train": 8, "restval": 0, "val": 2, "test": 2}, "gqa": {"train": 8, "valid": 2, "testdev": 2},
-              "nlvr": {"train": 4, "dev": 1, "test1": 1}, "size": 32, "seed": 1, "noise": 0.0}
     from rankmix.data.vl_like import prepared
 
+    source = TINY_SOURCE
     left = prepared(tmp_path, source, 224) / "features" / "coco_tiny_224.h5"   # as a killed writer leaves it
     left.parent.mkdir(parents=True)
     left.write_bytes(b"\x89HDF\r\n")
@@ -133,9 +136,7 @@ def test_tiny_set_is_generated_with_features(tmp_path):
 def test_a_bad_tiny_source_is_refused_naming_the_field(tmp_path, edit, field):
     from rankmix.data.vl_like import prepare
 
-    source = {"coco": {"train": 8, "restval": 0, "val": 2, "test": 2}, "gqa": {"train": 8, "valid": 2, "testdev": 2},
-              "nlvr": {"train": 4, "dev": 1, "test1": 1}, "size": 32, "seed": 1, "noise": 0.0}
-    source = {k: v for k, v in {**source, **edit}.items() if v is not None}
+    source = {k: v for k, v in {**TINY_SOURCE, **edit}.items() if v is not None}
     with pytest.raises(ConfigError, match=f"task.datamodule.{field}"):
         prepare(tmp_path, source, 224)
     assert not (tmp_path / "prepared").exists()
